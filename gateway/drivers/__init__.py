@@ -1,0 +1,1 @@
+"""Built-in device drivers: one small pure module per device or profile."""

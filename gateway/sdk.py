@@ -1,0 +1,323 @@
+"""The driver SDK: everything a device driver may use, and nothing that does I/O.
+
+A driver turns bytes into `Reading`s. It never opens a port, reads a clock, sleeps or logs health
+values. This module imports only the standard library (enforced by import-linter), so a vendor
+can depend on it without pulling in the hub.
+
+What lives here: the value types (`Observation`, `Reading`), `DecodeError`, match rules, the
+serial settings a driver asks for, the driver protocol, the table of well-known observation
+types with their UCUM units and MDC / LOINC codes, and the IEEE 11073 SFLOAT/FLOAT helpers.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+SDK_VERSION = (1, 0)
+"""(major, minor). A driver needing a newer major or minor than this is refused."""
+
+TRACE = 5
+"""Log level for raw bytes and health values: they never appear above it."""
+logging.addLevelName(TRACE, "TRACE")
+
+ClockStatus = Literal["set", "not-set", "unknown"]
+StatusValue = bool | int | float | str
+Absent = Literal["not-a-number", "not-at-this-resolution", "positive-infinity",
+                 "negative-infinity", "error"]
+
+
+class DecodeError(ValueError):
+    """Input bytes that the driver cannot turn into a reading. The only exception a decoder
+    may raise on bad input."""
+
+
+class OptionError(ValueError):
+    """A device's driver options are wrong. `path` is relative to the device's `options` table."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationType:
+    """A well-known observation type: its fixed name, UCUM unit and standard codes."""
+
+    name: str
+    unit: str
+    mdc: int | None = None
+    loinc: str | None = None
+
+
+OBSERVATION_TYPES: Mapping[str, ObservationType] = {
+    t.name: t
+    for t in (
+        ObservationType("spo2", "%", 150456, "59408-5"),
+        ObservationType("pulse_rate", "/min", 149530, "8867-4"),
+        ObservationType("perfusion_index", "%", 150448, None),
+        ObservationType("heart_rate", "/min", 147842, "8867-4"),
+        ObservationType("respiratory_rate", "/min", 151562, "9279-1"),
+        ObservationType("peak_expiratory_flow", "L/min", 152584, "19935-6"),
+        ObservationType("fev1", "L", 152586, "20150-9"),
+        ObservationType("body_temperature", "Cel", 150364, "8310-5"),
+        ObservationType("body_weight", "kg", 188736, "29463-7"),
+        ObservationType("steps", "{steps}", None, "55423-8"),
+    )
+}
+"""Observation type names are snake_case and fixed once chosen: platforms key on them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One measured value. `value` is None exactly when `absent` says why (NaN, NRes, ...)."""
+
+    type: str
+    value: float | int | None
+    unit: str
+    mdc: int | None = None
+    loinc: str | None = None
+    absent: Absent | None = None
+
+    @classmethod
+    def known(cls, type_name: str, value: float | int | None,
+              absent: Absent | None = None) -> Observation:
+        """An observation of a well-known type, with its unit and codes filled in."""
+        known = OBSERVATION_TYPES[type_name]
+        return cls(type_name, value, known.unit, known.mdc, known.loinc, absent)
+
+    def wire(self) -> dict[str, object]:
+        """The JSON shape on the wire: codes only where they exist, `absent` only when set."""
+        out: dict[str, object] = {"type": self.type, "value": self.value, "unit": self.unit}
+        if self.mdc is not None:
+            out["mdc"] = self.mdc
+        if self.loinc is not None:
+            out["loinc"] = self.loinc
+        if self.absent is not None:
+            out["absent"] = self.absent
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a driver produces from one frame or record.
+
+    `status` holds the device's status flags decoded to names (`{"finger_out": True}`) and any
+    other non-observation values the device reported. `raw` is the bytes it was decoded from.
+    """
+
+    observations: tuple[Observation, ...]
+    raw: bytes
+    status: Mapping[str, StatusValue] = field(default_factory=dict)
+    device_time: datetime | None = None
+    device_clock: ClockStatus = "unknown"
+
+    def wire(self) -> dict[str, object]:
+        """The reading's part of the wire payload (DESIGN.md "Wire contract"): observations,
+        status, raw, and the device's clock. The hub adds identity, time and the signature."""
+        return {
+            "observations": [o.wire() for o in self.observations],
+            "status": dict(self.status),
+            "raw": base64.b64encode(self.raw).decode("ascii"),
+            "device_time": _rfc3339(self.device_time),
+            "device_clock": self.device_clock,
+        }
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # a device's local wall clock: say so by leaving the offset out
+        return moment.isoformat(timespec="milliseconds")
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- match rules -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class UsbMatch:
+    """Matches a USB serial adapter by vendor and product id (and optionally product string)."""
+
+    vid: int
+    pid: int
+    product: str | None = None
+
+    def describe(self) -> str:
+        text = f"usb {self.vid:04x}:{self.pid:04x}"
+        return f"{text} product={self.product!r}" if self.product else text
+
+
+MatchRule = UsbMatch
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    """How to open a serial device. Defaults are 8N1 without flow control."""
+
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = 1
+    xonxoff: bool = False
+
+    def describe(self) -> str:
+        return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}" + (
+            " xon/xoff" if self.xonxoff else "")
+
+
+# --- the driver protocol -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DriverInfo:
+    """What a driver declares about itself."""
+
+    id: str
+    version: str
+    description: str
+    transport: Literal["serial"]
+    match: tuple[MatchRule, ...] = ()
+    serial: SerialSettings = SerialSettings()
+    produces: tuple[str, ...] = ()
+    continuous: bool = False
+    """A continuous stream (tens of frames a second): the hub summarises it to one reading per
+    configured interval instead of signing every frame."""
+    sdk_version: tuple[int, int] = SDK_VERSION
+
+
+@dataclass(slots=True)
+class FeedResult:
+    """What a stream decoder made of a chunk of bytes."""
+
+    readings: list[Reading] = field(default_factory=list)
+    errors: list[DecodeError] = field(default_factory=list)
+
+
+class StreamDecoder(Protocol):
+    """Turns a byte stream into readings, keeping whatever framing state it needs.
+
+    `feed` never raises on bad input: it resynchronises and reports each malformed frame as a
+    `DecodeError` in the result, so the session can count it and go on.
+    """
+
+    def feed(self, data: bytes) -> FeedResult: ...
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """A device driver: a declaration plus a factory for per-session stream decoders."""
+
+    info: DriverInfo
+
+    def decoder(self, options: Mapping[str, object]) -> StreamDecoder:
+        """A new decoder for one device session. Raises `OptionError` for bad options."""
+        ...
+
+
+def parse_hex(text: str) -> bytes:
+    """Bytes from hex text that may contain spaces, colons or a 0x prefix."""
+    cleaned = text.strip().lower().removeprefix("0x")
+    for sep in (" ", ":", "-", "\n", "\t"):
+        cleaned = cleaned.replace(sep, "")
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError as exc:
+        raise DecodeError(f"not hex: {exc}") from exc
+
+
+# --- IEEE 11073-20601 SFLOAT / FLOAT -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Float11073:
+    """A decoded IEEE 11073 SFLOAT or FLOAT: mantissa and base-10 exponent, or a special value.
+
+    The exponent carries the precision (2, 2.0 and 2.00 are different encodings), so `value`
+    is rounded to exactly the decimals the device sent.
+    """
+
+    mantissa: int
+    exponent: int
+    absent: Absent | None = None
+
+    @property
+    def value(self) -> float | int | None:
+        if self.absent is not None:
+            return None
+        if self.exponent >= 0:
+            return self.mantissa * 10**self.exponent
+        return round(self.mantissa * 10.0**self.exponent, -self.exponent)
+
+    @property
+    def decimals(self) -> int:
+        """Digits after the decimal point the device's encoding carries."""
+        return max(0, -self.exponent)
+
+    def observation(self, type_name: str) -> Observation:
+        return Observation.known(type_name, self.value, self.absent)
+
+
+_SFLOAT_SPECIAL: Mapping[int, Absent] = {
+    0x07FF: "not-a-number",
+    0x0800: "not-at-this-resolution",
+    0x07FE: "positive-infinity",
+    0x0802: "negative-infinity",
+    0x0801: "error",  # reserved for future use: treat as an error, never a number
+}
+_FLOAT_SPECIAL: Mapping[int, Absent] = {
+    0x007FFFFF: "not-a-number",
+    0x00800000: "not-at-this-resolution",
+    0x007FFFFE: "positive-infinity",
+    0x00800002: "negative-infinity",
+    0x00800001: "error",
+}
+
+
+def _signed(value: int, bits: int) -> int:
+    return value - (1 << bits) if value & (1 << (bits - 1)) else value
+
+
+def sfloat(raw: int) -> Float11073:
+    """Decode a 16-bit SFLOAT: 4-bit signed exponent, 12-bit signed mantissa."""
+    if not 0 <= raw <= 0xFFFF:
+        raise DecodeError(f"SFLOAT out of range: {raw:#x}")
+    mantissa_bits = raw & 0x0FFF
+    if mantissa_bits in (0x07FF, 0x0800, 0x07FE, 0x0802, 0x0801):
+        # Special values are defined with a zero exponent only.
+        special = _SFLOAT_SPECIAL.get(raw)
+        if special is not None:
+            return Float11073(0, 0, special)
+    return Float11073(_signed(mantissa_bits, 12), _signed(raw >> 12, 4))
+
+
+def float32(raw: int) -> Float11073:
+    """Decode a 32-bit FLOAT: 8-bit signed exponent, 24-bit signed mantissa."""
+    if not 0 <= raw <= 0xFFFFFFFF:
+        raise DecodeError(f"FLOAT out of range: {raw:#x}")
+    special = _FLOAT_SPECIAL.get(raw)
+    if special is not None:
+        return Float11073(0, 0, special)
+    return Float11073(_signed(raw & 0xFFFFFF, 24), _signed(raw >> 24, 8))
+
+
+def sfloat_from(data: bytes | Sequence[int], offset: int) -> Float11073:
+    """Decode the little-endian SFLOAT at `offset`, or raise `DecodeError` if it is cut short."""
+    if offset < 0 or offset + 2 > len(data):
+        raise DecodeError(f"SFLOAT at offset {offset} runs past the end ({len(data)} bytes)")
+    return sfloat(data[offset] | data[offset + 1] << 8)
+
+
+def float_from(data: bytes | Sequence[int], offset: int) -> Float11073:
+    """Decode the little-endian FLOAT at `offset`, or raise `DecodeError` if it is cut short."""
+    if offset < 0 or offset + 4 > len(data):
+        raise DecodeError(f"FLOAT at offset {offset} runs past the end ({len(data)} bytes)")
+    return float32(int.from_bytes(bytes(data[offset:offset + 4]), "little"))
+
+
+def finite_or_none(value: float) -> float | None:
+    """None for NaN or infinity: JSON has no such numbers."""
+    return value if math.isfinite(value) else None

@@ -1,0 +1,1 @@
+"""Simulated devices for the demo, the tests and vendors without hardware."""
