@@ -1,1 +1,59 @@
-"""Built-in device drivers: one small pure module per device or profile."""
+"""Built-in device drivers: one small pure module per device or profile.
+
+What lives here besides the modules: `BUILTIN_DRIVERS`, the table the registry starts from, and
+two pure helpers that work on any driver, built-in or plugin:
+
+- `serial_settings_for(driver, options)`: the port settings for a device. A driver whose
+  settings depend on its options (e.g. a `baudrate` option) has a `serial_settings(options)`
+  method; otherwise its declared `info.serial` applies.
+- `decode_bytes(driver, data, options)`: a one-shot decode (`rtm-gateway decode`). A decoder
+  that holds an unfinished frame at the end of the stream may have a `flush()` method returning
+  a `FeedResult`; a one-shot decode calls it, since no more bytes will come.
+
+Nothing in this package does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+from gateway.drivers import contec_cms50d, kv_lines
+from gateway.sdk import Driver, FeedResult, SerialSettings
+
+BUILTIN_DRIVERS: tuple[Driver, ...] = (contec_cms50d.DRIVER, kv_lines.DRIVER)
+
+
+@runtime_checkable
+class Flushable(Protocol):
+    """A stream decoder that can finish a frame left open when the stream ends."""
+
+    def flush(self) -> FeedResult: ...
+
+
+@runtime_checkable
+class OptionSerial(Protocol):
+    """A driver whose serial settings depend on the device's options."""
+
+    def serial_settings(self, options: Mapping[str, object]) -> SerialSettings: ...
+
+
+def serial_settings_for(driver: Driver, options: Mapping[str, object]) -> SerialSettings:
+    """How to open the port for this driver and options. May raise `OptionError`."""
+    if isinstance(driver, OptionSerial):
+        return driver.serial_settings(options)
+    return driver.info.serial
+
+
+def decode_bytes(driver: Driver, data: bytes, options: Mapping[str, object]) -> FeedResult:
+    """Decode a complete recording in one go: feed it, then flush what is left.
+
+    Raises `OptionError` for bad options; malformed bytes come back as errors in the result.
+    """
+    decoder = driver.decoder(options)
+    result = decoder.feed(data)
+    if isinstance(decoder, Flushable):
+        tail = decoder.flush()
+        result.readings.extend(tail.readings)
+        result.errors.extend(tail.errors)
+    return result

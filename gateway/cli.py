@@ -1,0 +1,293 @@
+"""The `rtm-gateway` command line: parse, call, print. Nothing else lives here.
+
+Each command imports what it needs when it runs, so `rtm-gateway --help` and the light
+commands stay fast on a small hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+
+DEFAULT_CONFIG = Path("/etc/rtm-gateway/config.toml")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtm-gateway",
+        description="Home hub for Remote Therapeutic Monitoring: device readings, signed, "
+                    "stored durably and forwarded over MQTT.")
+    parser.add_argument("--version", action="version", version=f"rtm-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
+                       help=f"configuration file (default {DEFAULT_CONFIG})")
+
+    p = sub.add_parser("run", help="run the hub daemon")
+    with_config(p)
+    p.add_argument("--log-level", help="override [log] level (TRACE shows raw bytes and values)")
+
+    p = sub.add_parser("check-config", help="validate a configuration file without running")
+    with_config(p)
+
+    p = sub.add_parser("drivers", help="list installed drivers and how each matches devices")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("decode", help="decode bytes with an installed driver")
+    p.add_argument("driver", help="driver id, e.g. contec.cms50d")
+    p.add_argument("hex", help="the bytes in hex (spaces and colons allowed)")
+    p.add_argument("--options", default="{}", help="driver options as JSON (e.g. for "
+                   "generic.kv-lines: '{\"keys\": {\"spo2\": {\"type\": \"spo2\"}}}')")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("simulate", help="run a simulated device on a pseudo-terminal")
+    p.add_argument("driver", help="driver id of the device to simulate, e.g. contec.cms50d")
+    p.add_argument("--link", type=Path, required=True, help="path of the symlink to create")
+    p.add_argument("--rate", type=float, default=60.0, help="frames per second (default 60)")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+
+    p = sub.add_parser("identity", help="print the hub's public key as a JWK")
+    with_config(p)
+
+    p = sub.add_parser("status", help="outbox depth, last publish, devices (daemon running or not)")
+    with_config(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("verify", help="subscribe and verify signatures, sequence and chain")
+    _verify_arguments(p)
+
+    p = sub.add_parser("demo", help="simulated devices, the hub, a broker and the verifier")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
+    p.add_argument("--url", help="use this broker instead of the embedded one")
+    p.add_argument("--protocol", choices=["5", "3.1.1"], default=None,
+                   help="MQTT protocol (default: 5, or 3.1.1 for the embedded broker)")
+    return parser
+
+
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="mqtt://127.0.0.1:1883", help="broker URL (mqtt:// or mqtts://)")
+    p.add_argument("--hub", help="hub id to follow (default: all hubs)")
+    p.add_argument("--jwk", type=Path, help="the hub's public key (from `rtm-gateway identity`)")
+    p.add_argument("--count", type=int, help="stop after this many entries")
+    p.add_argument("--seconds", type=float, help="stop after this long")
+    p.add_argument("--topic-prefix", default="rtm/v1")
+    p.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    p.add_argument("--ca-file", type=Path)
+    p.add_argument("--cert-file", type=Path)
+    p.add_argument("--key-file", type=Path)
+    p.add_argument("--username")
+    p.add_argument("--password-file", type=Path)
+    p.add_argument("--json", action="store_true")
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"rtm-gateway: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path: Path) -> object:
+    from gateway.config import check_driver_options, load_config
+    from gateway.registry import Registry
+
+    config = load_config(path)
+    registry = Registry.load()
+    check_driver_options(config, lambda device: registry.check_options(device.driver,
+                                                                        device.options))
+    return config
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.config import Config, ConfigError
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    assert isinstance(config, Config)
+    print(f"{config.file}: ok (hub {config.hub.id}, {len(config.devices)} device(s), "
+          f"broker {config.mqtt.url})")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import StartupError, run_hub
+    from gateway.config import Config, ConfigError
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    assert isinstance(config, Config)
+    _setup_logging(args.log_level or config.log_level)
+    try:
+        return run_hub(config)
+    except StartupError as exc:
+        return _fail(str(exc))
+
+
+def _setup_logging(level: str) -> None:
+    from gateway.sdk import TRACE
+
+    numeric = TRACE if level.upper() == "TRACE" else getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=numeric, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_drivers(args: argparse.Namespace) -> int:
+    from gateway.registry import Registry
+
+    registry = Registry.load()
+    rows = registry.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        print(f"{row['id']} {row['version']}  ({row['source']})")
+        print(f"    {row['description']}")
+        for rule in row["match"] or ["(no automatic match: name the port in the config)"]:
+            print(f"    matches: {rule}")
+        if row.get("serial"):
+            print(f"    serial: {row['serial']}")
+        print(f"    produces: {', '.join(row['produces']) or '-'}")
+    return EXIT_OK
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from gateway.registry import Registry, RegistryError
+    from gateway.sdk import parse_hex
+
+    try:
+        options = json.loads(args.options)
+        if not isinstance(options, dict):
+            raise TypeError("--options must be a JSON object")
+        data = parse_hex(args.hex)
+        registry = Registry.load()
+        result = registry.decode(args.driver, data, options)
+    except (ValueError, TypeError, RegistryError) as exc:  # bad hex, bad options, no driver
+        return _fail(str(exc), EXIT_CONFIG)
+    readings = [r.wire() for r in result.readings]
+    errors = [str(e) for e in result.errors]
+    if args.json:
+        print(json.dumps({"readings": readings, "errors": errors}, indent=2))
+    else:
+        for reading in readings:
+            print(json.dumps(reading))
+        for error in errors:
+            print(f"decode error: {error}", file=sys.stderr)
+        if not readings and not errors:
+            print("no complete frame in the input", file=sys.stderr)
+    return EXIT_OK if readings or not errors else EXIT_FAILED
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.sim import SimulatorError, run_simulator
+
+    try:
+        run_simulator(args.driver, args.link, rate_hz=args.rate, seconds=args.seconds)
+    except SimulatorError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    return EXIT_OK
+
+
+def _cmd_identity(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.signing import HubIdentity, IdentityError
+
+    try:
+        config = load_config(args.config)
+        identity = HubIdentity.load_or_create(config.hub.state_dir)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except (IdentityError, OSError) as exc:
+        return _fail(str(exc))
+    print(json.dumps(identity.public_jwk(), indent=2))
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.status import StatusError, collect_status, render_status
+
+    try:
+        config = load_config(args.config)
+        report = collect_status(config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except StatusError as exc:
+        return _fail(str(exc))
+    print(json.dumps(report, indent=2) if args.json else render_status(report))
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.verify import VerifyError, run_verify
+
+    if args.count is None and args.seconds is None:
+        return _fail("give --count N or --seconds S so verify knows when to stop", EXIT_CONFIG)
+    password = None
+    if args.password_file:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            return _fail(f"cannot read --password-file: {exc}", EXIT_CONFIG)
+    try:
+        report = run_verify(
+            url=args.url, hub=args.hub, jwk_path=args.jwk, count=args.count,
+            seconds=args.seconds, ca_file=args.ca_file, cert_file=args.cert_file,
+            key_file=args.key_file, username=args.username, password=password,
+            protocol=args.protocol, topic_prefix=args.topic_prefix)
+    except VerifyError as exc:
+        return _fail(str(exc))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DemoError, run_demo
+
+    try:
+        return run_demo(seconds=args.seconds, url=args.url, protocol=args.protocol)
+    except DemoError as exc:
+        return _fail(str(exc))
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "check-config": _cmd_check_config,
+    "drivers": _cmd_drivers,
+    "decode": _cmd_decode,
+    "simulate": _cmd_simulate,
+    "identity": _cmd_identity,
+    "status": _cmd_status,
+    "verify": _cmd_verify,
+    "demo": _cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The hub's clock: UTC time stamps and whether the kernel says the clock is synchronised.
+
+A Raspberry Pi has no real-time clock, so until NTP has synchronised it the wall clock can be
+years off. Every reading says which case it was taken in; readings are never dropped for it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+HubClock = Literal["synced", "unsynced", "unknown"]
+
+_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h> on 64-bit Linux; only `status` and the return value matter,
+    # the padding keeps the kernel from writing past the buffer.
+    _fields_ = [("modes", ctypes.c_uint), ("_rest", ctypes.c_byte * 256)]
+
+
+def _load_adjtimex() -> ctypes._CFuncPtr | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.adjtimex  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_adjtimex = _load_adjtimex()
+
+
+def clock_state() -> HubClock:
+    """'synced' when the kernel's NTP state says so, 'unsynced' when it says not, else 'unknown'."""
+    if _adjtimex is None:
+        return "unknown"
+    buf = _Timex()
+    state = int(_adjtimex(ctypes.byref(buf)))
+    if state < 0:
+        return "unknown"
+    return "unsynced" if state == _TIME_ERROR else "synced"
+
+
+def rfc3339(epoch: float) -> str:
+    """RFC 3339 UTC with milliseconds: 2026-11-26T20:01:55.123Z."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,337 @@
+"""The hub's configuration: TOML in, frozen typed objects out.
+
+Every error names the file, the key path (`devices[0].port`) and what was expected, so a field
+technician can fix it without reading code. Nothing here opens a device or a socket; the
+per-driver option check takes the driver lookup as an argument.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+from urllib.parse import urlsplit
+
+from gateway.sdk import OptionError
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DRIVER_ID = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$")
+_USB = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?::(.+))?$")
+_TOPIC_PREFIX = re.compile(r"^[^#+\s]+[^#+/\s]$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, located by file and key path."""
+
+    def __init__(self, file: Path | str, path: str, message: str) -> None:
+        where = f"{file}: {path}" if path else str(file)
+        super().__init__(f"{where}: {message}")
+        self.file = str(file)
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    id: str
+    state_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    url: str
+    host: str
+    port: int
+    tls: bool
+    topic_prefix: str = "rtm/v1"
+    protocol: Literal["5", "3.1.1"] = "5"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    keepalive: int = 60
+    batch_size: int = 100
+    window: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class UsbSelector:
+    vid: int
+    pid: int
+    serial: str | None = None
+
+    def describe(self) -> str:
+        text = f"{self.vid:04x}:{self.pid:04x}"
+        return f"{text}:{self.serial}" if self.serial else text
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    id: str
+    driver: str
+    patient: str
+    port: str | None = None
+    usb: UsbSelector | None = None
+    options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    summary_interval: float = 1.0
+
+    @property
+    def where(self) -> str:
+        return self.port if self.port else f"usb {self.usb.describe()}" if self.usb else "?"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    max_rows: int = 1_000_000
+    commit_interval: float = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    file: Path
+    hub: HubConfig
+    mqtt: MqttConfig
+    devices: tuple[DeviceConfig, ...]
+    outbox: OutboxConfig = OutboxConfig()
+    log_level: str = "INFO"
+
+
+# --- reading typed values out of the TOML tree --------------------------------------------------
+
+class _Table:
+    """A TOML table plus where it sits, so every error can name the key path."""
+
+    def __init__(self, file: Path, path: str, data: Mapping[str, object]) -> None:
+        self.file, self.path, self.data = file, path, data
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.file, self._key(key), message)
+
+    def check_known(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self.error(key, f"unknown key; expected one of: {', '.join(sorted(allowed))}")
+
+    def table(self, key: str, required: bool = False) -> _Table:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "missing table")
+            return _Table(self.file, self._key(key), {})
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_kind(value)}")
+        return _Table(self.file, self._key(key), value)
+
+    def str(self, key: str, default: str | None = None, *, pattern: re.Pattern[str] | None = None,
+            hint: str = "") -> str:
+        value = self.optional_str(key)
+        if value is None:
+            if default is None:
+                raise self.error(key, "missing; expected a string" + (f" ({hint})" if hint else ""))
+            return default
+        if pattern is not None and not pattern.match(value):
+            raise self.error(key, f"{value!r} is not valid; expected {hint or pattern.pattern}")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"expected a non-empty string, got {_kind(value)}")
+        return value
+
+    def int(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.error(key, f"expected an integer, got {_kind(value)}")
+        if not low <= value <= high:
+            raise self.error(key, f"{value} is out of range; expected {low}..{high}")
+        return value
+
+    def float(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.data.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise self.error(key, f"expected a number, got {_kind(value)}")
+        if not low <= value <= high:
+            raise self.error(key, f"{value} is out of range; expected {low}..{high}")
+        return float(value)
+
+    def file_path(self, key: str, base: Path, must_exist: bool = True) -> Path | None:
+        value = self.optional_str(key)
+        if value is None:
+            return None
+        path = Path(value) if Path(value).is_absolute() else base / value
+        if must_exist and not path.is_file():
+            raise self.error(key, f"file not found: {path}")
+        return path
+
+
+def _kind(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+# --- the sections -------------------------------------------------------------------------------
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a configuration file. Raises `ConfigError` naming file and key path."""
+    file = Path(path)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(file, "", "file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from exc
+    return parse_config(data, file)
+
+
+def parse_config(data: Mapping[str, object], file: Path) -> Config:
+    root = _Table(file, "", data)
+    root.check_known({"hub", "mqtt", "devices", "outbox", "log"})
+    base = file.parent
+    hub = _hub(root.table("hub", required=True), base)
+    mqtt = _mqtt(root.table("mqtt", required=True), base, hub.id)
+    devices = _devices(root, file)
+    outbox_table = root.table("outbox")
+    outbox_table.check_known({"max_rows", "commit_interval_ms"})
+    outbox = OutboxConfig(
+        max_rows=outbox_table.int("max_rows", 1_000_000, 100, 100_000_000),
+        commit_interval=outbox_table.float("commit_interval_ms", 5.0, 0.0, 1000.0) / 1000.0,
+    )
+    log = root.table("log")
+    log.check_known({"level"})
+    level = log.str("level", "INFO").upper()
+    if level not in {"TRACE", "DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise log.error("level", f"{level!r} is not a log level; expected TRACE, DEBUG, INFO, "
+                        "WARNING or ERROR")
+    return Config(file, hub, mqtt, devices, outbox, level)
+
+
+def _hub(table: _Table, base: Path) -> HubConfig:
+    table.check_known({"id", "state_dir"})
+    hub_id = table.str("id", pattern=_ID, hint="letters, digits, '.', '_' or '-', at most 64")
+    state = Path(table.str("state_dir", "/var/lib/rtm-gateway"))
+    return HubConfig(hub_id, state if state.is_absolute() else base / state)
+
+
+def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
+    table.check_known({"url", "topic_prefix", "protocol", "ca_file", "cert_file", "key_file",
+                       "username", "password_file", "client_id", "keepalive", "batch_size",
+                       "window"})
+    url = table.str("url", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+        raise table.error("url", f"{url!r} is not valid; expected mqtt://HOST:PORT or "
+                          "mqtts://HOST:PORT")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise table.error("url", f"bad port in {url!r}") from exc
+    protocol = table.str("protocol", "5")
+    if protocol not in {"5", "3.1.1"}:
+        raise table.error("protocol", f"{protocol!r} is not supported; expected \"5\" or \"3.1.1\"")
+    cert_file = table.file_path("cert_file", base)
+    key_file = table.file_path("key_file", base)
+    if (cert_file is None) != (key_file is None):
+        raise table.error("key_file" if key_file is None else "cert_file",
+                          "mutual TLS needs both cert_file and key_file")
+    ca_file = table.file_path("ca_file", base)
+    if not tls and (ca_file or cert_file):
+        raise table.error("url", "ca_file/cert_file are set but the url is not mqtts://")
+    password_path = table.file_path("password_file", base)
+    password = None
+    if password_path is not None:
+        try:
+            password = password_path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise table.error("password_file", f"cannot read {password_path}: {exc}") from exc
+    username = table.optional_str("username")
+    if password is not None and username is None:
+        raise table.error("username", "password_file is set but username is missing")
+    return MqttConfig(
+        url=url, host=parts.hostname, port=port, tls=tls,
+        topic_prefix=table.str("topic_prefix", "rtm/v1", pattern=_TOPIC_PREFIX,
+                               hint="a topic prefix without '+', '#' or a trailing '/'"),
+        protocol="5" if protocol == "5" else "3.1.1",
+        ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+        username=username, password=password,
+        client_id=table.optional_str("client_id") or f"rtm-gateway-{hub_id}",
+        keepalive=table.int("keepalive", 60, 5, 3600),
+        batch_size=table.int("batch_size", 100, 1, 10_000),
+        window=table.int("window", 32, 1, 1000),
+    )
+
+
+def _devices(root: _Table, file: Path) -> tuple[DeviceConfig, ...]:
+    raw = root.data.get("devices", [])
+    if not isinstance(raw, list):
+        raise root.error("devices", "expected an array of tables: [[devices]]")
+    devices: list[DeviceConfig] = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(raw):
+        path = f"devices[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(file, path, f"expected a table, got {_kind(item)}")
+        device = _device(_Table(file, path, item), index)
+        if device.id in seen:
+            raise ConfigError(file, f"{path}.id", f"{device.id!r} is already used by {seen[device.id]}")
+        seen[device.id] = path
+        devices.append(device)
+    return tuple(devices)
+
+
+def _device(table: _Table, index: int) -> DeviceConfig:
+    table.check_known({"id", "driver", "port", "usb", "patient", "options", "summary_interval"})
+    driver = table.str("driver", pattern=_DRIVER_ID, hint="a driver id such as contec.cms50d")
+    patient = table.str("patient", pattern=_ID,
+                        hint="a pseudonymous id: letters, digits, '.', '_' or '-' (never a name)")
+    port = table.optional_str("port")
+    usb_text = table.optional_str("usb")
+    if (port is None) == (usb_text is None):
+        raise table.error("port", "set exactly one of port = \"/dev/...\" or usb = \"VID:PID\"")
+    usb = None
+    if usb_text is not None:
+        match = _USB.match(usb_text)
+        if not match:
+            raise table.error("usb", f"{usb_text!r} is not valid; expected VID:PID in hex, "
+                              "optionally :SERIAL (e.g. \"10c4:ea60\")")
+        usb = UsbSelector(int(match[1], 16), int(match[2], 16), match[3])
+    options = table.table("options")
+    return DeviceConfig(
+        id=table.str("id", f"{driver}-{index}", pattern=_ID,
+                     hint="letters, digits, '.', '_' or '-'"),
+        driver=driver, patient=patient, port=port, usb=usb,
+        options=MappingProxyType(dict(options.data)),
+        summary_interval=table.float("summary_interval", 1.0, 0.05, 3600.0),
+    )
+
+
+def check_driver_options(config: Config,
+                         check: Callable[[DeviceConfig], None]) -> None:
+    """Run each device's driver option check; turn `OptionError` and unknown drivers into a
+    `ConfigError` that points at `devices[i].options.<key>` or `devices[i].driver`."""
+    for index, device in enumerate(config.devices):
+        try:
+            check(device)
+        except OptionError as exc:
+            where = f"devices[{index}].options" + (f".{exc.path}" if exc.path else "")
+            raise ConfigError(config.file, where, exc.message) from exc
+        except LookupError as exc:
+            raise ConfigError(config.file, f"devices[{index}].driver", str(exc.args[0])
+                              if exc.args else str(exc)) from exc

@@ -1,0 +1,169 @@
+"""Contec CMS50D+ pulse oximeter, firmware 4.5 and older: the live stream over its serial cable.
+
+What lives here: the pure frame codec (`decode_frame`), the stream decoder that frames and
+resynchronises the byte stream, and the `DRIVER` object. Nothing here opens the port.
+
+The live stream is 5-byte frames, about 60 a second. Only the first byte of a frame has bit 7
+set, which is all the framing there is (no length, no checksum):
+
+    byte 0  1 beep dropping finger-out  signal strength (bits 0-3)
+    byte 1  0 pleth waveform (7 bits)
+    byte 2  0 pr-bit7 searching probe-error  bargraph (bits 0-3)
+    byte 3  0 pulse rate bits 0-6
+    byte 4  0 SpO2 (7 bits)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.sdk import (
+    DecodeError,
+    DriverInfo,
+    FeedResult,
+    Observation,
+    OptionError,
+    Reading,
+    SerialSettings,
+    StatusValue,
+    UsbMatch,
+)
+
+FRAME_LEN = 5
+SYNC = 0x80
+
+# (status name, byte index, bit mask): flags are table entries, not code.
+_FLAGS: tuple[tuple[str, int, int], ...] = (
+    ("finger_out", 0, 0x10),
+    ("spo2_dropping", 0, 0x20),
+    ("pulse_beep", 0, 0x40),
+    ("probe_error", 2, 0x10),
+    ("searching", 2, 0x20),
+)
+
+# While any of these is set the oximeter is not measuring, so the numbers in the frame are
+# left-overs or placeholders, not readings.
+_NOT_MEASURING = ("finger_out", "searching", "probe_error")
+
+# The values a reading may take. Outside them the device is saying "no value", never a real 0:
+# the stream uses all-ones (SpO2 127 in its 7-bit field, PR 255 in its 8-bit field) and zeros
+# while it has no reading, and no living patient has an SpO2 or pulse rate of 0. SpO2 above 100 %
+# cannot be a saturation either, so it is an error too rather than a clipped 100.
+_VALID: Mapping[str, range] = {
+    "spo2": range(1, 101),
+    "pulse_rate": range(1, 255),
+}
+
+DRIVER_ID = "contec.cms50d"
+
+
+def decode_frame(frame: bytes) -> Reading:
+    """Decode one 5-byte live frame. Raises `DecodeError` for anything that is not one."""
+    if len(frame) != FRAME_LEN:
+        raise DecodeError(f"CMS50D frame must be {FRAME_LEN} bytes, got {len(frame)}")
+    if not frame[0] & SYNC:
+        raise DecodeError("CMS50D frame does not start with a sync byte (bit 7 set)")
+    if any(b & SYNC for b in frame[1:]):
+        raise DecodeError("CMS50D frame has bit 7 set after its first byte")
+
+    status: dict[str, StatusValue] = {"signal_strength": frame[0] & 0x0F}
+    for name, index, mask in _FLAGS:
+        status[name] = bool(frame[index] & mask)
+    measuring = not any(status[name] for name in _NOT_MEASURING)
+
+    values = {
+        "spo2": frame[4],
+        "pulse_rate": frame[3] | (0x80 if frame[2] & 0x40 else 0),
+    }
+    # We keep an observation with value None rather than dropping it: the platform then sees
+    # that the oximeter was on but had no value, which it cannot tell from a missing field.
+    observations = tuple(
+        Observation.known(name, value)
+        if measuring and value in _VALID[name]
+        else Observation.known(name, None, absent="error")
+        for name, value in values.items()
+    )
+    return Reading(observations=observations, raw=bytes(frame), status=status)
+
+
+@dataclass(slots=True)
+class Cms50dStreamDecoder:
+    """Frames the live stream: a byte with bit 7 set always starts a new frame.
+
+    A frame cut short by a new sync byte is one `DecodeError`; so is each run of bytes that
+    arrive between frames. Bytes before the first sync byte of a session are the tail of a frame
+    sent before the port was opened, so they are skipped without an error. Errors are reported
+    when the byte that ends them arrives, so how the stream is chunked never changes the result.
+    """
+
+    _frame: bytearray = field(default_factory=bytearray)
+    _synced: bool = False
+    _stray: int = 0
+
+    def feed(self, data: bytes) -> FeedResult:
+        result = FeedResult()
+        for byte in data:
+            if byte & SYNC:
+                self._start_frame(byte, result)
+            elif not self._frame:
+                self._stray += 1
+            else:
+                self._frame.append(byte)
+                if len(self._frame) == FRAME_LEN:
+                    self._finish_frame(result)
+        return result
+
+    def _start_frame(self, byte: int, result: FeedResult) -> None:
+        if self._frame:
+            result.errors.append(DecodeError(
+                f"CMS50D frame cut short after {len(self._frame)} of {FRAME_LEN} bytes"))
+        if self._stray and self._synced:
+            result.errors.append(DecodeError(
+                f"CMS50D stream: skipped {self._stray} bytes between frames"))
+        self._stray = 0
+        self._synced = True
+        self._frame = bytearray((byte,))
+
+    def _finish_frame(self, result: FeedResult) -> None:
+        try:
+            result.readings.append(decode_frame(bytes(self._frame)))
+        except DecodeError as exc:  # cannot happen with the framing above; kept as a guard
+            result.errors.append(exc)
+        self._frame.clear()
+
+
+class Cms50dDriver:
+    """The Contec CMS50D+ (firmware <= 4.5) live-stream driver."""
+
+    # A plain class, not a frozen dataclass: the SDK's Driver protocol declares `info` as a
+    # plain attribute, which a frozen field does not satisfy for mypy.
+    __slots__ = ()
+
+    info = DriverInfo(
+        id=DRIVER_ID,
+        version="1.0.0",
+        description="Contec CMS50D+ pulse oximeter (firmware <= 4.5), live stream over USB serial",
+        transport="serial",
+        # The cable holds a Silicon Labs CP210x bridge; the oximeter itself speaks TTL serial.
+        match=(UsbMatch(0x10C4, 0xEA60),),
+        serial=SerialSettings(19200, 8, "O", 1, xonxoff=True),
+        produces=("spo2", "pulse_rate"),
+        continuous=True,
+    )
+
+    def decoder(self, options: Mapping[str, object]) -> Cms50dStreamDecoder:
+        if options:
+            raise OptionError(next(iter(options)), "contec.cms50d takes no options; remove it")
+        return Cms50dStreamDecoder()
+
+    def serial_settings(self, options: Mapping[str, object]) -> SerialSettings:
+        """The port settings are fixed by the device."""
+        return self.info.serial
+
+    @staticmethod
+    def decode_frame(frame: bytes) -> Reading:
+        return decode_frame(frame)
+
+
+DRIVER = Cms50dDriver()

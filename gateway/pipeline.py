@@ -1,0 +1,363 @@
+"""Device events to signed entries in the outbox.
+
+`DeviceSession` owns one configured device: it opens it through a `StreamOpener` (the app hands
+in the real serial transport), feeds the bytes to the driver's decoder, summarises continuous
+streams and hands readings to the `Journal`. When the device goes away it reopens it with
+backoff, for as long as the daemon runs.
+
+`Journal` is the single writer of the signed log: it stamps hub time, signs readings and hub
+events in order (sequence number and hash chain) and commits them to the outbox in small groups
+(one fsync per group). When the outbox is full it drops the oldest entries and signs a `gap`
+event for them in the same transaction, so nothing disappears silently.
+
+No transport is imported here: devices are seen through the small protocols below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from gateway.clock import HubClock, clock_state, rfc3339
+from gateway.config import DeviceConfig
+from gateway.outbox import DeviceDelta, Entry, Outbox, OutboxError
+from gateway.sdk import TRACE, Driver, Reading, SerialSettings
+from gateway.signing import Signer
+
+log = logging.getLogger(__name__)
+
+
+class DeviceUnavailable(Exception):
+    """The device could not be opened, or went away. The session retries with backoff."""
+
+
+class ByteStream(Protocol):
+    async def read(self) -> bytes:
+        """The next chunk; raises `DeviceUnavailable` when the device goes away."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class StreamOpener(Protocol):
+    async def __call__(self, device: DeviceConfig, settings: SerialSettings) -> ByteStream:
+        """Open the device; raises `DeviceUnavailable` with the cause."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Captured:
+    device: Mapping[str, object]
+    device_id: str
+    patient: str
+    reading: Reading
+    hub_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class _HubEvent:
+    name: str
+    detail: Mapping[str, object]
+    hub_time: float
+
+
+@dataclass(slots=True)
+class _DeviceCounters:
+    readings: int = 0
+    decode_errors: int = 0
+    last_reading: float | None = None
+    last_error: str | None = None
+    errors_unreported: int = 0
+
+
+class Journal:
+    """The single writer of the hub's signed log (readings and hub events share one chain)."""
+
+    def __init__(self, outbox: Outbox, signer: Signer, *, on_commit: Callable[[], None],
+                 commit_interval: float = 0.005, max_batch: int = 2000,
+                 max_pending: int = 200_000, error_summary_interval: float = 60.0,
+                 clock: Callable[[], HubClock] = clock_state) -> None:
+        self._outbox = outbox
+        self._signer = signer
+        self._on_commit = on_commit
+        self._commit_interval = commit_interval
+        self._max_batch = max(1, min(max_batch, outbox.max_rows // 2))
+        self._max_pending = max_pending
+        self._error_summary_interval = error_summary_interval
+        self._clock = clock
+        self._pending: deque[_Captured | _HubEvent] = deque()
+        self._wake = asyncio.Event()
+        self._devices: dict[str, _DeviceCounters] = {}
+        self._deltas: dict[str, _DeviceCounters] = {}
+        self._lost_unsigned = 0
+        self.committed = 0
+        self.commit_failures = 0
+        self.last_error: str | None = None
+
+    # --- producers ---------------------------------------------------------------------------
+
+    def submit(self, device: Mapping[str, object], device_id: str, patient: str,
+               reading: Reading, hub_time: float) -> None:
+        self._enqueue(_Captured(device, device_id, patient, reading, hub_time))
+        delta = self._delta(device_id)
+        delta.readings += 1
+        delta.last_reading = hub_time
+
+    def event(self, name: str, detail: Mapping[str, object]) -> None:
+        self._enqueue(_HubEvent(name, detail, time.time()))
+
+    def count_error(self, device_id: str, message: str) -> None:
+        delta = self._delta(device_id)
+        delta.decode_errors += 1
+        delta.last_error = message
+        self._devices.setdefault(device_id, _DeviceCounters()).errors_unreported += 1
+
+    def _delta(self, device_id: str) -> _DeviceCounters:
+        delta = self._deltas.get(device_id)
+        if delta is None:
+            delta = self._deltas[device_id] = _DeviceCounters()
+        return delta
+
+    def _enqueue(self, item: _Captured | _HubEvent) -> None:
+        if len(self._pending) >= self._max_pending:
+            # The disk has refused commits for a long time: keep the newest, count the rest so
+            # a signed event can say how many were lost once the disk takes writes again.
+            self._pending.popleft()
+            self._lost_unsigned += 1
+        self._pending.append(item)
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # --- the writer ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit what is pending every few milliseconds; summarise decode errors now and then."""
+        next_summary = time.monotonic() + self._error_summary_interval
+        retry_delay = 0.0
+        while True:
+            timeout = max(0.0, next_summary - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if time.monotonic() >= next_summary:
+                self._summarise_errors()
+                next_summary = time.monotonic() + self._error_summary_interval
+            if retry_delay:
+                await asyncio.sleep(retry_delay)
+            elif self._commit_interval:
+                await asyncio.sleep(self._commit_interval)  # let a group gather
+            while self._pending or self._deltas:
+                if not self.commit_once():
+                    retry_delay = min(max(retry_delay * 2, 0.5), 30.0)
+                    self._wake.set()
+                    break
+                retry_delay = 0.0
+
+    def commit_once(self) -> bool:
+        """Sign and commit up to one batch. False when the outbox refused it (kept for later)."""
+        if self._lost_unsigned:
+            lost, self._lost_unsigned = self._lost_unsigned, 0
+            self._pending.appendleft(_HubEvent("readings-lost", {
+                "count": lost, "reason": "the outbox refused writes for too long"}, time.time()))
+        batch = [self._pending[i] for i in range(min(len(self._pending), self._max_batch))]
+        saved_head = self._signer.head
+        hub_clock = self._clock()
+        entries = [self._sign(item, hub_clock) for item in batch]
+        drop_through = self._make_room(entries, hub_clock)
+        deltas = {device_id: DeviceDelta(d.readings, d.decode_errors, d.last_reading,
+                                         d.last_error)
+                  for device_id, d in self._deltas.items()}
+        try:
+            self._outbox.append(entries, self._signer.head.hash, drop_through, deltas)
+        except OutboxError as exc:
+            self._signer.head = saved_head  # nothing was committed: reuse the same seqs
+            self.commit_failures += 1
+            if self.last_error != str(exc):
+                log.error("cannot store readings: %s. Readings are kept in memory (%d pending) "
+                          "and the write is retried; free disk space or fix the state dir.",
+                          exc, len(self._pending))
+            self.last_error = str(exc)
+            return False
+        if self.last_error is not None:
+            log.info("the outbox takes writes again; %d entries committed", len(entries))
+            self.last_error = None
+        for _ in batch:
+            self._pending.popleft()
+        self._deltas.clear()
+        self.committed += len(entries)
+        if entries:
+            self._on_commit()
+        return True
+
+    def _sign(self, item: _Captured | _HubEvent, hub_clock: HubClock) -> Entry:
+        body = _reading_body(item, hub_clock) if isinstance(item, _Captured) else _event_body(
+            item.name, item.detail, item.hub_time, hub_clock)
+        signed = self._signer.sign(body)
+        kind = "reading" if isinstance(item, _Captured) else "event"
+        return Entry(signed.seq, kind, signed.jws, item.hub_time)
+
+    def _make_room(self, entries: list[Entry], hub_clock: HubClock) -> int | None:
+        """When the new entries would pass the cap, sign a gap event for the oldest rows that
+        must go, add it to the batch, and return the last seq to drop."""
+        over = self._outbox.depth() + len(entries) + 1 - self._outbox.max_rows
+        if over <= 0:
+            return None
+        oldest = self._outbox.oldest_seqs(over)
+        if oldest is None:
+            return None
+        first, last, count = oldest
+        log.warning("outbox full (%d entries): dropping the oldest %d (seq %d..%d) and "
+                    "signing a gap event; check the uplink (broker reachable?)",
+                    self._outbox.max_rows, count, first, last)
+        entries.append(Entry(0, "event", b"", 0.0))  # placeholder, replaced below
+        now = time.time()
+        signed = self._signer.sign(_event_body("gap", {
+            "first_seq": first, "last_seq": last, "count": count, "reason": "outbox-cap"},
+            now, hub_clock))
+        entries[-1] = Entry(signed.seq, "event", signed.jws, now)
+        return last
+
+    def _summarise_errors(self) -> None:
+        for device_id, counters in self._devices.items():
+            if counters.errors_unreported:
+                log.warning("device %s: %d malformed frames in the last %.0f s; check the cable "
+                            "and the driver's serial settings", device_id,
+                            counters.errors_unreported, self._error_summary_interval)
+                self.event("decode-errors", {"device": device_id,
+                                             "count": counters.errors_unreported,
+                                             "interval_s": self._error_summary_interval})
+                counters.errors_unreported = 0
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Commit everything pending (on shutdown), retrying briefly if the disk refuses."""
+        deadline = time.monotonic() + timeout
+        while self._pending or self._deltas:
+            if not self.commit_once():
+                if time.monotonic() > deadline:
+                    log.error("stopping with %d readings not stored: %s", len(self._pending),
+                              self.last_error)
+                    return
+                await asyncio.sleep(0.2)
+
+
+def _reading_body(item: _Captured, hub_clock: HubClock) -> dict[str, object]:
+    wire = item.reading.wire()
+    return {
+        "kind": "reading",
+        "patient": item.patient,
+        "device": item.device,
+        "time": {"hub": rfc3339(item.hub_time), "hub_clock": hub_clock,
+                 "device": wire["device_time"], "device_clock": wire["device_clock"]},
+        "observations": wire["observations"],
+        "status": wire["status"],
+        "raw": wire["raw"],
+    }
+
+
+def _event_body(name: str, detail: Mapping[str, object], hub_time: float,
+                hub_clock: HubClock) -> dict[str, object]:
+    return {"kind": "event", "event": name,
+            "time": {"hub": rfc3339(hub_time), "hub_clock": hub_clock},
+            "detail": dict(detail)}
+
+
+class DeviceSession:
+    """One configured device, from open to readings, reopened whenever it comes back."""
+
+    def __init__(self, device: DeviceConfig, driver: Driver, settings: SerialSettings,
+                 opener: StreamOpener, journal: Journal, *, max_backoff: float = 30.0) -> None:
+        self.device = device
+        self._driver = driver
+        self._settings = settings
+        self._opener = opener
+        self._journal = journal
+        self._max_backoff = max_backoff
+        self._identity: Mapping[str, object] = {
+            "id": device.id, "driver": driver.info.id, "driver_version": driver.info.version,
+            **({"port": device.port} if device.port else {}),
+            **({"usb": device.usb.describe()} if device.usb else {}),
+        }
+        self._next_due = 0.0
+        self.connected = False
+        self.readings = 0
+        self.decode_errors = 0
+
+    async def run(self) -> None:
+        while True:
+            stream = await self._open()
+            self.connected = True
+            log.info("device %s: connected on %s", self.device.id, self.device.where)
+            self._journal.event("device-connected", {"device": self.device.id})
+            try:
+                await self._stream(stream)
+            except DeviceUnavailable as exc:
+                log.warning("device %s: lost (%s); it will be reopened when it returns",
+                            self.device.id, exc)
+                self._journal.event("device-lost", {"device": self.device.id,
+                                                    "reason": str(exc)})
+            finally:
+                self.connected = False
+                await stream.close()
+
+    async def _open(self) -> ByteStream:
+        attempts = 0
+
+        def before_sleep(_: object) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                log.warning("device %s: cannot open %s; retrying with backoff until it appears "
+                            "(is it plugged in, and is the port right?)", self.device.id,
+                            self.device.where)
+
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.2, max=self._max_backoff),
+            retry=retry_if_exception_type(DeviceUnavailable), reraise=True,
+            before_sleep=before_sleep)
+        async for attempt in retrying:
+            with attempt:
+                return await self._opener(self.device, self._settings)
+        raise AssertionError("unreachable: the retry loop never stops")  # pragma: no cover
+
+    async def _stream(self, stream: ByteStream) -> None:
+        decoder = self._driver.decoder(self.device.options)
+        continuous = self._driver.info.continuous
+        interval = self.device.summary_interval
+        while True:
+            data = await stream.read()
+            log.log(TRACE, "device %s: %d bytes %s", self.device.id, len(data), data.hex())
+            result = decoder.feed(data)
+            for error in result.errors:
+                self.decode_errors += 1
+                self._journal.count_error(self.device.id, str(error))
+                log.log(TRACE, "device %s: decode error: %s", self.device.id, error)
+            if not result.readings:
+                continue
+            now = time.time()
+            if continuous:
+                # ~60 frames a second would be 60 signed readings; keep the values at the
+                # moment each interval comes due instead.
+                mono = time.monotonic()
+                if mono < self._next_due:
+                    continue
+                self._next_due += interval
+                if self._next_due <= mono:  # first reading, or the stream paused
+                    self._next_due = mono + interval
+                readings = result.readings[-1:]
+            else:
+                readings = result.readings
+            for reading in readings:
+                self.readings += 1
+                self._journal.submit(self._identity, self.device.id, self.device.patient,
+                                     reading, now)
