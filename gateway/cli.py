@@ -12,8 +12,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 DEFAULT_CONFIG = Path("/etc/rtm-gateway/config.toml")
 
@@ -109,7 +113,7 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
-def _load(path: Path) -> object:
+def _load(path: Path) -> Config:
     from gateway.config import check_driver_options, load_config
     from gateway.registry import Registry
 
@@ -123,13 +127,12 @@ def _load(path: Path) -> object:
 # --- commands ------------------------------------------------------------------------------------
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.config import Config, ConfigError
+    from gateway.config import ConfigError
 
     try:
         config = _load(args.config)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    assert isinstance(config, Config)
     print(f"{config.file}: ok (hub {config.hub.id}, {len(config.devices)} device(s), "
           f"broker {config.mqtt.url})")
     return EXIT_OK
@@ -137,13 +140,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StartupError, run_hub
-    from gateway.config import Config, ConfigError
+    from gateway.config import ConfigError
 
     try:
         config = _load(args.config)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    assert isinstance(config, Config)
     _setup_logging(args.log_level or config.log_level)
     try:
         return run_hub(config)
@@ -184,8 +186,11 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
     try:
         options = json.loads(args.options)
-        if not isinstance(options, dict):
-            raise TypeError("--options must be a JSON object")
+    except ValueError as exc:
+        return _fail(f"--options is not JSON: {exc}", EXIT_CONFIG)
+    if not isinstance(options, dict):
+        return _fail("--options must be a JSON object", EXIT_CONFIG)
+    try:
         data = parse_hex(args.hex)
         registry = Registry.load()
         result = registry.decode(args.driver, data, options)

@@ -10,7 +10,7 @@ import ctypes
 import ctypes.util
 import time
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 HubClock = Literal["synced", "unsynced", "unknown"]
 
@@ -23,12 +23,12 @@ class _Timex(ctypes.Structure):
     _fields_ = [("modes", ctypes.c_uint), ("_rest", ctypes.c_byte * 256)]
 
 
-def _load_adjtimex() -> ctypes._CFuncPtr | None:
+def _load_adjtimex() -> Any:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.adjtimex  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
+    except OSError:
         return None
+    return getattr(libc, "adjtimex", None)
 
 
 _adjtimex = _load_adjtimex()

@@ -40,6 +40,10 @@ class HubConfig:
     id: str
     state_dir: Path
 
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_dir / "outbox.sqlite"
+
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
@@ -58,6 +62,7 @@ class MqttConfig:
     keepalive: int = 60
     batch_size: int = 100
     window: int = 32
+    reconnect_max: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +136,7 @@ class _Table:
             raise self.error(key, f"expected a table, got {_kind(value)}")
         return _Table(self.file, self._key(key), value)
 
-    def str(self, key: str, default: str | None = None, *, pattern: re.Pattern[str] | None = None,
+    def text(self, key: str, default: str | None = None, *, pattern: re.Pattern[str] | None = None,
             hint: str = "") -> str:
         value = self.optional_str(key)
         if value is None:
@@ -150,7 +155,7 @@ class _Table:
             raise self.error(key, f"expected a non-empty string, got {_kind(value)}")
         return value
 
-    def int(self, key: str, default: int, low: int, high: int) -> int:
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self.data.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool):
             raise self.error(key, f"expected an integer, got {_kind(value)}")
@@ -158,7 +163,7 @@ class _Table:
             raise self.error(key, f"{value} is out of range; expected {low}..{high}")
         return value
 
-    def float(self, key: str, default: float, low: float, high: float) -> float:
+    def number(self, key: str, default: float, low: float, high: float) -> float:
         value = self.data.get(key, default)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise self.error(key, f"expected a number, got {_kind(value)}")
@@ -210,30 +215,31 @@ def parse_config(data: Mapping[str, object], file: Path) -> Config:
     outbox_table = root.table("outbox")
     outbox_table.check_known({"max_rows", "commit_interval_ms"})
     outbox = OutboxConfig(
-        max_rows=outbox_table.int("max_rows", 1_000_000, 100, 100_000_000),
-        commit_interval=outbox_table.float("commit_interval_ms", 5.0, 0.0, 1000.0) / 1000.0,
+        max_rows=outbox_table.integer("max_rows", 1_000_000, 100, 100_000_000),
+        commit_interval=outbox_table.number("commit_interval_ms", 5.0, 0.0, 1000.0) / 1000.0,
     )
-    log = root.table("log")
-    log.check_known({"level"})
-    level = log.str("level", "INFO").upper()
+    log_table = root.table("log")
+    log_table.check_known({"level"})
+    level = log_table.text("level", "INFO").upper()
     if level not in {"TRACE", "DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise log.error("level", f"{level!r} is not a log level; expected TRACE, DEBUG, INFO, "
-                        "WARNING or ERROR")
+        raise ConfigError(file, "log.level",
+                          f"{level!r} is not a log level; expected TRACE, DEBUG, INFO, WARNING "
+                          "or ERROR")
     return Config(file, hub, mqtt, devices, outbox, level)
 
 
 def _hub(table: _Table, base: Path) -> HubConfig:
     table.check_known({"id", "state_dir"})
-    hub_id = table.str("id", pattern=_ID, hint="letters, digits, '.', '_' or '-', at most 64")
-    state = Path(table.str("state_dir", "/var/lib/rtm-gateway"))
+    hub_id = table.text("id", pattern=_ID, hint="letters, digits, '.', '_' or '-', at most 64")
+    state = Path(table.text("state_dir", "/var/lib/rtm-gateway"))
     return HubConfig(hub_id, state if state.is_absolute() else base / state)
 
 
 def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
     table.check_known({"url", "topic_prefix", "protocol", "ca_file", "cert_file", "key_file",
                        "username", "password_file", "client_id", "keepalive", "batch_size",
-                       "window"})
-    url = table.str("url", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
+                       "window", "reconnect_max"})
+    url = table.text("url", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
     parts = urlsplit(url)
     if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
         raise table.error("url", f"{url!r} is not valid; expected mqtt://HOST:PORT or "
@@ -243,7 +249,7 @@ def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
         raise table.error("url", f"bad port in {url!r}") from exc
-    protocol = table.str("protocol", "5")
+    protocol = table.text("protocol", "5")
     if protocol not in {"5", "3.1.1"}:
         raise table.error("protocol", f"{protocol!r} is not supported; expected \"5\" or \"3.1.1\"")
     cert_file = table.file_path("cert_file", base)
@@ -266,15 +272,16 @@ def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
         raise table.error("username", "password_file is set but username is missing")
     return MqttConfig(
         url=url, host=parts.hostname, port=port, tls=tls,
-        topic_prefix=table.str("topic_prefix", "rtm/v1", pattern=_TOPIC_PREFIX,
+        topic_prefix=table.text("topic_prefix", "rtm/v1", pattern=_TOPIC_PREFIX,
                                hint="a topic prefix without '+', '#' or a trailing '/'"),
         protocol="5" if protocol == "5" else "3.1.1",
         ca_file=ca_file, cert_file=cert_file, key_file=key_file,
         username=username, password=password,
         client_id=table.optional_str("client_id") or f"rtm-gateway-{hub_id}",
-        keepalive=table.int("keepalive", 60, 5, 3600),
-        batch_size=table.int("batch_size", 100, 1, 10_000),
-        window=table.int("window", 32, 1, 1000),
+        keepalive=table.integer("keepalive", 60, 5, 3600),
+        batch_size=table.integer("batch_size", 100, 1, 10_000),
+        window=table.integer("window", 32, 1, 1000),
+        reconnect_max=table.number("reconnect_max", 60.0, 0.1, 3600.0),
     )
 
 
@@ -290,7 +297,8 @@ def _devices(root: _Table, file: Path) -> tuple[DeviceConfig, ...]:
             raise ConfigError(file, path, f"expected a table, got {_kind(item)}")
         device = _device(_Table(file, path, item), index)
         if device.id in seen:
-            raise ConfigError(file, f"{path}.id", f"{device.id!r} is already used by {seen[device.id]}")
+            raise ConfigError(file, f"{path}.id",
+                              f"{device.id!r} is already used by {seen[device.id]}")
         seen[device.id] = path
         devices.append(device)
     return tuple(devices)
@@ -298,8 +306,8 @@ def _devices(root: _Table, file: Path) -> tuple[DeviceConfig, ...]:
 
 def _device(table: _Table, index: int) -> DeviceConfig:
     table.check_known({"id", "driver", "port", "usb", "patient", "options", "summary_interval"})
-    driver = table.str("driver", pattern=_DRIVER_ID, hint="a driver id such as contec.cms50d")
-    patient = table.str("patient", pattern=_ID,
+    driver = table.text("driver", pattern=_DRIVER_ID, hint="a driver id such as contec.cms50d")
+    patient = table.text("patient", pattern=_ID,
                         hint="a pseudonymous id: letters, digits, '.', '_' or '-' (never a name)")
     port = table.optional_str("port")
     usb_text = table.optional_str("usb")
@@ -314,11 +322,11 @@ def _device(table: _Table, index: int) -> DeviceConfig:
         usb = UsbSelector(int(match[1], 16), int(match[2], 16), match[3])
     options = table.table("options")
     return DeviceConfig(
-        id=table.str("id", f"{driver}-{index}", pattern=_ID,
+        id=table.text("id", f"{driver}-{index}", pattern=_ID,
                      hint="letters, digits, '.', '_' or '-'"),
         driver=driver, patient=patient, port=port, usb=usb,
         options=MappingProxyType(dict(options.data)),
-        summary_interval=table.float("summary_interval", 1.0, 0.05, 3600.0),
+        summary_interval=table.number("summary_interval", 1.0, 0.05, 3600.0),
     )
 
 

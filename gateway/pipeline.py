@@ -182,12 +182,7 @@ class Journal:
             self._outbox.append(entries, self._signer.head.hash, drop_through, deltas)
         except OutboxError as exc:
             self._signer.head = saved_head  # nothing was committed: reuse the same seqs
-            self.commit_failures += 1
-            if self.last_error != str(exc):
-                log.error("cannot store readings: %s. Readings are kept in memory (%d pending) "
-                          "and the write is retried; free disk space or fix the state dir.",
-                          exc, len(self._pending))
-            self.last_error = str(exc)
+            self._refused(str(exc))
             return False
         if self.last_error is not None:
             log.info("the outbox takes writes again; %d entries committed", len(entries))
@@ -200,12 +195,21 @@ class Journal:
             self._on_commit()
         return True
 
+    def _refused(self, reason: str) -> None:
+        self.commit_failures += 1
+        if self.last_error != reason:  # once per distinct cause, not once per retry
+            log.error("cannot store readings: %s. Readings are kept in memory (%d pending) and "
+                      "the write is retried; free disk space or fix the state dir.",
+                      reason, len(self._pending))
+        self.last_error = reason
+
     def _sign(self, item: _Captured | _HubEvent, hub_clock: HubClock) -> Entry:
         body = _reading_body(item, hub_clock) if isinstance(item, _Captured) else _event_body(
             item.name, item.detail, item.hub_time, hub_clock)
         signed = self._signer.sign(body)
-        kind = "reading" if isinstance(item, _Captured) else "event"
-        return Entry(signed.seq, kind, signed.jws, item.hub_time)
+        if isinstance(item, _Captured):
+            return Entry(signed.seq, "reading", signed.jws, item.hub_time)
+        return Entry(signed.seq, "event", signed.jws, item.hub_time)
 
     def _make_room(self, entries: list[Entry], hub_clock: HubClock) -> int | None:
         """When the new entries would pass the cap, sign a gap event for the oldest rows that

@@ -249,8 +249,8 @@ class Float11073:
         if self.absent is not None:
             return None
         if self.exponent >= 0:
-            return self.mantissa * 10**self.exponent
-        return round(self.mantissa * 10.0**self.exponent, -self.exponent)
+            return self.mantissa * int(10**self.exponent)
+        return round(float(self.mantissa * 10.0**self.exponent), -self.exponent)
 
     @property
     def decimals(self) -> int:

@@ -6,6 +6,7 @@ A few lines over a datagram socket: no library is needed, and outside systemd
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -27,11 +28,10 @@ class Notifier:
     def notify(self, *fields: str) -> None:
         if not self._address:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.sendto("\n".join(fields).encode(), self._address)
-            except OSError:
-                pass  # systemd went away: nothing useful to do, and the service must go on
+        # If systemd went away there is nothing useful to do, and the service must go on.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, \
+                contextlib.suppress(OSError):
+            sock.sendto("\n".join(fields).encode(), self._address)
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))

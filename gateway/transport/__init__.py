@@ -1,1 +1,4 @@
-"""Transports: I/O only (serial, MQTT). They never import drivers, registry, pipeline, outbox or signing."""
+"""Transports: I/O only (serial, MQTT).
+
+They never import drivers, registry, pipeline, outbox or signing.
+"""

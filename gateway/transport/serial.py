@@ -78,7 +78,8 @@ class SerialByteStream:
             await asyncio.wait_for(self._writer.wait_closed(), 1.0)
 
 
-async def open_serial(path: str, settings: SerialSettings, timeout: float = 5.0) -> SerialByteStream:
+async def open_serial(path: str, settings: SerialSettings,
+                      timeout: float = 5.0) -> SerialByteStream:
     """Open `path` with the driver's settings. Raises `SerialPortError` with the cause."""
     import serial
     import serial_asyncio_fast

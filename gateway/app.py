@@ -1,0 +1,202 @@
+"""The daemon: builds every part from the configuration and runs them in one TaskGroup.
+
+This is one of the two places (with cli.py) that wires concrete things together: the serial
+transport into the device sessions, the MQTT client into the uplink. It owns start-up (state
+dir, identity, outbox), signals (SIGTERM/SIGINT drain and stop), and systemd notification
+(READY, WATCHDOG from the event loop, STOPPING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import __version__
+from gateway.clock import clock_state
+from gateway.config import Config, DeviceConfig
+from gateway.outbox import Outbox, OutboxError
+from gateway.pipeline import ByteStream, DeviceSession, DeviceUnavailable, Journal
+from gateway.registry import Registry
+from gateway.sdk import SerialSettings
+from gateway.signing import ChainHead, HubIdentity, IdentityError, Signer
+from gateway.systemd import Notifier
+from gateway.transport.mqtt import MqttSettings, publisher_factory
+from gateway.transport.serial import (
+    PortLister,
+    SerialByteStream,
+    SerialPortError,
+    find_usb_port,
+    list_system_ports,
+    open_serial,
+)
+from gateway.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The hub cannot start: the message names the cause and what to do."""
+
+
+def run_hub(config: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Returns the process exit status."""
+    return asyncio.run(Hub(config).run())
+
+
+@dataclass(frozen=True, slots=True)
+class HubState:
+    identity: HubIdentity
+    outbox: Outbox
+
+
+def open_state(state_dir: Path, outbox_path: Path, max_rows: int) -> HubState:
+    """Create the state dir if needed, load (or create) the identity and open the outbox."""
+    try:
+        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the state dir {state_dir}: {exc.strerror}; "
+                           "create it and make it writable by the hub's user") from exc
+    try:
+        identity = HubIdentity.load_or_create(state_dir)
+    except IdentityError as exc:
+        raise StartupError(str(exc)) from exc
+    except OSError as exc:
+        raise StartupError(f"cannot create the hub identity in {state_dir}: {exc.strerror}; "
+                           "is the state dir writable and the disk not full?") from exc
+    try:
+        outbox = Outbox.open(outbox_path, max_rows=max_rows)
+    except OutboxError as exc:
+        raise StartupError(str(exc)) from exc
+    return HubState(identity, outbox)
+
+
+class _SerialStream:
+    """The serial transport seen through the pipeline's `ByteStream` protocol."""
+
+    def __init__(self, stream: SerialByteStream) -> None:
+        self._stream = stream
+
+    async def read(self) -> bytes:
+        try:
+            return await self._stream.read()
+        except SerialPortError as exc:
+            raise DeviceUnavailable(str(exc)) from exc
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+
+class SerialOpener:
+    """Finds a device's port (by path, or by USB VID:PID) and opens it."""
+
+    def __init__(self, lister: PortLister = list_system_ports) -> None:
+        self._lister = lister
+
+    async def __call__(self, device: DeviceConfig, settings: SerialSettings) -> ByteStream:
+        path = device.port
+        if path is None and device.usb is not None:
+            path = await asyncio.to_thread(find_usb_port, self._lister, device.usb.vid,
+                                           device.usb.pid, device.usb.serial)
+            if path is None:
+                raise DeviceUnavailable(f"no USB serial port {device.usb.describe()} present")
+        if path is None:
+            raise DeviceUnavailable("no port configured")
+        try:
+            return _SerialStream(await open_serial(path, settings))
+        except SerialPortError as exc:
+            raise DeviceUnavailable(str(exc)) from exc
+
+
+def mqtt_settings(config: Config) -> MqttSettings:
+    """Connection settings; the uplink adds the last will (status "offline") itself."""
+    mqtt = config.mqtt
+    return MqttSettings(
+        host=mqtt.host, port=mqtt.port, tls=mqtt.tls, ca_file=mqtt.ca_file,
+        cert_file=mqtt.cert_file, key_file=mqtt.key_file, username=mqtt.username,
+        password=mqtt.password, client_id=mqtt.client_id or f"rtm-gateway-{config.hub.id}",
+        protocol=mqtt.protocol, keepalive=mqtt.keepalive)
+
+
+class Hub:
+    """The running hub: device sessions, the journal, the uplink, the watchdog."""
+
+    def __init__(self, config: Config, *, registry: Registry | None = None,
+                 opener: Callable[[], SerialOpener] = SerialOpener,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.registry = registry or Registry.load()
+        self._opener = opener()
+        self._notifier = notifier or Notifier()
+        self.stop_event = asyncio.Event()
+
+    async def run(self) -> int:
+        config = self.config
+        state = open_state(config.hub.state_dir, config.hub.outbox_path, config.outbox.max_rows)
+        outbox = state.outbox
+        try:
+            return await self._run(state)
+        finally:
+            outbox.close()
+
+    async def _run(self, state: HubState) -> int:
+        config = self.config
+        last_seq, last_hash = state.outbox.head()
+        signer = Signer(state.identity, config.hub.id, ChainHead(last_seq, last_hash))
+        uplink = Uplink(
+            state.outbox, publisher_factory(mqtt_settings(config)),
+            config.hub.id, topic_prefix=config.mqtt.topic_prefix,
+            batch_size=config.mqtt.batch_size, window=config.mqtt.window,
+            backoff_initial=min(1.0, config.mqtt.reconnect_max),
+            backoff_max=config.mqtt.reconnect_max,
+            status_extra={"version": __version__, "jwk": state.identity.public_jwk()})
+        journal = Journal(state.outbox, signer, on_commit=uplink.wake,
+                          commit_interval=config.outbox.commit_interval)
+        sessions = [self._session(device, journal) for device in config.devices]
+        journal.event("hub-started", {"version": __version__, "devices": len(sessions),
+                                      "clock": clock_state()})
+        self._install_signals()
+        log.info("hub %s: started with %d device(s); outbox holds %d entries (last seq %d)",
+                 config.hub.id, len(sessions), state.outbox.depth(), last_seq)
+        async with asyncio.TaskGroup() as group:
+            journal_task = group.create_task(journal.run(), name="journal")
+            uplink_task = group.create_task(uplink.run(), name="uplink")
+            workers = [group.create_task(s.run(), name=f"device {s.device.id}")
+                       for s in sessions]
+            workers.append(group.create_task(self._watchdog(), name="watchdog"))
+            self._notifier.ready(f"{len(sessions)} device(s)")
+            await self.stop_event.wait()
+            log.info("stopping: draining in-flight work")
+            self._notifier.stopping()
+            for task in workers:
+                task.cancel()
+            await journal.drain()
+            journal_task.cancel()
+            await uplink.stop(drain_timeout=10.0)
+            uplink_task.cancel()
+        log.info("stopped cleanly; %d entries wait in the outbox", state.outbox.depth())
+        return 0
+
+    def _session(self, device: DeviceConfig, journal: Journal) -> DeviceSession:
+        driver = self.registry.get(device.driver)
+        settings = self.registry.serial_settings(device.driver, device.options)
+        return DeviceSession(device, driver, settings, self._opener, journal)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop_event.set)
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog from the event loop itself: a stuck loop stops the pings."""
+        interval = self._notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(interval)

@@ -1,0 +1,281 @@
+"""`rtm-gateway demo`: simulated devices, the real hub, a broker and the verifier, together.
+
+With no `--url`, a broker is started on a free loopback port: the machine's mosquitto when it
+has one, else the embedded amqtt broker of the `demo` extra (MQTT 3.1.1 only). The simulated
+devices sit on pseudo-terminals, exactly as a USB serial device would; the hub is the same code
+`rtm-gateway run` runs; the receiver checks every signature, the sequence and the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.config import Config, load_config
+from gateway.signing import HubIdentity
+from gateway.verify import Verifier, VerifyReport
+
+HUB_ID = "demo-hub"
+
+
+class DemoError(Exception):
+    """The demo cannot run; the message says what to install or change."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@contextlib.contextmanager
+def local_broker(workdir: Path) -> Iterator[tuple[str, str, str]]:
+    """A broker on a free loopback port: (url, protocol, description)."""
+    port = _free_port()
+    mosquitto = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if mosquitto:
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        with (workdir / "mosquitto.log").open("wb") as log:
+            # The machine's own mosquitto, with a config this function just wrote.
+            process = subprocess.Popen([mosquitto, "-c", str(conf)],  # noqa: S603
+                                       stdout=log, stderr=log)
+        try:
+            if not _wait_for_port(port, 10):
+                raise DemoError(f"mosquitto did not start; see {workdir / 'mosquitto.log'}")
+            yield f"mqtt://127.0.0.1:{port}", "5", "mosquitto (this machine's)"
+        finally:
+            process.terminate()
+            process.wait(10)
+        return
+    with _amqtt_broker(port):
+        yield f"mqtt://127.0.0.1:{port}", "3.1.1", "amqtt (embedded, MQTT 3.1.1)"
+
+
+@contextlib.contextmanager
+def _amqtt_broker(port: int) -> Iterator[None]:
+    try:
+        from amqtt.broker import Broker
+    except ImportError as exc:
+        raise DemoError("no broker: install the demo extra (pip install 'rtm-gateway[demo]'), "
+                        "install mosquitto, or pass --url") from exc
+    ready = threading.Event()
+    stop: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    failure: list[BaseException] = []
+
+    async def serve() -> None:
+        broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                                     {"allow_anonymous": True}}})
+        stopped = asyncio.Event()
+        stop.append((asyncio.get_running_loop(), stopped))
+        await broker.start()
+        ready.set()
+        await stopped.wait()
+        await broker.shutdown()
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:  # reported to the demo's thread below
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=thread_main, name="amqtt-broker", daemon=True)
+    thread.start()
+    if not ready.wait(15) or failure:
+        cause = failure[0] if failure else "timeout"
+        raise DemoError(f"the embedded broker did not start: {cause}")
+    try:
+        yield
+    finally:
+        loop, stopped = stop[0]
+        with contextlib.suppress(RuntimeError):  # the loop may have ended on its own
+            loop.call_soon_threadsafe(stopped.set)
+        thread.join(5)
+
+
+@dataclass
+class _Receiver:
+    """A paho subscriber feeding the verifier, with what the live view shows."""
+
+    verifier: Verifier = field(default_factory=Verifier)
+    received: int = 0
+    last: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_entry(self, topic: str, payload: Mapping[str, Any]) -> None:
+        del topic
+        with self.lock:
+            self.received += 1
+            if payload.get("kind") == "reading":
+                device = payload["device"]["id"]
+                values = ", ".join(
+                    f"{o['type']} {o['value'] if o['value'] is not None else '—'} {o['unit']}"
+                    for o in payload["observations"])
+                self.last[device] = values or "(no values)"
+
+
+def _subscribe(url: str, protocol: str, receiver: _Receiver) -> Any:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+    version = paho.MQTTv5 if protocol == "5" else paho.MQTTv311
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=version)
+    subscribed = threading.Event()
+    client.on_connect = lambda c, *_: c.subscribe(f"rtm/v1/{HUB_ID}/#", qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = lambda _c, _u, m: receiver.verifier.feed(m.topic, bytes(m.payload))
+    client.connect(host, int(port), keepalive=30)
+    client.loop_start()
+    if not subscribed.wait(10):
+        client.loop_stop()
+        raise DemoError(f"could not subscribe at {url}")
+    return client
+
+
+def _demo_config(workdir: Path, url: str, protocol: str, oximeter: Path) -> Config:
+    path = workdir / "demo.toml"
+    path.write_text(f"""
+[hub]
+id = "{HUB_ID}"
+state_dir = "{workdir / 'state'}"
+
+[mqtt]
+url = "{url}"
+protocol = "{protocol}"
+reconnect_max = 2.0
+
+[log]
+level = "WARNING"
+
+[[devices]]
+id = "oximeter"
+driver = "contec.cms50d"
+port = "{oximeter}"
+patient = "pt-demo-0001"
+summary_interval = 0.5
+""")
+    return load_config(path)
+
+
+def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None = None,
+             out: TextIO = sys.stdout) -> int:
+    from gateway.sim.cms50d import start_pty
+
+    with tempfile.TemporaryDirectory(prefix="rtm-demo-") as tmp:
+        workdir = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            if url is None:
+                url, default_protocol, broker_name = stack.enter_context(local_broker(workdir))
+            else:
+                default_protocol, broker_name = "5", url
+            protocol = protocol or default_protocol
+            oximeter = workdir / "ttyCMS50D"
+            stack.enter_context(start_pty(oximeter, rate_hz=60.0, seed=1, episode_every=8.0))
+            config = _demo_config(workdir, url, protocol, oximeter)
+            identity = HubIdentity.load_or_create(config.hub.state_dir)
+            from gateway.signing import PublicKey
+
+            receiver = _Receiver()
+            receiver.verifier = Verifier(PublicKey.from_jwk(identity.public_jwk()), HUB_ID,
+                                         on_entry=receiver.on_entry)
+            client = _subscribe(url, protocol, receiver)
+            stack.callback(client.loop_stop)
+            stack.callback(client.disconnect)
+            print(f"rtm-gateway demo: broker {broker_name} at {url}; a simulated CMS50D+ "
+                  f"pulse oximeter on {oximeter}; running {seconds:.0f} s\n", file=out)
+            sent = asyncio.run(_run_hub(config, seconds, receiver, out))
+            deadline = time.monotonic() + 10
+            while receiver.verifier.received < sent and time.monotonic() < deadline:
+                time.sleep(0.1)
+            report = receiver.verifier.report(stopped_by="time")
+        return _summary(report, sent, out)
+
+
+async def _run_hub(config: Config, seconds: float, receiver: _Receiver, out: TextIO) -> int:
+    from gateway.app import Hub
+
+    hub = Hub(config)
+    task = asyncio.create_task(hub.run())
+    started = time.monotonic()
+    live = _LiveView(out)
+    try:
+        while time.monotonic() - started < seconds and not task.done():
+            await asyncio.sleep(0.5)
+            with receiver.lock:
+                live.show(time.monotonic() - started, receiver.received, dict(receiver.last))
+    finally:
+        hub.stop_event.set()
+        await task
+        live.close()
+    from gateway.outbox import read_status
+
+    return read_status(config.hub.outbox_path).stats.newest_seq
+
+
+class _LiveView:
+    """A few lines redrawn in place on a terminal; a line now and then otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._drawn = 0
+        self._last_print = 0.0
+
+    def show(self, elapsed: float, received: int, last: dict[str, str]) -> None:
+        lines = [f"  {elapsed:5.1f} s   entries received and verified: {received}"]
+        lines += [f"  {device:>10}: {values}" for device, values in sorted(last.items())]
+        if self._tty:
+            if self._drawn:
+                self._out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._out.write("\n".join(lines) + "\n")
+            self._drawn = len(lines)
+        elif elapsed - self._last_print >= 5:
+            self._out.write("\n".join(lines) + "\n")
+            self._last_print = elapsed
+        self._out.flush()
+
+    def close(self) -> None:
+        self._out.write("\n")
+
+
+def _summary(report: VerifyReport, sent: int, out: TextIO) -> int:
+    hub = report.hubs[0] if report.hubs else None
+    received = hub.received if hub else 0
+    verified = hub.verified if hub else 0
+    duplicates = hub.duplicates if hub else 0
+    gaps = hub.gaps if hub else ()
+    print("summary", file=out)
+    print(f"  entries signed and sent by the hub : {sent}", file=out)
+    print(f"  received at the broker's subscriber: {received}", file=out)
+    print(f"  signatures verified                : {verified}", file=out)
+    print(f"  duplicates                         : {duplicates}", file=out)
+    print(f"  gaps                               : {len(gaps)}", file=out)
+    print(f"  verdict: {'OK' if report.ok and received >= sent and not gaps else 'PROBLEM'}",
+          file=out)
+    if not report.ok:
+        print(report.render(), file=out)
+    return 0 if report.ok and verified >= sent and not gaps else 1

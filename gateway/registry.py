@@ -1,0 +1,277 @@
+"""The driver registry: built-in drivers plus plugins from the `rtm_gateway.drivers` entry points.
+
+What lives here: loading and validating drivers, lookup by id, matching a USB serial device to a
+driver by the drivers' declared rules, and the description behind `rtm-gateway drivers`. A broken
+or invalid plugin is logged and skipped; it never stops the hub or the other drivers.
+
+Nothing here opens a device. Keep imports light: the daemon imports this on every start, so
+`importlib.metadata` is only imported when the installed plugins are actually looked up.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.drivers import BUILTIN_DRIVERS, decode_bytes, serial_settings_for
+from gateway.sdk import SDK_VERSION, Driver, DriverInfo, FeedResult, SerialSettings, UsbMatch
+
+ENTRY_POINT_GROUP = "rtm_gateway.drivers"
+BUILTIN = "builtin"
+
+_ID = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(Exception):
+    """Base of the registry's errors."""
+
+
+class UnknownDriverError(RegistryError, KeyError):
+    """No installed driver has this id."""
+
+    def __init__(self, driver_id: str, installed: Iterable[str]) -> None:
+        self.driver_id = driver_id
+        self.installed = tuple(installed)
+        super().__init__(f"no driver {driver_id!r} is installed; installed drivers: "
+                         f"{', '.join(self.installed) or 'none'} (see `rtm-gateway drivers`)")
+
+    def __str__(self) -> str:  # KeyError's own __str__ would quote the message
+        return str(self.args[0])
+
+
+class AmbiguousMatchError(RegistryError):
+    """Two or more drivers claim the same device equally strongly."""
+
+    def __init__(self, device: str, driver_ids: Iterable[str]) -> None:
+        self.device = device
+        self.driver_ids = tuple(driver_ids)
+        super().__init__(
+            f"{device} is claimed by drivers {', '.join(self.driver_ids)}: name the driver for "
+            "this device in its configuration, or uninstall the plugin that should not claim it")
+
+
+class InvalidDriverError(RegistryError):
+    """An object that is not a usable driver for this hub's SDK."""
+
+
+class EntryPointLike(Protocol):
+    """What the registry needs of an `importlib.metadata.EntryPoint` (a seam for tests)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+    def load(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PluginProblem:
+    """A plugin that was skipped, and why: for `rtm-gateway doctor`."""
+
+    name: str
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DriverDescription:
+    """One row of `rtm-gateway drivers`."""
+
+    id: str
+    version: str
+    description: str
+    transport: str
+    match: tuple[str, ...]
+    serial: str
+    produces: tuple[str, ...]
+    continuous: bool
+    source: str
+
+    def as_dict(self) -> dict[str, object]:
+        """The `--json` shape."""
+        return {
+            "id": self.id, "version": self.version, "description": self.description,
+            "transport": self.transport, "match": list(self.match), "serial": self.serial,
+            "produces": list(self.produces), "continuous": self.continuous,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    driver: Driver
+    source: str
+
+
+def validate_driver(candidate: object) -> Driver:
+    """Return `candidate` as a Driver, or raise `InvalidDriverError` saying what is wrong."""
+    if not isinstance(candidate, Driver):
+        raise InvalidDriverError(
+            f"{type(candidate).__name__} is not a driver (needs `info` and `decoder(options)`)")
+    info = candidate.info
+    if not isinstance(info, DriverInfo):
+        raise InvalidDriverError("its `info` is not a gateway.sdk.DriverInfo")
+    if not _ID.fullmatch(info.id):
+        raise InvalidDriverError(
+            f"id {info.id!r} is not dotted lower-case like 'vendor.model'")
+    version = info.sdk_version
+    if (not isinstance(version, tuple) or len(version) != 2
+            or version[0] != SDK_VERSION[0] or version[1] > SDK_VERSION[1]):
+        raise InvalidDriverError(
+            f"it needs driver SDK {'.'.join(map(str, version))}, this hub has "
+            f"{SDK_VERSION[0]}.{SDK_VERSION[1]}")
+    return candidate
+
+
+def _installed_entry_points() -> Iterable[EntryPointLike]:
+    from importlib.metadata import entry_points
+
+    return entry_points(group=ENTRY_POINT_GROUP)
+
+
+def _distribution(entry_point: EntryPointLike) -> str:
+    dist = getattr(entry_point, "dist", None)
+    name = getattr(dist, "name", None)
+    return name if isinstance(name, str) else f"entry point {entry_point.value}"
+
+
+def _skip(problems: list[PluginProblem], problem: PluginProblem, advice: str) -> None:
+    logger.error("Driver plugin %r from %s is skipped: %s; %s",
+                 problem.name, problem.source, problem.reason, advice)
+    problems.append(problem)
+
+
+class Registry:
+    """The installed drivers, indexed by id and by USB match rule.
+
+    `builtins` defaults to `gateway.drivers.BUILTIN_DRIVERS` and `entry_points` to the installed
+    `rtm_gateway.drivers` entry points; tests pass their own. Built-ins load first, so a plugin
+    cannot take over a built-in id.
+    """
+
+    def __init__(self, builtins: Iterable[Driver] | None = None,
+                 entry_points: Iterable[EntryPointLike] | None = None) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._usb: dict[tuple[int, int], list[tuple[UsbMatch, str]]] = {}
+        problems: list[PluginProblem] = []
+        for driver in BUILTIN_DRIVERS if builtins is None else builtins:
+            # A broken built-in is our bug, not the user's: let it fail loudly in tests.
+            self._add(validate_driver(driver), BUILTIN, problems)
+        for entry_point in _installed_entry_points() if entry_points is None else entry_points:
+            self._load(entry_point, problems)
+        self.problems: tuple[PluginProblem, ...] = tuple(problems)
+
+    @classmethod
+    def load(cls) -> Registry:
+        """The built-in drivers and every installed plugin."""
+        return cls()
+
+    def _load(self, entry_point: EntryPointLike, problems: list[PluginProblem]) -> None:
+        source = _distribution(entry_point)
+        try:
+            candidate = entry_point.load()
+        except Exception as exc:  # a plugin may fail to import in any way; it must not stop us
+            logger.debug("Traceback of driver plugin %r", entry_point.name, exc_info=True)
+            _skip(problems, PluginProblem(entry_point.name, source,
+                                          f"failed to load ({type(exc).__name__}: {exc})"),
+                  f"upgrade or reinstall {source}, or uninstall it")
+            return
+        try:
+            driver = validate_driver(candidate)
+        except InvalidDriverError as exc:
+            _skip(problems, PluginProblem(entry_point.name, source, str(exc)),
+                  f"install a version of {source} built for driver SDK "
+                  f"{SDK_VERSION[0]}.{SDK_VERSION[1]}, or uninstall it")
+            return
+        self._add(driver, source, problems)
+
+    def _add(self, driver: Driver, source: str, problems: list[PluginProblem]) -> None:
+        driver_id = driver.info.id
+        first = self._entries.get(driver_id)
+        if first is not None:
+            _skip(problems, PluginProblem(
+                driver_id, source, f"its id is already provided by {first.source}"),
+                "uninstall one of the two")
+            return
+        self._entries[driver_id] = _Entry(driver, source)
+        for rule in driver.info.match:
+            if isinstance(rule, UsbMatch):
+                self._usb.setdefault((rule.vid, rule.pid), []).append((rule, driver_id))
+
+    def __contains__(self, driver_id: object) -> bool:
+        return driver_id in self._entries
+
+    def __iter__(self) -> Iterator[Driver]:
+        return (entry.driver for entry in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def ids(self) -> tuple[str, ...]:
+        return tuple(sorted(self._entries))
+
+    def get(self, driver_id: str) -> Driver:
+        """The driver with this id, or `UnknownDriverError` listing the installed ones."""
+        entry = self._entries.get(driver_id)
+        if entry is None:
+            raise UnknownDriverError(driver_id, self.ids())
+        return entry.driver
+
+    def check_options(self, driver_id: str, options: Mapping[str, object]) -> None:
+        """Raise `OptionError` (or `UnknownDriverError`) if a device's options are wrong."""
+        self.get(driver_id).decoder(options)
+
+    def serial_settings(self, driver_id: str, options: Mapping[str, object]) -> SerialSettings:
+        """How to open the port for a device with these options. May raise `OptionError`."""
+        return serial_settings_for(self.get(driver_id), options)
+
+    def decode(self, driver_id: str, data: bytes, options: Mapping[str, object]) -> FeedResult:
+        """A one-shot decode of recorded bytes (`rtm-gateway decode`): feed, then flush."""
+        return decode_bytes(self.get(driver_id), data, options)
+
+    def source(self, driver_id: str) -> str:
+        """"builtin", or the distribution that provided the driver."""
+        self.get(driver_id)
+        return self._entries[driver_id].source
+
+    def match_usb(self, vid: int, pid: int, product: str | None = None) -> Driver | None:
+        """The driver for a USB serial device, or None if no driver claims it.
+
+        A rule naming the product string is a stronger claim than a bare VID:PID (many devices
+        share one USB-serial bridge chip), so it wins. Two drivers with equally strong claims
+        raise `AmbiguousMatchError`: guessing would feed one device's bytes to another's driver.
+        """
+        best: set[str] = set()
+        best_rank = -1
+        for rule, driver_id in self._usb.get((vid, pid), ()):
+            if rule.product is not None and rule.product != product:
+                continue
+            rank = 1 if rule.product is not None else 0
+            if rank > best_rank:
+                best, best_rank = set(), rank
+            if rank == best_rank:
+                best.add(driver_id)
+        if len(best) > 1:
+            device = UsbMatch(vid, pid, product).describe()
+            raise AmbiguousMatchError(device, sorted(best))
+        return self._entries[best.pop()].driver if best else None
+
+    def describe(self) -> tuple[DriverDescription, ...]:
+        """Every installed driver, sorted by id."""
+        rows = []
+        for driver_id in self.ids():
+            entry = self._entries[driver_id]
+            info = entry.driver.info
+            rows.append(DriverDescription(
+                id=info.id, version=info.version, description=info.description,
+                transport=info.transport, match=tuple(rule.describe() for rule in info.match),
+                serial=info.serial.describe(), produces=tuple(info.produces),
+                continuous=info.continuous, source=entry.source))
+        return tuple(rows)

@@ -1,0 +1,595 @@
+"""An asyncio MQTT client on paho-mqtt 2.x, driven from the event loop: I/O only.
+
+paho's own network thread competes with the signer for the GIL, so this module runs paho through
+its external-loop API instead: the socket is registered with the asyncio loop (`add_reader` /
+`add_writer` from paho's socket callbacks) and a one-second timer calls `loop_misc` for keepalive.
+Only the blocking TCP connect and TLS handshake run in a worker thread, bounded by a timeout.
+
+A publish is done when the broker acknowledges it (PUBACK for QoS 1, written for QoS 0); if the
+connection drops first its future fails with `MqttDisconnected`. Nothing is queued across
+connections: the caller's durable store is the source of truth, and it republishes after a
+reconnect (duplicates are allowed, loss is not).
+
+This module imports only the standard library, paho and `gateway.sdk`; it never imports drivers,
+the registry, the pipeline, the outbox, signing, the uplink or config (import-linter checks it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+_LOGGER = logging.getLogger(__name__)
+
+ProtocolName = Literal["5", "3.1.1"]
+ErrorKind = Literal["auth", "tls", "unreachable", "protocol", "disconnected", "rejected"]
+
+# paho's own window is set far above ours: the caller bounds what is in flight, and a second,
+# smaller limit inside paho would silently queue messages in memory instead.
+_PAHO_MAX_INFLIGHT = 65535
+_PAHO_MAX_QUEUED = 65535
+_MISC_INTERVAL = 1.0
+# CONNACK reason codes (MQTT 5 numbering; paho maps 3.1.1 return codes onto them).
+# Bad credentials, not authorised, banned, bad authentication method:
+_AUTH_REASONS = frozenset({0x86, 0x87, 0x8A, 0x8C})
+_BUSY_REASONS = frozenset({0x88, 0x89, 0x9F})  # server unavailable, busy, connection rate exceeded
+_DISCONNECT_WITH_WILL = 0x04
+
+
+class MqttError(Exception):
+    """Base of every error this module raises. `kind` lets callers pick a retry policy."""
+
+    kind: ClassVar[ErrorKind] = "protocol"
+
+
+class MqttConnectError(MqttError):
+    """The connection could not be established."""
+
+
+class MqttAuthError(MqttConnectError):
+    """The broker refused the credentials. Retrying with the same ones will not help."""
+
+    kind: ClassVar[ErrorKind] = "auth"
+
+
+class MqttTlsError(MqttConnectError):
+    """A certificate or TLS problem: wrong CA, expired or missing client certificate, bad files."""
+
+    kind: ClassVar[ErrorKind] = "tls"
+
+
+class MqttUnreachable(MqttConnectError):
+    """The broker refused the TCP connection, did not answer in time, or is unavailable."""
+
+    kind: ClassVar[ErrorKind] = "unreachable"
+
+
+class MqttDisconnected(MqttError):
+    """The connection is gone (or was never up) before the operation completed."""
+
+    kind: ClassVar[ErrorKind] = "disconnected"
+
+
+class MqttPublishRejected(MqttError):
+    """The broker answered a publish with a failure reason code (MQTT 5), e.g. not authorised."""
+
+    kind: ClassVar[ErrorKind] = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttWill:
+    """The last will: published by the broker if the connection dies without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """Everything needed to open one MQTT connection."""
+
+    host: str
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | os.PathLike[str] | None = None
+    cert_file: str | os.PathLike[str] | None = None
+    key_file: str | os.PathLike[str] | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str = ""
+    protocol: ProtocolName = "5"
+    keepalive: int = 60
+    will: MqttWill | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MqttUrl:
+    """What `parse_mqtt_url` found: host, port and whether TLS is on."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    """Parse `mqtt://host[:port]` (plain, default 1883) or `mqtts://host[:port]` (TLS, 8883)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT URL {url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"MQTT URL {url!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"MQTT URL {url!r} must be only scheme, host and port")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"MQTT URL {url!r} has an invalid port") from exc
+    return MqttUrl(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls)
+
+
+class _TlsContext(ssl.SSLContext):
+    """Remembers the sockets it wraps: paho drops one whose handshake fails without closing it."""
+
+    wrapped: list[ssl.SSLSocket]
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        self.wrapped.append(sock)
+        return sock
+
+
+def _tls_context(settings: MqttSettings) -> _TlsContext:
+    context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and host name
+    context.wrapped = []
+    try:
+        if settings.ca_file:
+            context.load_verify_locations(cafile=settings.ca_file)
+        else:
+            context.load_default_certs()
+        if settings.cert_file:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise MqttTlsError(
+            f"cannot load TLS files ({exc}): check mqtt ca_file, cert_file and key_file"
+        ) from exc
+    return context
+
+
+class MqttClient:
+    """One MQTT connection at a time, driven by the running asyncio loop.
+
+    `connect()` may be called again after the connection is lost or closed; each connection uses
+    a fresh paho client so no state leaks from one connection to the next.
+    """
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self._settings = settings
+        self._paho: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: Any = None
+        self._connack: asyncio.Future[ReasonCode] | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._misc_timer: asyncio.TimerHandle | None = None
+        self._connected = False
+        self._closing = False
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
+        self._last_error = ""
+        self._receive_maximum = 65535
+
+    @property
+    def settings(self) -> MqttSettings:
+        return self._settings
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    @property
+    def receive_maximum(self) -> int:
+        """The broker's Receive Maximum from CONNACK (MQTT 5); 65535 when it sets none."""
+        return self._receive_maximum
+
+    @property
+    def in_flight(self) -> int:
+        """Publishes handed to the broker and not yet acknowledged."""
+        return len(self._pending)
+
+    @property
+    def disconnected(self) -> asyncio.Event:
+        """Set while there is no connection; cleared once CONNACK accepted the connection."""
+        return self._disconnected
+
+    async def wait_disconnected(self) -> None:
+        """Return when the connection is lost or closed."""
+        await self._disconnected.wait()
+
+    # The timeout is a parameter rather than the caller's asyncio.timeout because it also bounds
+    # the worker thread's blocking connect and handshake, which cancellation cannot reach.
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect and wait for the broker's CONNACK, all within `timeout` seconds."""
+        if self._connected:
+            raise RuntimeError("MqttClient.connect() called while connected")
+        self._teardown()  # whatever a lost connection left behind
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._closing = False
+        self._last_error = ""
+        self._receive_maximum = 65535
+        client = self._make_paho(timeout)
+        self._paho = client
+        connack: asyncio.Future[ReasonCode] = loop.create_future()
+        self._connack = connack
+        try:
+            async with asyncio.timeout(timeout):
+                await self._open_socket(loop, client)
+                self._attach(loop, client)
+                reason = await connack
+        except TimeoutError as exc:
+            self._teardown()
+            raise MqttUnreachable(
+                f"no CONNACK from {self._where()} within {timeout:.0f} s:"
+                " check the broker address and the network"
+            ) from exc
+        except BaseException:
+            self._teardown()
+            raise
+        if reason.is_failure:
+            self._teardown()
+            raise _connack_error(reason, self._where())
+        self._connected = True
+        self._disconnected.clear()
+        _LOGGER.info("mqtt connected to %s (MQTT %s)", self._where(), self._settings.protocol)
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[None]:
+        """Hand one message to the broker; the future resolves on PUBACK (QoS 0: when written)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        client = self._paho
+        if client is None or not self._connected or self._closing:
+            future.set_exception(MqttDisconnected(f"not connected to {self._where()}"))
+            return future
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            future.set_exception(
+                MqttDisconnected(f"publish to {self._where()} failed: {paho.error_string(info.rc)}")
+            )
+        elif info.is_published():
+            future.set_result(None)
+        else:
+            self._pending[info.mid] = future
+        return future
+
+    async def disconnect(self, drain_timeout: float = 5.0, *, with_will: bool = False) -> None:
+        """Publish nothing more, wait (bounded) for in-flight acks, then send DISCONNECT.
+
+        `with_will` asks the broker to publish the last will anyway (MQTT 5 reason code 0x04); on
+        MQTT 3.1.1 the connection is closed without DISCONNECT, which has the same effect.
+        """
+        client = self._paho
+        if client is None:
+            return
+        self._closing = True
+        try:
+            async with asyncio.timeout(drain_timeout):
+                if self._pending:
+                    await asyncio.wait(list(self._pending.values()))
+                if with_will and self._settings.protocol != "5":
+                    self.abort()
+                    return
+                if self._connected:
+                    reason = ReasonCode(
+                        PacketTypes.DISCONNECT,
+                        identifier=_DISCONNECT_WITH_WILL if with_will else 0,
+                    )
+                    client.disconnect(reasoncode=reason if self._settings.protocol == "5" else None)
+                    await self._disconnected.wait()
+        except TimeoutError:
+            _LOGGER.warning(
+                "mqtt disconnect from %s took over %.1f s; closed the socket instead",
+                self._where(),
+                drain_timeout,
+            )
+        finally:
+            self._teardown()
+
+    def abort(self) -> None:
+        """Close the socket at once without DISCONNECT: the broker will publish the last will."""
+        self._teardown()
+
+    # -- connection set-up -------------------------------------------------------------------
+
+    def _make_paho(self, timeout: float) -> paho.Client:
+        s = self._settings
+        v5 = s.protocol == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else True,
+            reconnect_on_failure=False,
+        )
+        client.connect_timeout = timeout
+        client.max_inflight_messages = _PAHO_MAX_INFLIGHT
+        client.max_queued_messages = _PAHO_MAX_QUEUED
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.will is not None:
+            client.will_set(s.will.topic, s.will.payload, qos=s.will.qos, retain=s.will.retain)
+        # Only the log callback is set now: it may run on the connect thread and just stores a
+        # string. The others touch asyncio objects and are set on the loop thread in _attach().
+        client.on_log = self._on_log
+        return client
+
+    async def _open_socket(self, loop: asyncio.AbstractEventLoop, client: paho.Client) -> None:
+        # paho's connect() does a blocking TCP connect and TLS handshake, so it runs in a thread.
+        # If we are cancelled or time out meanwhile, the thread closes what it opened itself.
+        lock = threading.Lock()
+        abandoned = False
+        # paho accepts only its default for MQTT 3.1.1 (where clean_session already says it).
+        clean_start = True if self._settings.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
+
+        def blocking_connect() -> None:
+            context = _tls_context(self._settings) if self._settings.tls else None
+            if context is not None:
+                client.tls_set_context(context)
+            try:
+                client.connect(
+                    self._settings.host,
+                    self._settings.port,
+                    keepalive=self._settings.keepalive,
+                    clean_start=clean_start,
+                )
+            except BaseException:
+                for sock in context.wrapped if context is not None else ():
+                    _close_quietly(sock)
+                raise
+            with lock:
+                if abandoned:
+                    _close_quietly(client.socket())
+
+        try:
+            await loop.run_in_executor(None, blocking_connect)
+        except BaseException as exc:
+            with lock:
+                abandoned = True
+            if isinstance(exc, MqttError | asyncio.CancelledError | TimeoutError):
+                raise
+            raise _socket_error(exc, self._where()) from exc
+
+    def _attach(self, loop: asyncio.AbstractEventLoop, client: paho.Client) -> None:
+        sock = client.socket()
+        if sock is None:  # the broker hung up while CONNECT was being written
+            raise self._early_close_error()
+        self._sock = sock
+        # paho leaves Nagle on; small PUBLISH packets then wait on the broker's delayed ACKs.
+        raw: Any = sock  # paho types it as a SocketLike protocol without setsockopt
+        with contextlib.suppress(OSError, AttributeError):
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        loop.add_reader(sock, self._read)
+        if client.want_write():
+            loop.add_writer(sock, self._write)
+        self._misc_timer = loop.call_later(_MISC_INTERVAL, self._misc)
+
+    def _where(self) -> str:
+        return f"{self._settings.host}:{self._settings.port}"
+
+    # -- loop plumbing (all on the event loop thread) -----------------------------------------
+
+    def _read(self) -> None:
+        client = self._paho
+        if client is None:
+            return
+        client.loop_read()
+        # TLS may hold decrypted bytes the selector cannot see; read them now.
+        sock = self._sock
+        loop = self._loop
+        pending = getattr(sock, "pending", _zero)() if sock is not None else 0
+        if self._paho is client and loop is not None and pending > 0:
+            loop.call_soon(self._read)
+
+    def _write(self) -> None:
+        if self._paho is not None:
+            self._paho.loop_write()
+
+    def _misc(self) -> None:
+        client = self._paho
+        if client is None or self._loop is None:
+            return
+        client.loop_misc()
+        if self._paho is client:
+            self._misc_timer = self._loop.call_later(_MISC_INTERVAL, self._misc)
+
+    def _on_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.add_writer(sock, self._write)
+
+    def _on_unregister_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        self._sock = None
+
+    def _on_log(self, _client: paho.Client, _userdata: Any, level: int, message: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            self._last_error = message
+
+    def _on_connect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(receive_maximum, int):
+            self._receive_maximum = receive_maximum
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(reason)
+
+    def _on_publish(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        _properties: Properties,
+    ) -> None:
+        future = self._pending.pop(mid, None)
+        if future is None or future.done():
+            return
+        if reason.is_failure:
+            future.set_exception(
+                MqttPublishRejected(
+                    f"broker {self._where()} rejected a publish: {reason.getName()};"
+                    " check the broker's ACL for this hub's topics"
+                )
+            )
+        else:
+            future.set_result(None)
+
+    def _on_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(self._early_close_error())
+        elif self._connected and not self._closing:
+            detail = self._last_error or reason.getName()
+            _LOGGER.warning(
+                "mqtt connection to %s lost (%s); the uplink reconnects with backoff",
+                self._where(),
+                detail,
+            )
+        self._lost(MqttDisconnected(f"connection to {self._where()} lost"))
+
+    def _early_close_error(self) -> MqttConnectError:
+        detail = self._last_error or "connection closed before CONNACK"
+        lowered = detail.lower()
+        if self._settings.tls and any(w in lowered for w in ("ssl", "tls", "certificate", "alert")):
+            return MqttTlsError(
+                f"broker {self._where()} ended the TLS session ({detail}):"
+                " check mqtt cert_file/key_file and that the broker trusts their CA"
+            )
+        return MqttUnreachable(
+            f"broker {self._where()} closed the connection before CONNACK ({detail}):"
+            " check the broker's log"
+        )
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    def _lost(self, error: MqttError) -> None:
+        """Fail everything still waiting; leave the object ready for a new connect()."""
+        self._connected = False
+        self._disconnected.set()
+        if self._misc_timer is not None:
+            self._misc_timer.cancel()
+            self._misc_timer = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _teardown(self) -> None:
+        client, self._paho = self._paho, None
+        sock, self._sock = self._sock, None
+        if sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        if client is not None:
+            for name in ("on_connect", "on_disconnect", "on_publish", "on_socket_close"):
+                setattr(client, name, None)
+            _close_quietly(client.socket())
+        if self._connack is not None and not self._connack.done():
+            self._connack.cancel()
+        self._connack = None
+        self._lost(MqttDisconnected(f"connection to {self._where()} closed"))
+
+
+def publisher_factory(
+    settings: MqttSettings, connect_timeout: float = 10.0
+) -> Callable[[str, bytes], Awaitable[MqttClient]]:
+    """What the uplink wants: `factory(will_topic, will_payload)` -> a connected client.
+
+    The will is retained, QoS 1. Each call makes a new connection with these settings.
+    """
+
+    async def connect(will_topic: str, will_payload: bytes) -> MqttClient:
+        client = MqttClient(replace(settings, will=MqttWill(will_topic, will_payload)))
+        await client.connect(timeout=connect_timeout)
+        return client
+
+    return connect
+
+
+def _zero() -> int:
+    return 0
+
+
+def _close_quietly(sock: Any) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _socket_error(exc: BaseException, where: str) -> MqttConnectError:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return MqttTlsError(
+            f"broker {where} certificate not trusted ({exc.verify_message}):"
+            " check mqtt ca_file and the hub's clock"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return MqttTlsError(f"TLS handshake with {where} failed ({exc}): check the TLS settings")
+    if isinstance(exc, socket.gaierror):
+        return MqttUnreachable(f"cannot resolve {where} ({exc}): check the broker host and DNS")
+    if isinstance(exc, OSError):
+        return MqttUnreachable(f"cannot reach {where} ({exc}): check the broker address, network")
+    return MqttConnectError(f"connecting to {where} failed ({exc!r})")
+
+
+def _connack_error(reason: ReasonCode, where: str) -> MqttConnectError:
+    if reason.value in _AUTH_REASONS:
+        return MqttAuthError(
+            f"broker {where} refused the login ({reason.getName()}):"
+            " check mqtt username/password_file (or the client certificate's identity)"
+        )
+    if reason.value in _BUSY_REASONS:
+        return MqttUnreachable(f"broker {where} is unavailable ({reason.getName()}); retry later")
+    return MqttConnectError(
+        f"broker {where} refused the connection ({reason.getName()}): check the broker's log"
+    )

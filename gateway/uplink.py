@@ -1,0 +1,486 @@
+"""The uplink: signed entries leave the outbox over MQTT and are deleted only after PUBACK.
+
+What lives here: `Uplink` (connect with full-jitter backoff, retained status with an "offline"
+last will, batched QoS 1 publishing under a bounded in-flight window, acks to the store, clean
+stop), the small protocols it needs (`Publisher`, `PublisherFactory`, `EntryStore`) and
+`UplinkStats`. What may not: any concrete transport or store. This module never imports
+`gateway.transport` or `gateway.outbox`; the app wires a real MQTT client and outbox in, and
+tests may hand it the same against a local broker.
+
+Delivery is at-least-once: after a reconnect everything not yet acknowledged is leased again from
+the oldest, so the platform may see duplicates (detectable by `seq`) but never a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
+
+_LOGGER = logging.getLogger(__name__)
+
+_TOPIC_SUFFIX: Mapping[str, str] = {"reading": "readings", "event": "events"}
+
+
+class Publisher(Protocol):
+    """One connected MQTT session, as the uplink uses it (`MqttClient` fits).
+
+    Errors raised by `publish` futures or by the factory may carry a `kind` attribute: "auth"
+    and "tls" are retried only after a long pause, since retrying the same settings won't help.
+    """
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    @property
+    def receive_maximum(self) -> int:
+        """The broker's limit on unacknowledged QoS 1 publishes (MQTT 5 Receive Maximum)."""
+        ...
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[None]:
+        """Resolves on PUBACK; fails if the connection drops first."""
+        ...
+
+    async def wait_disconnected(self) -> None: ...
+
+    async def disconnect(self, drain_timeout: float = 5.0, *, with_will: bool = False) -> None: ...
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT (the broker then publishes the will)."""
+        ...
+
+
+PublisherFactory = Callable[[str, bytes], Awaitable[Publisher]]
+"""`factory(will_topic, will_payload)` connects (will retained, QoS 1) and returns the session."""
+
+
+class StoredEntry(Protocol):
+    """One signed log entry as the store hands it out."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def kind(self) -> Literal["reading", "event"]: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+
+class EntryStore(Protocol):
+    """What the uplink needs of the outbox. Calls are short and run on the event loop."""
+
+    def lease(self, after_seq: int, limit: int) -> Sequence[StoredEntry]: ...
+
+    def ack(self, seqs: Iterable[int]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def depth(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkStats:
+    connected: bool
+    last_publish: float | None
+    """Wall-clock time of the last PUBACK for entries, or None."""
+    messages_published: int
+    entries_published: int
+    reconnects: int
+    in_flight: int
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    topic: str
+    seqs: tuple[int, ...]
+    payload: bytes
+
+
+class _SessionLost(Exception):
+    """The connection is gone or stuck; reconnect."""
+
+
+def make_batches(
+    entries: Sequence[StoredEntry], batch_size: int, max_messages: int, base_topic: str
+) -> list[_Batch]:
+    """Group consecutive entries of one kind into JSON arrays of at most `batch_size` bodies.
+
+    The bodies are already JSON (JWS objects), so they are joined, never re-encoded. Stops at
+    `max_messages`; the entries left over are leased again later.
+    """
+    batches: list[_Batch] = []
+    run: list[StoredEntry] = []
+
+    def close_run() -> None:
+        topic = f"{base_topic}/{_TOPIC_SUFFIX[run[0].kind]}"
+        payload = b"[" + b",".join(e.body for e in run) + b"]"
+        batches.append(_Batch(topic, tuple(e.seq for e in run), payload))
+        run.clear()
+
+    for entry in entries:
+        if run and (entry.kind != run[0].kind or len(run) >= batch_size):
+            close_run()
+            if len(batches) >= max_messages:
+                return batches
+        run.append(entry)
+    if run and len(batches) < max_messages:
+        close_run()
+    return batches
+
+
+class Uplink:
+    """Forwards the outbox to the broker until stopped. One `run()` at a time."""
+
+    def __init__(
+        self,
+        store: EntryStore,
+        publisher_factory: PublisherFactory,
+        hub_id: str,
+        *,
+        topic_prefix: str = "rtm/v1",
+        batch_size: int = 100,
+        window: int = 32,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        auth_backoff: float = 600.0,
+        connect_timeout: float = 15.0,
+        ack_timeout: float = 60.0,
+        flush_interval: float = 0.1,
+        idle_timeout: float = 300.0,
+        status_extra: Mapping[str, object] | None = None,
+    ) -> None:
+        if batch_size < 1 or window < 1:
+            raise ValueError("batch_size and window must be at least 1")
+        self._store = store
+        self._factory = publisher_factory
+        self._base = f"{topic_prefix}/{hub_id}"
+        self._batch_size = batch_size
+        self._window = window
+        self._jitter = wait_random_exponential(multiplier=backoff_initial, max=backoff_max)
+        self._auth_backoff = auth_backoff
+        self._connect_timeout = connect_timeout
+        self._ack_timeout = ack_timeout
+        self._flush_interval = flush_interval
+        self._idle_timeout = idle_timeout
+        self._status_extra = dict(status_extra or {})
+
+        self._kick = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
+        self._drain_timeout = 5.0
+        self._publisher: Publisher | None = None
+        self._in_flight: set[asyncio.Future[None]] = set()
+        self._session_error: BaseException | None = None
+        self._last_progress = 0.0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._connects = 0
+        self._generation = 0
+        self._retry_owner = AsyncRetrying()  # only to build RetryCallState for the wait policy
+        self._messages = 0
+        self._entries = 0
+        self._last_publish: float | None = None
+        self._last_error = ""
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self._base}/status"
+
+    @property
+    def stats(self) -> UplinkStats:
+        publisher = self._publisher
+        return UplinkStats(
+            connected=publisher is not None and publisher.is_connected,
+            last_publish=self._last_publish,
+            messages_published=self._messages,
+            entries_published=self._entries,
+            reconnects=max(0, self._connects - 1),
+            in_flight=len(self._in_flight),
+            last_error=self._last_error,
+        )
+
+    def wake(self) -> None:
+        """New entries were appended: publish them now instead of at the next timeout."""
+        self._kick.set()
+
+    async def run(self) -> None:
+        """Connect, publish, reconnect after losses; return after `stop()`."""
+        if self._running:
+            raise RuntimeError("Uplink.run() is already running")
+        self._running = True
+        self._finished.clear()
+        failures = 0  # consecutive connects that failed or sessions that acked nothing
+        error: BaseException | None = None
+        try:
+            while not self._stop_requested.is_set():
+                if failures:
+                    delay = self._backoff(failures, error)
+                    self._log_retry(error, delay)
+                    if await self._stop_within(delay):
+                        break
+                try:
+                    async with asyncio.timeout(self._connect_timeout):
+                        publisher = await self._factory(
+                            self.status_topic, self._status_payload("offline")
+                        )
+                except Exception as exc:
+                    failures, error = failures + 1, exc
+                    continue
+                self._connects += 1
+                if self._connects > 1:
+                    _LOGGER.info("uplink reconnected (reconnect %d)", self._connects - 1)
+                entries_before = self._entries
+                await self._session(publisher)
+                error = None  # the session logged why it ended
+                # Even after a good session, wait a jittered moment: when a broker restarts,
+                # thousands of hubs must not all reconnect in the same second.
+                failures = 1 if self._entries > entries_before else failures + 1
+        finally:
+            self._cancel_flush()
+            self._flush()
+            self._running = False
+            self._finished.set()
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop leasing, wait (bounded) for in-flight acks, publish "offline", disconnect."""
+        self._drain_timeout = drain_timeout
+        self._stop_requested.set()
+        self._kick.set()
+        if not self._running:
+            return
+        # Draining, the offline status and DISCONNECT each get the drain timeout; a connect
+        # attempt in progress gets its own timeout first.
+        limit = self._connect_timeout + 3 * drain_timeout + 1.0
+        try:
+            async with asyncio.timeout(limit):
+                await self._finished.wait()
+        except TimeoutError:
+            _LOGGER.warning(
+                "uplink did not stop within %.0f s; cancel its task (entries stay in the outbox)",
+                limit,
+            )
+
+    # -- connecting ------------------------------------------------------------------------
+
+    def _status_payload(self, state: str) -> bytes:
+        return json.dumps({"state": state, **self._status_extra}, separators=(",", ":")).encode()
+
+    def _backoff(self, failures: int, error: BaseException | None) -> float:
+        if getattr(error, "kind", None) in ("auth", "tls"):
+            return self._auth_backoff
+        state = RetryCallState(self._retry_owner, None, (), {})
+        state.attempt_number = failures
+        return float(self._jitter(state))
+
+    async def _stop_within(self, delay: float) -> bool:
+        """Sleep `delay` seconds unless stop() comes first; True if it did."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stop_requested.wait()
+        return self._stop_requested.is_set()
+
+    def _log_retry(self, error: BaseException | None, delay: float) -> None:
+        if error is None:
+            return  # the session already logged why it ended
+        text = str(error) or type(error).__name__
+        self._last_error = text
+        kind = getattr(error, "kind", None)
+        if kind == "auth":
+            _LOGGER.error(
+                "mqtt login refused: %s; check mqtt username/password_file. Next try in %.0f s",
+                text,
+                delay,
+            )
+        elif kind == "tls":
+            _LOGGER.error(
+                "mqtt TLS failed: %s; check mqtt ca_file/cert_file/key_file and the clock."
+                " Next try in %.0f s",
+                text,
+                delay,
+            )
+        else:
+            _LOGGER.warning(
+                "mqtt connect failed (%s); retrying in %.1f s. Readings stay in the outbox;"
+                " check the broker address and network if this persists",
+                text,
+                delay,
+            )
+
+    # -- one connected session -------------------------------------------------------------
+
+    async def _session(self, publisher: Publisher) -> None:
+        """Publish until stopped (then leave cleanly) or until the connection is lost."""
+        self._publisher = publisher
+        self._session_error = None
+        self._generation += 1
+        self._in_flight = set()
+        watcher = asyncio.create_task(self._watch(publisher), name="uplink-watch")
+        clean = False
+        try:
+            online = self._status_payload("online")
+            await self._await_ack(publisher.publish(self.status_topic, online, qos=1, retain=True))
+            # Acked entries must not be re-sent, and lease must see their deletion.
+            self._flush()
+            await self._pump(publisher)
+            await self._finish(publisher)
+            clean = True
+        except _SessionLost as exc:
+            self._last_error = str(exc.__cause__ or exc)
+            _LOGGER.warning(
+                "uplink lost the broker (%s); reconnecting with backoff."
+                " Unacknowledged entries will be sent again",
+                self._last_error,
+            )
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            if not clean:
+                # Without DISCONNECT the broker publishes the retained "offline" will.
+                publisher.abort()
+            self._forget_in_flight()
+            self._publisher = None
+
+    async def _watch(self, publisher: Publisher) -> None:
+        await publisher.wait_disconnected()
+        if self._session_error is None:
+            self._session_error = _SessionLost("connection closed")
+        self._kick.set()
+
+    async def _await_ack(self, future: asyncio.Future[None]) -> None:
+        try:
+            async with asyncio.timeout(self._ack_timeout):
+                await future
+        except TimeoutError as exc:
+            raise _SessionLost(f"no PUBACK within {self._ack_timeout:.0f} s") from exc
+        except Exception as exc:
+            raise _SessionLost(str(exc)) from exc
+
+    async def _pump(self, publisher: Publisher) -> None:
+        loop = asyncio.get_running_loop()
+        cursor = -1  # everything unacked, oldest first
+        self._last_progress = loop.time()
+        # MQTT 5 forbids exceeding the broker's Receive Maximum; some brokers disconnect for it.
+        window = max(1, min(self._window, publisher.receive_maximum))
+        while not self._stop_requested.is_set():
+            self._kick.clear()
+            self._raise_if_lost()
+            free = window - len(self._in_flight)
+            sent = 0
+            # Refill on every ack rather than in chunks: a broker with Nagle on holds back its
+            # PUBACKs until our next packet carries the TCP ACK, so a quiet client stalls.
+            if free > 0:
+                entries = self._store.lease(cursor, free * self._batch_size)
+                for batch in make_batches(entries, self._batch_size, free, self._base):
+                    future = publisher.publish(batch.topic, batch.payload, qos=1)
+                    self._in_flight.add(future)
+                    future.add_done_callback(
+                        functools.partial(self._on_done, batch=batch, generation=self._generation)
+                    )
+                    cursor = batch.seqs[-1]
+                    sent += 1
+            if sent and len(self._in_flight) < window:
+                continue  # the store may hold more; lease again before waiting
+            if self._in_flight:
+                timeout = max(0.0, self._last_progress + self._ack_timeout - loop.time())
+            else:
+                timeout = self._idle_timeout
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._kick.wait()
+            if self._in_flight and loop.time() - self._last_progress >= self._ack_timeout:
+                raise _SessionLost(f"no PUBACK for {self._ack_timeout:.0f} s")
+
+    def _raise_if_lost(self) -> None:
+        error = self._session_error
+        if error is not None:
+            raise _SessionLost(str(error)) from error
+
+    def _on_done(self, future: asyncio.Future[None], batch: _Batch, generation: int) -> None:
+        self._in_flight.discard(future)
+        self._kick.set()
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            if generation == self._generation and self._session_error is None:
+                self._session_error = error
+            return
+        self._last_progress = asyncio.get_running_loop().time()
+        try:
+            self._store.ack(batch.seqs)
+        except Exception as exc:
+            # Not deleted means sent again later: a duplicate, never a loss.
+            _LOGGER.exception(
+                "outbox ack failed; %d entries will be re-sent. Check the state disk",
+                len(batch.seqs),
+            )
+            self._last_error = f"outbox ack failed: {exc}"
+            return
+        self._messages += 1
+        self._entries += len(batch.seqs)
+        self._last_publish = time.time()
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                self._flush_interval, self._flush
+            )
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        try:
+            if self._last_publish is not None:
+                self._store.set_meta("last_publish", f"{self._last_publish:.3f}")
+            self._store.flush()
+        except Exception as exc:
+            _LOGGER.exception("outbox flush failed; acks stay pending. Check the state disk")
+            self._last_error = f"outbox flush failed: {exc}"
+
+    def _cancel_flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+
+    def _forget_in_flight(self) -> None:
+        in_flight, self._in_flight = self._in_flight, set()
+        for future in in_flight:
+            if not future.done():
+                future.cancel()
+
+    async def _finish(self, publisher: Publisher) -> None:
+        """Clean stop: drain in-flight acks, announce "offline", DISCONNECT."""
+        drain = self._drain_timeout
+        if self._in_flight:
+            _done, pending = await asyncio.wait(set(self._in_flight), timeout=drain)
+            if pending:
+                _LOGGER.warning(
+                    "uplink stop: %d messages unacknowledged after %.1f s; they stay in the"
+                    " outbox and are sent after the next start",
+                    len(pending),
+                    drain,
+                )
+        offline = publisher.publish(
+            self.status_topic, self._status_payload("offline"), qos=1, retain=True
+        )
+        try:
+            async with asyncio.timeout(drain):
+                await offline
+        except Exception as exc:  # the will says "offline" anyway if this fails
+            _LOGGER.warning("uplink stop: offline status not acknowledged (%s)", exc or "timeout")
+            publisher.abort()
+            return
+        await publisher.disconnect(drain)
+        _LOGGER.info("uplink stopped cleanly")

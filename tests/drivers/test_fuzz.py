@@ -1,0 +1,102 @@
+"""Fuzz every registered driver: arbitrary bytes, in arbitrary chunks, never raise and never hang.
+
+Bad input may only come back as `DecodeError`s inside a `FeedResult`. A driver's options come
+from its first fixture that has valid options (none for drivers without options).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.drivers import Flushable, contec_cms50d, decode_bytes
+from gateway.registry import Registry
+from gateway.sdk import DecodeError, Driver, FeedResult, Reading
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REGISTRY = Registry()
+DRIVERS = list(REGISTRY)
+# No example database: a fuzz run must not leave files in the checkout.
+FUZZ = settings(max_examples=300, deadline=1000, database=None)
+
+
+def _options(driver: Driver) -> Mapping[str, object]:
+    for path in sorted((FIXTURES / driver.info.id).glob("*.json")):
+        case = json.loads(path.read_text(encoding="utf-8"))
+        if "options" in case and "option_error" not in case:
+            options: Mapping[str, object] = case["options"]
+            return options
+    return {}
+
+
+def _check(result: FeedResult) -> None:
+    assert all(isinstance(r, Reading) for r in result.readings)
+    assert all(isinstance(e, DecodeError) for e in result.errors)
+    for reading in result.readings:
+        json.dumps(reading.wire(), allow_nan=False)  # the wire form is always valid JSON
+
+
+@pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.info.id)
+@FUZZ
+@given(chunks=st.lists(st.binary(max_size=64), max_size=40))
+def test_feed_arbitrary_chunks_never_raises(driver: Driver, chunks: list[bytes]) -> None:
+    decoder = driver.decoder(_options(driver))
+    for chunk in chunks:
+        _check(decoder.feed(chunk))
+    if isinstance(decoder, Flushable):
+        _check(decoder.flush())
+
+
+@pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.info.id)
+@FUZZ
+@given(data=st.binary(max_size=2048), cut=st.integers(min_value=0, max_value=2048))
+def test_chunking_does_not_change_the_result(driver: Driver, data: bytes, cut: int) -> None:
+    options = _options(driver)
+    whole = driver.decoder(options).feed(data)
+    decoder = driver.decoder(options)
+    first, second = decoder.feed(data[:cut]), decoder.feed(data[cut:])
+    assert [r.wire() for r in first.readings + second.readings] == [
+        r.wire() for r in whole.readings]
+    assert len(first.errors) + len(second.errors) == len(whole.errors)
+
+
+@pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.info.id)
+def test_large_input_is_decoded_in_bounded_time(driver: Driver) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value, no newline or frame structure
+    started = time.monotonic()
+    _check(decode_bytes(driver, data, _options(driver)))
+    assert time.monotonic() - started < 10.0
+
+
+@FUZZ
+@given(frame=st.binary(max_size=12))
+def test_decode_frame_raises_only_decode_error(frame: bytes) -> None:
+    try:
+        reading = contec_cms50d.decode_frame(frame)
+    except DecodeError:
+        return
+    assert len(frame) == 5
+    assert reading.raw == frame
+
+
+@FUZZ
+@given(body=st.lists(st.integers(min_value=0, max_value=0x7F), min_size=4, max_size=4),
+       head=st.integers(min_value=0x80, max_value=0xFF))
+def test_every_well_formed_frame_decodes_without_fake_zeros(head: int, body: list[int]) -> None:
+    reading = contec_cms50d.decode_frame(bytes([head, *body]))
+    for observation in reading.observations:
+        assert observation.value != 0
+        assert (observation.value is None) == (observation.absent == "error")
+
+
+@FUZZ
+@given(text=st.text(alphabet="spo2rt=,.-+eE0123456789 \r\n\xe9", max_size=200))
+def test_kv_lines_near_miss_text(text: str) -> None:
+    driver = REGISTRY.get("generic.kv-lines")
+    _check(decode_bytes(driver, text.encode("utf-8"), _options(driver)))

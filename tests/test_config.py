@@ -1,0 +1,114 @@
+"""Configuration: the documented shape loads; every mistake exits 2 naming file and key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, load_config
+
+GOOD = """
+[hub]
+id = "hub-0001"
+state_dir = "state"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+topic_prefix = "rtm/v1"
+
+[[devices]]
+driver = "contec.cms50d"
+port = "/dev/ttyUSB0"
+patient = "pt-0001"
+
+[[devices]]
+id = "meter"
+driver = "generic.kv-lines"
+usb = "2341:0043:A1B2"
+patient = "pt-0001"
+[devices.options]
+time_key = "t"
+[devices.options.keys]
+spo2 = { type = "spo2" }
+pr = { type = "pulse_rate" }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_shape_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.hub.id == "hub-0001"
+    assert config.hub.state_dir == tmp_path / "state"
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("127.0.0.1", 1883, False)
+    assert config.mqtt.protocol == "5"
+    first, second = config.devices
+    assert (first.id, first.driver, first.port, first.usb) == (
+        "contec.cms50d-0", "contec.cms50d", "/dev/ttyUSB0", None)
+    assert second.usb is not None and (second.usb.vid, second.usb.pid, second.usb.serial) == (
+        0x2341, 0x0043, "A1B2")
+    assert second.options["time_key"] == "t"
+
+
+def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = (Path(__file__).parent.parent / "config" / "example.toml").read_text()
+    for name in ("ca.pem", "hub.pem", "hub.key"):
+        (tmp_path / name).write_text("placeholder")
+    config = write(tmp_path, example.replace("/etc/rtm-gateway/", f"{tmp_path}/"))
+    assert main(["check-config", "-c", str(config)]) == 0, capsys.readouterr().err
+    loaded = load_config(config)
+    assert loaded.mqtt.tls
+    assert loaded.mqtt.cert_file == tmp_path / "hub.pem"
+    assert [d.driver for d in loaded.devices] == ["contec.cms50d", "generic.kv-lines"]
+
+
+@pytest.mark.parametrize(("change", "path", "words"), [
+    (("id = \"hub-0001\"", "id = \"hub/0001\""), "hub.id", "not valid"),
+    (("id = \"hub-0001\"\n", ""), "hub.id", "missing"),
+    (("mqtt://127.0.0.1:1883", "http://x"), "mqtt.url", "mqtt://"),
+    (("port = \"/dev/ttyUSB0\"\n", ""), "devices[0].port", "exactly one of"),
+    (("usb = \"2341:0043:A1B2\"", "usb = \"23:43\""), "devices[1].usb", "VID:PID"),
+    (("patient = \"pt-0001\"\n\n[[devices]]", "patient = \"Jane Doe\"\n\n[[devices]]"),
+     "devices[0].patient", "pseudonymous"),
+    (("topic_prefix", "topic_prefx"), "mqtt.topic_prefx", "unknown key"),
+    (("spo2 = { type = \"spo2\" }", "spo2 = { type = 7 }"), "devices[1].options.keys.spo2.type",
+     ""),
+    (("driver = \"contec.cms50d\"", "driver = \"acme.nothing\""), "devices[0].driver", "acme"),
+])
+def test_mistakes_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        change: tuple[str, str], path: str, words: str) -> None:
+    old, new = change
+    assert old in GOOD
+    config = write(tmp_path, GOOD.replace(old, new, 1))
+    assert main(["check-config", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: {path}:" in err
+    assert words in err
+
+
+def test_bad_toml_and_missing_file_exit_2(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path, "[hub\nid=")
+    assert main(["check-config", "-c", str(config)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert main(["check-config", "-c", str(tmp_path / "nope.toml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_run_with_a_bad_config_exits_2_before_touching_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path, GOOD.replace("mqtt://127.0.0.1:1883", "mqtt://:99999"))
+    assert main(["run", "-c", str(config)]) == 2
+    assert "mqtt.url" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+
+
+def test_good_config_checks_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "-c", str(write(tmp_path, GOOD))]) == 0
+    assert "ok" in capsys.readouterr().out

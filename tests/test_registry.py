@@ -1,0 +1,194 @@
+"""The registry: built-ins, plugins through injected entry points, validation, USB matching."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from gateway.registry import (
+    AmbiguousMatchError,
+    InvalidDriverError,
+    Registry,
+    UnknownDriverError,
+    validate_driver,
+)
+from gateway.sdk import DriverInfo, FeedResult, OptionError, UsbMatch
+
+
+class _Decoder:
+    def feed(self, data: bytes) -> FeedResult:
+        return FeedResult()
+
+
+@dataclasses.dataclass
+class FakeDriver:
+    info: DriverInfo
+
+    def decoder(self, options: Mapping[str, object]) -> _Decoder:
+        return _Decoder()
+
+
+def driver(driver_id: str, *match: UsbMatch, sdk: tuple[int, int] = (1, 0)) -> FakeDriver:
+    return FakeDriver(DriverInfo(id=driver_id, version="0.1", description="test",
+                                 transport="serial", match=match, sdk_version=sdk))
+
+
+@dataclasses.dataclass
+class FakeDist:
+    name: str
+
+
+@dataclasses.dataclass
+class FakeEntryPoint:
+    """Models importlib.metadata.EntryPoint: `load()` imports, and may fail in any way."""
+
+    name: str
+    loader: Callable[[], Any]
+    dist: FakeDist | None = dataclasses.field(default_factory=lambda: FakeDist("vendor-pkg"))
+
+    @property
+    def value(self) -> str:
+        return f"vendor_pkg:{self.name}"
+
+    def load(self) -> Any:
+        return self.loader()
+
+
+def plugin(name: str, obj: object, dist: str = "vendor-pkg") -> FakeEntryPoint:
+    return FakeEntryPoint(name, lambda: obj, FakeDist(dist))
+
+
+def _broken() -> object:
+    raise ImportError("No module named 'vendor_pkg.missing'")
+
+
+def test_builtins_and_installed_plugins_load() -> None:
+    registry = Registry.load()
+    assert {"contec.cms50d", "generic.kv-lines"} <= set(registry.ids())
+    assert registry.source("contec.cms50d") == "builtin"
+
+
+def test_plugin_is_added_with_its_distribution() -> None:
+    registry = Registry(entry_points=[plugin("acme", driver("acme.meter"), dist="acme-rtm")])
+    assert registry.get("acme.meter").info.id == "acme.meter"
+    assert registry.source("acme.meter") == "acme-rtm"
+    assert "acme.meter" in registry
+    assert not registry.problems
+
+
+def test_broken_plugin_is_skipped_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="gateway.registry")
+    registry = Registry(entry_points=[
+        FakeEntryPoint("broken", _broken),
+        plugin("good", driver("acme.good")),
+    ])
+    assert "acme.good" in registry  # the broken one does not stop the others
+    [record] = caplog.records
+    assert "broken" in record.getMessage()
+    assert "No module named" in record.getMessage()
+    assert "reinstall" in record.getMessage()  # says what to do
+    assert [p.name for p in registry.problems] == ["broken"]
+
+
+@pytest.mark.parametrize(("obj", "reason"), [
+    (driver("acme.new", sdk=(2, 0)), "needs driver SDK 2.0"),
+    (driver("acme.newer", sdk=(1, 99)), "needs driver SDK 1.99"),
+    (driver("acme.old", sdk=(0, 9)), "needs driver SDK 0.9"),
+    (driver("Acme.Meter"), "not dotted lower-case"),
+    (driver("acme"), "not dotted lower-case"),
+    (object(), "not a driver"),
+    (FakeDriver(info="acme.meter"), "not a gateway.sdk.DriverInfo"),  # type: ignore[arg-type]
+])
+def test_invalid_plugin_is_refused(obj: object, reason: str,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="gateway.registry")
+    registry = Registry(builtins=(), entry_points=[plugin("bad", obj)])
+    assert len(registry) == 0
+    assert reason in caplog.text
+    assert reason in registry.problems[0].reason
+    with pytest.raises(InvalidDriverError, match=reason):
+        validate_driver(obj)
+
+
+def test_duplicate_id_keeps_the_first(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="gateway.registry")
+    first, second = driver("acme.meter"), driver("acme.meter")
+    registry = Registry(builtins=(), entry_points=[plugin("a", first, "pkg-a"),
+                                                    plugin("b", second, "pkg-b")])
+    assert registry.get("acme.meter") is first
+    assert "pkg-b" in caplog.text
+    assert "pkg-a" in caplog.text
+
+
+def test_plugin_cannot_take_a_builtin_id() -> None:
+    registry = Registry(entry_points=[plugin("evil", driver("contec.cms50d"))])
+    assert registry.source("contec.cms50d") == "builtin"
+
+
+def test_unknown_driver_lists_the_installed_ones() -> None:
+    registry = Registry(entry_points=())
+    with pytest.raises(UnknownDriverError) as excinfo:
+        registry.get("acme.nothing")
+    assert isinstance(excinfo.value, KeyError)
+    assert "contec.cms50d" in str(excinfo.value)
+    assert "generic.kv-lines" in str(excinfo.value)
+    assert str(excinfo.value) == excinfo.value.args[0]
+
+
+def test_usb_match() -> None:
+    registry = Registry(entry_points=())
+    found = registry.match_usb(0x10C4, 0xEA60)
+    assert found is not None
+    assert found.info.id == "contec.cms50d"
+    assert registry.match_usb(0x0403, 0x6001) is None
+
+
+def test_ambiguous_usb_match_raises() -> None:
+    registry = Registry(builtins=(), entry_points=[
+        plugin("a", driver("acme.a", UsbMatch(0x0403, 0x6001))),
+        plugin("b", driver("acme.b", UsbMatch(0x0403, 0x6001))),
+    ])
+    with pytest.raises(AmbiguousMatchError) as excinfo:
+        registry.match_usb(0x0403, 0x6001)
+    assert excinfo.value.driver_ids == ("acme.a", "acme.b")
+    assert "0403:6001" in str(excinfo.value)
+
+
+def test_product_string_rule_beats_a_bare_vid_pid() -> None:
+    registry = Registry(entry_points=[
+        plugin("foo", driver("acme.foo", UsbMatch(0x10C4, 0xEA60, product="FooMeter"))),
+    ])
+    found = registry.match_usb(0x10C4, 0xEA60, product="FooMeter")
+    assert found is not None
+    assert found.info.id == "acme.foo"
+    other = registry.match_usb(0x10C4, 0xEA60, product="CP2102 USB to UART")
+    assert other is not None
+    assert other.info.id == "contec.cms50d"
+
+
+def test_describe() -> None:
+    registry = Registry(entry_points=[plugin("p", driver("acme.x"), dist="acme-x")])
+    rows = {row.id: row.as_dict() for row in registry.describe()}
+    assert rows["contec.cms50d"] == {
+        "id": "contec.cms50d", "version": "1.0.0",
+        "description": rows["contec.cms50d"]["description"], "transport": "serial",
+        "match": ["usb 10c4:ea60"], "serial": "19200 8O1 xon/xoff",
+        "produces": ["spo2", "pulse_rate"], "continuous": True, "source": "builtin",
+    }
+    assert rows["acme.x"]["source"] == "acme-x"
+    assert list(rows) == sorted(rows)
+
+
+def test_options_and_serial_settings() -> None:
+    registry = Registry(entry_points=())
+    options = {"keys": {"spo2": {"type": "spo2"}}, "baudrate": 115200}
+    registry.check_options("generic.kv-lines", options)
+    assert registry.serial_settings("generic.kv-lines", options).baudrate == 115200
+    assert registry.serial_settings("contec.cms50d", {}).parity == "O"
+    with pytest.raises(OptionError) as excinfo:
+        registry.check_options("generic.kv-lines", {"keys": {}})
+    assert excinfo.value.path == "keys"
