@@ -165,18 +165,18 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
     from gateway.registry import Registry
 
     registry = Registry.load()
-    rows = registry.describe()
+    descriptions = registry.describe()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([d.as_dict() for d in descriptions], indent=2))
         return EXIT_OK
-    for row in rows:
-        print(f"{row['id']} {row['version']}  ({row['source']})")
-        print(f"    {row['description']}")
-        for rule in row["match"] or ["(no automatic match: name the port in the config)"]:
+    for row in descriptions:
+        print(f"{row.id} {row.version}  ({row.source})")
+        print(f"    {row.description}")
+        for rule in row.match or ("(no automatic match: name the port in the config)",):
             print(f"    matches: {rule}")
-        if row.get("serial"):
-            print(f"    serial: {row['serial']}")
-        print(f"    produces: {', '.join(row['produces']) or '-'}")
+        if row.serial:
+            print(f"    serial: {row.serial}")
+        print(f"    produces: {', '.join(row.produces) or '(set by the device options)'}")
     return EXIT_OK
 
 

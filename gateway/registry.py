@@ -118,15 +118,20 @@ def validate_driver(candidate: object) -> Driver:
     info = candidate.info
     if not isinstance(info, DriverInfo):
         raise InvalidDriverError("its `info` is not a gateway.sdk.DriverInfo")
-    if not _ID.fullmatch(info.id):
+    if not isinstance(info.id, str) or not _ID.fullmatch(info.id):
         raise InvalidDriverError(
             f"id {info.id!r} is not dotted lower-case like 'vendor.model'")
     version = info.sdk_version
-    if (not isinstance(version, tuple) or len(version) != 2
-            or version[0] != SDK_VERSION[0] or version[1] > SDK_VERSION[1]):
+    if not (isinstance(version, tuple) and len(version) == 2
+            and all(isinstance(part, int) for part in version)):
+        raise InvalidDriverError(f"sdk_version {version!r} is not a (major, minor) pair")
+    if version[0] != SDK_VERSION[0] or version[1] > SDK_VERSION[1]:
         raise InvalidDriverError(
-            f"it needs driver SDK {'.'.join(map(str, version))}, this hub has "
+            f"it needs driver SDK {version[0]}.{version[1]}, this hub has "
             f"{SDK_VERSION[0]}.{SDK_VERSION[1]}")
+    for rule in info.match:
+        if not isinstance(rule, UsbMatch):
+            raise InvalidDriverError(f"match rule {rule!r} is not a gateway.sdk match rule")
     return candidate
 
 
@@ -185,8 +190,10 @@ class Registry:
             return
         try:
             driver = validate_driver(candidate)
-        except InvalidDriverError as exc:
-            _skip(problems, PluginProblem(entry_point.name, source, str(exc)),
+        except Exception as exc:  # a hostile `info` property may raise anything
+            reason = str(exc) if isinstance(exc, InvalidDriverError) else (
+                f"its declaration fails ({type(exc).__name__}: {exc})")
+            _skip(problems, PluginProblem(entry_point.name, source, reason),
                   f"install a version of {source} built for driver SDK "
                   f"{SDK_VERSION[0]}.{SDK_VERSION[1]}, or uninstall it")
             return

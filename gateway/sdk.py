@@ -212,7 +212,10 @@ class StreamDecoder(Protocol):
 class Driver(Protocol):
     """A device driver: a declaration plus a factory for per-session stream decoders."""
 
-    info: DriverInfo
+    @property
+    def info(self) -> DriverInfo:
+        """What the driver declares (a plain attribute or a frozen dataclass field is fine)."""
+        ...
 
     def decoder(self, options: Mapping[str, object]) -> StreamDecoder:
         """A new decoder for one device session. Raises `OptionError` for bad options."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -102,6 +103,9 @@ def test_broken_plugin_is_skipped_with_a_log_line(caplog: pytest.LogCaptureFixtu
     (driver("acme"), "not dotted lower-case"),
     (object(), "not a driver"),
     (FakeDriver(info="acme.meter"), "not a gateway.sdk.DriverInfo"),  # type: ignore[arg-type]
+    (driver(123), "not dotted lower-case"),  # type: ignore[arg-type]
+    (driver("acme.odd", sdk="1.0"), "not a (major, minor) pair"),  # type: ignore[arg-type]
+    (driver("acme.rule", "usb 0403:6001"), "not a gateway.sdk match rule"),  # type: ignore[arg-type]
 ])
 def test_invalid_plugin_is_refused(obj: object, reason: str,
                                    caplog: pytest.LogCaptureFixture) -> None:
@@ -110,8 +114,24 @@ def test_invalid_plugin_is_refused(obj: object, reason: str,
     assert len(registry) == 0
     assert reason in caplog.text
     assert reason in registry.problems[0].reason
-    with pytest.raises(InvalidDriverError, match=reason):
+    with pytest.raises(InvalidDriverError, match=re.escape(reason)):
         validate_driver(obj)
+
+
+class _Hostile:
+    @property
+    def info(self) -> DriverInfo:
+        raise RuntimeError("vendor bug")
+
+    def decoder(self, options: Mapping[str, object]) -> _Decoder:
+        return _Decoder()
+
+
+def test_plugin_whose_declaration_raises_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="gateway.registry")
+    registry = Registry(entry_points=[plugin("hostile", _Hostile())])
+    assert "vendor bug" in caplog.text
+    assert len(registry) == 2
 
 
 def test_duplicate_id_keeps_the_first(caplog: pytest.LogCaptureFixture) -> None:

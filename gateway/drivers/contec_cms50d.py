@@ -147,7 +147,10 @@ class Cms50dDriver:
         transport="serial",
         # The cable holds a Silicon Labs CP210x bridge; the oximeter itself speaks TTL serial.
         match=(UsbMatch(0x10C4, 0xEA60),),
-        serial=SerialSettings(19200, 8, "O", 1, xonxoff=True),
+        # The firmware documents XON/XOFF, but the hub never sends in live mode, and a tty with
+        # IXON takes the bytes 0x11 and 0x13 out of the input: this binary stream contains them
+        # (pleth values, PR 145 and 147), so about 8 % of frames would arrive cut short.
+        serial=SerialSettings(19200, 8, "O", 1, xonxoff=False),
         produces=("spo2", "pulse_rate"),
         continuous=True,
     )

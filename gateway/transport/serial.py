@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import termios
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -84,14 +86,24 @@ async def open_serial(path: str, settings: SerialSettings,
     import serial
     import serial_asyncio_fast
 
-    parity = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+    parity = settings.parity
+    if parity != "N" and _is_pseudo_terminal(path):
+        # A pseudo-terminal has no line: Linux refuses parity on it (EINVAL), and it would
+        # change nothing. Simulators and socat links are ptys; real USB adapters are not.
+        parity = "N"
+    parities = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
     try:
         reader, writer = await asyncio.wait_for(
             serial_asyncio_fast.open_serial_connection(
                 url=path, baudrate=settings.baudrate, bytesize=settings.bytesize,
-                parity=parity[settings.parity], stopbits=settings.stopbits,
+                parity=parities[parity], stopbits=settings.stopbits,
                 xonxoff=settings.xonxoff),
             timeout)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, termios.error) as exc:
         raise SerialPortError(f"cannot open {path}: {exc}") from exc
     return SerialByteStream(path, reader, writer)
+
+
+def _is_pseudo_terminal(path: str) -> bool:
+    real = os.path.realpath(path)
+    return real.startswith("/dev/pts/") or real == "/dev/ptmx"
