@@ -122,6 +122,18 @@ def mqtt_settings(config: Config) -> MqttSettings:
         protocol=mqtt.protocol, keepalive=mqtt.keepalive)
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None:
+    """Cancel and wait. Cancel again if a task swallowed it, so shutdown cannot hang on one."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    pending = {task for task in tasks if not task.done()}
+    while pending and asyncio.get_running_loop().time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in pending:
+        log.error("task %s did not stop when asked; stopping without it", task.get_name())
+
+
 class Hub:
     """The running hub: device sessions, the journal, the uplink, the watchdog."""
 
@@ -172,8 +184,7 @@ class Hub:
             await self.stop_event.wait()
             log.info("stopping: draining in-flight work")
             self._notifier.stopping()
-            for task in workers:
-                task.cancel()
+            await _cancel_all(workers)
             await journal.drain()
             journal_task.cancel()
             await uplink.stop(drain_timeout=10.0)

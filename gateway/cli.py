@@ -159,6 +159,11 @@ def _setup_logging(level: str) -> None:
     numeric = TRACE if level.upper() == "TRACE" else getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=numeric, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if numeric > TRACE:
+        # Libraries' own debug output (with tracebacks of errors we already report) is noise
+        # for a technician; TRACE shows everything.
+        for name in ("asyncio", "serial_asyncio_fast", "paho"):
+            logging.getLogger(name).setLevel(max(numeric, logging.INFO))
 
 
 def _cmd_drivers(args: argparse.Namespace) -> int:

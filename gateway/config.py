@@ -326,7 +326,7 @@ def _device(table: _Table, index: int) -> DeviceConfig:
                      hint="letters, digits, '.', '_' or '-'"),
         driver=driver, patient=patient, port=port, usb=usb,
         options=MappingProxyType(dict(options.data)),
-        summary_interval=table.number("summary_interval", 1.0, 0.05, 3600.0),
+        summary_interval=table.number("summary_interval", 1.0, 0.01, 3600.0),
     )
 
 

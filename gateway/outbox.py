@@ -4,7 +4,7 @@ One SQLite file in WAL mode with ``synchronous=FULL``. A batch of entries is one
 one fsync (group commit); once `Outbox.append` returns, the batch survives kill -9 and power loss.
 Rows leave only through `Outbox.ack` (after the broker's PUBACK) or through ``drop_through`` when
 the size cap is reached, and then the caller puts a signed gap event for the dropped range in the
-same transaction, so nothing disappears silently.
+same transaction, so nothing disappears silently. The cap drops readings only, never events.
 
 What lives here: the `Outbox` (append, lease, ack, flush, per-device counters, meta values,
 checkpoints), the read-only `read_status` for ``rtm-gateway status``, and the exception tree.
@@ -326,14 +326,16 @@ class Outbox:
         return [Entry(seq, _KINDS[kind], body, created) for seq, kind, body, created in rows]
 
     def oldest_seqs(self, n: int) -> tuple[int, int, int] | None:
-        """(first_seq, last_seq, count) of the `n` oldest rows, or None when empty.
+        """(first_seq, last_seq, count) of the `n` oldest readings, or None when there are none.
 
         For the cap: sign a gap event for first..last and pass ``drop_through=last`` with it.
+        Only readings are dropped: hub events (the gap events above all) stay until delivered,
+        so an announcement of an earlier drop can never itself be dropped unannounced.
         """
         with self._guard("read from"):
             first, last, count = self._conn.execute(
                 "SELECT min(seq), max(seq), count(*) FROM "
-                "(SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (n,)
+                "(SELECT seq FROM outbox WHERE kind = 0 ORDER BY seq LIMIT ?)", (n,)
             ).fetchone()
         return None if count == 0 else (first, last, count)
 
@@ -373,8 +375,8 @@ class Outbox:
         """Store `entries` and everything pending in ONE transaction (one fsync).
 
         `entries` must continue the sequence: seqs last_seq + 1, + 2, ... `last_hash` is the
-        chain hash after the last of them. `drop_through` deletes every row with seq <= it (the
-        cap; the gap event announcing it should be among `entries`). `devices` is added to the
+        chain hash after the last of them. `drop_through` deletes every reading with seq <= it
+        (the cap; the gap event announcing it should be among `entries`; events are kept). `devices` is added to the
         per-device counters. On error nothing of this call is stored; pending acks stay pending.
         """
         expected = self._last_seq + 1
@@ -401,7 +403,8 @@ class Outbox:
             )
             delta = len(entries)
             if drop_through is not None:
-                cur = self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (drop_through,))
+                cur = self._conn.execute(
+                    "DELETE FROM outbox WHERE seq <= ? AND kind = 0", (drop_through,))
                 delta -= cur.rowcount
             if devices:
                 self._conn.executemany(_DEVICE_SQL, [

@@ -148,7 +148,8 @@ class Journal:
         while True:
             timeout = max(0.0, next_summary - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             if time.monotonic() >= next_summary:
                 self._summarise_errors()
@@ -198,9 +199,8 @@ class Journal:
     def _refused(self, reason: str) -> None:
         self.commit_failures += 1
         if self.last_error != reason:  # once per distinct cause, not once per retry
-            log.error("cannot store readings: %s. Readings are kept in memory (%d pending) and "
-                      "the write is retried; free disk space or fix the state dir.",
-                      reason, len(self._pending))
+            log.error("cannot store readings (%d kept in memory; the write is retried): %s",
+                      len(self._pending), reason)
         self.last_error = reason
 
     def _sign(self, item: _Captured | _HubEvent, hub_clock: HubClock) -> Entry:
@@ -212,12 +212,16 @@ class Journal:
         return Entry(signed.seq, "event", signed.jws, item.hub_time)
 
     def _make_room(self, entries: list[Entry], hub_clock: HubClock) -> int | None:
-        """When the new entries would pass the cap, sign a gap event for the oldest rows that
-        must go, add it to the batch, and return the last seq to drop."""
-        over = self._outbox.depth() + len(entries) + 1 - self._outbox.max_rows
+        """When the new entries would pass the cap, sign a gap event for the oldest readings
+        that must go, add it to the batch, and return the last seq to drop.
+
+        A tenth of the cap goes at once, so a long outage makes one gap event per tenth of the
+        outbox rather than one per commit."""
+        max_rows = self._outbox.max_rows
+        over = self._outbox.depth() + len(entries) + 1 - max_rows
         if over <= 0:
             return None
-        oldest = self._outbox.oldest_seqs(over)
+        oldest = self._outbox.oldest_seqs(max(over, max_rows // 10))
         if oldest is None:
             return None
         first, last, count = oldest
@@ -243,7 +247,7 @@ class Journal:
                                              "interval_s": self._error_summary_interval})
                 counters.errors_unreported = 0
 
-    async def drain(self, timeout: float = 10.0) -> None:
+    async def drain(self, timeout: float = 5.0) -> None:
         """Commit everything pending (on shutdown), retrying briefly if the disk refuses."""
         deadline = time.monotonic() + timeout
         while self._pending or self._deltas:

@@ -3,6 +3,7 @@ wire, unplug and replug, the outbox cap, a full disk. Nothing assigned a seq may
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import load_config
 from gateway.sim.cms50d import encode_frame
 from tests.conftest import Received
 from tests.harness import (
@@ -34,6 +36,8 @@ FAST_RECONNECT = "reconnect_max = 1.0"
 
 
 def status(config: Path) -> dict:
+    outbox = load_config(config).hub.outbox_path
+    wait_until(outbox.exists, 20, "the daemon to create its outbox")
     result = run_cli("status", "-c", str(config), "--json")
     assert result.returncode == 0, result.stderr
     report: dict = json.loads(result.stdout)
@@ -78,8 +82,9 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_
     missing = sorted(set(range(1, last_seq + 1)) - arrived)
     assert not missing, f"seqs assigned but never delivered: {missing[:20]}"
     assert_chain(entries)
-    starts = [e for e in entries if e.payload.get("event") == "hub-started"]
-    assert len({e.payload["seq"] for e in starts}) == 11
+    # A run killed while starting may die before committing anything; the chain still holds.
+    starts = {e.payload["seq"] for e in entries if e.payload.get("event") == "hub-started"}
+    assert 2 <= len(starts) <= 11
 
 
 def test_broker_outage_buffers_then_delivers_in_order(tmp_path: Path, mosquitto,
@@ -254,19 +259,23 @@ def test_outbox_cap_drops_oldest_with_a_signed_gap_event(tmp_path: Path, mosquit
         daemon.close()
         simulator.close()
 
-    def covered(messages: list[Received]) -> bool:
+    def uncovered(messages: list[Received]) -> list[int]:
         entries = verify_messages(messages, jwk)
         seen = {e.payload["seq"] for e in entries}
         for entry in entries:
             if entry.payload.get("event") == "gap":
                 detail = entry.payload["detail"]
                 seen |= set(range(detail["first_seq"], detail["last_seq"] + 1))
-        return set(range(1, last_seq + 1)) <= seen
+        return sorted(set(range(1, last_seq + 1)) - seen)
 
-    assert subscriber.wait_for(covered, 20), "every seq arrived or is announced by a gap event"
+    subscriber.wait_for(lambda m: not uncovered(m), 20)
+    missing = uncovered(subscriber.snapshot())
+    assert not missing, f"neither delivered nor announced by a gap event: {missing[:30]}"
     gaps = [e.payload["detail"] for e in verify_messages(subscriber.snapshot(), jwk)
             if e.payload.get("event") == "gap"]
-    assert gaps and all(g["count"] == g["last_seq"] - g["first_seq"] + 1 for g in gaps)
+    # Events inside a dropped range are kept (and delivered): count is the readings dropped.
+    assert gaps
+    assert all(0 < g["count"] <= g["last_seq"] - g["first_seq"] + 1 for g in gaps)
     assert all(g["reason"] == "outbox-cap" for g in gaps)
 
 
@@ -280,30 +289,45 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI is root)")
-def test_full_disk_is_a_clear_error_and_keeps_readings(tmp_path: Path, mosquitto,
-                                                       mqtt_subscriber) -> None:
+def test_full_disk_is_a_clear_error_and_keeps_readings(tmp_path: Path, mosquitto) -> None:
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "400k")
+    _mount_tmpfs(disk, "2m")
     try:
         broker = mosquitto("plain")
-        broker.stop()  # keep everything in the outbox so the disk fills
+        broker.stop()  # keep everything in the outbox
         link = tmp_path / "ttyCMS"
         simulator = start_simulator(link, tmp_path / "sim.log", rate=60)
-        config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.01)],
+        config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.05)],
                               state_dir=disk / "state")
         daemon = start_daemon(config, tmp_path / "daemon.log")
         try:
-            wait_until(lambda: "cannot store readings" in daemon.log(), 60,
+            wait_until((disk / "state" / "outbox.sqlite").exists, 20, "the outbox")
+            time.sleep(0.5)
+            filler = disk / "filler"
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:  # take every free byte of the filesystem
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(fd, b"\0" * 4096)
+            finally:
+                os.close(fd)
+            wait_until(lambda: "cannot store readings" in daemon.log(), 30,
                        "the daemon to report the full disk")
             assert daemon.running, "a full disk must not stop the daemon"
-            log = daemon.log()
-            assert "Traceback" not in log
-            assert "free disk space" in log
+            assert "disk is full" in daemon.log()
+            assert "Traceback" not in daemon.log()
+            time.sleep(1.0)  # readings keep coming while the disk is full
+            filler.unlink()
+            wait_until(lambda: "takes writes again" in daemon.log(), 30,
+                       "the daemon to store again once space is free")
             simulator.close()
             assert daemon.stop() == 0, daemon.log()
         finally:
             daemon.close()
             simulator.close()
+        # The readings taken while the disk was full were kept and stored: seq has no holes.
+        report = status(config)
+        assert report["outbox"]["depth"] == report["outbox"]["last_seq"] > 20
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 

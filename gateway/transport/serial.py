@@ -72,12 +72,16 @@ class SerialByteStream:
 
     async def write(self, data: bytes, timeout: float = 2.0) -> None:
         self._writer.write(data)
-        await asyncio.wait_for(self._writer.drain(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._writer.drain()
 
     async def close(self) -> None:
         self._writer.close()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the inner await finishes, and the session would never stop.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):
+                await self._writer.wait_closed()
 
 
 async def open_serial(path: str, settings: SerialSettings,
@@ -93,12 +97,11 @@ async def open_serial(path: str, settings: SerialSettings,
         parity = "N"
     parities = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
     try:
-        reader, writer = await asyncio.wait_for(
-            serial_asyncio_fast.open_serial_connection(
+        async with asyncio.timeout(timeout):
+            reader, writer = await serial_asyncio_fast.open_serial_connection(
                 url=path, baudrate=settings.baudrate, bytesize=settings.bytesize,
                 parity=parities[parity], stopbits=settings.stopbits,
-                xonxoff=settings.xonxoff),
-            timeout)
+                xonxoff=settings.xonxoff)
     except (OSError, TimeoutError, termios.error) as exc:
         raise SerialPortError(f"cannot open {path}: {exc}") from exc
     return SerialByteStream(path, reader, writer)
