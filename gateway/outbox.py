@@ -376,8 +376,9 @@ class Outbox:
 
         `entries` must continue the sequence: seqs last_seq + 1, + 2, ... `last_hash` is the
         chain hash after the last of them. `drop_through` deletes every reading with seq <= it
-        (the cap; the gap event announcing it should be among `entries`; events are kept). `devices` is added to the
-        per-device counters. On error nothing of this call is stored; pending acks stay pending.
+        (the cap; the gap event announcing it should be among `entries`; events are kept).
+        `devices` is added to the per-device counters. On error nothing of this call is
+        stored; pending acks stay pending.
         """
         expected = self._last_seq + 1
         for i, entry in enumerate(entries):
