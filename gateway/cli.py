@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run a simulated device on a pseudo-terminal")
     p.add_argument("driver", help="driver id of the device to simulate, e.g. contec.cms50d")
     p.add_argument("--link", type=Path, required=True, help="path of the symlink to create")
-    p.add_argument("--rate", type=float, default=60.0, help="frames per second (default 60)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="frames (or lines) per second (default: the device's own rate)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
 
     p = sub.add_parser("identity", help="print the hub's public key as a JWK")
@@ -86,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulated devices, the hub, a broker and the verifier")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
-    p.add_argument("--url", help="use this broker instead of the embedded one")
+    p.add_argument("--url", help="use this broker instead of starting one")
+    p.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+                   help="which local broker to start: the machine's mosquitto, the embedded "
+                        "amqtt (MQTT 3.1.1), or auto (mosquitto when installed)")
     p.add_argument("--protocol", choices=["5", "3.1.1"], default=None,
                    help="MQTT protocol (default: 5, or 3.1.1 for the embedded broker)")
     return parser
@@ -212,7 +216,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
             print(f"decode error: {error}", file=sys.stderr)
         if not readings and not errors:
             print("no complete frame in the input", file=sys.stderr)
-    return EXIT_OK if readings or not errors else EXIT_FAILED
+    # Exit 0 only for a clean decode, so scripts can tell good bytes from bad.
+    return EXIT_OK if readings and not errors else EXIT_FAILED
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -282,7 +287,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import DemoError, run_demo
 
     try:
-        return run_demo(seconds=args.seconds, url=args.url, protocol=args.protocol)
+        return run_demo(seconds=args.seconds, url=args.url, protocol=args.protocol,
+                        broker=args.broker)
     except DemoError as exc:
         return _fail(str(exc))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from typing import Any, TextIO
 
 from gateway.config import Config, load_config
 from gateway.signing import HubIdentity
+from gateway.sim.kv_lines import KV_OPTIONS
 from gateway.verify import Verifier, VerifyReport
 
 HUB_ID = "demo-hub"
@@ -49,12 +51,14 @@ def _wait_for_port(port: int, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
-def local_broker(workdir: Path) -> Iterator[tuple[str, str, str]]:
+def local_broker(workdir: Path, kind: str = "auto") -> Iterator[tuple[str, str, str]]:
     """A broker on a free loopback port: (url, protocol, description)."""
     port = _free_port()
     mosquitto = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if mosquitto:
+    if kind == "mosquitto" and mosquitto is None:
+        raise DemoError("mosquitto is not installed; use --broker embedded or auto")
+    if mosquitto and kind != "embedded":
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         with (workdir / "mosquitto.log").open("wb") as log:
@@ -156,7 +160,8 @@ def _subscribe(url: str, protocol: str, receiver: _Receiver) -> Any:
     return client
 
 
-def _demo_config(workdir: Path, url: str, protocol: str, oximeter: Path) -> Config:
+def _demo_config(workdir: Path, url: str, protocol: str, oximeter: Path,
+                 spirometer: Path) -> Config:
     path = workdir / "demo.toml"
     path.write_text(f"""
 [hub]
@@ -177,25 +182,46 @@ driver = "contec.cms50d"
 port = "{oximeter}"
 patient = "pt-demo-0001"
 summary_interval = 0.5
+
+[[devices]]
+id = "peak-flow"
+driver = "generic.kv-lines"
+port = "{spirometer}"
+patient = "pt-demo-0001"
+[devices.options]
+{_toml_table(KV_OPTIONS)}
 """)
     return load_config(path)
 
 
+def _toml_table(options: Mapping[str, object]) -> str:
+    """The simulator's options as TOML lines (inline tables for nested mappings)."""
+    def value(v: object) -> str:
+        if isinstance(v, Mapping):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(v)
+
+    return "\n".join(f"{key} = {value(v)}" for key, v in options.items())
+
+
 def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None = None,
-             out: TextIO = sys.stdout) -> int:
-    from gateway.sim.cms50d import start_pty
+             broker: str = "auto", out: TextIO = sys.stdout) -> int:
+    from gateway.sim import cms50d, kv_lines
 
     with tempfile.TemporaryDirectory(prefix="rtm-demo-") as tmp:
         workdir = Path(tmp)
         with contextlib.ExitStack() as stack:
             if url is None:
-                url, default_protocol, broker_name = stack.enter_context(local_broker(workdir))
+                url, default_protocol, broker_name = stack.enter_context(
+                    local_broker(workdir, broker))
             else:
                 default_protocol, broker_name = "5", url
             protocol = protocol or default_protocol
-            oximeter = workdir / "ttyCMS50D"
-            stack.enter_context(start_pty(oximeter, rate_hz=60.0, seed=1, episode_every=8.0))
-            config = _demo_config(workdir, url, protocol, oximeter)
+            oximeter, spirometer = workdir / "ttyCMS50D", workdir / "ttyPeakFlow"
+            stack.enter_context(cms50d.start_pty(oximeter, rate_hz=60.0, seed=1,
+                                                 episode_every=8.0))
+            stack.enter_context(kv_lines.start_pty(spirometer, rate_hz=0.5, seed=1))
+            config = _demo_config(workdir, url, protocol, oximeter, spirometer)
             identity = HubIdentity.load_or_create(config.hub.state_dir)
             from gateway.signing import PublicKey
 
@@ -205,8 +231,10 @@ def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None
             client = _subscribe(url, protocol, receiver)
             stack.callback(client.loop_stop)
             stack.callback(client.disconnect)
-            print(f"rtm-gateway demo: broker {broker_name} at {url}; a simulated CMS50D+ "
-                  f"pulse oximeter on {oximeter}; running {seconds:.0f} s\n", file=out)
+            print(f"rtm-gateway demo: broker {broker_name} at {url}\n"
+                  f"  simulated CMS50D+ pulse oximeter on {oximeter}\n"
+                  f"  simulated peak-flow meter on {spirometer}\n"
+                  f"  running {seconds:.0f} s; every entry is verified on arrival\n", file=out)
             sent = asyncio.run(_run_hub(config, seconds, receiver, out))
             deadline = time.monotonic() + 10
             while receiver.verifier.received < sent and time.monotonic() < deadline:

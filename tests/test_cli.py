@@ -1,0 +1,159 @@
+"""The command line as a technician, a vendor and the platform use it: real processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import serial
+
+from gateway.sim.cms50d import encode_frame
+from tests.harness import (
+    CLI,
+    Process,
+    cms50d_device,
+    hub_jwk,
+    run_cli,
+    start_daemon,
+    start_simulator,
+    write_config,
+)
+
+
+def test_drivers_lists_builtins_with_their_match_rules() -> None:
+    result = run_cli("drivers", "--json")
+    assert result.returncode == 0, result.stderr
+    drivers = {d["id"]: d for d in json.loads(result.stdout)}
+    assert drivers["contec.cms50d"]["match"] == ["usb 10c4:ea60"]
+    assert drivers["contec.cms50d"]["produces"] == ["spo2", "pulse_rate"]
+    assert drivers["generic.kv-lines"]["source"] == "builtin"
+    text = run_cli("drivers")
+    assert "contec.cms50d" in text.stdout
+    assert "matches: usb 10c4:ea60" in text.stdout
+
+
+def test_decode_prints_the_wire_shape() -> None:
+    frame = encode_frame(spo2=98, pulse_rate=130)  # PR >= 128 needs bit 7 from byte 2
+    result = run_cli("decode", "contec.cms50d", frame.hex(" "), "--json")
+    assert result.returncode == 0, result.stderr
+    decoded = json.loads(result.stdout)
+    assert decoded["errors"] == []
+    (reading,) = decoded["readings"]
+    values = {o["type"]: o["value"] for o in reading["observations"]}
+    assert values == {"spo2": 98, "pulse_rate": 130}
+    assert reading["observations"][0]["mdc"] == 150456
+    assert base64.b64decode(reading["raw"]) == frame
+
+
+def test_decode_errors_are_clear() -> None:
+    unknown = run_cli("decode", "acme.nothing", "00")
+    assert unknown.returncode == 2
+    assert "acme.nothing" in unknown.stderr
+    assert "contec.cms50d" in unknown.stderr  # it lists what is installed
+    not_hex = run_cli("decode", "contec.cms50d", "zz")
+    assert not_hex.returncode == 2
+    assert "hex" in not_hex.stderr
+    garbage = run_cli("decode", "contec.cms50d", "81 01")  # a frame cut short
+    assert garbage.returncode == 1
+    assert "Traceback" not in garbage.stderr
+
+
+def test_identity_is_created_once_and_kept(tmp_path: Path, mosquitto) -> None:
+    config = write_config(tmp_path, mosquitto("plain"))
+    first = hub_jwk(config)
+    assert hub_jwk(config) == first
+    assert first["kty"] == "OKP"
+    assert first["crv"] == "Ed25519"
+    assert first["alg"] == "Ed25519"
+    key_file = tmp_path / "state" / "identity.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_simulate_streams_on_a_pty_link(tmp_path: Path) -> None:
+    link = tmp_path / "ttyPeakFlow"
+    process = start_simulator(link, tmp_path / "sim.log", rate=20, driver="generic.kv-lines")
+    try:
+        with serial.Serial(str(link), timeout=2) as port:
+            lines = [port.readline() for _ in range(3)]
+    finally:
+        process.close()
+    assert all(line.startswith(b"pef=") and line.endswith(b"\r\n") for line in lines)
+    unknown = run_cli("simulate", "acme.nothing", "--link", str(tmp_path / "x"))
+    assert unknown.returncode == 2
+    assert "no simulator" in unknown.stderr
+
+
+def test_demo_runs_on_the_embedded_broker() -> None:
+    result = run_cli("demo", "--seconds", "4", "--broker", "embedded", timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verdict: OK" in result.stdout
+    sent = int(re.search(r"signed and sent by the hub\s*: (\d+)", result.stdout)[1])
+    verified = int(re.search(r"signatures verified\s*: (\d+)", result.stdout)[1])
+    assert sent > 5
+    assert verified == sent
+
+
+def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto) -> None:
+    broker = mosquitto("mtls")
+    link = tmp_path / "ttyCMS"
+    simulator = start_simulator(link, tmp_path / "sim.log")
+    config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.1)])
+    jwk_file = tmp_path / "hub.jwk"
+    jwk_file.write_text(json.dumps(hub_jwk(config)))
+    verify = Process(["verify", "--url", broker.url, "--hub", "hub-test", "--jwk", str(jwk_file),
+                      "--ca-file", str(broker.ca_file), "--cert-file", str(broker.client_cert),
+                      "--key-file", str(broker.client_key), "--count", "30", "--seconds", "40",
+                      "--json"], tmp_path / "verify.log")
+    daemon = start_daemon(config, tmp_path / "daemon.log")
+    try:
+        verify.popen.wait(60)
+        assert verify.popen.returncode == 0, verify.log()
+    finally:
+        verify.close()
+        daemon.close()
+        simulator.close()
+    report = json.loads(verify.log())
+    (hub,) = report["hubs"]
+    assert hub["verified"] >= 30
+    assert hub["bad_signatures"] == 0
+    assert hub["chain_breaks"] == 0
+
+
+def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto) -> None:
+    broker = mosquitto("plain")
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(20)
+    config = write_config(tmp_path, broker)
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="400000")
+    with (tmp_path / "daemon.log").open("wb") as log:
+        daemon = subprocess.Popen([*CLI, "run", "-c", str(config)], stdout=log,
+                                  stderr=subprocess.STDOUT, env=env)
+    try:
+        messages: list[str] = []
+
+        def receive_until(word: str) -> None:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(word in m for m in messages):
+                messages.append(sock.recv(4096).decode())
+
+        receive_until("READY=1")
+        receive_until("WATCHDOG=1")
+        count_before = sum("WATCHDOG=1" in m for m in messages)
+        time.sleep(1.0)
+        daemon.terminate()
+        receive_until("STOPPING=1")
+        assert daemon.wait(20) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        sock.close()
+    assert count_before >= 1
+    assert sum("WATCHDOG=1" in m for m in messages) >= count_before + 2  # pinged every 0.2 s
