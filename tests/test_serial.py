@@ -1,0 +1,85 @@
+"""The serial side of the hub: real pyserial on pseudo-terminals, VID:PID lookup through the
+port-listing seam, and unplugging."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.app import SerialOpener
+from gateway.config import DeviceConfig, UsbSelector
+from gateway.pipeline import DeviceUnavailable
+from gateway.sdk import SerialSettings
+from gateway.transport.serial import PortInfo, find_usb_port
+
+CMS50D = SerialSettings(19200, 8, "O", 1)
+
+
+def usb_device(serial_number: str | None) -> DeviceConfig:
+    return DeviceConfig(id="oximeter", driver="contec.cms50d", patient="pt-0001",
+                        usb=UsbSelector(0x10C4, 0xEA60, serial_number))
+
+
+def test_find_usb_port_by_vid_pid_and_serial() -> None:
+    ports = [PortInfo("/dev/ttyUSB1", 0x10C4, 0xEA60, "B"), PortInfo("/dev/ttyS0", None, None),
+             PortInfo("/dev/ttyUSB0", 0x10C4, 0xEA60, "A")]
+    assert find_usb_port(lambda: ports, 0x10C4, 0xEA60, None) == "/dev/ttyUSB0"
+    assert find_usb_port(lambda: ports, 0x10C4, 0xEA60, "B") == "/dev/ttyUSB1"
+    assert find_usb_port(lambda: ports, 0x10C4, 0xEA60, "C") is None
+    assert find_usb_port(lambda: ports, 0x0403, 0x6001, None) is None
+
+
+def test_a_usb_device_is_opened_where_the_lister_finds_it() -> None:
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+
+    async def scenario() -> bytes:
+        opener = SerialOpener(lambda: [PortInfo(path, 0x10C4, 0xEA60, "A")])
+        stream = await opener(usb_device("A"), CMS50D)  # odd parity on a pty: handled
+        try:
+            os.write(master, b"\x81\x02\x03\x48\x61")
+            async with asyncio.timeout(5):
+                return await stream.read()
+        finally:
+            await stream.close()
+
+    try:
+        assert asyncio.run(scenario()) == b"\x81\x02\x03\x48\x61"
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_missing_usb_device_is_unavailable_with_the_reason() -> None:
+    opener = SerialOpener(lambda: [PortInfo("/dev/ttyUSB0", 0x10C4, 0xEA60, "A")])
+    with pytest.raises(DeviceUnavailable, match="10c4:ea60:Z"):
+        asyncio.run(opener(usb_device("Z"), CMS50D))
+
+
+def test_unplugging_ends_the_read_with_device_unavailable(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    device = DeviceConfig(id="oximeter", driver="contec.cms50d", patient="pt-0001", port=path)
+
+    async def scenario() -> None:
+        stream = await SerialOpener()(device, CMS50D)
+        os.close(slave)
+        os.close(master)  # the other end goes away, as when a cable is pulled
+        try:
+            with pytest.raises(DeviceUnavailable, match="went away"):
+                async with asyncio.timeout(5):
+                    await stream.read()
+        finally:
+            await stream.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_port_that_does_not_exist_is_unavailable(tmp_path: Path) -> None:
+    device = DeviceConfig(id="x", driver="contec.cms50d", patient="pt-0001",
+                          port=str(tmp_path / "ttyNothing"))
+    with pytest.raises(DeviceUnavailable, match="cannot open"):
+        asyncio.run(SerialOpener()(device, CMS50D))
