@@ -134,15 +134,21 @@ def test_garbage_and_cut_frames_are_counted_and_skipped(tmp_path: Path, mosquitt
 
     def noisy_device() -> None:
         rng = random.Random(3)
+        # The protocol has no checksum, so noise shaped exactly like a frame would decode. The
+        # noise here is what resynchronisation must catch: runs of stray bytes (all with the
+        # sync bit, or all without), and frames cut short by the next frame's sync byte.
+        frame = encode_frame(spo2=96, pulse_rate=70)
         while not stop.is_set():
-            frame = encode_frame(spo2=96, pulse_rate=70)
+            chunk = frame
             choice = rng.random()
-            if choice < 0.2:
-                frame = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+            if choice < 0.1:
+                chunk = frame[:rng.randrange(1, 5)] + frame  # cut short, then a whole frame
+            elif choice < 0.2:
+                chunk += bytes(rng.randrange(0x80, 0x100) for _ in range(rng.randrange(1, 9)))
             elif choice < 0.3:
-                frame = frame[:rng.randrange(1, 5)]  # a frame cut short
+                chunk += bytes(rng.randrange(0x00, 0x80) for _ in range(rng.randrange(1, 9)))
             try:
-                os.write(master, frame)
+                os.write(master, chunk)
             except OSError:
                 return
             time.sleep(1 / 120)

@@ -196,7 +196,7 @@ def test_describe() -> None:
     assert rows["contec.cms50d"] == {
         "id": "contec.cms50d", "version": "1.0.0",
         "description": rows["contec.cms50d"]["description"], "transport": "serial",
-        "match": ["usb 10c4:ea60"], "serial": "19200 8O1 xon/xoff",
+        "match": ["usb 10c4:ea60"], "serial": "19200 8O1",
         "produces": ["spo2", "pulse_rate"], "continuous": True, "source": "builtin",
     }
     assert rows["acme.x"]["source"] == "acme-x"
