@@ -140,7 +140,8 @@ def decode_line(line: bytes, options: KvOptions) -> Reading:
             continue
         key, sep, value = (s.strip() for s in pair.partition("="))
         if not sep or not key:
-            raise DecodeError(f"expected key=value, got {pair[:40]!r}")
+            raise DecodeError(  # no content: it may hold a health value, and errors reach logs
+                f"expected key=value, got {len(pair)} characters without '='")
         if key in seen:
             raise DecodeError(f"key {key!r} appears twice in one line")
         seen.add(key)
