@@ -15,6 +15,7 @@ Options, from the device's `options` table:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,7 +122,10 @@ def _key_spec(path: str, spec: object) -> KeySpec:
 def _number(text: str) -> int | float | None:
     if not _NUMBER.fullmatch(text):
         return None
-    return int(text) if _INTEGER.fullmatch(text) else float(text)
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    value = float(text)
+    return value if math.isfinite(value) else None  # "1e999" overflows to inf: not a value
 
 
 def decode_line(line: bytes, options: KvOptions) -> Reading:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.drivers import Flushable, contec_cms50d, decode_bytes
@@ -97,6 +97,7 @@ def test_every_well_formed_frame_decodes_without_fake_zeros(head: int, body: lis
 
 @FUZZ
 @given(text=st.text(alphabet="spo2rt=,.-+eE0123456789 \r\n\xe9", max_size=200))
+@example(text="spo2=1e999\nt=1e999\npr=-1e999,x=9e99999\n")
 def test_kv_lines_near_miss_text(text: str) -> None:
     driver = REGISTRY.get("generic.kv-lines")
     _check(decode_bytes(driver, text.encode("utf-8"), _options(driver)))
