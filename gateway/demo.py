@@ -302,8 +302,9 @@ def _summary(report: VerifyReport, sent: int, out: TextIO) -> int:
     print(f"  signatures verified                : {verified}", file=out)
     print(f"  duplicates                         : {duplicates}", file=out)
     print(f"  gaps                               : {len(gaps)}", file=out)
-    print(f"  verdict: {'OK' if report.ok and received >= sent and not gaps else 'PROBLEM'}",
-          file=out)
-    if not report.ok:
+    schema_errors = hub.schema_errors if hub else 0
+    good = report.ok and verified >= sent and not gaps and not schema_errors
+    print(f"  verdict: {'OK' if good else 'PROBLEM'}", file=out)
+    if not good:
         print(report.render(), file=out)
-    return 0 if report.ok and verified >= sent and not gaps else 1
+    return 0 if good else 1

@@ -145,11 +145,13 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto) -> No
                 messages.append(sock.recv(4096).decode())
 
         receive_until("READY=1")
+        assert any("READY=1" in m for m in messages)
         receive_until("WATCHDOG=1")
         count_before = sum("WATCHDOG=1" in m for m in messages)
         time.sleep(1.0)
         daemon.terminate()
         receive_until("STOPPING=1")
+        assert any("STOPPING=1" in m for m in messages)
         assert daemon.wait(20) == 0
     finally:
         if daemon.poll() is None:

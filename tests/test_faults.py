@@ -54,19 +54,28 @@ def entries_of(messages: list[Received], suffix: str) -> int:
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_subscriber) -> None:
-    broker = mosquitto("plain")
-    subscriber = mqtt_subscriber(broker, "rtm/v1/#")
+    broker = mosquitto("plain", persistence=True)
+    subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
     link = tmp_path / "ttyCMS"
     simulator = start_simulator(link, tmp_path / "sim.log", rate=60)
     config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.02)],
                           mqtt_extra=FAST_RECONNECT)
     jwk = hub_jwk(config)
     rng = random.Random(7)
+    grew = 0
+    last_seen = 0
     try:
         for round_ in range(10):
+            if round_ == 3:
+                broker.stop()  # rounds 3-5 build a backlog ...
+            if round_ == 6:
+                broker.start()  # ... which rounds 6-9 drain while being killed
             daemon = start_daemon(config, tmp_path / f"daemon-{round_}.log")
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.5, 1.5))
             daemon.kill9()
+            now = status(config)["outbox"]["last_seq"]
+            grew += now > last_seen
+            last_seen = now
         final = start_daemon(config, tmp_path / "daemon-final.log")
         time.sleep(1.0)
         simulator.close()
@@ -75,16 +84,16 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_
     finally:
         simulator.close()
 
+    assert grew >= 8, "most runs must have committed readings before their kill -9"
     last_seq = status(config)["outbox"]["last_seq"]
-    assert last_seq > 50, "the device should have produced readings across the restarts"
+    assert subscriber.wait_for(
+        lambda m: set(range(1, last_seq + 1)) <= set(seqs(verify_messages(m, jwk))), 20)
     entries = verify_messages(subscriber.snapshot(), jwk)
-    arrived = set(seqs(entries))
-    missing = sorted(set(range(1, last_seq + 1)) - arrived)
+    missing = sorted(set(range(1, last_seq + 1)) - set(seqs(entries)))
     assert not missing, f"seqs assigned but never delivered: {missing[:20]}"
     assert_chain(entries)
-    # A run killed while starting may die before committing anything; the chain still holds.
     starts = {e.payload["seq"] for e in entries if e.payload.get("event") == "hub-started"}
-    assert 2 <= len(starts) <= 11
+    assert len(starts) >= 8
 
 
 def test_broker_outage_buffers_then_delivers_in_order(tmp_path: Path, mosquitto,
@@ -336,6 +345,24 @@ def test_full_disk_is_a_clear_error_and_keeps_readings(tmp_path: Path, mosquitto
         assert report["outbox"]["depth"] == report["outbox"]["last_seq"] > 20
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None,
+                    reason="making a directory read-only for root needs chattr +i (CI is root)")
+def test_read_only_state_dir_is_a_clear_error(tmp_path: Path, mosquitto) -> None:
+    broker = mosquitto("plain")
+    state = tmp_path / "state"
+    state.mkdir()
+    config = write_config(tmp_path, broker)
+    subprocess.run(["chattr", "+i", str(state)], check=True)
+    try:
+        result = run_cli("run", "-c", str(config), timeout=30)
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], check=True)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert str(state) in result.stderr
+    assert "writable" in result.stderr
 
 
 def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto) -> None:
