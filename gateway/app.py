@@ -100,15 +100,18 @@ class SerialOpener:
     async def __call__(self, device: DeviceConfig, settings: SerialSettings) -> ByteStream:
         path = device.port
         if path is None and device.usb is not None:
-            path = await asyncio.to_thread(find_usb_port, self._lister, device.usb.vid,
-                                           device.usb.pid, device.usb.serial)
+            try:
+                path = await asyncio.to_thread(find_usb_port, self._lister, device.usb.vid,
+                                               device.usb.pid, device.usb.serial)
+            except OSError as exc:  # sysfs can vanish under the lister during a hot-plug
+                raise DeviceUnavailable(f"cannot list serial ports: {exc}") from exc
             if path is None:
                 raise DeviceUnavailable(f"no USB serial port {device.usb.describe()} present")
         if path is None:
             raise DeviceUnavailable("no port configured")
         try:
             return _SerialStream(await open_serial(path, settings))
-        except SerialPortError as exc:
+        except (SerialPortError, ValueError) as exc:  # pyserial raises ValueError for settings
             raise DeviceUnavailable(str(exc)) from exc
 
 
@@ -153,6 +156,7 @@ class Hub:
         try:
             return await self._run(state)
         finally:
+            self._remove_signals()
             outbox.close()
 
     async def _run(self, state: HubState) -> int:
@@ -202,6 +206,12 @@ class Hub:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop_event.set)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
 
     async def _watchdog(self) -> None:
         """Ping systemd's watchdog from the event loop itself: a stuck loop stops the pings."""

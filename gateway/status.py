@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.clock import rfc3339
 from gateway.config import Config
-from gateway.outbox import OutboxError, read_status
+from gateway.outbox import OutboxError, OutboxNotFoundError, read_status
 
 
 class StatusError(Exception):
@@ -23,6 +23,8 @@ def collect_status(config: Config, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     try:
         snapshot = read_status(config.hub.outbox_path)
+    except OutboxNotFoundError:
+        return _never_run(config)
     except OutboxError as exc:
         raise StatusError(str(exc)) from exc
     stats = snapshot.stats
@@ -43,6 +45,7 @@ def collect_status(config: Config, now: float | None = None) -> dict[str, Any]:
         "state_dir": str(config.hub.state_dir),
         "daemon_running": snapshot.writer_pid is not None,
         "daemon_pid": snapshot.writer_pid,
+        "never_run": False,
         "outbox": {
             "depth": stats.depth,
             "oldest": _time(stats.oldest_created),
@@ -61,6 +64,21 @@ def collect_status(config: Config, now: float | None = None) -> dict[str, Any]:
     }
 
 
+def _never_run(config: Config) -> dict[str, Any]:
+    """Before the first start there is nothing stored: say so, with zeros, not an error."""
+    return {
+        "hub": config.hub.id, "state_dir": str(config.hub.state_dir),
+        "daemon_running": False, "daemon_pid": None, "never_run": True,
+        "outbox": {"depth": 0, "oldest": None, "oldest_age_s": None, "last_seq": 0,
+                   "db_bytes": 0, "wal_bytes": 0},
+        "uplink": {"broker": config.mqtt.url, "last_publish": None, "last_ack": None,
+                   "last_ack_age_s": None},
+        "devices": [{"id": d.id, "driver": d.driver, "where": d.where, "readings": 0,
+                     "decode_errors": 0, "last_reading": None, "last_reading_age_s": None,
+                     "last_error": None} for d in config.devices],
+    }
+
+
 def _time(epoch: float | None) -> str | None:
     return None if epoch is None else rfc3339(epoch)
 
@@ -74,7 +92,8 @@ def render_status(report: dict[str, Any]) -> str:
     running = (f"running (pid {report['daemon_pid']})" if report["daemon_running"]
                else "not running")
     lines = [
-        f"hub {report['hub']}: daemon {running}",
+        f"hub {report['hub']}: daemon {running}"
+        + ("; it has never run with this state dir" if report.get("never_run") else ""),
         f"outbox: {outbox['depth']} waiting"
         + (f", oldest {_ago(outbox['oldest_age_s'])}" if outbox["oldest_age_s"] is not None
            else "") + f"; last seq {outbox['last_seq']}",

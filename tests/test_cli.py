@@ -22,6 +22,7 @@ from tests.harness import (
     run_cli,
     start_daemon,
     start_simulator,
+    wait_until,
     write_config,
 )
 
@@ -159,3 +160,30 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto) -> No
         sock.close()
     assert count_before >= 1
     assert sum("WATCHDOG=1" in m for m in messages) >= count_before + 2  # pinged every 0.2 s
+
+
+def test_status_before_the_first_run_and_while_running(tmp_path: Path, mosquitto) -> None:
+    broker = mosquitto("plain")
+    link = tmp_path / "ttyCMS"
+    simulator = start_simulator(link, tmp_path / "sim.log")
+    config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.1)])
+    before = run_cli("status", "-c", str(config))
+    assert before.returncode == 0, before.stderr
+    assert "never run" in before.stdout
+    daemon = start_daemon(config, tmp_path / "daemon.log")
+    try:
+        def running_with_readings() -> bool:
+            if not (tmp_path / "state" / "outbox.sqlite").exists():
+                return False
+            report = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+            return bool(report["daemon_running"] and report["devices"][0]["readings"] > 5
+                        and report["uplink"]["last_ack"])
+
+        wait_until(running_with_readings, 30, "status to show a running hub with readings")
+        text = run_cli("status", "-c", str(config)).stdout
+        assert f"running (pid {daemon.popen.pid})" in text
+        assert f"oximeter (contec.cms50d on {link})" in text
+        assert "last acknowledged publish" in text
+    finally:
+        daemon.close()
+        simulator.close()
