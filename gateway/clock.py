@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -47,8 +48,26 @@ def clock_state() -> HubClock:
 
 def rfc3339(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds: 2026-11-26T20:01:55.123Z."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    # Exactly what datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds") gives
+    # (microseconds rounded half-even, then cut to milliseconds), at a third of the cost: the
+    # date and time of day are formatted once per second, which is most readings' second.
+    frac, whole = math.modf(epoch)
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        whole += 1.0
+        micros -= 1_000_000
+    elif micros < 0:
+        whole -= 1.0
+        micros += 1_000_000
+    global _last_second, _last_prefix  # noqa: PLW0603 - a one-entry cache
+    if whole != _last_second:
+        _last_prefix = datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:-6]
+        _last_second = whole
+    return f"{_last_prefix}.{micros // 1000:03d}Z"
+
+
+_last_second = math.nan
+_last_prefix = ""
 
 
 def now() -> float:

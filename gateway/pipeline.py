@@ -30,7 +30,7 @@ from gateway.clock import HubClock, clock_state, rfc3339
 from gateway.config import DeviceConfig
 from gateway.outbox import DeviceDelta, Entry, Outbox, OutboxError
 from gateway.sdk import TRACE, Driver, Reading, SerialSettings
-from gateway.signing import Signer
+from gateway.signing import ChainHead, PreparedEntry, Signer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class StreamOpener(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per reading, and a frozen dataclass's __init__ costs ~3x as much.
+@dataclass(slots=True)
 class _Captured:
     device: Mapping[str, object]
     device_id: str
@@ -62,7 +63,7 @@ class _Captured:
     hub_time: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _HubEvent:
     name: str
     detail: Mapping[str, object]
@@ -84,8 +85,10 @@ class Journal:
     def __init__(self, outbox: Outbox, signer: Signer, *, on_commit: Callable[[], None],
                  commit_interval: float = 0.005, max_batch: int = 2000,
                  max_pending: int = 200_000, error_summary_interval: float = 60.0,
-                 clock: Callable[[], HubClock] = clock_state) -> None:
+                 clock: Callable[[], HubClock] = clock_state,
+                 sign_in_thread: bool = False) -> None:
         self._outbox = outbox
+        self._sign_in_thread = sign_in_thread
         self._signer = signer
         self._on_commit = on_commit
         self._commit_interval = commit_interval
@@ -95,6 +98,8 @@ class Journal:
         self._clock = clock
         self._pending: deque[_Captured | _HubEvent] = deque()
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one batch at a time between `run` and `drain`
+        self._in_flight = 0
         self._devices: dict[str, _DeviceCounters] = {}
         self._deltas: dict[str, _DeviceCounters] = {}
         self._lost_unsigned = 0
@@ -137,12 +142,17 @@ class Journal:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Readings and events not yet committed (including a batch being signed)."""
+        return len(self._pending) + self._in_flight
 
     # --- the writer ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit what is pending every few milliseconds; summarise decode errors now and then."""
+        """Commit what is pending every few milliseconds; summarise decode errors now and then.
+
+        With `sign_in_thread`, each batch's Ed25519 signatures are made in a worker thread (the
+        signing releases the GIL). Off by default: on the 2-core bench machine it did not raise
+        throughput and cost 15-25 us more CPU per reading (bench/pipeline_bench.py)."""
         next_summary = time.monotonic() + self._error_summary_interval
         retry_delay = 0.0
         while True:
@@ -159,37 +169,99 @@ class Journal:
             elif self._commit_interval:
                 await asyncio.sleep(self._commit_interval)  # let a group gather
             while self._pending or self._deltas:
-                if not self.commit_once():
+                async with self._lock:
+                    committed = await self._commit_threaded()
+                if not committed:
                     retry_delay = min(max(retry_delay * 2, 0.5), 30.0)
                     self._wake.set()
                     break
                 retry_delay = 0.0
 
     def commit_once(self) -> bool:
-        """Sign and commit up to one batch. False when the outbox refused it (kept for later)."""
+        """Sign and commit up to one batch. False when the outbox refused it (kept for later).
+
+        Signs on the calling thread; `run` signs in a worker thread instead."""
+        batch, saved_head, hub_clock, prepared = self._prepare_batch()
+        try:
+            signatures = self._signer.signatures([p.signing_input for p in prepared])
+        except BaseException:
+            self._unprepare(batch, saved_head)
+            raise
+        return self._store_batch(batch, saved_head, hub_clock, prepared, signatures)
+
+    async def _commit_threaded(self) -> bool:
+        if not self._sign_in_thread:
+            return self.commit_once()
+        batch, saved_head, hub_clock, prepared = self._prepare_batch()
+        if not prepared:
+            return self._store_batch(batch, saved_head, hub_clock, prepared, [])
+        try:
+            signatures = await asyncio.to_thread(
+                self._signer.signatures, [p.signing_input for p in prepared])
+        except BaseException:  # cancelled (the thread's result is dropped) or failed
+            self._unprepare(batch, saved_head)
+            raise
+        return self._store_batch(batch, saved_head, hub_clock, prepared, signatures)
+
+    def _prepare_batch(self) -> tuple[list[_Captured | _HubEvent], ChainHead, HubClock,
+                                      list[PreparedEntry]]:
+        """Take up to one batch off the queue and encode and chain it (no signatures yet).
+
+        The batch leaves `_pending` at once, so producers may go on appending meanwhile; it is
+        put back in front if it is not committed."""
         if self._lost_unsigned:
             lost, self._lost_unsigned = self._lost_unsigned, 0
             self._pending.appendleft(_HubEvent("readings-lost", {
                 "count": lost, "reason": "the outbox refused writes for too long"}, time.time()))
-        batch = [self._pending[i] for i in range(min(len(self._pending), self._max_batch))]
+        pending = self._pending
+        batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
+        self._in_flight = len(batch)
         saved_head = self._signer.head
         hub_clock = self._clock()
-        entries = [self._sign(item, hub_clock) for item in batch]
-        drop_through = self._make_room(entries, hub_clock)
+        try:
+            prepare = self._signer.prepare
+            prepared = [prepare(_reading_body(item, hub_clock) if type(item) is _Captured
+                                else _event_body(item.name, item.detail,  # type: ignore[union-attr]
+                                                 item.hub_time, hub_clock))
+                        for item in batch]
+        except BaseException:
+            self._unprepare(batch, saved_head)
+            raise
+        return batch, saved_head, hub_clock, prepared
+
+    def _unprepare(self, batch: list[_Captured | _HubEvent], saved_head: ChainHead) -> None:
+        self._signer.head = saved_head  # nothing was committed: reuse the same seqs
+        self._pending.extendleft(reversed(batch))
+        self._in_flight = 0
+
+    def _store_batch(self, batch: list[_Captured | _HubEvent], saved_head: ChainHead,
+                     hub_clock: HubClock, prepared: list[PreparedEntry],
+                     signatures: list[bytes]) -> bool:
+        jws = self._signer.jws
+        entries = [Entry(ready.seq, "reading" if type(item) is _Captured else "event",
+                         jws(ready, signature), item.hub_time)
+                   for item, ready, signature in zip(batch, prepared, signatures, strict=True)]
+        try:
+            drop_through = self._make_room(entries, hub_clock)
+        except BaseException:
+            self._unprepare(batch, saved_head)
+            raise
         deltas = {device_id: DeviceDelta(d.readings, d.decode_errors, d.last_reading,
                                          d.last_error)
                   for device_id, d in self._deltas.items()}
         try:
             self._outbox.append(entries, self._signer.head.hash, drop_through, deltas)
         except OutboxError as exc:
-            self._signer.head = saved_head  # nothing was committed: reuse the same seqs
+            self._unprepare(batch, saved_head)
             self._refused(str(exc))
             return False
+        except BaseException:
+            self._unprepare(batch, saved_head)
+            raise
+        self._in_flight = 0
         if self.last_error is not None:
             log.info("the outbox takes writes again; %d entries committed", len(entries))
             self.last_error = None
-        for _ in batch:
-            self._pending.popleft()
         self._deltas.clear()
         self.committed += len(entries)
         if entries:
@@ -202,14 +274,6 @@ class Journal:
             log.error("cannot store readings (%d kept in memory; the write is retried): %s",
                       len(self._pending), reason)
         self.last_error = reason
-
-    def _sign(self, item: _Captured | _HubEvent, hub_clock: HubClock) -> Entry:
-        body = _reading_body(item, hub_clock) if isinstance(item, _Captured) else _event_body(
-            item.name, item.detail, item.hub_time, hub_clock)
-        signed = self._signer.sign(body)
-        if isinstance(item, _Captured):
-            return Entry(signed.seq, "reading", signed.jws, item.hub_time)
-        return Entry(signed.seq, "event", signed.jws, item.hub_time)
 
     def _make_room(self, entries: list[Entry], hub_clock: HubClock) -> int | None:
         """When the new entries would pass the cap, sign a gap event for the oldest readings
@@ -250,6 +314,10 @@ class Journal:
     async def drain(self, timeout: float = 5.0) -> None:
         """Commit everything pending (on shutdown), retrying briefly if the disk refuses."""
         deadline = time.monotonic() + timeout
+        async with self._lock:  # after a batch that `run` is signing right now
+            await self._drain_locked(deadline)
+
+    async def _drain_locked(self, deadline: float) -> None:
         while self._pending or self._deltas:
             if not self.commit_once():
                 if time.monotonic() > deadline:
