@@ -28,9 +28,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from gateway.clock import HubClock, clock_state, rfc3339
 from gateway.config import DeviceConfig
-from gateway.outbox import DeviceDelta, Entry, Outbox, OutboxError
-from gateway.sdk import TRACE, Driver, Reading, SerialSettings
-from gateway.signing import ChainHead, PreparedEntry, Signer
+from gateway.outbox import DeviceDelta, Entry, Outbox, OutboxError, OutboxSequenceError
+from gateway.sdk import TRACE, DecodeError, Driver, FeedResult, Reading, SerialSettings
+from gateway.signing import ChainHead, PreparedEntry, Signer, SigningError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Journal:
 
     def __init__(self, outbox: Outbox, signer: Signer, *, on_commit: Callable[[], None],
                  commit_interval: float = 0.005, max_batch: int = 2000,
-                 max_pending: int = 200_000, error_summary_interval: float = 60.0,
+                 max_pending: int = 50_000, error_summary_interval: float = 60.0,
                  clock: Callable[[], HubClock] = clock_state,
                  sign_in_thread: bool = False) -> None:
         self._outbox = outbox
@@ -103,6 +103,7 @@ class Journal:
         self._devices: dict[str, _DeviceCounters] = {}
         self._deltas: dict[str, _DeviceCounters] = {}
         self._lost_unsigned = 0
+        self._last_clock: HubClock | None = None
         self.committed = 0
         self.commit_failures = 0
         self.last_error: str | None = None
@@ -218,16 +219,41 @@ class Journal:
         self._in_flight = len(batch)
         saved_head = self._signer.head
         hub_clock = self._clock()
+        if hub_clock != self._last_clock:
+            if self._last_clock is not None:
+                log.info("hub clock: %s -> %s", self._last_clock, hub_clock)
+                batch.insert(0, _HubEvent("clock-changed", {
+                    "from": self._last_clock, "to": hub_clock}, time.time()))
+            self._last_clock = hub_clock
         try:
             prepare = self._signer.prepare
-            prepared = [prepare(_reading_body(item, hub_clock) if type(item) is _Captured
-                                else _event_body(item.name, item.detail,  # type: ignore[union-attr]
-                                                 item.hub_time, hub_clock))
-                        for item in batch]
+            prepared = []
+            for index, item in enumerate(batch):
+                event = item
+                if type(item) is _Captured:
+                    try:
+                        prepared.append(prepare(_reading_body(item, hub_clock)))
+                        continue
+                    except SigningError as exc:
+                        batch[index] = event = self._rejected(item, exc)
+                prepared.append(prepare(_event_body(
+                    event.name, event.detail, event.hub_time,  # type: ignore[union-attr]
+                    hub_clock)))
         except BaseException:
             self._unprepare(batch, saved_head)
             raise
         return batch, saved_head, hub_clock, prepared
+
+    @staticmethod
+    def _rejected(item: _Captured, exc: SigningError) -> _HubEvent:
+        """A reading JSON cannot carry (a plugin driver's NaN, say) must not stop the hub:
+        it becomes a signed event that says so, and the raw bytes stay in it."""
+        log.error("device %s: a reading could not be encoded (%s); a reading-rejected event "
+                  "keeps its raw bytes. The driver should report such values as absent.",
+                  item.device_id, exc)
+        return _HubEvent("reading-rejected", {
+            "device": item.device_id, "reason": str(exc),
+            "raw": item.reading.wire()["raw"]}, item.hub_time)
 
     def _unprepare(self, batch: list[_Captured | _HubEvent], saved_head: ChainHead) -> None:
         self._signer.head = saved_head  # nothing was committed: reuse the same seqs
@@ -251,6 +277,9 @@ class Journal:
                   for device_id, d in self._deltas.items()}
         try:
             self._outbox.append(entries, self._signer.head.hash, drop_through, deltas)
+        except OutboxSequenceError:
+            self._unprepare(batch, saved_head)
+            raise  # a bug, not a full disk: retrying would loop forever
         except OutboxError as exc:
             self._unprepare(batch, saved_head)
             self._refused(str(exc))
@@ -361,8 +390,7 @@ class DeviceSession:
         self._max_backoff = max_backoff
         self._identity: Mapping[str, object] = {
             "id": device.id, "driver": driver.info.id, "driver_version": driver.info.version,
-            **({"port": device.port} if device.port else {}),
-            **({"usb": device.usb.describe()} if device.usb else {}),
+            "address": device.port or f"usb:{device.usb.describe() if device.usb else '?'}",
         }
         self._next_due = 0.0
         self.connected = False
@@ -406,6 +434,15 @@ class DeviceSession:
                 return await self._opener(self.device, self._settings)
         raise AssertionError("unreachable: the retry loop never stops")  # pragma: no cover
 
+    def _driver_failed(self, exc: Exception) -> FeedResult:
+        # No traceback above TRACE: the exception's text may carry the device's values.
+        name = self._driver.info.id
+        log.error("device %s: driver %s raised %s instead of DecodeError; the bytes are counted "
+                  "as a decode error and the decoder restarted. Report this to the driver's "
+                  "maintainer.", self.device.id, name, type(exc).__name__)
+        log.log(TRACE, "device %s: driver failure: %r", self.device.id, exc)
+        return FeedResult(errors=[DecodeError(f"driver {name} failed: {type(exc).__name__}")])
+
     async def _stream(self, stream: ByteStream) -> None:
         decoder = self._driver.decoder(self.device.options)
         continuous = self._driver.info.continuous
@@ -413,7 +450,11 @@ class DeviceSession:
         while True:
             data = await stream.read()
             log.log(TRACE, "device %s: %d bytes %s", self.device.id, len(data), data.hex())
-            result = decoder.feed(data)
+            try:
+                result = decoder.feed(data)
+            except Exception as exc:  # a driver bug must not stop the hub or other devices
+                result = self._driver_failed(exc)
+                decoder = self._driver.decoder(self.device.options)
             for error in result.errors:
                 self.decode_errors += 1
                 self._journal.count_error(self.device.id, str(error))

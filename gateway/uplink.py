@@ -384,7 +384,10 @@ class Uplink:
             # Refill on every ack rather than in chunks: a broker with Nagle on holds back its
             # PUBACKs until our next packet carries the TCP ACK, so a quiet client stalls.
             if free > 0:
-                entries = self._store.lease(cursor, free * self._batch_size)
+                entries = self._lease(cursor, free * self._batch_size)
+                if entries and not self._in_flight:
+                    # The ack clock starts now: a quiet spell before this is not a late PUBACK.
+                    self._last_progress = loop.time()
                 for batch in make_batches(entries, self._batch_size, free, self._base):
                     future = publisher.publish(batch.topic, batch.payload, qos=1)
                     self._in_flight.add(future)
@@ -404,6 +407,13 @@ class Uplink:
                     await self._kick.wait()
             if self._in_flight and loop.time() - self._last_progress >= self._ack_timeout:
                 raise _SessionLost(f"no PUBACK for {self._ack_timeout:.0f} s")
+
+    def _lease(self, after_seq: int, limit: int) -> Sequence[StoredEntry]:
+        try:
+            return self._store.lease(after_seq, limit)
+        except Exception as exc:  # the store is a protocol here: any read failure ends the
+            # session, and the reconnect backoff paces the retries instead of a crash.
+            raise _SessionLost(f"cannot read the outbox: {exc}") from exc
 
     def _raise_if_lost(self) -> None:
         error = self._session_error

@@ -36,6 +36,15 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 BrokerMode = Literal["plain", "tls", "mtls"]
 
 
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """No daemon or simulator outlives the test that started it, even when the test fails."""
+    yield
+    from tests.harness import close_all
+
+    close_all()
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     """A throwaway CA with server (127.0.0.1, localhost) and client certificates."""

@@ -58,10 +58,20 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[st
                           check=False, cwd=ROOT)
 
 
+_LIVE: list[Process] = []
+
+
+def close_all() -> None:
+    """Kill every process a test started and left running (called after each test)."""
+    while _LIVE:
+        _LIVE.pop().close()
+
+
 class Process:
     """A child process with its output in a file, killed at `close()` if still running."""
 
     def __init__(self, args: Sequence[str], log_file: Path) -> None:
+        _LIVE.append(self)
         self.log_file = log_file
         with log_file.open("ab") as log:
             self.popen = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT,

@@ -306,3 +306,28 @@ def test_mutual_tls_uplink(
     assert list(dict.fromkeys(seqs_on(subscriber.snapshot(), f"{BASE}/readings"))) == list(
         range(1, 1001)
     )
+
+
+def test_a_quiet_spell_longer_than_the_ack_timeout_is_not_a_lost_broker(
+    mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory, outbox: Outbox
+) -> None:
+    broker = mosquitto("plain")
+    subscriber = mqtt_subscriber(broker, f"{BASE}/#")
+    append(outbox, 3)
+    uplink = Uplink(outbox, factory(broker), HUB, ack_timeout=0.5, idle_timeout=300)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(uplink.run())
+        await until(lambda: outbox.depth() == 0)
+        await asyncio.sleep(1.0)  # longer than ack_timeout with nothing to send
+        append(outbox, 2)
+        uplink.wake()
+        await until(lambda: outbox.depth() == 0, within=3)
+        assert uplink.stats.reconnects == 0
+        await uplink.stop(drain_timeout=2)
+        await task
+
+    run(scenario())
+    messages = subscriber.snapshot()
+    assert seqs_on(messages, f"{BASE}/readings") == [1, 2, 3, 4, 5]
+    assert statuses(messages) == ["online", "offline"]

@@ -66,6 +66,10 @@ EPISODES: Mapping[str, Episode] = {
 _STARTS: tuple[tuple[str, float], ...] = (("finger_out", 0.8), ("probe_error", 0.2))
 
 
+WARM_UP_SECONDS = 5.0
+"""No finger-out or searching spell starts in the stream's first seconds."""
+
+
 def _pleth_shape(phase: float) -> float:
     """One heartbeat of a finger pleth, 0..~1: a sharp systolic peak and a dicrotic wave."""
     systolic = math.exp(-(((phase - 0.18) / 0.08) ** 2))
@@ -91,6 +95,8 @@ class Cms50dSimulator:
         self._phase = 0.0
         self._episode: Episode | None = None
         self._episode_left = 0.0
+        # A patient's first seconds with the clip on give readings; spells come later.
+        self._settling = round(WARM_UP_SECONDS * rate_hz)
 
     def frames(self) -> Iterator[bytes]:
         while True:
@@ -98,7 +104,9 @@ class Cms50dSimulator:
 
     def next_frame(self) -> bytes:
         self._drift()
-        if self._episode is None and self._rng.random() < self._dt / self._episode_every:
+        if self._settling:
+            self._settling -= 1
+        elif self._episode is None and self._rng.random() < self._dt / self._episode_every:
             names, weights = zip(*_STARTS, strict=True)
             self._begin(self._rng.choices(names, weights)[0])
         if self._episode is not None:
