@@ -256,7 +256,8 @@ class Uplink:
             self._finished.set()
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
-        """Stop leasing, wait (bounded) for in-flight acks, publish "offline", disconnect."""
+        """Send what the outbox still holds and wait for its acks (bounded by the timeout),
+        publish "offline", disconnect. What is not acknowledged by then stays in the outbox."""
         self._drain_timeout = drain_timeout
         self._stop_requested.set()
         self._kick.set()
@@ -376,11 +377,18 @@ class Uplink:
         self._last_progress = loop.time()
         # MQTT 5 forbids exceeding the broker's Receive Maximum; some brokers disconnect for it.
         window = max(1, min(self._window, publisher.receive_maximum))
-        while not self._stop_requested.is_set():
+        stop_by: float | None = None  # on stop, send what the outbox holds, within the timeout
+        while True:
+            if self._stop_requested.is_set():
+                if stop_by is None:
+                    stop_by = loop.time() + self._drain_timeout
+                if loop.time() >= stop_by:
+                    return
             self._kick.clear()
             self._raise_if_lost()
             free = window - len(self._in_flight)
             sent = 0
+            entries: Sequence[StoredEntry] = ()
             # Refill on every ack rather than in chunks: a broker with Nagle on holds back its
             # PUBACKs until our next packet carries the TCP ACK, so a quiet client stalls.
             if free > 0:
@@ -396,12 +404,16 @@ class Uplink:
                     )
                     cursor = batch.seqs[-1]
                     sent += 1
+            if stop_by is not None and not entries and not self._in_flight:
+                return  # everything stored has been acknowledged
             if sent and len(self._in_flight) < window:
                 continue  # the store may hold more; lease again before waiting
             if self._in_flight:
                 timeout = max(0.0, self._last_progress + self._ack_timeout - loop.time())
             else:
                 timeout = self._idle_timeout
+            if stop_by is not None:
+                timeout = min(timeout, max(0.0, stop_by - loop.time()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._kick.wait()

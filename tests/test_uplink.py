@@ -331,3 +331,23 @@ def test_a_quiet_spell_longer_than_the_ack_timeout_is_not_a_lost_broker(
     messages = subscriber.snapshot()
     assert seqs_on(messages, f"{BASE}/readings") == [1, 2, 3, 4, 5]
     assert statuses(messages) == ["online", "offline"]
+
+
+def test_stop_sends_what_the_outbox_still_holds(
+    mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory, outbox: Outbox
+) -> None:
+    broker = mosquitto("plain")
+    subscriber = mqtt_subscriber(broker, f"{BASE}/#")
+    uplink = Uplink(outbox, factory(broker), HUB, batch_size=50, window=2)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(uplink.run())
+        await until(lambda: uplink.stats.connected)
+        append(outbox, 700)  # committed just before SIGTERM: not yet leased
+        await uplink.stop(drain_timeout=5)
+        await task
+
+    run(scenario())
+    assert outbox.depth() == 0
+    assert subscriber.wait_for(lambda m: statuses(m)[-1:] == ["offline"], timeout=5)
+    assert seqs_on(subscriber.snapshot(), f"{BASE}/readings") == list(range(1, 701))

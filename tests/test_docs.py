@@ -1,0 +1,39 @@
+"""The documentation says what the code does: commands, observation types, config keys."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gateway.cli import _parser
+from gateway.sdk import OBSERVATION_TYPES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _subcommands() -> set[str]:
+    parser = _parser()
+    actions = [a for a in parser._actions if a.dest == "command"]
+    return set(actions[0].choices or ())
+
+
+def test_every_command_the_readme_names_exists_and_every_command_is_documented() -> None:
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"`rtm-gateway ([a-z-]+)", readme))
+    commands = _subcommands()
+    assert named <= commands, named - commands
+    assert commands <= named, f"undocumented: {commands - named}"
+
+
+def test_the_protocol_lists_every_known_observation_type() -> None:
+    protocol = (ROOT / "docs" / "protocol.md").read_text()
+    for known in OBSERVATION_TYPES.values():
+        row = f"| `{known.name}` | `{known.unit}` |"
+        assert row in protocol, row
+
+
+def test_the_readme_gives_the_two_setup_commands_and_ci_runs_the_test_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "rtm-gateway demo" in readme
+    assert "scripts/test" in readme
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
