@@ -386,25 +386,10 @@ class Uplink:
                     return
             self._kick.clear()
             self._raise_if_lost()
-            free = window - len(self._in_flight)
-            sent = 0
-            entries: Sequence[StoredEntry] = ()
             # Refill on every ack rather than in chunks: a broker with Nagle on holds back its
             # PUBACKs until our next packet carries the TCP ACK, so a quiet client stalls.
-            if free > 0:
-                entries = self._lease(cursor, free * self._batch_size)
-                if entries and not self._in_flight:
-                    # The ack clock starts now: a quiet spell before this is not a late PUBACK.
-                    self._last_progress = loop.time()
-                for batch in make_batches(entries, self._batch_size, free, self._base):
-                    future = publisher.publish(batch.topic, batch.payload, qos=1)
-                    self._in_flight.add(future)
-                    future.add_done_callback(
-                        functools.partial(self._on_done, batch=batch, generation=self._generation)
-                    )
-                    cursor = batch.seqs[-1]
-                    sent += 1
-            if stop_by is not None and not entries and not self._in_flight:
+            leased, sent, cursor = self._refill(publisher, window, cursor)
+            if stop_by is not None and not leased and not self._in_flight:
                 return  # everything stored has been acknowledged
             if sent and len(self._in_flight) < window:
                 continue  # the store may hold more; lease again before waiting
@@ -419,6 +404,28 @@ class Uplink:
                     await self._kick.wait()
             if self._in_flight and loop.time() - self._last_progress >= self._ack_timeout:
                 raise _SessionLost(f"no PUBACK for {self._ack_timeout:.0f} s")
+
+    def _refill(self, publisher: Publisher, window: int, cursor: int) -> tuple[int, int, int]:
+        """Publish leased entries into the free part of the window.
+
+        Returns (entries leased, messages sent, the new lease cursor)."""
+        free = window - len(self._in_flight)
+        if free <= 0:
+            return 0, 0, cursor
+        entries = self._lease(cursor, free * self._batch_size)
+        if entries and not self._in_flight:
+            # The ack clock starts now: a quiet spell before this is not a late PUBACK.
+            self._last_progress = asyncio.get_running_loop().time()
+        sent = 0
+        for batch in make_batches(entries, self._batch_size, free, self._base):
+            future = publisher.publish(batch.topic, batch.payload, qos=1)
+            self._in_flight.add(future)
+            future.add_done_callback(
+                functools.partial(self._on_done, batch=batch, generation=self._generation)
+            )
+            cursor = batch.seqs[-1]
+            sent += 1
+        return len(entries), sent, cursor
 
     def _lease(self, after_seq: int, limit: int) -> Sequence[StoredEntry]:
         try:
