@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -232,7 +233,8 @@ class Journal:
                 event = item
                 if type(item) is _Captured:
                     try:
-                        prepared.append(prepare(_reading_body(item, hub_clock)))
+                        prepared.append(prepare(_reading_body(item, hub_clock),
+                                                floats_checked=_floats_checked(item.reading)))
                         continue
                     except SigningError as exc:
                         batch[index] = event = self._rejected(item, exc)
@@ -354,6 +356,24 @@ class Journal:
                               self.last_error)
                     return
                 await asyncio.sleep(0.2)
+
+
+_PLAIN = (str, int, bool, type(None))
+
+
+def _floats_checked(reading: Reading) -> bool:
+    """True when every value the driver supplied is a plain scalar and no float is NaN or
+    infinite (then the signer skips its own walk); raises SigningError for a non-finite float;
+    False for anything else, which the signer then checks the slow way."""
+    values: list[object] = [o.value for o in reading.observations]
+    values.extend(reading.status.values())
+    for value in values:
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise SigningError("a value is NaN or infinite, which JSON cannot carry")
+        elif not isinstance(value, _PLAIN):
+            return False
+    return True
 
 
 def _reading_body(item: _Captured, hub_clock: HubClock) -> dict[str, object]:

@@ -199,3 +199,13 @@ def test_payload_json_is_compact_and_parsable(outbox: Outbox) -> None:
     jws = json.loads(entry.body)
     assert set(jws) == {"protected", "payload", "signature"}
     assert verify_entry(jws, key)["seq"] == 1
+
+
+@pytest.mark.parametrize("status", [{"x": float("inf")}, {"nested": [1.0, float("nan")]}])
+def test_non_finite_status_values_are_rejected_too(outbox: Outbox, status: dict[str, Any]) -> None:
+    journal, key = journal_for(outbox)
+    bad = Reading((Observation.known("spo2", 97),), raw=b"\x07", status=status)
+    journal.submit(DEVICE, "oximeter", "pt-1", bad, time.time())
+    assert journal.commit_once()
+    (entry,) = payloads(outbox, key)
+    assert entry["event"] == "reading-rejected"

@@ -42,9 +42,8 @@ _FLAGS: tuple[tuple[str, int, int], ...] = (
     ("searching", 2, 0x20),
 )
 
-# While any of these is set the oximeter is not measuring, so the numbers in the frame are
-# left-overs or placeholders, not readings.
-_NOT_MEASURING = ("finger_out", "searching", "probe_error")
+# While finger_out, searching or probe_error is set the oximeter is not measuring, so the
+# numbers in the frame are left-overs or placeholders, not readings.
 
 # The values a reading may take. Outside them the device is saying "no value", never a real 0:
 # the stream uses all-ones (SpO2 127 in its 7-bit field, PR 255 in its 8-bit field) and zeros
@@ -58,32 +57,35 @@ _VALID: Mapping[str, range] = {
 DRIVER_ID = "contec.cms50d"
 
 
+# Every observation this device can produce, made once: a frame decodes to table lookups.
+# We keep an observation with value None rather than dropping it: the platform then sees that
+# the oximeter was on but had no value, which it cannot tell from a missing field.
+_OBSERVATIONS: Mapping[str, Mapping[int, Observation]] = {
+    name: {value: Observation.known(name, value) for value in valid}
+    for name, valid in _VALID.items()
+}
+_NO_VALUE: Mapping[str, Observation] = {
+    name: Observation.known(name, None, absent="error") for name in _VALID
+}
+
+
 def decode_frame(frame: bytes) -> Reading:
     """Decode one 5-byte live frame. Raises `DecodeError` for anything that is not one."""
     if len(frame) != FRAME_LEN:
         raise DecodeError(f"CMS50D frame must be {FRAME_LEN} bytes, got {len(frame)}")
     if not frame[0] & SYNC:
         raise DecodeError("CMS50D frame does not start with a sync byte (bit 7 set)")
-    if any(b & SYNC for b in frame[1:]):
+    if (frame[1] | frame[2] | frame[3] | frame[4]) & SYNC:
         raise DecodeError("CMS50D frame has bit 7 set after its first byte")
 
     status: dict[str, StatusValue] = {"signal_strength": frame[0] & 0x0F}
     for name, index, mask in _FLAGS:
         status[name] = bool(frame[index] & mask)
-    measuring = not any(status[name] for name in _NOT_MEASURING)
-
-    values = {
-        "spo2": frame[4],
-        "pulse_rate": frame[3] | (0x80 if frame[2] & 0x40 else 0),
-    }
-    # We keep an observation with value None rather than dropping it: the platform then sees
-    # that the oximeter was on but had no value, which it cannot tell from a missing field.
+    measuring = not (status["finger_out"] or status["searching"] or status["probe_error"])
+    values = (("spo2", frame[4]), ("pulse_rate", frame[3] | (0x80 if frame[2] & 0x40 else 0)))
     observations = tuple(
-        Observation.known(name, value)
-        if measuring and value in _VALID[name]
-        else Observation.known(name, None, absent="error")
-        for name, value in values.items()
-    )
+        (_OBSERVATIONS[name].get(value, _NO_VALUE[name]) if measuring else _NO_VALUE[name])
+        for name, value in values)
     return Reading(observations=observations, raw=bytes(frame), status=status)
 
 
@@ -103,15 +105,27 @@ class Cms50dStreamDecoder:
 
     def feed(self, data: bytes) -> FeedResult:
         result = FeedResult()
-        for byte in data:
+        index, end = 0, len(data)
+        while index < end:
+            byte = data[index]
             if byte & SYNC:
                 self._start_frame(byte, result)
+                # A whole frame ahead in this chunk: decode it from the slice in one step.
+                stop = index + FRAME_LEN
+                if stop <= end and not (
+                        (data[index + 1] | data[index + 2] | data[index + 3] | data[index + 4])
+                        & SYNC):
+                    self._frame.clear()
+                    result.readings.append(decode_frame(data[index:stop]))
+                    index = stop
+                    continue
             elif not self._frame:
                 self._stray += 1
             else:
                 self._frame.append(byte)
                 if len(self._frame) == FRAME_LEN:
                     self._finish_frame(result)
+            index += 1
         return result
 
     def _start_frame(self, byte: int, result: FeedResult) -> None:
