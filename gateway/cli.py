@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the hub daemon")
     with_config(p)
-    p.add_argument("--log-level", help="override [log] level (TRACE shows raw bytes and values)")
+    p.add_argument("--log-level", type=str.upper,
+                   choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="override [log] level (TRACE shows raw bytes and values)")
 
     p = sub.add_parser("check-config", help="validate a configuration file without running")
     with_config(p)

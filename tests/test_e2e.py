@@ -3,6 +3,7 @@ that checks every signature with joserfc, the payload schema, the chain and cont
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -117,6 +118,14 @@ def test_readings_reach_the_broker_signed(tmp_path: Path, mosquitto, mqtt_subscr
     assert report["outbox"]["depth"] == 0
     assert report["outbox"]["last_seq"] == distinct[-1]
     assert report["daemon_running"] is False
+    # Health data stays out of the log at DEBUG: no raw bytes, no line content, no values.
+    log = (tmp_path / "daemon.log").read_text()
+    assert "pef=" not in log
+    assert "fev1=" not in log
+    for reading in readings[:50]:
+        raw = base64.b64decode(reading["raw"])
+        assert raw.hex() not in log
+        assert reading["raw"] not in log
     counted = {d["id"]: d["readings"] for d in report["devices"]}
     assert counted == {"oximeter": len({r["seq"] for r in oximeter}),
                        "peak-flow": len({r["seq"] for r in peak_flow})}
