@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from gateway.config import load_config
 from gateway.sim.cms50d import encode_frame
 from tests.conftest import Received
 from tests.harness import (
+    Process,
     assert_chain,
     cms50d_device,
     hub_jwk,
@@ -52,15 +54,22 @@ def entries_of(messages: list[Received], suffix: str) -> int:
     return sum(len(json.loads(m.payload)) for m in messages if m.topic.endswith(suffix))
 
 
+def oximeter_hub(tmp_path: Path, broker: Any, interval: float,
+                 **config: Any) -> tuple[Process, Path, dict[str, Any]]:
+    """A simulated oximeter streaming at 60 Hz and a hub config for it: (simulator, config,
+    the hub's public JWK)."""
+    link = tmp_path / "ttyCMS"
+    simulator = start_simulator(link, tmp_path / "sim.log", rate=60)
+    path = write_config(tmp_path, broker, [cms50d_device(link, interval=interval)], **config)
+    return simulator, path, hub_jwk(path)
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_subscriber) -> None:
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
-    link = tmp_path / "ttyCMS"
-    simulator = start_simulator(link, tmp_path / "sim.log", rate=60)
-    config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.02)],
-                          mqtt_extra=FAST_RECONNECT)
-    jwk = hub_jwk(config)
+    simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.02,
+                                          mqtt_extra=FAST_RECONNECT)
     rng = random.Random(7)
     grew = 0
     last_seen = 0
@@ -100,11 +109,8 @@ def test_broker_outage_buffers_then_delivers_in_order(tmp_path: Path, mosquitto,
                                                       mqtt_subscriber) -> None:
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
-    link = tmp_path / "ttyCMS"
-    simulator = start_simulator(link, tmp_path / "sim.log", rate=60)
-    config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.05)],
-                          mqtt_extra=FAST_RECONNECT)
-    jwk = hub_jwk(config)
+    simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.05,
+                                          mqtt_extra=FAST_RECONNECT)
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
         assert subscriber.wait_for(lambda m: entries_of(m, "/readings") >= 5, 20), daemon.log()
@@ -256,11 +262,8 @@ def test_outbox_cap_drops_oldest_with_a_signed_gap_event(tmp_path: Path, mosquit
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
     broker.stop()  # the broker is down from the start: the outbox fills up
-    link = tmp_path / "ttyCMS"
-    simulator = start_simulator(link, tmp_path / "sim.log", rate=60)
-    config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.02)],
-                          extra="[outbox]\nmax_rows = 100\n", mqtt_extra=FAST_RECONNECT)
-    jwk = hub_jwk(config)
+    simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.02, mqtt_extra=FAST_RECONNECT,
+                                          extra="[outbox]\nmax_rows = 100\n")
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
         wait_until(lambda: status(config)["outbox"]["last_seq"] > 250, 30, "250 entries")
