@@ -19,14 +19,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from gateway.config import Config, load_config
 from gateway.signing import HubIdentity
 from gateway.sim.kv_lines import KV_OPTIONS
-from gateway.verify import Verifier, VerifyReport
+from gateway.verify import VerifyReport, run_verify
 
 HUB_ID = "demo-hub"
 
@@ -120,14 +119,44 @@ def _amqtt_broker(port: int) -> Iterator[None]:
         thread.join(5)
 
 
-@dataclass
 class _Receiver:
-    """A paho subscriber feeding the verifier, with what the live view shows."""
+    """`run_verify` on a thread: the platform's side of the demo, with what the live view
+    shows (counts and the latest values of the simulated devices)."""
 
-    verifier: Verifier = field(default_factory=Verifier)
-    received: int = 0
-    last: dict[str, str] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, url: str, protocol: str, jwk_file: Path) -> None:
+        self._url, self._jwk_file = url, jwk_file
+        self._protocol: Literal["5", "3.1.1"] = "5" if protocol == "5" else "3.1.1"
+        self.lock = threading.Lock()
+        self.received = 0
+        self.last: dict[str, str] = {}
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._result: list[VerifyReport | BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="demo-verifier", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(15) or self._result:
+            self._stop.set()
+            cause = self._result[0] if self._result else "no subscription acknowledged"
+            raise DemoError(f"the verifier could not subscribe at {self._url}: {cause}")
+
+    def stop(self) -> VerifyReport:
+        self._stop.set()
+        self._thread.join(15)
+        result = self._result[0] if self._result else DemoError("the verifier did not stop")
+        if isinstance(result, BaseException):
+            raise DemoError(f"the verifier failed: {result}") from result
+        return result
+
+    def _run(self) -> None:
+        try:
+            self._result.append(run_verify(
+                self._url, hub=HUB_ID, jwk_path=self._jwk_file, protocol=self._protocol,
+                on_entry=self.on_entry, on_ready=self._ready.set, stop=self._stop))
+        except Exception as exc:  # handed to the demo's thread by start()/stop()
+            self._result.append(exc)
+            self._ready.set()
 
     def on_entry(self, topic: str, payload: Mapping[str, Any]) -> None:
         del topic
@@ -139,25 +168,6 @@ class _Receiver:
                     f"{o['type']} {o['value'] if o['value'] is not None else '—'} {o['unit']}"
                     for o in payload["observations"])
                 self.last[device] = values or "(no values)"
-
-
-def _subscribe(url: str, protocol: str, receiver: _Receiver) -> Any:
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    host, port = url.removeprefix("mqtt://").rsplit(":", 1)
-    version = paho.MQTTv5 if protocol == "5" else paho.MQTTv311
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=version)
-    subscribed = threading.Event()
-    client.on_connect = lambda c, *_: c.subscribe(f"rtm/v1/{HUB_ID}/#", qos=1)
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.on_message = lambda _c, _u, m: receiver.verifier.feed(m.topic, bytes(m.payload))
-    client.connect(host, int(port), keepalive=30)
-    client.loop_start()
-    if not subscribed.wait(10):
-        client.loop_stop()
-        raise DemoError(f"could not subscribe at {url}")
-    return client
 
 
 def _demo_config(workdir: Path, url: str, protocol: str, oximeter: Path,
@@ -223,23 +233,20 @@ def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None
             stack.enter_context(kv_lines.start_pty(spirometer, rate_hz=0.5, seed=1))
             config = _demo_config(workdir, url, protocol, oximeter, spirometer)
             identity = HubIdentity.load_or_create(config.hub.state_dir)
-            from gateway.signing import PublicKey
-
-            receiver = _Receiver()
-            receiver.verifier = Verifier(PublicKey.from_jwk(identity.public_jwk()), HUB_ID,
-                                         on_entry=receiver.on_entry)
-            client = _subscribe(url, protocol, receiver)
-            stack.callback(client.loop_stop)
-            stack.callback(client.disconnect)
+            jwk_file = workdir / "hub.jwk"
+            jwk_file.write_text(json.dumps(identity.public_jwk()))
+            receiver = _Receiver(url, protocol, jwk_file)
+            receiver.start()
+            stack.callback(receiver.stop)
             print(f"rtm-gateway demo: broker {broker_name} at {url}\n"
                   f"  simulated CMS50D+ pulse oximeter on {oximeter}\n"
                   f"  simulated peak-flow meter on {spirometer}\n"
                   f"  running {seconds:.0f} s; every entry is verified on arrival\n", file=out)
             sent = asyncio.run(_run_hub(config, seconds, receiver, out))
             deadline = time.monotonic() + 10
-            while receiver.verifier.received < sent and time.monotonic() < deadline:
+            while receiver.received < sent and time.monotonic() < deadline:
                 time.sleep(0.1)
-            report = receiver.verifier.report(stopped_by="time")
+            report = receiver.stop()
         return _summary(report, sent, out)
 
 

@@ -544,9 +544,11 @@ def run_verify(url: str, *, hub: str | None = None, jwk_path: Path | None = None
                key_file: Path | None = None, username: str | None = None,
                password: str | None = None, protocol: Literal["5", "3.1.1"] = "5",
                topic_prefix: str = DEFAULT_PREFIX, on_entry: EntryCallback | None = None,
-               on_ready: Callable[[], None] | None = None) -> VerifyReport:
+               on_ready: Callable[[], None] | None = None,
+               stop: threading.Event | None = None) -> VerifyReport:
     """Subscribe to `{prefix}/{hub or +}/#` (QoS 1) and verify until `count` entries were
-    received or `seconds` passed (or Ctrl-C, if neither is given).
+    received or `seconds` passed (or Ctrl-C, if neither is given), or `stop` is set from
+    another thread (the demo's receiver ends this way).
 
     `on_ready` is called once the broker has acknowledged the subscription. Raises
     `ConnectError` (refused, unreachable, TLS, authentication) or `VerifyError` (arguments,
@@ -563,6 +565,8 @@ def run_verify(url: str, *, hub: str | None = None, jwk_path: Path | None = None
         raise VerifyError(str(exc)) from exc
     verifier = Verifier(keys, hub, topic_prefix=topic_prefix, on_entry=on_entry)
     session = _Session(verifier, f"{topic_prefix.rstrip('/')}/{hub or '+'}/#", count, on_ready)
+    if stop is not None:
+        session.done = stop
     client = session.client(protocol)
     user = username if username is not None else target.username
     if user is not None:
@@ -574,7 +578,8 @@ def run_verify(url: str, *, hub: str | None = None, jwk_path: Path | None = None
     client.loop_start()
     try:
         if session.done.wait(seconds):
-            stopped_by = "count"
+            reached = count is not None and verifier.received >= count
+            stopped_by = "count" if reached or stop is None else "interrupted"
     except KeyboardInterrupt:
         stopped_by = "interrupted"
     finally:
