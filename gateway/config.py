@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
-from urllib.parse import urlsplit
 
+from gateway.mqtt_url import parse_mqtt_url
 from gateway.sdk import OptionError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -240,15 +240,12 @@ def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
                        "username", "password_file", "client_id", "keepalive", "batch_size",
                        "window", "reconnect_max"})
     url = table.text("url", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    parts = urlsplit(url)
-    if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-        raise table.error("url", f"{url!r} is not valid; expected mqtt://HOST:PORT or "
-                          "mqtts://HOST:PORT")
-    tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or (8883 if tls else 1883)
+        parts = parse_mqtt_url(url)
     except ValueError as exc:
-        raise table.error("url", f"bad port in {url!r}") from exc
+        raise table.error("url", f"{exc}; expected mqtt://HOST:PORT or mqtts://HOST:PORT"
+                          ) from exc
+    tls = parts.tls
     protocol = table.text("protocol", "5")
     if protocol not in {"5", "3.1.1"}:
         raise table.error("protocol", f"{protocol!r} is not supported; expected \"5\" or \"3.1.1\"")
@@ -271,7 +268,7 @@ def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
     if password is not None and username is None:
         raise table.error("username", "password_file is set but username is missing")
     return MqttConfig(
-        url=url, host=parts.hostname, port=port, tls=tls,
+        url=url, host=parts.host, port=parts.port, tls=tls,
         topic_prefix=table.text("topic_prefix", "rtm/v1", pattern=_TOPIC_PREFIX,
                                hint="a topic prefix without '+', '#' or a trailing '/'"),
         protocol="5" if protocol == "5" else "3.1.1",

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import unquote, urlsplit
 
+from gateway.mqtt_url import MqttUrl, parse_mqtt_url
 from gateway.signing import (
     IdentityError,
     JWSEntry,
@@ -513,31 +513,6 @@ def _schema_validator(check: bool | None, notes: list[str]) -> Any:
 
 # --- against a broker ---------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-
-
-def _parse_url(url: str) -> _Target:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise VerifyError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise VerifyError(f"broker URL {url!r} has a bad port") from exc
-    if not parts.hostname:
-        raise VerifyError(f"broker URL {url!r} names no host")
-    tls = parts.scheme == "mqtts"
-    return _Target(parts.hostname, port or (8883 if tls else 1883), tls,
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None)
-
-
 def run_verify(url: str, *, hub: str | None = None, jwk_path: Path | None = None,
                count: int | None = None, seconds: float | None = None,
                ca_file: Path | None = None, cert_file: Path | None = None,
@@ -554,7 +529,10 @@ def run_verify(url: str, *, hub: str | None = None, jwk_path: Path | None = None
     `ConnectError` (refused, unreachable, TLS, authentication) or `VerifyError` (arguments,
     key file); never a bare traceback for those.
     """
-    target = _parse_url(url)
+    try:
+        target = parse_mqtt_url(url)
+    except ValueError as exc:
+        raise VerifyError(f"broker URL {exc}") from exc
     if (cert_file is None) != (key_file is None):
         raise VerifyError("mutual TLS needs both a client certificate and its key")
     if (ca_file or cert_file) and not target.tls:
@@ -680,7 +658,7 @@ def _tls_context(ca_file: Path | None, cert_file: Path | None, key_file: Path | 
     return context
 
 
-def _connect(client: Client, target: _Target) -> None:
+def _connect(client: Client, target: MqttUrl) -> None:
     where = f"{target.host}:{target.port}"
     try:
         client.connect(target.host, target.port, keepalive=30)

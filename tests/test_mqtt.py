@@ -39,8 +39,11 @@ def test_parse_mqtt_url() -> None:
     assert parse_mqtt_url("mqtt://broker.example:1884") == MqttUrl("broker.example", 1884, False)
     assert parse_mqtt_url("mqtts://broker.example") == MqttUrl("broker.example", 8883, True)
     assert parse_mqtt_url("mqtt://10.0.0.2") == MqttUrl("10.0.0.2", 1883, False)
-    for bad in ("http://x", "mqtt://", "mqtt://h:99999", "mqtt://h/path"):
-        with pytest.raises(ValueError, match="MQTT URL"):
+    with_login = parse_mqtt_url("mqtts://hub%2D1:s%40cret@broker.example")
+    assert (with_login.username, with_login.password) == ("hub-1", "s@cret")
+    for bad, says in (("http://x", "must start with"), ("mqtt://", "no host"),
+                      ("mqtt://h:99999", "invalid port"), ("mqtt://h/path", "only scheme")):
+        with pytest.raises(ValueError, match=says):
             parse_mqtt_url(bad)
 
 

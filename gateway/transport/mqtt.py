@@ -26,7 +26,6 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -34,7 +33,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.mqtt_url import MqttUrl, parse_mqtt_url
+
 _LOGGER = logging.getLogger(__name__)
+
+__all__ = ["MqttUrl", "parse_mqtt_url"]  # re-exported: the transport's URL helpers
 
 ProtocolName = Literal["5", "3.1.1"]
 ErrorKind = Literal["auth", "tls", "unreachable", "protocol", "disconnected", "rejected"]
@@ -117,32 +120,6 @@ class MqttSettings:
     protocol: ProtocolName = "5"
     keepalive: int = 60
     will: MqttWill | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MqttUrl:
-    """What `parse_mqtt_url` found: host, port and whether TLS is on."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_mqtt_url(url: str) -> MqttUrl:
-    """Parse `mqtt://host[:port]` (plain, default 1883) or `mqtts://host[:port]` (TLS, 8883)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT URL {url!r} must start with mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError(f"MQTT URL {url!r} has no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"MQTT URL {url!r} must be only scheme, host and port")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"MQTT URL {url!r} has an invalid port") from exc
-    return MqttUrl(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls)
 
 
 class _TlsContext(ssl.SSLContext):
