@@ -197,7 +197,7 @@ class Hub:
         return 0
 
     def _session(self, device: DeviceConfig, journal: Journal) -> DeviceSession:
-        driver = self.registry.get(device.driver)
+        driver = self.registry.get_serial(device.driver)
         settings = self.registry.serial_settings(device.driver, device.options)
         return DeviceSession(device, driver, settings, self._opener, journal)
 

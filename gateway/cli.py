@@ -63,9 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drivers", help="list installed drivers and how each matches devices")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("decode", help="decode bytes with an installed driver")
+    p = sub.add_parser("decode", help="decode bytes (or a BLE characteristic value) with a driver")
     p.add_argument("driver", help="driver id, e.g. contec.cms50d")
     p.add_argument("hex", help="the bytes in hex (spaces and colons allowed)")
+    p.add_argument("--char", help="Bluetooth LE drivers: the characteristic the value came "
+                   "from (16-bit like 2A37, or a full UUID)")
     p.add_argument("--options", default="{}", help="driver options as JSON (e.g. for "
                    "generic.kv-lines: '{\"keys\": {\"spo2\": {\"type\": \"spo2\"}}}')")
     p.add_argument("--json", action="store_true")
@@ -187,6 +189,8 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
             print(f"    matches: {rule}")
         if row.serial:
             print(f"    serial: {row.serial}")
+        for characteristic in row.characteristics:
+            print(f"    characteristic: {characteristic}")
         print(f"    produces: {', '.join(row.produces) or '(set by the device options)'}")
     return EXIT_OK
 
@@ -204,7 +208,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     try:
         data = parse_hex(args.hex)
         registry = Registry.load()
-        result = registry.decode(args.driver, data, options)
+        result = registry.decode(args.driver, data, options, char=args.char)
     except (ValueError, TypeError, RegistryError) as exc:  # bad hex, bad options, no driver
         return _fail(str(exc), EXIT_CONFIG)
     readings = [r.wire() for r in result.readings]

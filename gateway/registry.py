@@ -17,7 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.drivers import BUILTIN_DRIVERS, decode_bytes, serial_settings_for
-from gateway.sdk import SDK_VERSION, Driver, DriverInfo, FeedResult, SerialSettings, UsbMatch
+from gateway.sdk import (
+    SDK_VERSION,
+    BleMatch,
+    DecodeError,
+    Driver,
+    DriverInfo,
+    FeedResult,
+    GattDriver,
+    SerialSettings,
+    UsbMatch,
+)
+
+AnyDriver = Driver | GattDriver
 
 ENTRY_POINT_GROUP = "rtm_gateway.drivers"
 BUILTIN = "builtin"
@@ -93,6 +105,7 @@ class DriverDescription:
     produces: tuple[str, ...]
     continuous: bool
     source: str
+    characteristics: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         """The `--json` shape."""
@@ -100,22 +113,28 @@ class DriverDescription:
             "id": self.id, "version": self.version, "description": self.description,
             "transport": self.transport, "match": list(self.match), "serial": self.serial,
             "produces": list(self.produces), "continuous": self.continuous,
-            "source": self.source,
+            "source": self.source, "characteristics": list(self.characteristics),
         }
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    driver: Driver
+    driver: AnyDriver
     source: str
 
 
-def validate_driver(candidate: object) -> Driver:
-    """Return `candidate` as a Driver, or raise `InvalidDriverError` saying what is wrong."""
-    if not isinstance(candidate, Driver):
+def validate_driver(candidate: object) -> AnyDriver:
+    """Return `candidate` as a driver, or raise `InvalidDriverError` saying what is wrong."""
+    driver: AnyDriver
+    if isinstance(candidate, Driver):
+        driver, expected = candidate, "serial"
+    elif isinstance(candidate, GattDriver):
+        driver, expected = candidate, "ble"
+    else:
         raise InvalidDriverError(
-            f"{type(candidate).__name__} is not a driver (needs `info` and `decoder(options)`)")
-    info = candidate.info
+            f"{type(candidate).__name__} is not a driver (needs `info` and `decoder(options)`, "
+            "or `gatt_decoder(options)` for Bluetooth LE)")
+    info = driver.info
     if not isinstance(info, DriverInfo):
         raise InvalidDriverError("its `info` is not a gateway.sdk.DriverInfo")
     if not isinstance(info.id, str) or not _ID.fullmatch(info.id):
@@ -129,10 +148,27 @@ def validate_driver(candidate: object) -> Driver:
         raise InvalidDriverError(
             f"it needs driver SDK {version[0]}.{version[1]}, this hub has "
             f"{SDK_VERSION[0]}.{SDK_VERSION[1]}")
+    if info.transport != expected:
+        raise InvalidDriverError(
+            f"it declares transport {info.transport!r} but implements a {expected} driver")
+    rule_type = UsbMatch if expected == "serial" else BleMatch
     for rule in info.match:
-        if not isinstance(rule, UsbMatch):
-            raise InvalidDriverError(f"match rule {rule!r} is not a gateway.sdk match rule")
-    return candidate
+        if not isinstance(rule, rule_type):
+            raise InvalidDriverError(f"match rule {rule!r} is not a gateway.sdk "
+                                     f"{rule_type.__name__} for a {expected} driver")
+    if expected == "ble" and not info.characteristics:
+        raise InvalidDriverError("a Bluetooth LE driver must declare its characteristics")
+    return driver
+
+
+def characteristic_uuid(text: str) -> str:
+    """A characteristic named by its 16-bit SIG number ("2A37", "0x2a37") or full UUID."""
+    cleaned = text.strip().lower().removeprefix("0x")
+    if re.fullmatch(r"[0-9a-f]{4}", cleaned):
+        return f"0000{cleaned}-0000-1000-8000-00805f9b34fb"
+    if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", cleaned):
+        return cleaned
+    raise DecodeError(f"{text!r} is not a characteristic UUID (16-bit like 2A37, or full)")
 
 
 def _installed_entry_points() -> Iterable[EntryPointLike]:
@@ -161,7 +197,7 @@ class Registry:
     cannot take over a built-in id.
     """
 
-    def __init__(self, builtins: Iterable[Driver] | None = None,
+    def __init__(self, builtins: Iterable[AnyDriver] | None = None,
                  entry_points: Iterable[EntryPointLike] | None = None) -> None:
         self._entries: dict[str, _Entry] = {}
         self._usb: dict[tuple[int, int], list[tuple[UsbMatch, str]]] = {}
@@ -199,7 +235,7 @@ class Registry:
             return
         self._add(driver, source, problems)
 
-    def _add(self, driver: Driver, source: str, problems: list[PluginProblem]) -> None:
+    def _add(self, driver: AnyDriver, source: str, problems: list[PluginProblem]) -> None:
         driver_id = driver.info.id
         first = self._entries.get(driver_id)
         if first is not None:
@@ -215,7 +251,7 @@ class Registry:
     def __contains__(self, driver_id: object) -> bool:
         return driver_id in self._entries
 
-    def __iter__(self) -> Iterator[Driver]:
+    def __iter__(self) -> Iterator[AnyDriver]:
         return (entry.driver for entry in self._entries.values())
 
     def __len__(self) -> int:
@@ -224,31 +260,59 @@ class Registry:
     def ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._entries))
 
-    def get(self, driver_id: str) -> Driver:
+    def get(self, driver_id: str) -> AnyDriver:
         """The driver with this id, or `UnknownDriverError` listing the installed ones."""
         entry = self._entries.get(driver_id)
         if entry is None:
             raise UnknownDriverError(driver_id, self.ids())
         return entry.driver
 
+    def get_serial(self, driver_id: str) -> Driver:
+        """A serial driver by id; `InvalidDriverError` for a Bluetooth LE one."""
+        driver = self.get(driver_id)
+        if not isinstance(driver, Driver):
+            raise InvalidDriverError(
+                f"{driver_id} is a Bluetooth LE driver: this device needs `address = ...` "
+                "rather than a serial port (BLE devices come with the BLE transport)")
+        return driver
+
     def check_options(self, driver_id: str, options: Mapping[str, object]) -> None:
         """Raise `OptionError` (or `UnknownDriverError`) if a device's options are wrong."""
-        self.get(driver_id).decoder(options)
+        driver = self.get(driver_id)
+        if isinstance(driver, Driver):
+            driver.decoder(options)
+        else:
+            driver.gatt_decoder(options)
 
     def serial_settings(self, driver_id: str, options: Mapping[str, object]) -> SerialSettings:
         """How to open the port for a device with these options. May raise `OptionError`."""
-        return serial_settings_for(self.get(driver_id), options)
+        return serial_settings_for(self.get_serial(driver_id), options)
 
-    def decode(self, driver_id: str, data: bytes, options: Mapping[str, object]) -> FeedResult:
-        """A one-shot decode of recorded bytes (`rtm-gateway decode`): feed, then flush."""
-        return decode_bytes(self.get(driver_id), data, options)
+    def decode(self, driver_id: str, data: bytes, options: Mapping[str, object],
+               char: str | None = None) -> FeedResult:
+        """A one-shot decode of recorded bytes (`rtm-gateway decode`): for a serial driver
+        feed, then flush; for a BLE driver, one value of characteristic `char`."""
+        driver = self.get(driver_id)
+        if isinstance(driver, Driver):
+            if char is not None:
+                raise InvalidDriverError(f"{driver_id} is a serial driver: leave out --char")
+            return decode_bytes(driver, data, options)
+        uuids = [c.uuid for c in driver.info.characteristics]
+        if char is None:
+            raise InvalidDriverError(f"{driver_id} is a Bluetooth LE driver: say which "
+                                     f"characteristic with --char (one of {', '.join(uuids)})")
+        uuid = characteristic_uuid(char)
+        if uuid not in uuids:
+            raise InvalidDriverError(f"{driver_id} does not use characteristic {char}; "
+                                     f"it uses {', '.join(uuids)}")
+        return driver.gatt_decoder(options).value(uuid, data)
 
     def source(self, driver_id: str) -> str:
         """"builtin", or the distribution that provided the driver."""
         self.get(driver_id)
         return self._entries[driver_id].source
 
-    def match_usb(self, vid: int, pid: int, product: str | None = None) -> Driver | None:
+    def match_usb(self, vid: int, pid: int, product: str | None = None) -> AnyDriver | None:
         """The driver for a USB serial device, or None if no driver claims it.
 
         A rule naming the product string is a stronger claim than a bare VID:PID (many devices
@@ -279,6 +343,8 @@ class Registry:
             rows.append(DriverDescription(
                 id=info.id, version=info.version, description=info.description,
                 transport=info.transport, match=tuple(rule.describe() for rule in info.match),
-                serial=info.serial.describe(), produces=tuple(info.produces),
-                continuous=info.continuous, source=entry.source))
+                serial=info.serial.describe() if info.transport == "serial" else "",
+                produces=tuple(info.produces), continuous=info.continuous, source=entry.source,
+                characteristics=tuple(f"{c.uuid} {c.name} ({c.mode})"
+                                      for c in info.characteristics)))
         return tuple(rows)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
-SDK_VERSION = (1, 0)
+SDK_VERSION = (1, 1)
 """(major, minor). A driver needing a newer major or minor than this is refused."""
 
 TRACE = 5
@@ -153,7 +153,55 @@ class UsbMatch:
         return f"{text} product={self.product!r}" if self.product else text
 
 
-MatchRule = UsbMatch
+BLUETOOTH_BASE_UUID = "0000{:04x}-0000-1000-8000-00805f9b34fb"
+
+
+def uuid16(short: int) -> str:
+    """The full lower-case UUID of a Bluetooth SIG 16-bit UUID (0x180D -> 0000180d-...)."""
+    if not 0 <= short <= 0xFFFF:
+        raise ValueError(f"not a 16-bit UUID: {short:#x}")
+    return BLUETOOTH_BASE_UUID.format(short)
+
+
+@dataclass(frozen=True, slots=True)
+class BleMatch:
+    """Matches a BLE advertisement. Every field given must match; None means "any".
+
+    `service_uuid` is a full lower-case UUID (use `uuid16` for SIG services); `local_name` is a
+    regular expression matched at the start of the advertised name; `data_prefix` is matched
+    against the manufacturer data of `manufacturer_id`.
+    """
+
+    service_uuid: str | None = None
+    manufacturer_id: int | None = None
+    data_prefix: bytes = b""
+    local_name: str | None = None
+    connectable: bool | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.service_uuid:
+            parts.append(f"service {self.service_uuid}")
+        if self.manufacturer_id is not None:
+            prefix = f" data {self.data_prefix.hex()}..." if self.data_prefix else ""
+            parts.append(f"manufacturer {self.manufacturer_id:#06x}{prefix}")
+        if self.local_name:
+            parts.append(f"name ~ {self.local_name!r}")
+        if self.connectable is not None:
+            parts.append("connectable" if self.connectable else "not connectable")
+        return "ble " + (", ".join(parts) or "(anything)")
+
+
+MatchRule = UsbMatch | BleMatch
+
+
+@dataclass(frozen=True, slots=True)
+class Characteristic:
+    """A GATT characteristic a BLE driver uses, and how the hub gets its values."""
+
+    uuid: str
+    name: str
+    mode: Literal["notify", "indicate", "read"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +228,13 @@ class DriverInfo:
     id: str
     version: str
     description: str
-    transport: Literal["serial"]
+    transport: Literal["serial", "ble"]
     match: tuple[MatchRule, ...] = ()
     serial: SerialSettings = SerialSettings()
+    service: str | None = None
+    """BLE: the primary service the driver talks to (full UUID)."""
+    characteristics: tuple[Characteristic, ...] = ()
+    """BLE: the characteristics the hub subscribes to or reads, in the order to set them up."""
     produces: tuple[str, ...] = ()
     continuous: bool = False
     """A continuous stream (tens of frames a second): the hub summarises it to one reading per
@@ -219,6 +271,29 @@ class Driver(Protocol):
 
     def decoder(self, options: Mapping[str, object]) -> StreamDecoder:
         """A new decoder for one device session. Raises `OptionError` for bad options."""
+        ...
+
+
+class GattDecoder(Protocol):
+    """Turns characteristic values into readings for one BLE connection. It may keep state
+    between values (a record split over notifications, counters to difference). Like a stream
+    decoder it never raises on bad input: errors come back in the result."""
+
+    def value(self, uuid: str, data: bytes) -> FeedResult: ...
+
+
+@runtime_checkable
+class GattDriver(Protocol):
+    """A BLE GATT driver: a declaration (`info.transport == "ble"`, `info.characteristics`) and
+    a factory for per-connection decoders."""
+
+    @property
+    def info(self) -> DriverInfo:
+        """What the driver declares."""
+        ...
+
+    def gatt_decoder(self, options: Mapping[str, object]) -> GattDecoder:
+        """A new decoder for one connection. Raises `OptionError` for bad options."""
         ...
 
 
@@ -319,6 +394,33 @@ def float_from(data: bytes | Sequence[int], offset: int) -> Float11073:
     if offset < 0 or offset + 4 > len(data):
         raise DecodeError(f"FLOAT at offset {offset} runs past the end ({len(data)} bytes)")
     return float32(int.from_bytes(bytes(data[offset:offset + 4]), "little"))
+
+
+def uint_from(data: bytes | Sequence[int], offset: int, size: int) -> int:
+    """The little-endian unsigned integer of `size` bytes at `offset` (GATT byte order)."""
+    if offset < 0 or offset + size > len(data):
+        raise DecodeError(f"{size}-byte field at offset {offset} runs past the end "
+                          f"({len(data)} bytes)")
+    return int.from_bytes(bytes(data[offset:offset + size]), "little")
+
+
+def sint_from(data: bytes | Sequence[int], offset: int, size: int) -> int:
+    """The little-endian two's-complement integer of `size` bytes at `offset`."""
+    return _signed(uint_from(data, offset, size), 8 * size)
+
+
+def date_time_from(data: bytes | Sequence[int], offset: int) -> datetime | None:
+    """A GATT Date Time (0x2A08, 7 bytes) at `offset`: the device's local wall clock, so the
+    result has no time zone. None when the device says the date is not known (year, month or
+    day 0); `DecodeError` for a date that cannot exist."""
+    year = uint_from(data, offset, 2)
+    month, day, hour, minute, second = (uint_from(data, offset + i, 1) for i in range(2, 7))
+    if year == 0 or month == 0 or day == 0:
+        return None
+    try:
+        return datetime(year, month, day, hour, minute, second)  # noqa: DTZ001 (local clock)
+    except ValueError as exc:
+        raise DecodeError(f"Date Time at offset {offset} is not a date: {exc}") from exc
 
 
 def finite_or_none(value: float) -> float | None:

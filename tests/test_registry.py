@@ -15,9 +15,21 @@ from gateway.registry import (
     InvalidDriverError,
     Registry,
     UnknownDriverError,
+    characteristic_uuid,
     validate_driver,
 )
-from gateway.sdk import DriverInfo, FeedResult, OptionError, UsbMatch
+from gateway.sdk import (
+    BleMatch,
+    Characteristic,
+    DecodeError,
+    DriverInfo,
+    FeedResult,
+    Observation,
+    OptionError,
+    Reading,
+    UsbMatch,
+    uuid16,
+)
 
 
 class _Decoder:
@@ -105,7 +117,7 @@ def test_broken_plugin_is_skipped_with_a_log_line(caplog: pytest.LogCaptureFixtu
     (FakeDriver(info="acme.meter"), "not a gateway.sdk.DriverInfo"),  # type: ignore[arg-type]
     (driver(123), "not dotted lower-case"),  # type: ignore[arg-type]
     (driver("acme.odd", sdk="1.0"), "not a (major, minor) pair"),  # type: ignore[arg-type]
-    (driver("acme.rule", "usb 0403:6001"), "not a gateway.sdk match rule"),  # type: ignore[arg-type]
+    (driver("acme.rule", "usb 0403:6001"), "is not a gateway.sdk UsbMatch"),  # type: ignore[arg-type]
 ])
 def test_invalid_plugin_is_refused(obj: object, reason: str,
                                    caplog: pytest.LogCaptureFixture) -> None:
@@ -198,6 +210,7 @@ def test_describe() -> None:
         "description": rows["contec.cms50d"]["description"], "transport": "serial",
         "match": ["usb 10c4:ea60"], "serial": "19200 8O1",
         "produces": ["spo2", "pulse_rate"], "continuous": True, "source": "builtin",
+        "characteristics": [],
     }
     assert rows["acme.x"]["source"] == "acme-x"
     assert list(rows) == sorted(rows)
@@ -212,3 +225,65 @@ def test_options_and_serial_settings() -> None:
     with pytest.raises(OptionError) as excinfo:
         registry.check_options("generic.kv-lines", {"keys": {}})
     assert excinfo.value.path == "keys"
+
+
+class _EchoGattDecoder:
+    def value(self, uuid: str, data: bytes) -> FeedResult:
+        if not data:
+            return FeedResult(errors=[DecodeError("empty value")])
+        return FeedResult(readings=[Reading((Observation.known("heart_rate", data[0]),), data)])
+
+
+class _GattDriver:
+    def __init__(self, info: DriverInfo) -> None:
+        self.info = info
+
+    def gatt_decoder(self, options: Mapping[str, object]) -> _EchoGattDecoder:
+        return _EchoGattDecoder()
+
+
+HR = uuid16(0x2A37)
+
+
+def gatt_info(driver_id: str = "acme.hr", match: tuple[object, ...] = (),
+              characteristics: tuple[Characteristic, ...] = (
+                  Characteristic(HR, "hr", "notify"),)) -> DriverInfo:
+    return DriverInfo(driver_id, "1.0", "a BLE test driver", "ble",
+                      match=match,  # type: ignore[arg-type]
+                      service=uuid16(0x180D), characteristics=characteristics)
+
+
+def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
+    gatt = _GattDriver(gatt_info(match=(BleMatch(service_uuid=uuid16(0x180D)),)))
+    registry = Registry(entry_points=[plugin("hr", gatt)])
+    assert registry.get("acme.hr") is gatt
+    result = registry.decode("acme.hr", b"\x48", {}, char="2A37")
+    assert [r.wire()["observations"] for r in result.readings] == [
+        [{"type": "heart_rate", "value": 72, "unit": "/min", "mdc": 147842, "loinc": "8867-4"}]]
+    with pytest.raises(InvalidDriverError, match="--char"):
+        registry.decode("acme.hr", b"\x48", {})
+    with pytest.raises(InvalidDriverError, match="does not use characteristic"):
+        registry.decode("acme.hr", b"\x48", {}, char="2a38")
+    with pytest.raises(InvalidDriverError, match="leave out --char"):
+        registry.decode("contec.cms50d", b"", {}, char="2a37")
+    with pytest.raises(InvalidDriverError, match="Bluetooth LE driver"):
+        registry.get_serial("acme.hr")
+    (row,) = [d for d in registry.describe() if d.id == "acme.hr"]
+    assert row.match == (f"ble service {uuid16(0x180D)}",)
+    assert row.characteristics == (f"{HR} hr (notify)",)
+
+
+@pytest.mark.parametrize(("info", "words"), [
+    (gatt_info(match=(UsbMatch(0x0403, 0x6001),)), "BleMatch for a ble driver"),
+    (gatt_info(characteristics=()), "must declare its characteristics"),
+])
+def test_invalid_gatt_drivers_are_refused(info: DriverInfo, words: str) -> None:
+    with pytest.raises(InvalidDriverError, match=words):
+        validate_driver(_GattDriver(info))
+
+
+def test_characteristic_names() -> None:
+    assert characteristic_uuid("0x2A37") == HR
+    assert characteristic_uuid(HR.upper()) == HR
+    with pytest.raises(DecodeError, match="not a characteristic UUID"):
+        characteristic_uuid("heart")

@@ -13,6 +13,10 @@ expected result, so a vendor can read one and write the next:
     option_error  instead of readings/errors: the options must be refused at this path
 
 Every case is fed whole, byte by byte and in random chunks; all must give the same result.
+
+A Bluetooth LE (GATT) driver's case has `values` instead of `hex`: the characteristic values
+one connection received, in order, each `{"char": "2a37", "hex": "..."}`; they go to one
+decoder, since some profiles carry state from value to value.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from typing import Any
 import pytest
 
 from gateway.drivers import Flushable, serial_settings_for
-from gateway.registry import Registry
-from gateway.sdk import DecodeError, Driver, OptionError, parse_hex
+from gateway.registry import AnyDriver, Registry, characteristic_uuid
+from gateway.sdk import DecodeError, Driver, GattDriver, OptionError, parse_hex
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = sorted(FIXTURES.glob("*/*.json"))
@@ -71,7 +75,7 @@ def test_fixtures_exist() -> None:
 
 
 @pytest.mark.parametrize("driver", list(REGISTRY), ids=lambda d: d.info.id)
-def test_every_builtin_driver_has_fixtures(driver: Driver) -> None:
+def test_every_builtin_driver_has_fixtures(driver: AnyDriver) -> None:
     assert list((FIXTURES / driver.info.id).glob("*.json")), f"{driver.info.id} has no fixtures"
 
 
@@ -82,9 +86,13 @@ def test_fixture(path: Path) -> None:
     options = case.get("options", {})
     if "option_error" in case:
         with pytest.raises(OptionError) as excinfo:
-            driver.decoder(options)
+            REGISTRY.check_options(driver.info.id, options)
         assert excinfo.value.path == case["option_error"]
         return
+    if isinstance(driver, GattDriver):
+        _gatt_case(driver, options, case)
+        return
+    assert isinstance(driver, Driver)
     if "serial" in case:
         assert serial_settings_for(driver, options).describe() == case["serial"]
 
@@ -101,6 +109,19 @@ def test_fixture(path: Path) -> None:
     for chunks in splits:
         assert _decode(driver, options, chunks, flush=flush)[0] == readings
         assert len(_decode(driver, options, chunks, flush=flush)[1]) == len(errors)
+
+
+def _gatt_case(driver: GattDriver, options: Mapping[str, object], case: dict[str, Any]) -> None:
+    decoder = driver.gatt_decoder(options)
+    readings: list[object] = []
+    errors: list[DecodeError] = []
+    for value in case["values"]:
+        result = decoder.value(characteristic_uuid(value["char"]), parse_hex(value["hex"]))
+        readings += [r.wire() for r in result.readings]
+        errors += result.errors
+    assert json.loads(json.dumps(readings)) == case["readings"]
+    assert len(errors) == case["errors"], [str(e) for e in errors]
+    assert all(isinstance(e, DecodeError) for e in errors)
 
 
 def test_decode_bytes_flushes_a_final_line() -> None:

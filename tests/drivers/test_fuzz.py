@@ -16,17 +16,18 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.drivers import Flushable, contec_cms50d, decode_bytes
-from gateway.registry import Registry
-from gateway.sdk import DecodeError, Driver, FeedResult, Reading
+from gateway.registry import AnyDriver, Registry
+from gateway.sdk import DecodeError, Driver, FeedResult, GattDriver, Reading
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REGISTRY = Registry()
-DRIVERS = list(REGISTRY)
+DRIVERS = [d for d in REGISTRY if isinstance(d, Driver)]
+GATT_DRIVERS = [d for d in REGISTRY if isinstance(d, GattDriver)]
 # No example database: a fuzz run must not leave files in the checkout.
 FUZZ = settings(max_examples=300, deadline=1000, database=None)
 
 
-def _options(driver: Driver) -> Mapping[str, object]:
+def _options(driver: AnyDriver) -> Mapping[str, object]:
     for path in sorted((FIXTURES / driver.info.id).glob("*.json")):
         case = json.loads(path.read_text(encoding="utf-8"))
         if "options" in case and "option_error" not in case:
@@ -66,6 +67,26 @@ def test_chunking_does_not_change_the_result(driver: Driver, data: bytes, cut: i
     assert len(first.errors) + len(second.errors) == len(whole.errors)
 
 
+@pytest.mark.parametrize("driver", GATT_DRIVERS, ids=lambda d: d.info.id)
+@FUZZ
+@given(data=st.data())
+def test_gatt_values_never_raise(driver: GattDriver, data: st.DataObject) -> None:
+    """Arbitrary values on the driver's characteristics, in any order, to one decoder (some
+    profiles keep state between values): only DecodeErrors in the results, within bounds."""
+    decoder = driver.gatt_decoder(_options(driver))
+    uuids = [c.uuid for c in driver.info.characteristics]
+    values = data.draw(st.lists(st.tuples(st.sampled_from(uuids), st.binary(max_size=40)),
+                                max_size=30))
+    started = time.monotonic()
+    for uuid, value in values:
+        _check(decoder.value(uuid, value))
+    assert time.monotonic() - started < 5.0
+
+
+def test_every_driver_is_fuzzed() -> None:
+    assert len(DRIVERS) + len(GATT_DRIVERS) == len(REGISTRY)
+
+
 @pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.info.id)
 def test_large_input_is_decoded_in_bounded_time(driver: Driver) -> None:
     data = bytes(range(256)) * 4096  # 1 MiB, every byte value, no newline or frame structure
@@ -99,5 +120,5 @@ def test_every_well_formed_frame_decodes_without_fake_zeros(head: int, body: lis
 @given(text=st.text(alphabet="spo2rt=,.-+eE0123456789 \r\n\xe9", max_size=200))
 @example(text="spo2=1e999\nt=1e999\npr=-1e999,x=9e99999\n")
 def test_kv_lines_near_miss_text(text: str) -> None:
-    driver = REGISTRY.get("generic.kv-lines")
+    driver = REGISTRY.get_serial("generic.kv-lines")
     _check(decode_bytes(driver, text.encode("utf-8"), _options(driver)))
