@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -280,6 +280,28 @@ class GattDecoder(Protocol):
     decoder it never raises on bad input: errors come back in the result."""
 
     def value(self, uuid: str, data: bytes) -> FeedResult: ...
+
+
+class TableGattDecoder:
+    """A `GattDecoder` for profiles whose values decode one by one, without state: each
+    characteristic UUID maps to a pure function of the value's bytes."""
+
+    __slots__ = ("_decoders", "_driver_id")
+
+    def __init__(self, driver_id: str,
+                 decoders: Mapping[str, Callable[[bytes], Reading]]) -> None:
+        self._driver_id = driver_id
+        self._decoders = {uuid.lower(): decode for uuid, decode in decoders.items()}
+
+    def value(self, uuid: str, data: bytes) -> FeedResult:
+        decode = self._decoders.get(uuid.lower())
+        if decode is None:
+            return FeedResult(errors=[DecodeError(
+                f"{self._driver_id} does not decode characteristic {uuid}")])
+        try:
+            return FeedResult(readings=[decode(bytes(data))])
+        except DecodeError as exc:
+            return FeedResult(errors=[exc])
 
 
 @runtime_checkable
