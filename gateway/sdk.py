@@ -282,6 +282,12 @@ class GattDecoder(Protocol):
     def value(self, uuid: str, data: bytes) -> FeedResult: ...
 
 
+def no_options(driver_id: str, options: Mapping[str, object]) -> None:
+    """For drivers that take no options: refuse any, naming the first."""
+    if options:
+        raise OptionError(next(iter(options)), f"{driver_id} takes no options; remove it")
+
+
 class TableGattDecoder:
     """A `GattDecoder` for profiles whose values decode one by one, without state: each
     characteristic UUID maps to a pure function of the value's bytes."""

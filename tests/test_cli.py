@@ -187,3 +187,15 @@ def test_status_before_the_first_run_and_while_running(tmp_path: Path, mosquitto
     finally:
         daemon.close()
         simulator.close()
+
+
+def test_decode_a_ble_characteristic_value() -> None:
+    result = run_cli("decode", "gatt.hrs", "16 48 00 04", "--char", "2A37", "--json")
+    assert result.returncode == 0, result.stderr
+    (reading,) = json.loads(result.stdout)["readings"]
+    assert {o["type"]: o["value"] for o in reading["observations"]} == {
+        "heart_rate": 72, "rr_interval": 1.0}
+    assert reading["status"] == {"sensor_contact": "detected"}
+    missing = run_cli("decode", "gatt.hrs", "16 48")
+    assert missing.returncode == 2
+    assert "--char" in missing.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -37,3 +38,15 @@ def test_the_readme_gives_the_two_setup_commands_and_ci_runs_the_test_one() -> N
     assert "rtm-gateway demo" in readme
     assert "scripts/test" in readme
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_observation_type_the_drivers_produce_is_documented() -> None:
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|",
+                                (ROOT / "docs" / "observation-types.md").read_text(), re.M))
+    produced = set()
+    for path in (ROOT / "tests" / "drivers" / "fixtures").glob("*/*.json"):
+        case = json.loads(path.read_text())
+        produced |= {o["type"] for r in case.get("readings", []) for o in r["observations"]}
+    assert produced, "no fixtures found"
+    assert produced <= documented, f"undocumented: {sorted(produced - documented)}"
+    assert set(OBSERVATION_TYPES) <= documented

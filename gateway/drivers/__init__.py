@@ -18,10 +18,40 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-from gateway.drivers import contec_cms50d, kv_lines
-from gateway.sdk import Driver, FeedResult, SerialSettings
+from gateway.drivers import (
+    contec_cms50d,
+    gatt_bas,
+    gatt_bps,
+    gatt_cscs,
+    gatt_cts,
+    gatt_dis,
+    gatt_ftms,
+    gatt_gls,
+    gatt_hrs,
+    gatt_hts,
+    gatt_plx,
+    gatt_rscs,
+    gatt_wss,
+    kv_lines,
+)
+from gateway.sdk import Driver, FeedResult, GattDriver, SerialSettings
 
-BUILTIN_DRIVERS: tuple[Driver, ...] = (contec_cms50d.DRIVER, kv_lines.DRIVER)
+BUILTIN_DRIVERS: tuple[Driver | GattDriver, ...] = (
+    contec_cms50d.DRIVER,
+    kv_lines.DRIVER,
+    gatt_dis.DRIVER,
+    gatt_bas.DRIVER,
+    gatt_cts.DRIVER,
+    gatt_plx.DRIVER,
+    gatt_hrs.DRIVER,
+    gatt_ftms.DRIVER,
+    gatt_rscs.DRIVER,
+    gatt_cscs.DRIVER,
+    gatt_hts.DRIVER,
+    gatt_wss.DRIVER,
+    gatt_bps.DRIVER,
+    gatt_gls.DRIVER,
+)
 
 
 @runtime_checkable

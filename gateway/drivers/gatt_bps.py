@@ -1,0 +1,170 @@
+"""Blood Pressure Service (0x1810): the pure decoders and the `gatt.bps` driver.
+
+What lives here: `decode_blood_pressure_measurement` (0x2A35), `decode_intermediate_cuff_pressure`
+(0x2A36, same layout), `decode_blood_pressure_feature` (0x2A49), the per-connection decoder and
+`DRIVER`. No I/O.
+
+Blood Pressure Measurement, little-endian, optional fields in this order when their flag is set:
+
+    flags       uint8      bit 0 units (0 mmHg, 1 kPa), bit 1 time stamp, bit 2 pulse rate,
+                           bit 3 user id, bit 4 measurement status
+    sys/dia/MAP 3 x SFLOAT
+    time stamp  Date Time (7 bytes)
+    pulse rate  SFLOAT     beats per minute
+    user id     uint8      255 = unknown user
+    status      uint16     see `_STATUS_FLAGS` and `PULSE_RATE_RANGES`
+
+Pressures keep the device's unit. The pulse rate is the well-known `pulse_rate` type (same name,
+unit and LOINC as an oximeter's) with the cuff's MDC code, MDC_PULS_RATE_NON_INV (149546), so
+a platform keys on one name and can still tell the method. In Intermediate Cuff Pressure the
+systolic field carries the current cuff pressure (`cuff_pressure`); diastolic and MAP are NaN
+there and are not reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from gateway.sdk import (
+    BleMatch,
+    Characteristic,
+    ClockStatus,
+    DecodeError,
+    DriverInfo,
+    Float11073,
+    Observation,
+    Reading,
+    StatusValue,
+    TableGattDecoder,
+    date_time_from,
+    no_options,
+    sfloat_from,
+    uint_from,
+    uuid16,
+)
+
+DRIVER_ID = "gatt.bps"
+BLOOD_PRESSURE_MEASUREMENT = uuid16(0x2A35)
+INTERMEDIATE_CUFF_PRESSURE = uuid16(0x2A36)
+BLOOD_PRESSURE_FEATURE = uuid16(0x2A49)
+
+UNKNOWN_USER = 255
+_UNITS: Mapping[int, str] = {0: "mm[Hg]", 1: "kPa"}
+# (type, MDC, LOINC) of the three pressure fields, in their order in the value.
+_PRESSURES: tuple[tuple[str, int, str], ...] = (
+    ("blood_pressure_systolic", 150021, "8480-6"),
+    ("blood_pressure_diastolic", 150022, "8462-4"),
+    ("blood_pressure_mean", 150023, "8478-0"),
+)
+_PULSE_RATE = ("pulse_rate", "/min", 149546, "8867-4")
+
+_STATUS_FLAGS: tuple[tuple[str, int], ...] = (
+    ("body_movement", 0x0001),
+    ("cuff_too_loose", 0x0002),
+    ("irregular_pulse", 0x0004),
+    ("improper_position", 0x0020),
+)
+PULSE_RATE_RANGES: Mapping[int, str] = {
+    0: "within_range", 1: "above_upper_limit", 2: "below_lower_limit", 3: "reserved",
+}
+_FEATURE_FLAGS: tuple[tuple[str, int], ...] = (
+    ("body_movement_detection_supported", 0x0001),
+    ("cuff_fit_detection_supported", 0x0002),
+    ("irregular_pulse_detection_supported", 0x0004),
+    ("pulse_rate_range_detection_supported", 0x0008),
+    ("position_detection_supported", 0x0010),
+    ("multiple_bonds_supported", 0x0020),
+)
+
+
+def _observation(value: Float11073, type_name: str, unit: str, mdc: int | None,
+                 loinc: str | None) -> Observation:
+    return Observation(type_name, value.value, unit, mdc, loinc, value.absent)
+
+
+def _decode(data: bytes, *, intermediate: bool) -> Reading:
+    flags = uint_from(data, 0, 1)
+    unit = _UNITS[flags & 0x01]
+    pressures = [sfloat_from(data, offset) for offset in (1, 3, 5)]
+    offset = 7
+    status: dict[str, StatusValue] = {"intermediate": intermediate}
+    reading_time = None
+    clock: ClockStatus = "unknown"
+    if flags & 0x02:
+        reading_time = date_time_from(data, offset)
+        if reading_time is None:  # a time stamp with an unknown date: the clock was never set
+            clock = "not-set"
+        offset += 7
+    if intermediate:
+        # No MDC code for the cuff pressure is verified (domain.md §3.4), so none is sent.
+        observations = [_observation(pressures[0], "cuff_pressure", unit, None, None)]
+    else:
+        observations = [_observation(value, name, unit, mdc, loinc)
+                        for value, (name, mdc, loinc) in zip(pressures, _PRESSURES, strict=True)]
+    if flags & 0x04:
+        name, pulse_unit, mdc, loinc = _PULSE_RATE
+        observations.append(_observation(sfloat_from(data, offset), name, pulse_unit, mdc, loinc))
+        offset += 2
+    if flags & 0x08:
+        user = uint_from(data, offset, 1)
+        status.update({"user_unknown": True} if user == UNKNOWN_USER else {"user_id": user})
+        offset += 1
+    if flags & 0x10:
+        bits = uint_from(data, offset, 2)
+        status.update((name, bool(bits & mask)) for name, mask in _STATUS_FLAGS)
+        status["pulse_rate_range"] = PULSE_RATE_RANGES[(bits >> 3) & 0x03]
+    return Reading(tuple(observations), bytes(data), status, reading_time, clock)
+
+
+def decode_blood_pressure_measurement(data: bytes) -> Reading:
+    """Decode a Blood Pressure Measurement (0x2A35) value."""
+    return _decode(data, intermediate=False)
+
+
+def decode_intermediate_cuff_pressure(data: bytes) -> Reading:
+    """Decode an Intermediate Cuff Pressure (0x2A36) value: the cuff inflating or deflating."""
+    return _decode(data, intermediate=True)
+
+
+def decode_blood_pressure_feature(data: bytes) -> Reading:
+    """Decode the Blood Pressure Feature (0x2A49): what the monitor detects, into status."""
+    if len(data) != 2:
+        raise DecodeError(f"Blood Pressure Feature must be 2 bytes, got {len(data)}")
+    features = uint_from(data, 0, 2)
+    return Reading((), bytes(data), {name: bool(features & bit) for name, bit in _FEATURE_FLAGS})
+
+
+_DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
+    BLOOD_PRESSURE_MEASUREMENT: decode_blood_pressure_measurement,
+    INTERMEDIATE_CUFF_PRESSURE: decode_intermediate_cuff_pressure,
+    BLOOD_PRESSURE_FEATURE: decode_blood_pressure_feature,
+}
+
+
+class BpsDriver:
+    """The Bluetooth SIG Blood Pressure profile."""
+
+    __slots__ = ()
+
+    info = DriverInfo(
+        id=DRIVER_ID,
+        version="1.0.0",
+        description="Bluetooth Blood Pressure (0x1810)",
+        transport="ble",
+        match=(BleMatch(service_uuid=uuid16(0x1810)),),
+        service=uuid16(0x1810),
+        characteristics=(
+            Characteristic(BLOOD_PRESSURE_FEATURE, "blood-pressure-feature", "read"),
+            Characteristic(BLOOD_PRESSURE_MEASUREMENT, "blood-pressure-measurement", "indicate"),
+            Characteristic(INTERMEDIATE_CUFF_PRESSURE, "intermediate-cuff-pressure", "notify"),
+        ),
+        produces=("blood_pressure_systolic", "blood_pressure_diastolic", "blood_pressure_mean",
+                  "pulse_rate", "cuff_pressure"),
+    )
+
+    def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
+        no_options(DRIVER_ID, options)
+        return TableGattDecoder(DRIVER_ID, _DECODERS)
+
+
+DRIVER = BpsDriver()

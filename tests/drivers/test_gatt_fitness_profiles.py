@@ -1,0 +1,177 @@
+"""The fitness GATT profile drivers (gatt.ftms, gatt.rscs, gatt.cscs): their recorded-bytes
+fixtures, the behaviour fixtures cannot show (flush, chunking-independent merging), and fuzzing of
+every characteristic they decode.
+
+The shared runner (test_fixtures.py) and fuzz test (test_fuzz.py) cover these drivers too; this
+file checks them on their own, with the profiles' particular states (split records, counters).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.drivers import gatt_cscs, gatt_ftms, gatt_rscs
+from gateway.registry import characteristic_uuid
+from gateway.sdk import DecodeError, FeedResult, GattDriver, OptionError, Reading, parse_hex
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DRIVERS: dict[str, GattDriver] = {
+    d.info.id: d for d in (gatt_ftms.DRIVER, gatt_rscs.DRIVER, gatt_cscs.DRIVER)}
+CASES = sorted(p for d in DRIVERS for p in (FIXTURES / d).glob("*.json"))
+FUZZ = settings(max_examples=300, deadline=1000, database=None)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    case: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return case
+
+
+def test_every_driver_has_fixtures() -> None:
+    for driver_id in DRIVERS:
+        assert list((FIXTURES / driver_id).glob("*.json")), driver_id
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_fixture(path: Path) -> None:
+    case = _load(path)
+    driver = DRIVERS[path.parent.name]
+    options = case.get("options", {})
+    if "option_error" in case:
+        with pytest.raises(OptionError) as excinfo:
+            driver.gatt_decoder(options)
+        assert excinfo.value.path == case["option_error"]
+        return
+    decoder = driver.gatt_decoder(options)
+    readings: list[object] = []
+    errors: list[DecodeError] = []
+    for value in case["values"]:
+        result = decoder.value(characteristic_uuid(value["char"]), parse_hex(value["hex"]))
+        readings += [r.wire() for r in result.readings]
+        errors += result.errors
+    assert json.loads(json.dumps(readings, allow_nan=False)) == case["readings"]
+    assert len(errors) == case["errors"], [str(e) for e in errors]
+    assert all(type(e) is DecodeError for e in errors)
+
+
+def _ftms(hexes: list[str], char: int = 0x2AD2) -> tuple[gatt_ftms.FtmsDecoder, list[Reading]]:
+    decoder = gatt_ftms.DRIVER.gatt_decoder({})
+    readings: list[Reading] = []
+    for text in hexes:
+        result = decoder.value(characteristic_uuid(f"{char:04x}"), bytes.fromhex(text))
+        assert not result.errors
+        readings += result.readings
+    return decoder, readings
+
+
+def test_split_record_is_one_reading_with_every_field() -> None:
+    _, readings = _ftms(["45 00 b4 00 c8 00", "01 02 8c", "00 08 c4 09 3c 00"])
+    assert len(readings) == 1
+    values = {o.type: o.value for o in readings[0].observations}
+    assert values == {"cadence": 90.0, "power": 200, "heart_rate": 140, "speed": 25.0,
+                      "elapsed_time": 60}
+    assert readings[0].raw == bytes.fromhex("4500b400c80001028c0008c4093c00")
+
+
+def test_flush_emits_an_unfinished_record_as_incomplete() -> None:
+    decoder, readings = _ftms(["45 00 b4 00 c8 00"])
+    assert readings == []
+    tail = decoder.flush()
+    assert len(tail.readings) == 1
+    assert tail.readings[0].status == {"record_complete": False}
+    assert decoder.flush().readings == []
+
+
+def test_pending_parts_are_kept_per_characteristic() -> None:
+    decoder = gatt_ftms.DRIVER.gatt_decoder({})
+    bike, rower = characteristic_uuid("2ad2"), characteristic_uuid("2ad1")
+    assert not decoder.value(bike, bytes.fromhex("45 00 b4 00 c8 00")).readings
+    rowed = decoder.value(rower, bytes.fromhex("00 00 38 fa 00"))
+    assert [o.type for o in rowed.readings[0].observations] == ["stroke_rate", "stroke_count"]
+    biked = decoder.value(bike, bytes.fromhex("00 00 c4 09"))
+    assert [o.type for o in biked.readings[0].observations] == ["cadence", "power", "speed"]
+
+
+def test_endless_more_data_does_not_grow_without_bound() -> None:
+    _, readings = _ftms(["01 00"] * (3 * gatt_ftms.MAX_PARTS))
+    assert len(readings) == 2
+    assert all(r.status == {"record_complete": False} for r in readings)
+
+
+def test_every_machine_table_is_ordered_and_typed() -> None:
+    for machine in (gatt_ftms.INDOOR_BIKE, gatt_ftms.TREADMILL, gatt_ftms.ROWER,
+                    gatt_ftms.CROSS_TRAINER, gatt_ftms.STEP_CLIMBER):
+        bits = [bit for bit, _ in machine.groups]
+        assert bits == sorted(set(bits)) and bits[0] == 0, machine.name
+        assert all(f.type in gatt_ftms.TYPES for _, fields in machine.groups for f in fields)
+
+
+def test_ftms_never_subscribes_to_the_control_point() -> None:
+    uuids = {c.uuid for c in gatt_ftms.DRIVER.info.characteristics}
+    assert characteristic_uuid("2ad9") not in uuids
+    assert characteristic_uuid("2ad9") not in gatt_ftms.CHARACTERISTICS
+
+
+@pytest.mark.parametrize("value", [0.05, 5.5, float("nan"), float("inf"), True, "2.1", [2.1]])
+def test_cscs_refuses_a_bad_circumference(value: object) -> None:
+    with pytest.raises(OptionError) as excinfo:
+        gatt_cscs.DRIVER.gatt_decoder({"wheel_circumference_m": value})
+    assert excinfo.value.path == "wheel_circumference_m"
+
+
+def test_cscs_rate_after_an_error_uses_the_last_good_measurement() -> None:
+    decoder = gatt_cscs.DRIVER.gatt_decoder({})
+    uuid = characteristic_uuid("2a5b")
+    decoder.value(uuid, bytes.fromhex("02 64 00 00 04"))
+    assert decoder.value(uuid, bytes.fromhex("02 65")).errors
+    result = decoder.value(uuid, bytes.fromhex("02 66 00 00 08"))
+    assert [(o.type, o.value) for o in result.readings[0].observations] == [
+        ("crank_revolutions", 102), ("cadence", 120.0)]
+
+
+# --- fuzz: arbitrary values on every characteristic may only give DecodeErrors ----------------
+
+CHARACTERISTICS = [
+    (driver, uuid)
+    for driver in DRIVERS.values()
+    for uuid in (*(c.uuid for c in driver.info.characteristics), characteristic_uuid("2a37"))
+]
+OPTIONS = {"gatt.cscs": {"wheel_circumference_m": 2.105}}
+
+
+def _check(result: FeedResult) -> None:
+    assert all(isinstance(r, Reading) for r in result.readings)
+    assert all(type(e) is DecodeError for e in result.errors)
+    for reading in result.readings:
+        json.dumps(reading.wire(), allow_nan=False)
+
+
+@pytest.mark.parametrize(("driver", "uuid"), CHARACTERISTICS,
+                         ids=lambda x: x if isinstance(x, str) else x.info.id)
+@FUZZ
+@given(values=st.lists(st.binary(max_size=40), max_size=30))
+def test_arbitrary_values_never_raise(driver: GattDriver, uuid: str, values: list[bytes]) -> None:
+    decoder = driver.gatt_decoder(OPTIONS.get(driver.info.id, {}))
+    for data in values:
+        _check(decoder.value(uuid, data))
+
+
+@pytest.mark.parametrize("driver", list(DRIVERS.values()), ids=lambda d: d.info.id)
+@FUZZ
+@given(data=st.data())
+def test_arbitrary_sequences_over_characteristics_never_raise(
+        driver: GattDriver, data: st.DataObject) -> None:
+    uuids = [c.uuid for c in driver.info.characteristics]
+    decoder = driver.gatt_decoder(OPTIONS.get(driver.info.id, {}))
+    steps = data.draw(st.lists(st.tuples(st.sampled_from(uuids), st.binary(max_size=40)),
+                               max_size=40))
+    for uuid, value in steps:
+        _check(decoder.value(uuid, value))
+    flush = getattr(decoder, "flush", None)
+    if flush is not None:
+        _check(flush())
