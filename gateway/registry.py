@@ -345,6 +345,7 @@ class Registry:
                 transport=info.transport, match=tuple(rule.describe() for rule in info.match),
                 serial=info.serial.describe() if info.transport == "serial" else "",
                 produces=tuple(info.produces), continuous=info.continuous, source=entry.source,
-                characteristics=tuple(f"{c.uuid} {c.name} ({c.mode})"
-                                      for c in info.characteristics)))
+                characteristics=tuple(
+                    f"{c.uuid} {c.name} ({c.mode}{', optional' if c.optional else ''})"
+                    for c in info.characteristics)))
         return tuple(rows)

@@ -202,6 +202,8 @@ class Characteristic:
     uuid: str
     name: str
     mode: Literal["notify", "indicate", "read"]
+    optional: bool = False
+    """The profile lets a device leave it out: a connection goes on without it."""
 
 
 @dataclass(frozen=True, slots=True)

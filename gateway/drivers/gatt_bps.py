@@ -156,7 +156,8 @@ class BpsDriver:
         characteristics=(
             Characteristic(BLOOD_PRESSURE_FEATURE, "blood-pressure-feature", "read"),
             Characteristic(BLOOD_PRESSURE_MEASUREMENT, "blood-pressure-measurement", "indicate"),
-            Characteristic(INTERMEDIATE_CUFF_PRESSURE, "intermediate-cuff-pressure", "notify"),
+            Characteristic(INTERMEDIATE_CUFF_PRESSURE, "intermediate-cuff-pressure",
+                "notify", optional=True),
         ),
         produces=("blood_pressure_systolic", "blood_pressure_diastolic", "blood_pressure_mean",
                   "pulse_rate", "cuff_pressure"),

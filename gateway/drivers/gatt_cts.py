@@ -121,7 +121,7 @@ class CtsDriver:
         service=uuid16(0x1805),
         characteristics=(
             Characteristic(CURRENT_TIME, "cts-current-time", "read"),
-            Characteristic(LOCAL_TIME_INFO, "cts-local-time-info", "read"),
+            Characteristic(LOCAL_TIME_INFO, "cts-local-time-info", "read", optional=True),
         ),
     )
 

@@ -81,9 +81,10 @@ class DisDriver:
         match=(BleMatch(service_uuid=uuid16(0x180A)),),
         service=uuid16(0x180A),
         characteristics=(
-            *(Characteristic(uuid, name, "read") for uuid, (_, name) in _STRINGS.items()),
-            Characteristic(SYSTEM_ID, "dis-system-id", "read"),
-            Characteristic(UDI, "dis-udi", "read"),
+            *(Characteristic(uuid, name, "read", optional=True)
+              for uuid, (_, name) in _STRINGS.items()),
+            Characteristic(SYSTEM_ID, "dis-system-id", "read", optional=True),
+            Characteristic(UDI, "dis-udi", "read", optional=True),
         ),
     )
 

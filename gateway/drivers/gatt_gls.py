@@ -238,7 +238,8 @@ class GlsDriver:
         characteristics=(
             Characteristic(GLUCOSE_FEATURE, "glucose-feature", "read"),
             Characteristic(GLUCOSE_MEASUREMENT, "glucose-measurement", "notify"),
-            Characteristic(MEASUREMENT_CONTEXT, "glucose-measurement-context", "notify"),
+            Characteristic(MEASUREMENT_CONTEXT, "glucose-measurement-context",
+                "notify", optional=True),
         ),
         produces=("glucose",),
     )

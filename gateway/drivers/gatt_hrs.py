@@ -88,7 +88,7 @@ class HrsDriver:
         match=(BleMatch(service_uuid=uuid16(0x180D)),),
         service=uuid16(0x180D),
         characteristics=(
-            Characteristic(BODY_SENSOR_LOCATION, "hrs-body-sensor-location", "read"),
+            Characteristic(BODY_SENSOR_LOCATION, "hrs-body-sensor-location", "read", optional=True),
             Characteristic(MEASUREMENT, "hrs-measurement", "notify"),
         ),
         produces=("heart_rate", "energy", "rr_interval"),

@@ -110,9 +110,10 @@ class HtsDriver:
         match=(BleMatch(service_uuid=uuid16(0x1809)),),
         service=uuid16(0x1809),
         characteristics=(
-            Characteristic(TEMPERATURE_TYPE, "temperature-type", "read"),
+            Characteristic(TEMPERATURE_TYPE, "temperature-type", "read", optional=True),
             Characteristic(TEMPERATURE_MEASUREMENT, "temperature-measurement", "indicate"),
-            Characteristic(INTERMEDIATE_TEMPERATURE, "intermediate-temperature", "notify"),
+            Characteristic(INTERMEDIATE_TEMPERATURE, "intermediate-temperature",
+                "notify", optional=True),
         ),
         produces=("body_temperature",),
     )

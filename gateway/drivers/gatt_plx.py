@@ -208,8 +208,8 @@ class PlxDriver:
         service=uuid16(0x1822),
         characteristics=(
             Characteristic(FEATURES, "plx-features", "read"),
-            Characteristic(SPOT_CHECK, "plx-spot-check", "indicate"),
-            Characteristic(CONTINUOUS, "plx-continuous", "notify"),
+            Characteristic(SPOT_CHECK, "plx-spot-check", "indicate", optional=True),
+            Characteristic(CONTINUOUS, "plx-continuous", "notify", optional=True),
         ),
         produces=("spo2", "pulse_rate", "perfusion_index", *_NEW_TYPES),
         continuous=True,
