@@ -171,6 +171,31 @@ def characteristic_uuid(text: str) -> str:
     raise DecodeError(f"{text!r} is not a characteristic UUID (16-bit like 2A37, or full)")
 
 
+def _ble_rank(rule: BleMatch, uuids: set[str], data: Mapping[int, bytes],
+              local_name: str | None, connectable: bool | None) -> int:
+    """How specifically `rule` matches the advertisement: 0 for no match, else the number of
+    things it checked."""
+    rank = 0
+    if rule.service_uuid is not None:
+        if rule.service_uuid.lower() not in uuids:
+            return 0
+        rank += 1
+    if rule.manufacturer_id is not None:
+        payload = data.get(rule.manufacturer_id)
+        if payload is None or not payload.startswith(rule.data_prefix):
+            return 0
+        rank += 2 if rule.data_prefix else 1
+    if rule.local_name is not None:
+        if local_name is None or not re.match(rule.local_name, local_name):
+            return 0
+        rank += 1
+    if rule.connectable is not None:
+        if connectable is not rule.connectable:
+            return 0
+        rank += 1
+    return rank
+
+
 def _installed_entry_points() -> Iterable[EntryPointLike]:
     from importlib.metadata import entry_points
 
@@ -332,6 +357,33 @@ class Registry:
         if len(best) > 1:
             device = UsbMatch(vid, pid, product).describe()
             raise AmbiguousMatchError(device, sorted(best))
+        return self._entries[best.pop()].driver if best else None
+
+    def match_ble(self, *, service_uuids: Iterable[str] = (),
+                  manufacturer_data: Mapping[int, bytes] | None = None,
+                  local_name: str | None = None,
+                  connectable: bool | None = None) -> AnyDriver | None:
+        """The driver for a BLE advertisement, or None if no driver claims it.
+
+        The most specific rule wins (each field a rule names counts); two drivers with equally
+        specific claims raise `AmbiguousMatchError`, as for USB: a watch that advertises both
+        Heart Rate and Running Speed must be configured with the driver named."""
+        uuids = {uuid.lower() for uuid in service_uuids}
+        data = manufacturer_data or {}
+        best: set[str] = set()
+        best_rank = 0
+        for driver_id, entry in self._entries.items():
+            for rule in entry.driver.info.match:
+                if not isinstance(rule, BleMatch):
+                    continue
+                rank = _ble_rank(rule, uuids, data, local_name, connectable)
+                if rank > best_rank:
+                    best, best_rank = set(), rank
+                if rank and rank == best_rank:
+                    best.add(driver_id)
+        if len(best) > 1:
+            what = local_name or ", ".join(sorted(uuids)) or "an advertisement"
+            raise AmbiguousMatchError(f"BLE device {what}", sorted(best))
         return self._entries[best.pop()].driver if best else None
 
     def describe(self) -> tuple[DriverDescription, ...]:

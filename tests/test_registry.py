@@ -288,3 +288,29 @@ def test_characteristic_names() -> None:
     assert characteristic_uuid(HR.upper()) == HR
     with pytest.raises(DecodeError, match="not a characteristic UUID"):
         characteristic_uuid("heart")
+
+
+def _ble_driver(driver_id: str, *rules: BleMatch) -> _GattDriver:
+    return _GattDriver(gatt_info(driver_id, match=rules))
+
+
+def test_ble_advertisements_match_the_most_specific_rule() -> None:
+    builtin = Registry(entry_points=())
+    hr = uuid16(0x180D)
+    assert builtin.get("gatt.hrs") is builtin.match_ble(service_uuids=[hr.upper()])
+    assert builtin.match_ble(service_uuids=[uuid16(0x1822)]) is builtin.get("gatt.plx")
+    # Companion services (battery, device information) claim no device on their own.
+    assert builtin.match_ble(service_uuids=[uuid16(0x180F), uuid16(0x180A)]) is None
+    with pytest.raises(AmbiguousMatchError, match=r"gatt\.hrs, gatt\.rscs"):
+        builtin.match_ble(service_uuids=[hr, uuid16(0x1814)])  # a watch: HR and running
+
+    vendor = _ble_driver("acme.strap", BleMatch(service_uuid=hr, manufacturer_id=0x0059,
+                                                data_prefix=b"\x01"))
+    named = _ble_driver("acme.named", BleMatch(local_name=r"Polar H\d"))
+    registry = Registry(entry_points=[plugin("strap", vendor), plugin("named", named)])
+    assert registry.match_ble(service_uuids=[hr], manufacturer_data={0x0059: b"\x01\x02"}) is vendor
+    assert registry.match_ble(service_uuids=[hr], manufacturer_data={0x0059: b"\x02"}) is (
+        registry.get("gatt.hrs"))
+    assert registry.match_ble(local_name="Polar H10") is named
+    assert registry.match_ble(local_name="Garmin") is None
+    assert registry.match_ble() is None

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from gateway.sdk import (
-    BleMatch,
     Characteristic,
     DecodeError,
     DriverInfo,
@@ -47,7 +46,8 @@ class BasDriver:
         version="1.0.0",
         description="Bluetooth Battery service (0x180F): battery level",
         transport="ble",
-        match=(BleMatch(service_uuid=uuid16(0x180F)),),
+        # A companion service read beside a device's main profile: it claims no device.
+        match=(),
         service=uuid16(0x180F),
         characteristics=(Characteristic(BATTERY_LEVEL, "battery-level", "read"),),
         produces=("battery_level",),

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from gateway.sdk import (
-    BleMatch,
     Characteristic,
     DecodeError,
     DriverInfo,
@@ -117,7 +116,8 @@ class CtsDriver:
         version="1.0.0",
         description="Bluetooth Current Time service (0x1805): device clock, local time info",
         transport="ble",
-        match=(BleMatch(service_uuid=uuid16(0x1805)),),
+        # A companion service read beside a device's main profile: it claims no device.
+        match=(),
         service=uuid16(0x1805),
         characteristics=(
             Characteristic(CURRENT_TIME, "cts-current-time", "read"),

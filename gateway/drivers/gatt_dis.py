@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from gateway.sdk import (
-    BleMatch,
     Characteristic,
     DecodeError,
     DriverInfo,
@@ -78,7 +77,8 @@ class DisDriver:
         version="1.0.0",
         description="Bluetooth Device Information service (0x180A): names, revisions, ids",
         transport="ble",
-        match=(BleMatch(service_uuid=uuid16(0x180A)),),
+        # A companion service read beside a device's main profile: it claims no device.
+        match=(),
         service=uuid16(0x180A),
         characteristics=(
             *(Characteristic(uuid, name, "read", optional=True)
