@@ -1,0 +1,249 @@
+"""The virtual BlueZ driven by the real bleak over a private D-Bus bus (no mocks of bleak).
+
+bleak's BlueZ backend always uses the system bus, so `DBUS_SYSTEM_BUS_ADDRESS` is the only seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from bleak import BleakClient, BleakScanner
+from bleak.backends.bluezdbus import manager as bluez_manager
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakBluetoothNotAvailableError
+from dbus_fast import BusType, Message, Variant
+from dbus_fast.aio import MessageBus
+
+from gateway.drivers.gatt_hrs import DRIVER as HRS_DRIVER
+from gateway.sdk import uuid16
+from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
+from gateway.sim.dbus_bus import dbus_daemon_available, private_bus
+
+pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason="needs dbus-daemon")
+
+HRS = uuid16(0x180D)
+HR_MEASUREMENT = uuid16(0x2A37)
+BODY_SENSOR_LOCATION = uuid16(0x2A38)
+STRAP = "C0:FF:EE:00:00:01"
+NAMELESS = "C0:FF:EE:00:00:02"
+
+
+def _strap() -> VirtualPeripheral:
+    return VirtualPeripheral(
+        STRAP, "HR Strap",
+        services={HRS: {HR_MEASUREMENT: CharSpec(("notify",)),
+                        BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01")}},
+        manufacturer_data={0x0059: b"\x01\x02\x03"}, service_uuids=[HRS], rssi=-55)
+
+
+@pytest.fixture
+def bluez(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BluezThread]:
+    # bleak runs `bluetoothctl --version` on connect; a stand-in reporting Debian 12's BlueZ
+    # keeps the run the same on machines with and without the real one.
+    fake = tmp_path / "bin" / "bluetoothctl"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 5.66\n", encoding="utf-8")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    with private_bus() as address:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+        handle = BluezThread.start(address)
+        try:
+            yield handle
+        finally:
+            handle.stop()
+
+
+async def _disconnect(bus: MessageBus) -> None:
+    bus.disconnect()
+    async with asyncio.timeout(5):
+        await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # untyped in dbus-fast
+
+
+@asynccontextmanager
+async def _bleak() -> AsyncIterator[None]:
+    """Close bleak's per-loop BlueZ manager, which otherwise keeps its bus socket open."""
+    try:
+        yield
+    finally:
+        manager = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
+        bus = None if manager is None else manager._bus
+        if bus is not None:
+            await _disconnect(bus)
+            async with asyncio.timeout(5):
+                if manager is not None and manager._bus_watcher_task is not None:
+                    await manager._bus_watcher_task
+
+
+async def _scan(seconds: float, *, until: int) -> dict[str, tuple[BLEDevice, AdvertisementData]]:
+    seen: dict[str, tuple[BLEDevice, AdvertisementData]] = {}
+    done = asyncio.Event()
+
+    def on_advertisement(device: BLEDevice, adv: AdvertisementData) -> None:
+        seen[device.address] = (device, adv)
+        if len(seen) >= until:
+            done.set()
+
+    async with BleakScanner(on_advertisement):
+        try:
+            async with asyncio.timeout(seconds):
+                await done.wait()
+        except TimeoutError:
+            pass
+    return seen
+
+
+def test_scanner_sees_advertisement_data_and_a_device_without_a_name(bluez: BluezThread) -> None:
+    async def run() -> dict[str, tuple[BLEDevice, AdvertisementData]]:
+        async with _bleak():
+            await bluez.add_peripheral(_strap())
+            await bluez.add_peripheral(VirtualPeripheral(NAMELESS, rssi=-80))
+            return await _scan(5, until=2)
+
+    seen = asyncio.run(run())
+
+    strap, adv = seen[STRAP]
+    assert strap.name == "HR Strap"
+    assert adv.local_name == "HR Strap"
+    assert adv.manufacturer_data == {0x0059: b"\x01\x02\x03"}
+    assert adv.service_uuids == [HRS]
+    assert -60 <= adv.rssi <= -55
+    nameless, nameless_adv = seen[NAMELESS]
+    assert nameless.name is None
+    assert nameless_adv.local_name is None
+    assert -85 <= nameless_adv.rssi <= -80
+
+
+def test_rssi_changes_while_advertising_so_bleak_keeps_reporting(bluez: BluezThread) -> None:
+    async def run() -> set[int]:
+        rssis: set[int] = set()
+        three = asyncio.Event()
+
+        def on_advertisement(_device: BLEDevice, adv: AdvertisementData) -> None:
+            rssis.add(adv.rssi)
+            if len(rssis) >= 3:
+                three.set()
+
+        async with _bleak():
+            await bluez.add_peripheral(_strap())
+            async with BleakScanner(on_advertisement):
+                async with asyncio.timeout(5):
+                    await three.wait()
+        return rssis
+
+    assert len(asyncio.run(run())) >= 3
+
+
+def test_nothing_is_reported_without_a_discovery(bluez: BluezThread) -> None:
+    async def run() -> object:
+        async with _bleak():
+            await bluez.add_peripheral(_strap())
+            await asyncio.sleep(0.2)
+            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            try:
+                reply = await bus.call(Message(
+                    destination="org.bluez", path="/", member="GetManagedObjects",
+                    interface="org.freedesktop.DBus.ObjectManager"))
+            finally:
+                await _disconnect(bus)
+            assert reply is not None
+            return reply.body[0]
+
+    objects = asyncio.run(run())
+    assert isinstance(objects, dict)
+    assert list(objects) == ["/org/bluez/hci0"]
+    adapter = objects["/org/bluez/hci0"]["org.bluez.Adapter1"]
+    assert adapter["Powered"] == Variant("b", True)
+    assert adapter["Discovering"] == Variant("b", False)
+
+
+def test_a_second_start_discovery_from_one_client_is_in_progress(bluez: BluezThread) -> None:
+    async def call(bus: MessageBus, member: str) -> str | None:
+        reply = await bus.call(Message(destination="org.bluez", path="/org/bluez/hci0",
+                                       interface="org.bluez.Adapter1", member=member))
+        assert reply is not None
+        return reply.error_name
+
+    async def run() -> list[str | None]:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        try:
+            return [await call(bus, "StartDiscovery"), await call(bus, "StartDiscovery"),
+                    await call(bus, "StopDiscovery"), await call(bus, "StopDiscovery")]
+        finally:
+            await _disconnect(bus)
+
+    assert asyncio.run(run()) == [None, "org.bluez.Error.InProgress", None,
+                                  "org.bluez.Error.Failed"]
+
+
+def test_client_reads_and_receives_heart_rate_notifications_end_to_end(
+        bluez: BluezThread) -> None:
+    strap = _strap()
+    # Flags 0x10: 8-bit rate with RR intervals; 72 bpm, RR 1024/1024 s and 512/1024 s.
+    measurement = bytes([0x10, 72, 0x00, 0x04, 0x00, 0x02])
+
+    async def run() -> tuple[list[str], bytes, list[bytes], float]:
+        received: list[bytes] = []
+        got_two = asyncio.Event()
+
+        def on_notify(_char: object, data: bytearray) -> None:
+            received.append(bytes(data))
+            if len(received) == 2:
+                got_two.set()
+
+        async with _bleak():
+            await bluez.add_peripheral(strap)
+            device = await BleakScanner.find_device_by_address(STRAP, timeout=5)
+            assert device is not None
+            started = time.monotonic()
+            async with BleakClient(device, timeout=5) as client:
+                connect_seconds = time.monotonic() - started
+                chars = sorted(c.uuid for s in client.services for c in s.characteristics)
+                location = bytes(await client.read_gatt_char(BODY_SENSOR_LOCATION))
+                await client.start_notify(HR_MEASUREMENT, on_notify)
+                await bluez.notify(strap, HR_MEASUREMENT, measurement)
+                await bluez.notify(strap, HR_MEASUREMENT, measurement)
+                async with asyncio.timeout(5):
+                    await got_two.wait()
+                await client.stop_notify(HR_MEASUREMENT)
+            assert not client.is_connected
+        return chars, location, received, connect_seconds
+
+    chars, location, received, connect_seconds = asyncio.run(run())
+
+    assert chars == sorted([HR_MEASUREMENT, BODY_SENSOR_LOCATION])
+    assert location == b"\x01"
+    assert received == [measurement, measurement]
+    assert connect_seconds < 2
+    decoder = HRS_DRIVER.gatt_decoder({})
+    readings = decoder.value(HR_MEASUREMENT, received[0]).readings
+    assert [(o.type, o.value) for o in readings[0].observations] == [
+        ("heart_rate", 72), ("rr_interval", 1.0), ("rr_interval", 0.5)]
+
+
+
+def test_adapter_powered_off_makes_bleak_report_bluetooth_unavailable(bluez: BluezThread) -> None:
+    async def run() -> None:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        try:
+            reply = await bus.call(Message(
+                destination="org.bluez", path="/org/bluez/hci0", member="Set",
+                interface="org.freedesktop.DBus.Properties", signature="ssv",
+                body=["org.bluez.Adapter1", "Powered", Variant("b", False)]))
+            assert reply is not None
+            assert reply.error_name is None
+        finally:
+            await _disconnect(bus)
+        async with _bleak():
+            with pytest.raises(BleakBluetoothNotAvailableError):
+                await BleakScanner.discover(0.1)
+
+    asyncio.run(run())
