@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from gateway import __version__
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from gateway.config import Config, DeviceConfig
 
 DEFAULT_CONFIG = Path("/etc/rtm-gateway/config.toml")
 
@@ -127,8 +127,11 @@ def _load(path: Path) -> Config:
 
     config = load_config(path)
     registry = Registry.load()
-    check_driver_options(config, lambda device: registry.check_options(device.driver,
-                                                                        device.options))
+    def check(device: DeviceConfig) -> None:
+        registry.get_serial(device.driver)  # configured devices are serial ones, for now
+        registry.check_options(device.driver, device.options)
+
+    check_driver_options(config, check)
     return config
 
 

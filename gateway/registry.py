@@ -67,6 +67,10 @@ class AmbiguousMatchError(RegistryError):
             "this device in its configuration, or uninstall the plugin that should not claim it")
 
 
+class DriverTransportError(RegistryError, LookupError):
+    """A device names a driver of the wrong kind (a BLE driver for a serial port)."""
+
+
 class InvalidDriverError(RegistryError):
     """An object that is not a usable driver for this hub's SDK."""
 
@@ -296,9 +300,9 @@ class Registry:
         """A serial driver by id; `InvalidDriverError` for a Bluetooth LE one."""
         driver = self.get(driver_id)
         if not isinstance(driver, Driver):
-            raise InvalidDriverError(
-                f"{driver_id} is a Bluetooth LE driver: this device needs `address = ...` "
-                "rather than a serial port (BLE devices come with the BLE transport)")
+            raise DriverTransportError(
+                f"{driver_id} is a Bluetooth LE driver, and this hub does not connect to BLE "
+                "devices yet; name a serial driver (rtm-gateway drivers lists them)")
         return driver
 
     def check_options(self, driver_id: str, options: Mapping[str, object]) -> None:

@@ -80,6 +80,8 @@ def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
     (("spo2 = { type = \"spo2\" }", "spo2 = { type = 7 }"), "devices[1].options.keys.spo2.type",
      ""),
     (("driver = \"contec.cms50d\"", "driver = \"acme.nothing\""), "devices[0].driver", "acme"),
+    (("driver = \"contec.cms50d\"", "driver = \"gatt.hrs\""), "devices[0].driver",
+     "Bluetooth LE driver"),
 ])
 def test_mistakes_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         change: tuple[str, str], path: str, words: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 from gateway.drivers import BUILTIN_DRIVERS
 from gateway.registry import (
     AmbiguousMatchError,
+    DriverTransportError,
     InvalidDriverError,
     Registry,
     UnknownDriverError,
@@ -267,7 +268,7 @@ def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
         registry.decode("acme.hr", b"\x48", {}, char="2a38")
     with pytest.raises(InvalidDriverError, match="leave out --char"):
         registry.decode("contec.cms50d", b"", {}, char="2a37")
-    with pytest.raises(InvalidDriverError, match="Bluetooth LE driver"):
+    with pytest.raises(DriverTransportError, match="Bluetooth LE driver"):
         registry.get_serial("acme.hr")
     (row,) = [d for d in registry.describe() if d.id == "acme.hr"]
     assert row.match == (f"ble service {uuid16(0x180D)}",)
