@@ -18,7 +18,7 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.bluezdbus import manager as bluez_manager
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakBluetoothNotAvailableError
+from bleak.exc import BleakBluetoothNotAvailableError, BleakError
 from dbus_fast import BusType, Message, Variant
 from dbus_fast.aio import MessageBus
 
@@ -229,7 +229,6 @@ def test_client_reads_and_receives_heart_rate_notifications_end_to_end(
         ("heart_rate", 72), ("rr_interval", 1.0), ("rr_interval", 0.5)]
 
 
-
 def test_adapter_powered_off_makes_bleak_report_bluetooth_unavailable(bluez: BluezThread) -> None:
     async def run() -> None:
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
@@ -245,5 +244,174 @@ def test_adapter_powered_off_makes_bleak_report_bluetooth_unavailable(bluez: Blu
         async with _bleak():
             with pytest.raises(BleakBluetoothNotAvailableError):
                 await BleakScanner.discover(0.1)
+
+    asyncio.run(run())
+
+
+async def _found(address: str) -> BLEDevice:
+    device = await BleakScanner.find_device_by_address(address, timeout=5)
+    assert device is not None
+    return device
+
+
+def test_le_connection_abort_by_local_is_retried_inside_bleak_connect(bluez: BluezThread) -> None:
+    # BlueZ >= 5.62 toggles Connected before this error; bleak waits for Connected=False and
+    # retries within one connect() call, so the caller never sees the error.
+    strap = _strap()
+    strap.fail_connects(2)
+    disconnects: list[float] = []
+
+    async def run() -> None:
+        async with _bleak():
+            await bluez.add_peripheral(strap)
+            client = BleakClient(await _found(STRAP), lambda _c: disconnects.append(0.0),
+                                 timeout=5)
+            await client.connect()
+            try:
+                assert client.is_connected
+                assert await client.read_gatt_char(BODY_SENSOR_LOCATION) == b"\x01"
+            finally:
+                await client.disconnect()
+
+    asyncio.run(run())
+    assert strap.connect_calls == 3
+    assert len(disconnects) >= 2  # one per aborted attempt, as with the real BlueZ
+
+
+def test_out_of_slots_connect_errors_reach_the_caller_then_connect_succeeds(
+        bluez: BluezThread) -> None:
+    strap = _strap()
+    strap.fail_connects(2, "org.bluez.Error.Failed", "No available connection slots")
+
+    async def run() -> list[str]:
+        errors: list[str] = []
+        async with _bleak():
+            await bluez.add_peripheral(strap)
+            client = BleakClient(await _found(STRAP), timeout=5)
+            for _ in range(2):
+                with pytest.raises(BleakError) as caught:
+                    await client.connect()
+                errors.append(str(caught.value))
+                assert not client.is_connected
+            await client.connect()
+            try:
+                assert client.is_connected
+            finally:
+                await client.disconnect()
+        return errors
+
+    errors = asyncio.run(run())
+    assert all("org.bluez.Error.Failed" in e and "available connection" in e for e in errors)
+    assert strap.connect_calls == 3
+
+
+def test_connect_delay_times_out_a_short_connect_and_a_longer_one_succeeds(
+        bluez: BluezThread) -> None:
+    strap = _strap()
+    strap.connect_delay = 0.5
+
+    async def run() -> float:
+        async with _bleak():
+            await bluez.add_peripheral(strap)
+            device = await _found(STRAP)
+            with pytest.raises(TimeoutError):
+                await BleakClient(device, timeout=0.2).connect()
+            client = BleakClient(device, timeout=5)
+            started = time.monotonic()
+            # bleak's Disconnect cancelled the pending Connect, so this one calls Connect again.
+            await client.connect()
+            elapsed = time.monotonic() - started
+            try:
+                assert client.is_connected
+            finally:
+                await client.disconnect()
+        return elapsed
+
+    assert asyncio.run(run()) >= 0.45
+    assert strap.connect_calls == 2
+
+
+def test_link_loss_fires_disconnected_callback_stops_notifications_and_reconnects(
+        bluez: BluezThread) -> None:
+    strap = _strap()
+    measurement = bytes([0x00, 70])
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        before: list[bytes] = []
+        after: list[bytes] = []
+        lost = asyncio.Event()
+        got = asyncio.Event()
+
+        def on_notify(_char: object, data: bytearray) -> None:
+            (after if lost.is_set() else before).append(bytes(data))
+            got.set()
+
+        async with _bleak():
+            await bluez.add_peripheral(strap)
+            client = BleakClient(await _found(STRAP), lambda _c: lost.set(), timeout=5)
+            await client.connect()
+            try:
+                await client.start_notify(HR_MEASUREMENT, on_notify)
+                await bluez.notify(strap, HR_MEASUREMENT, measurement)
+                async with asyncio.timeout(5):
+                    await got.wait()
+                await bluez.drop_link(strap)
+                async with asyncio.timeout(5):
+                    await lost.wait()
+                assert not client.is_connected
+                await bluez.notify(strap, HR_MEASUREMENT, measurement)  # dropped: no link
+                await asyncio.sleep(0.2)
+                assert after == []
+                got.clear()
+                # bleak 3.1 keeps the client's own bus open after a link loss until disconnect().
+                await client.disconnect()
+                await client.connect()
+                assert client.is_connected
+                await client.start_notify(HR_MEASUREMENT, on_notify)
+                await bluez.notify(strap, HR_MEASUREMENT, measurement)
+                async with asyncio.timeout(5):
+                    await got.wait()
+            finally:
+                await client.disconnect()
+        return before, after
+
+    before, after = asyncio.run(run())
+    assert before == [measurement]
+    assert after == [measurement]
+
+
+def test_a_vanished_device_is_no_longer_reported_and_cannot_be_connected(
+        bluez: BluezThread) -> None:
+    strap = _strap()
+
+    async def run() -> None:
+        reports: list[str] = []
+        both = asyncio.Event()
+
+        def on_advertisement(device: BLEDevice, _adv: AdvertisementData) -> None:
+            reports.append(device.address)
+            if {STRAP, NAMELESS} <= set(reports):
+                both.set()
+
+        async with _bleak():
+            await bluez.add_peripheral(strap)
+            await bluez.add_peripheral(VirtualPeripheral(NAMELESS, rssi=-80))
+            async with BleakScanner(on_advertisement) as scanner:
+                async with asyncio.timeout(5):
+                    await both.wait()
+                stale = next(d for d in scanner.discovered_devices if d.address == STRAP)
+                await bluez.vanish(strap)
+                await asyncio.sleep(0.1)  # signals already in flight
+                mark = len(reports)
+                await asyncio.sleep(0.3)
+                later = reports[mark:]
+                assert STRAP not in later
+                assert NAMELESS in later  # the scanner itself is still running
+                assert STRAP not in {d.address for d in scanner.discovered_devices}
+            # bleak knows from InterfacesRemoved that the object is gone and does not even call
+            # Connect; a client racing the removal gets UnknownObject, BleakDeviceNotFoundError.
+            with pytest.raises(BleakError, match="not found"):
+                await BleakClient(stale, timeout=2).connect()
+            assert await BleakScanner.find_device_by_address(STRAP, timeout=0.3) is None
 
     asyncio.run(run())

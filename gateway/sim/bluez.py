@@ -10,6 +10,23 @@ ble-testing.md): devices appear only when they advertise during a discovery, adv
 change RSSI so PropertiesChanged fires, Connect sets Connected, exports the GATT objects, then
 ServicesResolved; Disconnect does the reverse; notifications are PropertiesChanged on `Value`.
 Not modelled: AcquireNotify/AcquireWrite, pairing agents, advertisement monitors, ATT timing.
+
+Fault injection, modelled on bluetoothd:
+
+- `VirtualPeripheral.fail_connects(count, error, message)`: the next `count` Connect calls fail
+  with that D-Bus error. For `le-connection-abort-by-local` (the default) Connected goes True then
+  False before the error, as BlueZ >= 5.62 does, so bleak retries it inside `connect()`; any other
+  message (e.g. "No available connection slots") fails without touching Connected, and bleak
+  raises it as `BleakDBusError`. `VirtualPeripheral.connect_calls` counts Connect calls.
+- `VirtualPeripheral.connect_delay`: seconds before Connect answers. A Disconnect meanwhile (what
+  bleak sends when its connect times out) cancels it with `le-connection-abort-by-local`.
+- `drop_link(peripheral)` (on `VirtualBluez` and `BluezThread`): link loss of a connected
+  peripheral: ServicesResolved False, GATT objects removed, Connected False.
+- `vanish(peripheral)`: the peripheral stops advertising and its Device1 object is removed
+  (InterfacesRemoved), dropping the link first if connected; `add` it again to bring it back.
+
+The two fields and `fail_connects` are plain data read when Connect arrives, so a test may set
+them from its own thread; `drop_link` and `vanish` run on the service's loop.
 """
 
 # No `from __future__ import annotations`: dbus-fast reads these annotations at import time,
@@ -48,6 +65,8 @@ ManufacturerData = Annotated[dict[int, Variant], DBusSignature("a{qv}")]
 
 _T = TypeVar("_T")
 
+ABORT_BY_LOCAL = "le-connection-abort-by-local"
+
 
 class VirtualBluezError(Exception):
     """The virtual BlueZ could not start, or was used from the wrong thread or loop."""
@@ -74,14 +93,27 @@ class VirtualPeripheral:
     rssi: int = -60
     advertise_interval: float = 0.05
     address_type: str = "public"
+    connect_delay: float = 0.0
+    """Seconds before a Connect call answers (fault injection)."""
     writes: list[tuple[str, bytes]] = field(default_factory=list)
     """Every value a central wrote, as (characteristic UUID, bytes), oldest first."""
+    connect_calls: int = field(default=0, init=False)
+    """How many Connect calls reached this peripheral, failed ones included."""
     _bluez: "VirtualBluez | None" = None
+    _connect_failures: list[tuple[str, str]] = field(default_factory=list, init=False,
+                                                     repr=False)
+
+    def fail_connects(self, count: int, error: str = "org.bluez.Error.Failed",
+                      message: str = ABORT_BY_LOCAL) -> None:
+        """Make the next `count` Connect calls fail with D-Bus `error` and `message`."""
+        if count < 0:
+            raise ValueError("count must not be negative")
+        self._connect_failures = [(error, message)] * count
 
     async def notify(self, char_uuid: str, data: bytes) -> None:
         """Send a notification, as the peripheral would; dropped unless connected and enabled."""
         if self._bluez is None:
-            raise VirtualBluezError(f"{self.address} was never added to a VirtualBluez")
+            raise VirtualBluezError(f"{self.address} is not hosted by a VirtualBluez")
         self._bluez.notify(self, char_uuid, bytes(data))
 
 
@@ -408,6 +440,7 @@ class _Hosted:
     task: asyncio.Task[None] | None = None
     device: _Device | None = None
     gatt: list[_Object] = field(default_factory=list)
+    pending_connect: "asyncio.Future[None] | None" = None
 
 
 class VirtualBluez:
@@ -497,12 +530,63 @@ class VirtualBluez:
                 return True
         return False
 
+    def drop_link(self, peripheral: VirtualPeripheral) -> None:
+        """Link loss: the reverse of a connect, as if the peripheral went out of range."""
+        hosted = self._hosted.get(peripheral.address)
+        if hosted is None or hosted.device is None or not hosted.device.props["Connected"]:
+            raise VirtualBluezError(f"{peripheral.address} is not connected")
+        self.disconnect(hosted.device)
+
+    async def vanish(self, peripheral: VirtualPeripheral) -> None:
+        """Stop advertising `peripheral` and remove its Device1 object (InterfacesRemoved)."""
+        hosted = self._hosted.get(peripheral.address)
+        if hosted is None or hosted.peripheral is not peripheral:
+            raise VirtualBluezError(f"{peripheral.address} is not hosted here")
+        if hosted.task is not None:
+            hosted.task.cancel()
+            await asyncio.gather(hosted.task, return_exceptions=True)
+            hosted.task = None
+        if hosted.device is not None:
+            self.disconnect(hosted.device)
+            self._bus.unexport(hosted.device.path)
+            hosted.device = None
+        del self._hosted[peripheral.address]
+        peripheral._bluez = None
+
     async def connect(self, device: _Device) -> None:
+        peripheral = device.peripheral
+        peripheral.connect_calls += 1
         if not self._adapter.props["Powered"]:
             raise DBusError("org.bluez.Error.NotReady", "Resource Not Ready")
         if device.props["Connected"]:
             return
-        hosted = self._hosted[device.peripheral.address]
+        hosted = self._hosted.get(peripheral.address)
+        if hosted is None or hosted.device is not device:
+            raise DBusError("org.freedesktop.DBus.Error.UnknownObject",
+                            f"Unknown object '{device.path}'")
+        if hosted.pending_connect is not None:
+            raise DBusError("org.bluez.Error.InProgress", "In Progress")
+        if peripheral.connect_delay > 0:
+            cancelled = asyncio.get_running_loop().create_future()
+            hosted.pending_connect = cancelled
+            try:
+                await asyncio.wait([cancelled], timeout=peripheral.connect_delay)
+            finally:
+                hosted.pending_connect = None
+            if cancelled.done():
+                raise DBusError("org.bluez.Error.Failed", ABORT_BY_LOCAL)
+            if not self._adapter.props["Powered"]:
+                raise DBusError("org.bluez.Error.NotReady", "Resource Not Ready")
+            if self._hosted.get(peripheral.address) is not hosted or hosted.device is not device:
+                raise DBusError("org.freedesktop.DBus.Error.UnknownObject",
+                                f"Unknown object '{device.path}'")
+        if peripheral._connect_failures:
+            error, message = peripheral._connect_failures.pop(0)
+            if message == ABORT_BY_LOCAL:
+                # BlueZ >= 5.62: the link came up and was torn down before the reply.
+                device.update(Connected=True)
+                device.update(Connected=False)
+            raise DBusError(error, message)
         device.update(Connected=True)
         hosted.gatt = list(_gatt_objects(device))
         for obj in hosted.gatt:
@@ -511,7 +595,11 @@ class VirtualBluez:
 
     def disconnect(self, device: _Device) -> None:
         hosted = self._hosted.get(device.peripheral.address)
-        if hosted is None or not device.props["Connected"]:
+        if hosted is None:
+            return
+        if hosted.pending_connect is not None and not hosted.pending_connect.done():
+            hosted.pending_connect.set_result(None)
+        if not device.props["Connected"]:
             return
         device.update(ServicesResolved=False)
         for obj in reversed(hosted.gatt):
@@ -612,6 +700,14 @@ class BluezThread:
     async def notify(self, peripheral: VirtualPeripheral, char_uuid: str, data: bytes) -> None:
         await self._call(peripheral.notify(char_uuid, data))
 
+    async def drop_link(self, peripheral: VirtualPeripheral) -> None:
+        """`VirtualBluez.drop_link` on the service's loop."""
+        await self._call(self._drop_link(peripheral))
+
+    async def vanish(self, peripheral: VirtualPeripheral) -> None:
+        """`VirtualBluez.vanish` on the service's loop."""
+        await self._call(self.bluez.vanish(peripheral))
+
     def stop(self) -> None:
         if self._loop.is_closed():
             return
@@ -624,6 +720,9 @@ class BluezThread:
 
     async def _add(self, peripheral: VirtualPeripheral) -> None:
         self.bluez.add(peripheral)
+
+    async def _drop_link(self, peripheral: VirtualPeripheral) -> None:
+        self.bluez.drop_link(peripheral)
 
     async def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
