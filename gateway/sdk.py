@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -451,6 +451,27 @@ def date_time_from(data: bytes | Sequence[int], offset: int) -> datetime | None:
         return datetime(year, month, day, hour, minute, second)  # noqa: DTZ001 (local clock)
     except ValueError as exc:
         raise DecodeError(f"Date Time at offset {offset} is not a date: {exc}") from exc
+
+
+def timestamp_from(data: bytes | Sequence[int], offset: int) -> tuple[datetime | None, ClockStatus]:
+    """A measurement's optional GATT time stamp at `offset`: (device time, clock status). A time
+    stamp whose date is unknown (year, month or day 0) means the device clock was never set."""
+    moment = date_time_from(data, offset)
+    return moment, ("unknown" if moment is not None else "not-set")
+
+
+def bit_names(value: int, masks: Iterable[tuple[str, int]]) -> dict[str, bool]:
+    """Status flags by name from a bit field and a (name, mask) table."""
+    return {name: bool(value & mask) for name, mask in masks}
+
+
+def flags_reading(data: bytes, size: int, masks: Iterable[tuple[str, int]],
+                  what: str) -> Reading:
+    """A reading with no observations whose status is a `size`-byte bit field by name: the
+    shape of every profile's Feature characteristic."""
+    if len(data) != size:
+        raise DecodeError(f"{what} must be {size} bytes, got {len(data)}")
+    return Reading((), bytes(data), bit_names(uint_from(data, 0, size), masks))
 
 
 def finite_or_none(value: float) -> float | None:

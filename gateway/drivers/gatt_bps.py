@@ -24,21 +24,23 @@ there and are not reported.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from gateway.sdk import (
     BleMatch,
     Characteristic,
     ClockStatus,
-    DecodeError,
     DriverInfo,
     Float11073,
     Observation,
     Reading,
     StatusValue,
     TableGattDecoder,
-    date_time_from,
+    bit_names,
+    flags_reading,
     no_options,
     sfloat_from,
+    timestamp_from,
     uint_from,
     uuid16,
 )
@@ -88,12 +90,10 @@ def _decode(data: bytes, *, intermediate: bool) -> Reading:
     pressures = [sfloat_from(data, offset) for offset in (1, 3, 5)]
     offset = 7
     status: dict[str, StatusValue] = {"intermediate": intermediate}
-    reading_time = None
+    reading_time: datetime | None = None
     clock: ClockStatus = "unknown"
     if flags & 0x02:
-        reading_time = date_time_from(data, offset)
-        if reading_time is None:  # a time stamp with an unknown date: the clock was never set
-            clock = "not-set"
+        reading_time, clock = timestamp_from(data, offset)
         offset += 7
     if intermediate:
         # No MDC code for the cuff pressure is verified (domain.md §3.4), so none is sent.
@@ -111,7 +111,7 @@ def _decode(data: bytes, *, intermediate: bool) -> Reading:
         offset += 1
     if flags & 0x10:
         bits = uint_from(data, offset, 2)
-        status.update((name, bool(bits & mask)) for name, mask in _STATUS_FLAGS)
+        status.update(bit_names(bits, _STATUS_FLAGS))
         status["pulse_rate_range"] = PULSE_RATE_RANGES[(bits >> 3) & 0x03]
     return Reading(tuple(observations), bytes(data), status, reading_time, clock)
 
@@ -128,10 +128,7 @@ def decode_intermediate_cuff_pressure(data: bytes) -> Reading:
 
 def decode_blood_pressure_feature(data: bytes) -> Reading:
     """Decode the Blood Pressure Feature (0x2A49): what the monitor detects, into status."""
-    if len(data) != 2:
-        raise DecodeError(f"Blood Pressure Feature must be 2 bytes, got {len(data)}")
-    features = uint_from(data, 0, 2)
-    return Reading((), bytes(data), {name: bool(features & bit) for name, bit in _FEATURE_FLAGS})
+    return flags_reading(data, 2, _FEATURE_FLAGS, "Blood Pressure Feature")
 
 
 _DECODERS: Mapping[str, Callable[[bytes], Reading]] = {

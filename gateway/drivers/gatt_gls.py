@@ -34,7 +34,6 @@ from datetime import timedelta
 from gateway.sdk import (
     BleMatch,
     Characteristic,
-    ClockStatus,
     DecodeError,
     DriverInfo,
     Float11073,
@@ -42,10 +41,12 @@ from gateway.sdk import (
     Reading,
     StatusValue,
     TableGattDecoder,
-    date_time_from,
+    bit_names,
+    flags_reading,
     no_options,
     sfloat_from,
     sint_from,
+    timestamp_from,
     uint_from,
     uuid16,
 )
@@ -134,8 +135,7 @@ def decode_glucose_measurement(data: bytes) -> Reading:
         "sequence_number": uint_from(data, 1, 2),
         "context_follows": bool(flags & 0x10),
     }
-    reading_time = date_time_from(data, 3)
-    clock: ClockStatus = "unknown" if reading_time is not None else "not-set"
+    reading_time, clock = timestamp_from(data, 3)
     offset = 10
     if flags & 0x01:
         minutes = sint_from(data, offset, 2)
@@ -157,7 +157,7 @@ def decode_glucose_measurement(data: bytes) -> Reading:
         offset += 3
     if flags & 0x08:
         bits = uint_from(data, offset, 2)
-        status.update((name, bool(bits & mask)) for name, mask in _ANNUNCIATIONS)
+        status.update(bit_names(bits, _ANNUNCIATIONS))
         if bits & 0x0800:
             clock = "not-set"
     return Reading(observations, bytes(data), status, reading_time, clock)
@@ -210,10 +210,7 @@ def decode_measurement_context(data: bytes) -> Reading:
 
 def decode_glucose_feature(data: bytes) -> Reading:
     """Decode the Glucose Feature (0x2A51): what the meter detects, into status."""
-    if len(data) != 2:
-        raise DecodeError(f"Glucose Feature must be 2 bytes, got {len(data)}")
-    features = uint_from(data, 0, 2)
-    return Reading((), bytes(data), {name: bool(features & bit) for name, bit in _FEATURES})
+    return flags_reading(data, 2, _FEATURES, "Glucose Feature")
 
 
 _DECODERS: Mapping[str, Callable[[bytes], Reading]] = {

@@ -16,6 +16,7 @@ The unit the device sent is kept (°F is not converted): converting would invent
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from gateway.sdk import (
     BleMatch,
@@ -27,9 +28,9 @@ from gateway.sdk import (
     Reading,
     StatusValue,
     TableGattDecoder,
-    date_time_from,
     float_from,
     no_options,
+    timestamp_from,
     uint_from,
     uuid16,
 )
@@ -59,12 +60,10 @@ def _measurement(data: bytes, *, intermediate: bool) -> Reading:
     temperature = float_from(data, 1)
     offset = 5
     status: dict[str, StatusValue] = {"intermediate": intermediate}
-    reading_time = None
+    reading_time: datetime | None = None
     clock: ClockStatus = "unknown"
     if flags & 0x02:
-        reading_time = date_time_from(data, offset)
-        if reading_time is None:  # a time stamp with an unknown date: the clock was never set
-            clock = "not-set"
+        reading_time, clock = timestamp_from(data, offset)
         offset += 7
     if flags & 0x04:
         status["temperature_type"] = _temperature_type(uint_from(data, offset, 1))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from gateway.sdk import (
     BleMatch,
@@ -32,8 +33,9 @@ from gateway.sdk import (
     Reading,
     StatusValue,
     TableGattDecoder,
-    date_time_from,
+    bit_names,
     no_options,
+    timestamp_from,
     uint_from,
     uuid16,
 )
@@ -93,12 +95,10 @@ def decode_weight_measurement(data: bytes) -> Reading:
     raw_weight = uint_from(data, 1, 2)
     offset = 3
     status: dict[str, StatusValue] = {}
-    reading_time = None
+    reading_time: datetime | None = None
     clock: ClockStatus = "unknown"
     if flags & 0x02:
-        reading_time = date_time_from(data, offset)
-        if reading_time is None:  # a time stamp with an unknown date: the clock was never set
-            clock = "not-set"
+        reading_time, clock = timestamp_from(data, offset)
         offset += 7
     if flags & 0x04:
         user = uint_from(data, offset, 1)
@@ -121,7 +121,7 @@ def decode_weight_scale_feature(data: bytes) -> Reading:
     if len(data) != 4:
         raise DecodeError(f"Weight Scale Feature must be 4 bytes, got {len(data)}")
     features = uint_from(data, 0, 4)
-    status: dict[str, StatusValue] = {name: bool(features & bit) for name, bit in _FEATURE_FLAGS}
+    status: dict[str, StatusValue] = dict(bit_names(features, _FEATURE_FLAGS))
     for name, code, table in (("weight", (features >> 3) & 0x0F, _WEIGHT_RESOLUTIONS),
                               ("height", (features >> 7) & 0x07, _HEIGHT_RESOLUTIONS)):
         steps = table.get(code)  # 0 is "not specified"; others are reserved
