@@ -36,7 +36,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -97,6 +97,10 @@ class VirtualPeripheral:
     """Seconds before a Connect call answers (fault injection)."""
     writes: list[tuple[str, bytes]] = field(default_factory=list)
     """Every value a central wrote, as (characteristic UUID, bytes), oldest first."""
+    on_write: Callable[[str, bytes], None] | None = None
+    """Called on the service's loop after each write with (characteristic UUID, bytes): the
+    peripheral's behaviour (a control point answering with indications) hangs here. It may
+    raise `DBusError` to refuse the write, as a device's ATT error would."""
     connect_calls: int = field(default=0, init=False)
     """How many Connect calls reached this peripheral, failed ones included."""
     _bluez: "VirtualBluez | None" = None
@@ -350,7 +354,10 @@ class _GattCharacteristic(_Object):
     @dbus_method()
     def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
         self._require("write", "write-without-response")
-        self.peripheral.writes.append((str(self.props["UUID"]), bytes(value)))
+        uuid = str(self.props["UUID"])
+        if self.peripheral.on_write is not None:
+            self.peripheral.on_write(uuid, bytes(value))
+        self.peripheral.writes.append((uuid, bytes(value)))
         self.props["Value"] = bytes(value)
 
     @dbus_method()
