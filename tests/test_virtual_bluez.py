@@ -6,16 +6,10 @@ bleak's BlueZ backend always uses the system bus, so `DBUS_SYSTEM_BUS_ADDRESS` i
 from __future__ import annotations
 
 import asyncio
-import os
-import stat
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 from bleak import BleakClient, BleakScanner
-from bleak.backends.bluezdbus import manager as bluez_manager
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakBluetoothNotAvailableError, BleakError
@@ -25,9 +19,9 @@ from dbus_fast.aio import MessageBus
 from gateway.drivers.gatt_hrs import DRIVER as HRS_DRIVER
 from gateway.sdk import uuid16
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
-from gateway.sim.dbus_bus import dbus_daemon_available, private_bus
+from tests.blelab import bleak_session, disconnect_bus, needs_dbus
 
-pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason="needs dbus-daemon")
+pytestmark = needs_dbus
 
 HRS = uuid16(0x180D)
 HR_MEASUREMENT = uuid16(0x2A37)
@@ -42,45 +36,6 @@ def _strap() -> VirtualPeripheral:
         services={HRS: {HR_MEASUREMENT: CharSpec(("notify",)),
                         BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01")}},
         manufacturer_data={0x0059: b"\x01\x02\x03"}, service_uuids=[HRS], rssi=-55)
-
-
-@pytest.fixture
-def bluez(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BluezThread]:
-    # bleak runs `bluetoothctl --version` on connect; a stand-in reporting Debian 12's BlueZ
-    # keeps the run the same on machines with and without the real one.
-    fake = tmp_path / "bin" / "bluetoothctl"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 5.66\n", encoding="utf-8")
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    with private_bus() as address:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        handle = BluezThread.start(address)
-        try:
-            yield handle
-        finally:
-            handle.stop()
-
-
-async def _disconnect(bus: MessageBus) -> None:
-    bus.disconnect()
-    async with asyncio.timeout(5):
-        await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # untyped in dbus-fast
-
-
-@asynccontextmanager
-async def _bleak() -> AsyncIterator[None]:
-    """Close bleak's per-loop BlueZ manager, which otherwise keeps its bus socket open."""
-    try:
-        yield
-    finally:
-        manager = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-        bus = None if manager is None else manager._bus
-        if bus is not None:
-            await _disconnect(bus)
-            async with asyncio.timeout(5):
-                if manager is not None and manager._bus_watcher_task is not None:
-                    await manager._bus_watcher_task
 
 
 async def _scan(seconds: float, *, until: int) -> dict[str, tuple[BLEDevice, AdvertisementData]]:
@@ -103,7 +58,7 @@ async def _scan(seconds: float, *, until: int) -> dict[str, tuple[BLEDevice, Adv
 
 def test_scanner_sees_advertisement_data_and_a_device_without_a_name(bluez: BluezThread) -> None:
     async def run() -> dict[str, tuple[BLEDevice, AdvertisementData]]:
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(_strap())
             await bluez.add_peripheral(VirtualPeripheral(NAMELESS, rssi=-80))
             return await _scan(5, until=2)
@@ -132,7 +87,7 @@ def test_rssi_changes_while_advertising_so_bleak_keeps_reporting(bluez: BluezThr
             if len(rssis) >= 3:
                 three.set()
 
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(_strap())
             async with BleakScanner(on_advertisement):
                 async with asyncio.timeout(5):
@@ -144,7 +99,7 @@ def test_rssi_changes_while_advertising_so_bleak_keeps_reporting(bluez: BluezThr
 
 def test_nothing_is_reported_without_a_discovery(bluez: BluezThread) -> None:
     async def run() -> object:
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(_strap())
             await asyncio.sleep(0.2)
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
@@ -153,7 +108,7 @@ def test_nothing_is_reported_without_a_discovery(bluez: BluezThread) -> None:
                     destination="org.bluez", path="/", member="GetManagedObjects",
                     interface="org.freedesktop.DBus.ObjectManager"))
             finally:
-                await _disconnect(bus)
+                await disconnect_bus(bus)
             assert reply is not None
             return reply.body[0]
 
@@ -178,7 +133,7 @@ def test_a_second_start_discovery_from_one_client_is_in_progress(bluez: BluezThr
             return [await call(bus, "StartDiscovery"), await call(bus, "StartDiscovery"),
                     await call(bus, "StopDiscovery"), await call(bus, "StopDiscovery")]
         finally:
-            await _disconnect(bus)
+            await disconnect_bus(bus)
 
     assert asyncio.run(run()) == [None, "org.bluez.Error.InProgress", None,
                                   "org.bluez.Error.Failed"]
@@ -199,7 +154,7 @@ def test_client_reads_and_receives_heart_rate_notifications_end_to_end(
             if len(received) == 2:
                 got_two.set()
 
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(strap)
             device = await BleakScanner.find_device_by_address(STRAP, timeout=5)
             assert device is not None
@@ -240,8 +195,8 @@ def test_adapter_powered_off_makes_bleak_report_bluetooth_unavailable(bluez: Blu
             assert reply is not None
             assert reply.error_name is None
         finally:
-            await _disconnect(bus)
-        async with _bleak():
+            await disconnect_bus(bus)
+        async with bleak_session():
             with pytest.raises(BleakBluetoothNotAvailableError):
                 await BleakScanner.discover(0.1)
 
@@ -262,7 +217,7 @@ def test_le_connection_abort_by_local_is_retried_inside_bleak_connect(bluez: Blu
     disconnects: list[float] = []
 
     async def run() -> None:
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(strap)
             client = BleakClient(await _found(STRAP), lambda _c: disconnects.append(0.0),
                                  timeout=5)
@@ -285,7 +240,7 @@ def test_out_of_slots_connect_errors_reach_the_caller_then_connect_succeeds(
 
     async def run() -> list[str]:
         errors: list[str] = []
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(strap)
             client = BleakClient(await _found(STRAP), timeout=5)
             for _ in range(2):
@@ -311,7 +266,7 @@ def test_connect_delay_times_out_a_short_connect_and_a_longer_one_succeeds(
     strap.connect_delay = 0.5
 
     async def run() -> float:
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(strap)
             device = await _found(STRAP)
             with pytest.raises(TimeoutError):
@@ -346,7 +301,7 @@ def test_link_loss_fires_disconnected_callback_stops_notifications_and_reconnect
             (after if lost.is_set() else before).append(bytes(data))
             got.set()
 
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(strap)
             client = BleakClient(await _found(STRAP), lambda _c: lost.set(), timeout=5)
             await client.connect()
@@ -393,7 +348,7 @@ def test_a_vanished_device_is_no_longer_reported_and_cannot_be_connected(
             if {STRAP, NAMELESS} <= set(reports):
                 both.set()
 
-        async with _bleak():
+        async with bleak_session():
             await bluez.add_peripheral(strap)
             await bluez.add_peripheral(VirtualPeripheral(NAMELESS, rssi=-80))
             async with BleakScanner(on_advertisement) as scanner:
