@@ -128,7 +128,7 @@ def _load(path: Path) -> Config:
     config = load_config(path)
     registry = Registry.load()
     def check(device: DeviceConfig) -> None:
-        registry.get_serial(device.driver)  # configured devices are serial ones, for now
+        registry.get_for(device.driver, ble=device.is_ble)
         registry.check_options(device.driver, device.options)
 
     check_driver_options(config, check)

@@ -22,6 +22,9 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DRIVER_ID = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$")
 _USB = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?::(.+))?$")
 _TOPIC_PREFIX = re.compile(r"^[^#+\s]+[^#+/\s]$")
+_BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+_ADAPTER = re.compile(r"^hci[0-9]{1,3}$")
+_TRANSPORT_KEYS = ("port", "usb", "address", "serial")
 
 
 class ConfigError(Exception):
@@ -83,18 +86,46 @@ class DeviceConfig:
     patient: str
     port: str | None = None
     usb: UsbSelector | None = None
+    address: str | None = None
+    """BLE: the device's Bluetooth address, upper case (public or static random)."""
+    serial: str | None = None
+    """BLE: the Device Information serial number, for devices whose address rotates."""
     options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     summary_interval: float = 1.0
 
     @property
+    def is_ble(self) -> bool:
+        return self.address is not None or self.serial is not None
+
+    @property
     def where(self) -> str:
-        return self.port if self.port else f"usb {self.usb.describe()}" if self.usb else "?"
+        if self.port:
+            return self.port
+        if self.usb:
+            return f"usb {self.usb.describe()}"
+        if self.address:
+            return f"ble {self.address}"
+        return f"ble serial {self.serial}" if self.serial else "?"
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxConfig:
     max_rows: int = 1_000_000
     commit_interval: float = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class BleConfig:
+    """The Bluetooth adapter and how the hub uses it (defaults suit a Raspberry Pi)."""
+
+    adapter: str = "hci0"
+    max_connections: int = 5
+    """Connections at once on this adapter; typical controllers manage about five."""
+    passive: bool = True
+    """Scan passively when BlueZ offers advertisement monitors; actively otherwise."""
+    scanner_watchdog: float = 90.0
+    """Seconds without any advertisement before the scanner is restarted."""
+    connect_timeout: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +136,7 @@ class Config:
     devices: tuple[DeviceConfig, ...]
     outbox: OutboxConfig = OutboxConfig()
     log_level: str = "INFO"
+    ble: BleConfig = BleConfig()
 
 
 # --- reading typed values out of the TOML tree --------------------------------------------------
@@ -207,7 +239,7 @@ def load_config(path: Path | str) -> Config:
 
 def parse_config(data: Mapping[str, object], file: Path) -> Config:
     root = _Table(file, "", data)
-    root.check_known({"hub", "mqtt", "devices", "outbox", "log"})
+    root.check_known({"hub", "mqtt", "devices", "outbox", "log", "ble"})
     base = file.parent
     hub = _hub(root.table("hub", required=True), base)
     mqtt = _mqtt(root.table("mqtt", required=True), base, hub.id)
@@ -225,7 +257,22 @@ def parse_config(data: Mapping[str, object], file: Path) -> Config:
         raise ConfigError(file, "log.level",
                           f"{level!r} is not a log level; expected TRACE, DEBUG, INFO, WARNING "
                           "or ERROR")
-    return Config(file, hub, mqtt, devices, outbox, level)
+    return Config(file, hub, mqtt, devices, outbox, level, _ble(root.table("ble")))
+
+
+def _ble(table: _Table) -> BleConfig:
+    table.check_known({"adapter", "max_connections", "passive", "scanner_watchdog",
+                       "connect_timeout"})
+    passive = table.data.get("passive", True)
+    if not isinstance(passive, bool):
+        raise table.error("passive", f"expected true or false, got {_kind(passive)}")
+    return BleConfig(
+        adapter=table.text("adapter", "hci0", pattern=_ADAPTER, hint="hci0, hci1, ..."),
+        max_connections=table.integer("max_connections", 5, 1, 32),
+        passive=passive,
+        scanner_watchdog=table.number("scanner_watchdog", 90.0, 5.0, 3600.0),
+        connect_timeout=table.number("connect_timeout", 20.0, 2.0, 120.0),
+    )
 
 
 def _hub(table: _Table, base: Path) -> HubConfig:
@@ -302,26 +349,37 @@ def _devices(root: _Table, file: Path) -> tuple[DeviceConfig, ...]:
 
 
 def _device(table: _Table, index: int) -> DeviceConfig:
-    table.check_known({"id", "driver", "port", "usb", "patient", "options", "summary_interval"})
+    table.check_known({"id", "driver", "patient", "options", "summary_interval",
+                       *_TRANSPORT_KEYS})
     driver = table.text("driver", pattern=_DRIVER_ID, hint="a driver id such as contec.cms50d")
     patient = table.text("patient", pattern=_ID,
                         hint="a pseudonymous id: letters, digits, '.', '_' or '-' (never a name)")
-    port = table.optional_str("port")
-    usb_text = table.optional_str("usb")
-    if (port is None) == (usb_text is None):
-        raise table.error("port", "set exactly one of port = \"/dev/...\" or usb = \"VID:PID\"")
+    given = {key: table.optional_str(key) for key in _TRANSPORT_KEYS}
+    present = [key for key, value in given.items() if value is not None]
+    if len(present) != 1:
+        raise table.error(present[1] if len(present) > 1 else "port",
+                          "set exactly one of port = \"/dev/...\" or usb = \"VID:PID\" (serial "
+                          "devices), address = \"AA:BB:CC:DD:EE:FF\" or serial = \"...\" (BLE)")
     usb = None
-    if usb_text is not None:
+    if (usb_text := given["usb"]) is not None:
         match = _USB.match(usb_text)
         if not match:
             raise table.error("usb", f"{usb_text!r} is not valid; expected VID:PID in hex, "
                               "optionally :SERIAL (e.g. \"10c4:ea60\")")
         usb = UsbSelector(int(match[1], 16), int(match[2], 16), match[3])
+    address = given["address"]
+    if address is not None and not _BLE_ADDRESS.match(address):
+        raise table.error("address", f"{address!r} is not a Bluetooth address; expected six "
+                          "hex pairs such as \"C0:FF:EE:00:00:01\" (rtm-gateway scan lists them)")
+    serial = given["serial"]
+    if serial is not None and not serial.strip():
+        raise table.error("serial", "must not be empty")
     options = table.table("options")
     return DeviceConfig(
         id=table.text("id", f"{driver}-{index}", pattern=_ID,
                      hint="letters, digits, '.', '_' or '-'"),
-        driver=driver, patient=patient, port=port, usb=usb,
+        driver=driver, patient=patient, port=given["port"], usb=usb,
+        address=address.upper() if address else None, serial=serial,
         options=MappingProxyType(dict(options.data)),
         summary_interval=table.number("summary_interval", 1.0, 0.01, 3600.0),
     )

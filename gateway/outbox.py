@@ -371,14 +371,17 @@ class Outbox:
         last_hash: str,
         drop_through: int | None = None,
         devices: Mapping[str, DeviceDelta] | None = None,
+        meta: Mapping[str, MetaValue] | None = None,
     ) -> None:
         """Store `entries` and everything pending in ONE transaction (one fsync).
 
         `entries` must continue the sequence: seqs last_seq + 1, + 2, ... `last_hash` is the
         chain hash after the last of them. `drop_through` deletes every reading with seq <= it
         (the cap; the gap event announcing it should be among `entries`; events are kept).
-        `devices` is added to the per-device counters. On error nothing of this call is
-        stored; pending acks stay pending.
+        `devices` is added to the per-device counters. `meta` values are stored in the same
+        transaction (positions that must not run ahead of the entries; unlike `set_meta` they are
+        not replayed after a failed commit: the caller retries them with the entries). On error
+        nothing of this call is stored; pending acks stay pending.
         """
         expected = self._last_seq + 1
         for i, entry in enumerate(entries):
@@ -395,6 +398,8 @@ class Outbox:
                 f"outbox {self._path}: drop_through={drop_through} would drop entries not yet "
                 f"stored (the stored sequence ends at {self._last_seq})"
             )
+        if meta and (reserved := _RESERVED_META.intersection(meta)):
+            raise ValueError(f"meta keys {sorted(reserved)} belong to the outbox")
         new_seq = self._last_seq + len(entries)
         with self._guard("write to", rollback=True):
             self._begin()
@@ -412,6 +417,9 @@ class Outbox:
                     (dev, d.readings, d.decode_errors, d.last_reading, d.last_error)
                     for dev, d in devices.items()
                 ])
+            if meta:
+                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                       list(meta.items()))
             if entries:
                 self._conn.executemany(
                     "UPDATE meta SET value = ? WHERE key = ?",

@@ -29,7 +29,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from gateway.clock import HubClock, clock_state, rfc3339
 from gateway.config import DeviceConfig
-from gateway.outbox import DeviceDelta, Entry, Outbox, OutboxError, OutboxSequenceError
+from gateway.outbox import (
+    DeviceDelta,
+    Entry,
+    MetaValue,
+    Outbox,
+    OutboxError,
+    OutboxSequenceError,
+)
 from gateway.sdk import TRACE, DecodeError, Driver, FeedResult, Reading, SerialSettings
 from gateway.signing import ChainHead, PreparedEntry, Signer, SigningError
 
@@ -62,6 +69,7 @@ class _Captured:
     patient: str
     reading: Reading
     hub_time: float
+    cursor: tuple[str, MetaValue] | None = None
 
 
 @dataclass(slots=True)
@@ -112,8 +120,13 @@ class Journal:
     # --- producers ---------------------------------------------------------------------------
 
     def submit(self, device: Mapping[str, object], device_id: str, patient: str,
-               reading: Reading, hub_time: float) -> None:
-        self._enqueue(_Captured(device, device_id, patient, reading, hub_time))
+               reading: Reading, hub_time: float, *,
+               cursor: tuple[str, MetaValue] | None = None) -> None:
+        """Queue a reading for signing and storing. `cursor` (key, value) is stored in the
+        outbox's meta table in the same transaction as the reading, so a position kept with it
+        (the last stored-record sequence number a device sent) never runs ahead of what is
+        stored: a crash loses both or neither."""
+        self._enqueue(_Captured(device, device_id, patient, reading, hub_time, cursor))
         delta = self._delta(device_id)
         delta.readings += 1
         delta.last_reading = hub_time
@@ -277,8 +290,11 @@ class Journal:
         deltas = {device_id: DeviceDelta(d.readings, d.decode_errors, d.last_reading,
                                          d.last_error)
                   for device_id, d in self._deltas.items()}
+        cursors = {item.cursor[0]: item.cursor[1] for item in batch
+                   if type(item) is _Captured and item.cursor is not None}
         try:
-            self._outbox.append(entries, self._signer.head.hash, drop_through, deltas)
+            self._outbox.append(entries, self._signer.head.hash, drop_through, deltas,
+                                meta=cursors)
         except OutboxSequenceError:
             self._unprepare(batch, saved_head)
             raise  # a bug, not a full disk: retrying would loop forever

@@ -301,9 +301,23 @@ class Registry:
         driver = self.get(driver_id)
         if not isinstance(driver, Driver):
             raise DriverTransportError(
-                f"{driver_id} is a Bluetooth LE driver, and this hub does not connect to BLE "
-                "devices yet; name a serial driver (rtm-gateway drivers lists them)")
+                f"{driver_id} is a Bluetooth LE driver: give the device address = \"AA:BB:...\" "
+                "or serial = \"...\" instead of a serial port (rtm-gateway scan lists nearby "
+                "devices)")
         return driver
+
+    def get_ble(self, driver_id: str) -> GattDriver:
+        """A Bluetooth LE driver by id; `DriverTransportError` for a serial one."""
+        driver = self.get(driver_id)
+        if isinstance(driver, Driver):
+            raise DriverTransportError(
+                f"{driver_id} is a serial driver: give the device port = \"/dev/...\" or "
+                "usb = \"VID:PID\" instead of a Bluetooth address or serial number")
+        return driver
+
+    def get_for(self, driver_id: str, *, ble: bool) -> AnyDriver:
+        """The driver for a configured device, checked against the device's transport."""
+        return self.get_ble(driver_id) if ble else self.get_serial(driver_id)
 
     def check_options(self, driver_id: str, options: Mapping[str, object]) -> None:
         """Raise `OptionError` (or `UnknownDriverError`) if a device's options are wrong."""

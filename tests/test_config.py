@@ -33,6 +33,21 @@ time_key = "t"
 [devices.options.keys]
 spo2 = { type = "spo2" }
 pr = { type = "pulse_rate" }
+
+[[devices]]
+id = "oximeter"
+driver = "gatt.plx"
+address = "c0:ff:ee:00:00:01"
+patient = "pt-0001"
+
+[[devices]]
+id = "bike"
+driver = "gatt.ftms"
+serial = "BK-2231"
+patient = "pt-0001"
+
+[ble]
+max_connections = 3
 """
 
 
@@ -48,7 +63,13 @@ def test_the_documented_shape_loads(tmp_path: Path) -> None:
     assert config.hub.state_dir == tmp_path / "state"
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("127.0.0.1", 1883, False)
     assert config.mqtt.protocol == "5"
-    first, second = config.devices
+    first, second, oximeter, bike = config.devices
+    assert (oximeter.address, oximeter.serial, oximeter.is_ble) == ("C0:FF:EE:00:00:01", None,
+                                                                     True)
+    assert (bike.address, bike.serial, bike.is_ble, first.is_ble) == (None, "BK-2231", True,
+                                                                      False)
+    assert (config.ble.adapter, config.ble.max_connections, config.ble.passive) == (
+        "hci0", 3, True)
     assert (first.id, first.driver, first.port, first.usb) == (
         "contec.cms50d-0", "contec.cms50d", "/dev/ttyUSB0", None)
     assert second.usb is not None and (second.usb.vid, second.usb.pid, second.usb.serial) == (
@@ -82,6 +103,14 @@ def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
     (("driver = \"contec.cms50d\"", "driver = \"acme.nothing\""), "devices[0].driver", "acme"),
     (("driver = \"contec.cms50d\"", "driver = \"gatt.hrs\""), "devices[0].driver",
      "Bluetooth LE driver"),
+    (("driver = \"gatt.plx\"", "driver = \"contec.cms50d\""), "devices[2].driver",
+     "serial driver"),
+    (("address = \"c0:ff:ee:00:00:01\"", "address = \"c0:ff:ee\""), "devices[2].address",
+     "not a Bluetooth address"),
+    (("serial = \"BK-2231\"", "serial = \"BK-2231\"\naddress = \"C0:FF:EE:00:00:02\""),
+     "devices[3].serial", "exactly one of"),
+    (("max_connections = 3", "max_connections = 0"), "ble.max_connections", ""),
+    (("max_connections = 3", "adapter = \"bt0\""), "ble.adapter", "hci0"),
 ])
 def test_mistakes_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         change: tuple[str, str], path: str, words: str) -> None:

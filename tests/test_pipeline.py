@@ -209,3 +209,23 @@ def test_non_finite_status_values_are_rejected_too(outbox: Outbox, status: dict[
     assert journal.commit_once()
     (entry,) = payloads(outbox, key)
     assert entry["event"] == "reading-rejected"
+
+
+def test_a_cursor_is_stored_only_with_its_reading(outbox: Outbox) -> None:
+    journal, _ = journal_for(outbox)
+    for sequence in (7, 8, 9):
+        journal.submit(DEVICE, "oximeter", "pt-1", reading(95), time.time(),
+                       cursor=("racp:oximeter", sequence))
+    assert outbox.get_meta("racp:oximeter") is None  # queued, not stored: nothing moved yet
+    assert journal.commit_once()
+    assert outbox.get_meta("racp:oximeter") == 9
+    assert outbox.head()[0] == 3
+
+
+def test_the_outbox_refuses_a_cursor_named_like_its_own_meta(outbox: Outbox) -> None:
+    journal, _ = journal_for(outbox)
+    journal.submit(DEVICE, "oximeter", "pt-1", reading(95), time.time(), cursor=("last_seq", 1))
+    with pytest.raises(ValueError, match="belong to the outbox"):
+        journal.commit_once()
+    assert outbox.head()[0] == 0
+    assert journal.pending == 1  # kept, not lost
