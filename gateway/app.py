@@ -15,13 +15,14 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.clock import clock_state
 from gateway.config import Config, DeviceConfig
 from gateway.outbox import Outbox, OutboxError
 from gateway.pipeline import ByteStream, DeviceSession, DeviceUnavailable, Journal
-from gateway.registry import Registry
+from gateway.registry import AnyDriver, Registry
 from gateway.sdk import SerialSettings
 from gateway.signing import ChainHead, HubIdentity, IdentityError, Signer
 from gateway.systemd import Notifier
@@ -35,6 +36,11 @@ from gateway.transport.serial import (
     open_serial,
 )
 from gateway.uplink import Uplink
+
+if TYPE_CHECKING:
+    from gateway.ble_session import Advertisement, BleDeviceSession, Link
+    from gateway.config import BleConfig
+    from gateway.transport.ble import BleConnector, BleScanner
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,44 @@ class SerialOpener:
             raise DeviceUnavailable(str(exc)) from exc
 
 
+class BleRadio:
+    """The BLE transport (one scanner, one connector per adapter) seen through the session's
+    `Radio` protocol: transport errors become `DeviceUnavailable`."""
+
+    def __init__(self, ble: BleConfig) -> None:
+        from gateway.transport.ble import BleConnector, BleScanner
+
+        self.scanner: BleScanner = BleScanner(ble.adapter, passive=ble.passive,
+                                              watchdog=ble.scanner_watchdog)
+        self.connector: BleConnector = BleConnector(ble.adapter,
+                                                    max_connections=ble.max_connections,
+                                                    connect_timeout=ble.connect_timeout)
+
+    async def wait_for(self, predicate: Callable[[Advertisement], bool]) -> Advertisement:
+        return await self.scanner.wait_for(predicate)
+
+    def forget(self, address: str) -> None:
+        self.scanner.forget(address)
+
+    async def connect(self, advert: Advertisement, name: str) -> Link:
+        from gateway.ble_session import Unavailable
+        from gateway.transport.ble import Advert, BleConnectError, BleUnavailable
+
+        assert isinstance(advert, Advert)  # noqa: S101  # only the scanner's adverts come here
+        try:
+            return await self.connector.connect(advert, name)
+        except BleConnectError as exc:
+            raise Unavailable(str(exc), retry_after=4.0 if exc.out_of_slots else 0.0) from exc
+        except BleUnavailable as exc:
+            raise Unavailable(str(exc), retry_after=5.0) from exc
+
+    async def close_stale(self, address: str) -> None:
+        await self.connector.close_stale(address)
+
+    async def clear_cache(self, address: str) -> None:
+        await self.connector.clear_cache(address)
+
+
 def mqtt_settings(config: Config) -> MqttSettings:
     """Connection settings; the uplink adds the last will (status "offline") itself."""
     mqtt = config.mqtt
@@ -148,6 +192,8 @@ class Hub:
         self._opener = opener()
         self._notifier = notifier or Notifier()
         self.stop_event = asyncio.Event()
+        self.radio: BleRadio | None = None
+        self.sessions: list[DeviceSession | BleDeviceSession] = []
 
     async def run(self) -> int:
         config = self.config
@@ -172,19 +218,24 @@ class Hub:
             status_extra={"version": __version__, "jwk": state.identity.public_jwk()})
         journal = Journal(state.outbox, signer, on_commit=uplink.wake,
                           commit_interval=config.outbox.commit_interval)
-        sessions = [self._session(device, journal) for device in config.devices]
-        journal.event("hub-started", {"version": __version__, "devices": len(sessions),
-                                      "clock": clock_state()})
+        sessions = [self._session(device, journal) for device in config.devices
+                    if not device.is_ble]
+        ble_sessions = self._ble_sessions(journal, state.outbox)
+        self.sessions = [*sessions, *ble_sessions]
+        journal.event("hub-started", {"version": __version__,
+                                      "devices": len(self.sessions), "clock": clock_state()})
         self._install_signals()
         log.info("hub %s: started with %d device(s); outbox holds %d entries (last seq %d)",
-                 config.hub.id, len(sessions), state.outbox.depth(), last_seq)
+                 config.hub.id, len(self.sessions), state.outbox.depth(), last_seq)
         async with asyncio.TaskGroup() as group:
             journal_task = group.create_task(journal.run(), name="journal")
             uplink_task = group.create_task(uplink.run(), name="uplink")
             workers = [group.create_task(s.run(), name=f"device {s.device.id}")
-                       for s in sessions]
+                       for s in self.sessions]
+            if self.radio is not None:
+                workers.append(group.create_task(self.radio.scanner.run(), name="ble scanner"))
             workers.append(group.create_task(self._watchdog(), name="watchdog"))
-            self._notifier.ready(f"{len(sessions)} device(s)")
+            self._notifier.ready(f"{len(self.sessions)} device(s)")
             await self.stop_event.wait()
             log.info("stopping: draining in-flight work")
             self._notifier.stopping()
@@ -200,6 +251,29 @@ class Hub:
         driver = self.registry.get_serial(device.driver)
         settings = self.registry.serial_settings(device.driver, device.options)
         return DeviceSession(device, driver, settings, self._opener, journal)
+
+    def _ble_sessions(self, journal: Journal, outbox: Outbox) -> list[BleDeviceSession]:
+        devices = [device for device in self.config.devices if device.is_ble]
+        if not devices:
+            return []
+        from gateway.ble_session import BleDeviceSession
+        from gateway.registry import ble_claims
+
+        self.radio = BleRadio(self.config.ble)
+        sessions = []
+        for device in devices:
+            driver = self.registry.get_ble(device.driver)
+
+            def claims(advert: Advertisement, driver: AnyDriver = driver) -> bool:
+                from gateway.transport.ble import Advert
+
+                return isinstance(advert, Advert) and ble_claims(
+                    driver, service_uuids=advert.service_uuids,
+                    manufacturer_data=advert.manufacturer_data, local_name=advert.name)
+
+            sessions.append(BleDeviceSession(device, driver, self.radio, journal, outbox,
+                                             claims=claims))
+        return sessions
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

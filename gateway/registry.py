@@ -200,6 +200,15 @@ def _ble_rank(rule: BleMatch, uuids: set[str], data: Mapping[int, bytes],
     return rank
 
 
+def ble_claims(driver: AnyDriver, *, service_uuids: Iterable[str] = (),
+               manufacturer_data: Mapping[int, bytes] | None = None,
+               local_name: str | None = None) -> bool:
+    """Whether any of the driver's BLE match rules matches this advertisement."""
+    uuids = {uuid.lower() for uuid in service_uuids}
+    return any(_ble_rank(rule, uuids, manufacturer_data or {}, local_name, None)
+               for rule in driver.info.match if isinstance(rule, BleMatch))
+
+
 def _installed_entry_points() -> Iterable[EntryPointLike]:
     from importlib.metadata import entry_points
 

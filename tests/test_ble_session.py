@@ -1,0 +1,208 @@
+"""BLE device sessions in-process: the real bleak, bleak-retry-connector, the virtual BlueZ, the
+real journal, signer and outbox. (The daemon end to end, with a broker, is in test_ble_e2e.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import BleRadio
+from gateway.ble_session import BleDeviceSession
+from gateway.config import BleConfig, DeviceConfig
+from gateway.outbox import Outbox
+from gateway.pipeline import Journal
+from gateway.registry import Registry
+from gateway.sdk import uuid16
+from gateway.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
+from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
+from tests.blelab import bleak_session, needs_dbus
+
+pytestmark = needs_dbus
+
+HRS = uuid16(0x180D)
+HR_MEASUREMENT = uuid16(0x2A37)
+DIS = uuid16(0x180A)
+SERIAL_NUMBER = uuid16(0x2A25)
+BAS = uuid16(0x180F)
+BATTERY_LEVEL = uuid16(0x2A19)
+REGISTRY = Registry.load()
+
+
+def strap(address: str, serial: str = "HR-0001") -> VirtualPeripheral:
+    return VirtualPeripheral(
+        address, "HR Strap",
+        services={HRS: {HR_MEASUREMENT: CharSpec(("notify",))},
+                  DIS: {SERIAL_NUMBER: CharSpec(("read",), serial.encode())},
+                  BAS: {BATTERY_LEVEL: CharSpec(("read", "notify"), b"\x57")}},
+        service_uuids=[HRS], rssi=-50)
+
+
+@dataclass
+class Rig:
+    bluez: BluezThread
+    outbox: Outbox
+    journal: Journal
+    radio: BleRadio
+    key: Any
+    sessions: list[BleDeviceSession]
+
+    final: list[dict[str, Any]] | None = None
+
+    def payloads(self) -> list[dict[str, Any]]:
+        if self.final is not None:
+            return self.final
+        return [verify_entry(e.body, self.key) for e in self.outbox.lease(0, 100_000)]
+
+    def readings(self, device: str | None = None) -> list[dict[str, Any]]:
+        return [p for p in self.payloads() if p["kind"] == "reading"
+                and (device is None or p["device"]["id"] == device)]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [p for p in self.payloads() if p["kind"] == "event" and p["event"] == name]
+
+    async def until(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.02)
+
+    async def stream(self, peripheral: VirtualPeripheral, uuid: str, values: list[bytes],
+                     gap: float = 0.0) -> None:
+        for value in values:
+            await self.bluez.notify(peripheral, uuid, value)
+            if gap:
+                await asyncio.sleep(gap)
+
+
+@asynccontextmanager
+async def rig(bluez: BluezThread, tmp_path: Path, devices: list[DeviceConfig],
+              ble: BleConfig | None = None) -> AsyncIterator[Rig]:
+    outbox = Outbox.open(tmp_path / "outbox.sqlite")
+    identity = HubIdentity.generate()
+    journal = Journal(outbox, Signer(identity, "hub-t", ChainHead(*outbox.head())),
+                      on_commit=lambda: None, commit_interval=0.002)
+    radio = BleRadio(ble or BleConfig(passive=False, scanner_watchdog=5.0))
+    sessions = [BleDeviceSession(d, REGISTRY.get_ble(d.driver), radio, journal, outbox)
+                for d in devices]
+    async with bleak_session():
+        tasks = [asyncio.create_task(journal.run()), asyncio.create_task(radio.scanner.run()),
+                 *(asyncio.create_task(s.run()) for s in sessions)]
+        the_rig = Rig(bluez, outbox, journal, radio, load_public_jwk(identity.public_jwk()),
+                      sessions)
+        try:
+            yield the_rig
+        finally:
+            for task in tasks[2:]:
+                task.cancel()
+            await asyncio.gather(*tasks[2:], return_exceptions=True)
+            await journal.drain()
+            for task in tasks[:2]:
+                task.cancel()
+            await asyncio.gather(*tasks[:2], return_exceptions=True)
+            the_rig.final = the_rig.payloads()  # signatures checked here, once
+            outbox.close()
+
+
+def hr(bpm: int) -> bytes:
+    return bytes((0x00, bpm))
+
+
+def test_a_configured_strap_is_found_connected_identified_and_its_values_signed(
+        bluez: BluezThread, tmp_path: Path) -> None:
+    device = DeviceConfig("strap", "gatt.hrs", "pt-1", address="C0:FF:EE:00:00:01")
+    peripheral = strap("C0:FF:EE:00:00:01")
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            started = time.monotonic()
+            await bluez.add_peripheral(peripheral)
+            await r.until(lambda: r.sessions[0].connected)
+            assert time.monotonic() - started < 3
+            await r.stream(peripheral, HR_MEASUREMENT, [hr(70), hr(71), hr(72)])
+            await r.until(lambda: len(r.readings("strap")) >= 4)
+            return r
+
+    r = asyncio.run(run())
+    readings = r.readings("strap")
+    battery = [p for p in readings if p["device"]["driver"] == "gatt.bas"]
+    heart = [p for p in readings if p["device"]["driver"] == "gatt.hrs"]
+    assert [o["value"] for p in battery for o in p["observations"]] == [0x57]
+    assert [p["observations"][0]["value"] for p in heart] == [70, 71, 72]
+    assert heart[0]["device"]["serial"] == "HR-0001"
+    assert heart[0]["device"]["address"] == "C0:FF:EE:00:00:01"
+    assert len(r.events("device-connected")) == 1
+
+
+def test_link_loss_is_an_event_and_the_device_is_reconnected(
+        bluez: BluezThread, tmp_path: Path) -> None:
+    device = DeviceConfig("strap", "gatt.hrs", "pt-1", address="C0:FF:EE:00:00:01")
+    peripheral = strap("C0:FF:EE:00:00:01")
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            await bluez.add_peripheral(peripheral)
+            await r.until(lambda: r.sessions[0].connected)
+            await r.stream(peripheral, HR_MEASUREMENT, [hr(80)])
+            await r.until(lambda: any(p["device"]["driver"] == "gatt.hrs"
+                                      for p in r.readings()))
+            await bluez.drop_link(peripheral)
+            await r.until(lambda: r.sessions[0].connects == 2)
+            await r.stream(peripheral, HR_MEASUREMENT, [hr(81)])
+            await r.until(lambda: [p["observations"][0]["value"] for p in r.readings()
+                                   if p["device"]["driver"] == "gatt.hrs"] == [80, 81])
+            return r
+
+    r = asyncio.run(run())
+    lost = r.events("device-lost")
+    assert len(lost) == 1
+    assert lost[0]["detail"]["device"] == "strap"
+    assert len(r.events("device-connected")) == 2
+
+
+def test_a_device_named_by_serial_is_told_from_a_neighbour_of_the_same_kind(
+        bluez: BluezThread, tmp_path: Path) -> None:
+    device = DeviceConfig("mine", "gatt.hrs", "pt-1", serial="HR-MINE")
+    neighbour = strap("C0:FF:EE:00:00:07", serial="HR-NEIGHBOUR")
+    mine = strap("C0:FF:EE:00:00:08", serial="HR-MINE")
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            await bluez.add_peripheral(neighbour)
+            await bluez.add_peripheral(mine)
+            await r.until(lambda: r.sessions[0].connected)
+            await r.stream(mine, HR_MEASUREMENT, [hr(65)])
+            await r.stream(neighbour, HR_MEASUREMENT, [hr(99)])
+            await r.until(lambda: any(p["device"]["driver"] == "gatt.hrs"
+                                      for p in r.readings()))
+            await asyncio.sleep(0.2)
+            return r
+
+    r = asyncio.run(run())
+    heart = [p for p in r.readings() if p["device"]["driver"] == "gatt.hrs"]
+    assert [p["observations"][0]["value"] for p in heart] == [65]
+    assert {p["device"]["serial"] for p in r.readings()} == {"HR-MINE"}
+    assert r.sessions[0].address == "C0:FF:EE:00:00:08"
+
+
+@pytest.mark.parametrize("failures", [2])
+def test_le_connection_abort_by_local_is_retried_without_a_lost_device(
+        bluez: BluezThread, tmp_path: Path, failures: int) -> None:
+    device = DeviceConfig("strap", "gatt.hrs", "pt-1", address="C0:FF:EE:00:00:01")
+    peripheral = strap("C0:FF:EE:00:00:01")
+    peripheral.fail_connects(failures)
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            await bluez.add_peripheral(peripheral)
+            await r.until(lambda: r.sessions[0].connected)
+            return r
+
+    r = asyncio.run(run())
+    assert peripheral.connect_calls == failures + 1
+    assert r.events("device-lost") == []
