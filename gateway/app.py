@@ -133,6 +133,7 @@ class BleRadio:
         self.connector: BleConnector = BleConnector(ble.adapter,
                                                     max_connections=ble.max_connections,
                                                     connect_timeout=ble.connect_timeout)
+        self.scanner.watch.listen(self.connector.bluez_restarted)
 
     async def wait_for(self, predicate: Callable[[Advertisement], bool]) -> Advertisement:
         return await self.scanner.wait_for(predicate)

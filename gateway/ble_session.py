@@ -31,7 +31,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from gateway import racp
-from gateway.clock import clock_state
+from gateway.clock import HubClock, clock_state
 from gateway.config import DeviceConfig
 from gateway.drivers.gatt_bas import BATTERY_LEVEL, decode_battery_level
 from gateway.drivers.gatt_bas import DRIVER as BAS_DRIVER
@@ -209,6 +209,7 @@ class BleDeviceSession:
     def __init__(self, device: DeviceConfig, driver: GattDriver, radio: Radio,
                  journal: Journal, outbox: Outbox, *,
                  claims: Callable[[Advertisement], bool] | None = None,
+                 clock: Callable[[], HubClock] = clock_state,
                  max_backoff: float = 30.0) -> None:
         self.device = device
         self._driver = driver
@@ -216,6 +217,7 @@ class BleDeviceSession:
         self._journal = journal
         self._outbox = outbox
         self._claims = claims or (lambda _advert: True)
+        self._clock = clock
         self._max_backoff = max_backoff
         self._identity: dict[str, object] = {
             "id": device.id, "driver": driver.info.id, "driver_version": driver.info.version}
@@ -233,6 +235,10 @@ class BleDeviceSession:
         self.decode_errors = 0
         self.records_skipped = 0
         self.address: str | None = device.address
+
+    def serving(self, connection: int) -> bool:
+        """Connected and subscribed on its `connection`-th connection (1 = the first)."""
+        return self.connected and self.connects == connection
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -260,6 +266,7 @@ class BleDeviceSession:
             except DeviceUnavailable as exc:
                 self._lost(str(exc))
             finally:
+                self._flush_decoder()
                 self.connected = self._announced = False
                 self._decoder = None
                 self._sync = None
@@ -357,7 +364,7 @@ class BleDeviceSession:
 
     async def _set_clock(self, link: Link) -> None:
         """Give the device the hub's time, only while the hub's clock is synchronised."""
-        if not link.has(CURRENT_TIME, "write") or clock_state() != "synced":
+        if not link.has(CURRENT_TIME, "write") or self._clock() != "synced":
             return
         try:
             await self._call(link.write(CURRENT_TIME, encode_current_time(
@@ -421,6 +428,23 @@ class BleDeviceSession:
             self._next_due[uuid] = mono + self.device.summary_interval
             readings = readings[-1:]
         for reading in readings:
+            self._submit(self._identity, reading, None)
+
+    def _flush_decoder(self) -> None:
+        """A decoder holding part of a record (an FTMS record split over notifications) hands
+        it over, marked incomplete, when the link ends: what arrived is kept."""
+        flush = getattr(self._decoder, "flush", None)
+        if flush is None:
+            return
+        try:
+            result = flush()
+        except Exception as exc:  # a driver bug must not stop the session
+            log.error("device %s: driver %s failed to flush: %s", self.device.id,  # noqa: TRY400
+                      self._driver.info.id, type(exc).__name__)
+            return
+        for error in result.errors:
+            self._count_error(error)
+        for reading in result.readings:
             self._submit(self._identity, reading, None)
 
     def _is_stream(self, uuid: str) -> bool:

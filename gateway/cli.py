@@ -72,12 +72,28 @@ def _parser() -> argparse.ArgumentParser:
                    "generic.kv-lines: '{\"keys\": {\"spo2\": {\"type\": \"spo2\"}}}')")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("simulate", help="run a simulated device on a pseudo-terminal")
-    p.add_argument("driver", help="driver id of the device to simulate, e.g. contec.cms50d")
-    p.add_argument("--link", type=Path, required=True, help="path of the symlink to create")
+    p = sub.add_parser("simulate", help="run a simulated device: serial on a pseudo-terminal, "
+                       "or Bluetooth LE on a virtual BlueZ (--ble)")
+    p.add_argument("driver", nargs="+", help="driver id of the device to simulate, e.g. "
+                   "contec.cms50d; with --ble, one or more of gatt.plx gatt.gls gatt.ftms "
+                   "gatt.hrs")
+    p.add_argument("--link", type=Path, help="serial: path of the pseudo-terminal link to create")
+    p.add_argument("--ble", action="store_true", help="start a virtual Bluetooth lab (a private "
+                   "D-Bus bus with a virtual BlueZ) and print its address")
+    p.add_argument("--address", help="--ble: the device's Bluetooth address")
+    p.add_argument("--serial", help="--ble: the device's Device Information serial number")
     p.add_argument("--rate", type=float, default=None,
                    help="frames (or lines) per second (default: the device's own rate)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+
+    p = sub.add_parser("scan", help="list nearby Bluetooth LE devices, the driver for each, and "
+                       "whether this hub is configured for it")
+    p.add_argument("-c", "--config", type=Path, default=None,
+                   help=f"configuration whose devices count as paired (default {DEFAULT_CONFIG} "
+                        "when it exists)")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
+    p.add_argument("--adapter", default=None, help="adapter (default: the config's, or hci0)")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("identity", help="print the hub's public key as a JWK")
     with_config(p)
@@ -233,9 +249,46 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from gateway.sim import SimulatorError, run_simulator
 
     try:
-        run_simulator(args.driver, args.link, rate_hz=args.rate, seconds=args.seconds)
+        if args.ble:
+            from gateway.sim.ble_lab import run_ble_lab
+
+            run_ble_lab(args.driver, rate_hz=args.rate, seconds=args.seconds,
+                        address=args.address, serial=args.serial)
+            return EXIT_OK
+        if args.link is None or len(args.driver) != 1:
+            return _fail("a serial simulator needs one driver and --link PATH (or use --ble)",
+                         EXIT_CONFIG)
+        run_simulator(args.driver[0], args.link, rate_hz=args.rate, seconds=args.seconds)
     except SimulatorError as exc:
         return _fail(str(exc), EXIT_CONFIG)
+    return EXIT_OK
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.config import ConfigError
+    from gateway.scan import ScanError, render, scan
+
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    devices: tuple[DeviceConfig, ...] = ()
+    adapter = args.adapter or "hci0"
+    if path is not None:
+        try:
+            config = _load(path)
+        except ConfigError as exc:
+            return _fail(str(exc), EXIT_CONFIG)
+        devices = config.devices
+        adapter = args.adapter or config.ble.adapter
+    if args.seconds <= 0:
+        return _fail("--seconds must be positive", EXIT_CONFIG)
+    if not args.json:
+        print(f"listening on {adapter} for {args.seconds:g} s...", file=sys.stderr)
+    try:
+        rows = asyncio.run(scan(args.seconds, adapter=adapter, devices=devices))
+    except ScanError as exc:
+        return _fail(str(exc))
+    print(json.dumps([row.as_dict() for row in rows], indent=2) if args.json else render(rows))
     return EXIT_OK
 
 
@@ -308,6 +361,7 @@ _COMMANDS = {
     "drivers": _cmd_drivers,
     "decode": _cmd_decode,
     "simulate": _cmd_simulate,
+    "scan": _cmd_scan,
     "identity": _cmd_identity,
     "status": _cmd_status,
     "verify": _cmd_verify,

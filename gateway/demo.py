@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -20,12 +21,15 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from gateway.config import Config, load_config
 from gateway.signing import HubIdentity
 from gateway.sim.kv_lines import KV_OPTIONS
 from gateway.verify import VerifyReport, run_verify
+
+if TYPE_CHECKING:
+    from gateway.sim.ble_base import SimulatedBleDevice
 
 HUB_ID = "demo-hub"
 
@@ -119,6 +123,42 @@ def _amqtt_broker(port: int) -> Iterator[None]:
         thread.join(5)
 
 
+@contextlib.contextmanager
+def _ble_lab() -> Iterator[dict[str, SimulatedBleDevice]]:
+    """Simulated Bluetooth devices on a virtual BlueZ, when dbus-daemon is there: an exercise
+    bike streaming, and a spot-check oximeter holding five stored readings to be synced."""
+    from gateway.sim.dbus_bus import dbus_daemon_available
+
+    if not dbus_daemon_available():
+        yield {}
+        return
+    from gateway.sim.ble_devices import IndoorBike, PulseOximeter, start_device, stop_device
+    from gateway.sim.bluez import BluezThread
+    from gateway.sim.dbus_bus import private_bus
+
+    devices: dict[str, SimulatedBleDevice] = {
+        "bike": IndoorBike(seed=1),
+        "ble-oximeter": PulseOximeter(stored_records=5, spot_check_every=10, seed=1)}
+    saved = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+    with private_bus() as bus:
+        # bleak talks to the system bus only; in this process, that is now the lab's bus.
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus
+        lab = BluezThread.start(bus)
+        try:
+            for device in devices.values():
+                start_device(lab, device, rate=2.0)
+            yield devices
+        finally:
+            for device in devices.values():
+                with contextlib.suppress(Exception):
+                    stop_device(lab, device).result(5)
+            lab.stop()
+            if saved is None:
+                os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+            else:
+                os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = saved
+
+
 class _Receiver:
     """`run_verify` on a thread: the platform's side of the demo, with what the live view
     shows (counts and the latest values of the simulated devices)."""
@@ -170,8 +210,22 @@ class _Receiver:
                 self.last[device] = values or "(no values)"
 
 
+def _ble_devices_toml(ble: Mapping[str, SimulatedBleDevice]) -> str:
+    blocks = [f'''
+[[devices]]
+id = "{device_id}"
+driver = "{device.driver_id}"
+address = "{device.peripheral.address}"
+patient = "pt-demo-0001"
+summary_interval = 0.5
+''' for device_id, device in ble.items()]
+    if ble:
+        blocks.append("\n[ble]\npassive = false\n")
+    return "".join(blocks)
+
+
 def _demo_config(workdir: Path, url: str, protocol: str, oximeter: Path,
-                 spirometer: Path) -> Config:
+                 spirometer: Path, *, ble: Mapping[str, SimulatedBleDevice]) -> Config:
     path = workdir / "demo.toml"
     path.write_text(f"""
 [hub]
@@ -200,6 +254,7 @@ port = "{spirometer}"
 patient = "pt-demo-0001"
 [devices.options]
 {_toml_table(KV_OPTIONS)}
+{_ble_devices_toml(ble)}
 """)
     return load_config(path)
 
@@ -231,7 +286,8 @@ def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None
             stack.enter_context(cms50d.start_pty(oximeter, rate_hz=60.0, seed=1,
                                                  episode_every=8.0))
             stack.enter_context(kv_lines.start_pty(spirometer, rate_hz=0.5, seed=1))
-            config = _demo_config(workdir, url, protocol, oximeter, spirometer)
+            ble = stack.enter_context(_ble_lab())
+            config = _demo_config(workdir, url, protocol, oximeter, spirometer, ble=ble)
             identity = HubIdentity.load_or_create(config.hub.state_dir)
             jwk_file = workdir / "hub.jwk"
             jwk_file.write_text(json.dumps(identity.public_jwk()))
@@ -241,7 +297,11 @@ def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None
             print(f"rtm-gateway demo: broker {broker_name} at {url}\n"
                   f"  simulated CMS50D+ pulse oximeter on {oximeter}\n"
                   f"  simulated peak-flow meter on {spirometer}\n"
-                  f"  running {seconds:.0f} s; every entry is verified on arrival\n", file=out)
+                  + "".join(f"  simulated {d.what} over Bluetooth LE at "
+                            f"{d.peripheral.address} (virtual BlueZ)\n" for d in ble.values())
+                  + ("" if ble else "  (no Bluetooth devices: dbus-daemon is not installed)\n")
+                  + f"  running {seconds:.0f} s; every entry is verified on arrival\n",
+                  file=out)
             sent = asyncio.run(_run_hub(config, seconds, receiver, out))
             deadline = time.monotonic() + 10
             while receiver.received < sent and time.monotonic() < deadline:

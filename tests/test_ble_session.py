@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ import pytest
 from gateway.app import BleRadio
 from gateway.ble_session import BleDeviceSession
 from gateway.config import BleConfig, DeviceConfig
+from gateway.drivers.gatt_cts import decode_current_time
 from gateway.outbox import Outbox
 from gateway.pipeline import Journal
 from gateway.registry import Registry
 from gateway.sdk import uuid16
 from gateway.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
+from gateway.sim.ble_devices import GlucoseMeter, PulseOximeter, run_on, start_device, stop_device
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from tests.blelab import bleak_session, needs_dbus
 
@@ -69,7 +72,7 @@ class Rig:
 
     async def until(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
-            while not check():
+            while not check():  # noqa: ASYNC110  # polls state owned by other tasks and threads
                 await asyncio.sleep(0.02)
 
     async def stream(self, peripheral: VirtualPeripheral, uuid: str, values: list[bytes],
@@ -82,13 +85,14 @@ class Rig:
 
 @asynccontextmanager
 async def rig(bluez: BluezThread, tmp_path: Path, devices: list[DeviceConfig],
-              ble: BleConfig | None = None) -> AsyncIterator[Rig]:
+              ble: BleConfig | None = None, clock: str = "unsynced") -> AsyncIterator[Rig]:
     outbox = Outbox.open(tmp_path / "outbox.sqlite")
     identity = HubIdentity.generate()
     journal = Journal(outbox, Signer(identity, "hub-t", ChainHead(*outbox.head())),
                       on_commit=lambda: None, commit_interval=0.002)
     radio = BleRadio(ble or BleConfig(passive=False, scanner_watchdog=5.0))
-    sessions = [BleDeviceSession(d, REGISTRY.get_ble(d.driver), radio, journal, outbox)
+    sessions = [BleDeviceSession(d, REGISTRY.get_ble(d.driver), radio, journal, outbox,
+                                 clock=lambda: clock)  # type: ignore[arg-type,return-value]
                 for d in devices]
     async with bleak_session():
         tasks = [asyncio.create_task(journal.run()), asyncio.create_task(radio.scanner.run()),
@@ -152,7 +156,7 @@ def test_link_loss_is_an_event_and_the_device_is_reconnected(
             await r.until(lambda: any(p["device"]["driver"] == "gatt.hrs"
                                       for p in r.readings()))
             await bluez.drop_link(peripheral)
-            await r.until(lambda: r.sessions[0].connects == 2)
+            await r.until(lambda: r.sessions[0].serving(2))
             await r.stream(peripheral, HR_MEASUREMENT, [hr(81)])
             await r.until(lambda: [p["observations"][0]["value"] for p in r.readings()
                                    if p["device"]["driver"] == "gatt.hrs"] == [80, 81])
@@ -206,3 +210,124 @@ def test_le_connection_abort_by_local_is_retried_without_a_lost_device(
     r = asyncio.run(run())
     assert peripheral.connect_calls == failures + 1
     assert r.events("device-lost") == []
+
+
+def _records(r: Rig, device: str) -> list[int]:
+    return [p["status"]["sequence_number"] for p in r.readings(device)
+            if p["device"]["driver"] == "gatt.gls" and "glucose" in
+            {o["type"] for o in p["observations"]}]
+
+
+def test_glucose_records_are_fetched_once_and_only_new_ones_on_the_next_connection(
+        bluez: BluezThread, tmp_path: Path) -> None:
+    meter = GlucoseMeter(address="C0:FF:EE:60:00:01", records=30, first_sequence=5, seed=3)
+    device = DeviceConfig("glucose", "gatt.gls", "pt-1", address=meter.peripheral.address)
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            start_device(bluez, meter, rate=0.001)
+            await r.until(lambda: len(_records(r, "glucose")) == 30)
+            await r.until(lambda: r.outbox.get_meta("ble.last-record:glucose") == 34)
+            await bluez.drop_link(meter.peripheral)
+            await asyncio.wrap_future(run_on(bluez, meter.add_record()))
+            await r.until(lambda: r.sessions[0].serving(2))
+            await r.until(lambda: len(_records(r, "glucose")) == 31)
+            await asyncio.sleep(0.3)
+            await asyncio.wrap_future(stop_device(bluez, meter))
+            return r
+
+    r = asyncio.run(run())
+    assert _records(r, "glucose") == list(range(5, 36))
+    assert meter.racp_requests[-1][:3] == bytes((0x01, 0x03, 0x01))  # ">= 35" the 2nd time
+    assert int.from_bytes(meter.racp_requests[-1][3:5], "little") == 35
+
+
+def test_pulse_oximeter_spot_checks_are_fetched_then_deleted_on_the_device(
+        bluez: BluezThread, tmp_path: Path) -> None:
+    oximeter = PulseOximeter(address="C0:FF:EE:50:00:01", stored_records=4, seed=2,
+                             spot_check_every=0)
+    device = DeviceConfig("plx", "gatt.plx", "pt-1", address=oximeter.peripheral.address,
+                          summary_interval=0.05)
+
+    def spot_checks(r: Rig) -> list[dict[str, Any]]:
+        # Spot-checks carry the device's time stamp; continuous values do not.
+        return [p for p in r.readings("plx") if p["device"]["driver"] == "gatt.plx"
+                and p["time"]["device"] is not None]
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            start_device(bluez, oximeter, rate=20)
+            await r.until(lambda: len(spot_checks(r)) == 4)
+            await r.until(lambda: not oximeter.stored)
+            await r.until(lambda: len([p for p in r.readings("plx")
+                                       if p not in spot_checks(r)]) >= 3)
+            await asyncio.wrap_future(stop_device(bluez, oximeter))
+            return r
+
+    r = asyncio.run(run())
+    assert len(spot_checks(r)) == 4
+    assert r.payloads()  # signatures verified while collecting
+
+
+CTS = uuid16(0x1805)
+CURRENT_TIME = uuid16(0x2A2B)
+
+
+@pytest.mark.parametrize("clock", ["synced", "unsynced"])
+def test_the_device_clock_is_set_only_from_a_synchronised_hub_clock(
+        bluez: BluezThread, tmp_path: Path, clock: str) -> None:
+    peripheral = strap("C0:FF:EE:00:00:01")
+    peripheral.services = {**peripheral.services,
+                           CTS: {CURRENT_TIME: CharSpec(("read", "write", "notify"), bytes(10))}}
+    device = DeviceConfig("strap", "gatt.hrs", "pt-1", address=peripheral.address)
+
+    async def run() -> None:
+        async with rig(bluez, tmp_path, [device], clock=clock) as r:
+            await bluez.add_peripheral(peripheral)
+            await r.until(lambda: r.sessions[0].connected)
+
+    before = datetime.now().astimezone()
+    asyncio.run(run())
+    written = [data for uuid, data in peripheral.writes if uuid == CURRENT_TIME]
+    if clock == "unsynced":
+        assert written == []
+        return
+    (value,) = written
+    reading = decode_current_time(value)
+    assert reading.device_time is not None
+    moment = reading.device_time.replace(tzinfo=before.tzinfo)
+    assert abs((moment - before).total_seconds()) < 5
+
+
+FTMS = uuid16(0x1826)
+FTMS_FEATURE = uuid16(0x2ACC)
+INDOOR_BIKE_DATA = uuid16(0x2AD2)
+
+
+def test_a_record_cut_by_link_loss_is_kept_marked_incomplete(
+        bluez: BluezThread, tmp_path: Path) -> None:
+    bike = VirtualPeripheral(
+        "C0:FF:EE:80:00:09", "Bike",
+        services={FTMS: {FTMS_FEATURE: CharSpec(("read",), bytes(8)),
+                         INDOOR_BIKE_DATA: CharSpec(("notify",))}},
+        service_uuids=[FTMS])
+    device = DeviceConfig("bike", "gatt.ftms", "pt-1", address=bike.address)
+    # "More Data" set (bit 0): power follows in a later notification that never comes.
+    first_half = (0x0045).to_bytes(2, "little") + (160).to_bytes(2, "little") + \
+        (150).to_bytes(2, "little", signed=True)
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            await bluez.add_peripheral(bike)
+            await r.until(lambda: r.sessions[0].connected)
+            await r.stream(bike, INDOOR_BIKE_DATA, [first_half])
+            await asyncio.sleep(0.2)
+            assert not [p for p in r.readings() if p["observations"]]  # held: more to come
+            await bluez.drop_link(bike)
+            await r.until(lambda: any(p["observations"] for p in r.readings()))
+            return r
+
+    r = asyncio.run(run())
+    (cut,) = [p for p in r.readings() if p["observations"]]
+    assert cut["status"]["record_complete"] is False
+    assert {o["type"] for o in cut["observations"]} == {"cadence", "power"}

@@ -86,7 +86,8 @@ def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
     loaded = load_config(config)
     assert loaded.mqtt.tls
     assert loaded.mqtt.cert_file == tmp_path / "hub.pem"
-    assert [d.driver for d in loaded.devices] == ["contec.cms50d", "generic.kv-lines"]
+    assert [d.driver for d in loaded.devices] == ["contec.cms50d", "generic.kv-lines",
+                                                  "gatt.plx", "gatt.ftms"]
 
 
 @pytest.mark.parametrize(("change", "path", "words"), [

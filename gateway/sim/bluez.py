@@ -1,15 +1,40 @@
 """A virtual BlueZ on a private D-Bus bus, for running the real bleak without a radio.
 
-What lives here: `VirtualBluez`, a D-Bus service owning `org.bluez` with one adapter (`hci0`),
-the virtual peripherals it hosts (`VirtualPeripheral`, `CharSpec`), and `BluezThread`, the same
-service running on its own event loop in a background thread (bleak runs in the caller's loop).
-The bus itself comes from `gateway.sim.dbus_bus`. Nothing here imports bleak or the gateway.
+What lives here: `VirtualBluez`, the `org.bluez` service (bluetoothd's D-Bus side) with one
+adapter (`hci0`), and `BluezThread`, the same service on its own event loop in a background
+thread (bleak runs in the caller's loop). The D-Bus object classes are in
+`gateway.sim.bluez_objects`, the peripherals (`VirtualPeripheral`, `CharSpec`) in
+`gateway.sim.bluez_peripheral`, advertisement monitors in `gateway.sim.bluez_monitor`; the bus
+comes from `gateway.sim.dbus_bus`. Nothing here imports bleak or the gateway.
 
-It models what bleak relies on, the way bluetoothd 5.66 behaves (../shared/reference/
-ble-testing.md): devices appear only when they advertise during a discovery, advertising ticks
-change RSSI so PropertiesChanged fires, Connect sets Connected, exports the GATT objects, then
-ServicesResolved; Disconnect does the reverse; notifications are PropertiesChanged on `Value`.
-Not modelled: AcquireNotify/AcquireWrite, pairing agents, advertisement monitors, ATT timing.
+Modelled on bluetoothd 5.66 (../shared/reference/ble-testing.md; Debian's real `bluetoothctl`
+drives it too, see tests/test_bluetoothctl.py):
+
+- Discovery sessions per client: a second StartDiscovery from one client is InProgress, a
+  StopDiscovery without one is Failed "No discovery started", a client leaving the bus ends its
+  session. Devices appear only when they advertise during a discovery (or match a monitor);
+  each advertising tick changes RSSI, so PropertiesChanged keeps firing. Heard data merges into
+  Device1 as bluetoothd merges it (a name is kept once heard; manufacturer data, service data
+  and UUIDs update per key and are never dropped); properties never heard are absent.
+- Connect sets Connected, exports the GATT objects (paths and Handle with a real server's
+  handle layout), then ServicesResolved; Disconnect and link loss do the reverse; notifications
+  are PropertiesChanged on `Value`. At most `max_connections` links at once (default 5, like
+  typical controllers); one more Connect fails with Failed "No available connection slots".
+- Adapter power: Powered is writable over D-Bus, or `set_powered`. Off: links drop, discovery
+  sessions end, Discovering is False, StartDiscovery, StopDiscovery, SetDiscoveryFilter,
+  Connect and RemoveDevice fail with NotReady. Device objects stay.
+- bluetoothd exiting and starting again (`stop_daemon`, `start_daemon`): a graceful exit powers
+  the adapter off, removes every object (InterfacesRemoved), releases `org.bluez` and leaves the
+  bus; `graceful=False` is a crash: the bus only reports NameOwnerChanged. A start is a new
+  process: a new bus connection owning the name, the adapter powered, no devices until they
+  advertise during a discovery again, no sessions, no monitors.
+- Passive scanning (bluetoothd --experimental): `org.bluez.AdvertisementMonitorManager1` with
+  "or_patterns" monitors, see `gateway.sim.bluez_monitor`. Monitors need no discovery:
+  Discovering stays False.
+
+Not modelled: AcquireNotify/AcquireWrite, pairing agents (no AgentManager1), monitor RSSI
+thresholds and lost timeouts, expiry of temporary devices, UUIDs from service resolution,
+BR/EDR, more than one adapter, ATT timing.
 
 Fault injection, modelled on bluetoothd:
 
@@ -20,466 +45,163 @@ Fault injection, modelled on bluetoothd:
   raises it as `BleakDBusError`. `VirtualPeripheral.connect_calls` counts Connect calls.
 - `VirtualPeripheral.connect_delay`: seconds before Connect answers. A Disconnect meanwhile (what
   bleak sends when its connect times out) cancels it with `le-connection-abort-by-local`.
-- `drop_link(peripheral)` (on `VirtualBluez` and `BluezThread`): link loss of a connected
-  peripheral: ServicesResolved False, GATT objects removed, Connected False.
+- `drop_link(peripheral)`: link loss of a connected peripheral: ServicesResolved False, GATT
+  objects removed, Connected False.
 - `vanish(peripheral)`: the peripheral stops advertising and its Device1 object is removed
   (InterfacesRemoved), dropping the link first if connected; `add` it again to bring it back.
+- `set_advertisement(peripheral, name=..., manufacturer_data=..., ...)`: the peripheral
+  advertises something else from its next tick on (only the arguments given change).
+- `mute_scanner()`: a wedged controller scan: Discovering stays True but nothing is heard
+  until a StopDiscovery (any client; a new StartDiscovery then scans again), an
+  UnregisterMonitor, a power cycle or a bluetoothd restart.
+- `set_powered`, `stop_daemon`, `start_daemon` (and `BluezThread.restart_daemon`) above;
+  `max_connections` when constructing or starting.
 
-The two fields and `fail_connects` are plain data read when Connect arrives, so a test may set
-them from its own thread; `drop_link` and `vanish` run on the service's loop.
+All of these exist on `VirtualBluez` (call them on its loop, `BluezThread.loop`) and on
+`BluezThread` (async, from any loop). `connect_delay` and `fail_connects` are plain data read
+when Connect arrives, so a test may set them from its own thread. Simulated devices may ask
+`VirtualBluez.link_state(peripheral)` whether a central is connected and listening.
 """
 
-# No `from __future__ import annotations`: dbus-fast reads these annotations at import time,
-# and would take a postponed `-> None` for a D-Bus signature.
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import itertools
-import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from dbus_fast import DBusError, Message, MessageType, Variant
-from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusBool, DBusBytes, DBusDict, DBusObjectPath, DBusSignature
-from dbus_fast.annotations import DBusStr as Str
-from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+from dbus_fast import DBusError, Message, MessageType
 
-_LOGGER = logging.getLogger(__name__)
+from gateway.sim.bluez_monitor import Monitors
+from gateway.sim.bluez_objects import (
+    ADAPTER1,
+    BLUEZ,
+    MONITOR_MANAGER1,
+    OBJECT_MANAGER,
+    Adapter,
+    BluezBus,
+    BluezObject,
+    Device,
+    GattCharacteristic,
+    MonitorManager,
+    gatt_objects,
+)
+from gateway.sim.bluez_peripheral import (
+    ABORT_BY_LOCAL,
+    CharSpec,
+    VirtualBluezError,
+    VirtualPeripheral,
+    advertising_data,
+)
 
-BLUEZ = "org.bluez"
-ADAPTER1 = "org.bluez.Adapter1"
-DEVICE1 = "org.bluez.Device1"
-GATT_SERVICE1 = "org.bluez.GattService1"
-GATT_CHARACTERISTIC1 = "org.bluez.GattCharacteristic1"
-GATT_DESCRIPTOR1 = "org.bluez.GattDescriptor1"
-OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
-CCCD_UUID = "00002902-0000-1000-8000-00805f9b34fb"
+__all__ = ["ABORT_BY_LOCAL", "BluezThread", "CharSpec", "VirtualBluez", "VirtualBluezError",
+           "VirtualPeripheral"]
+
 CALL_TIMEOUT = 5.0
-
-StrList = Annotated[list[str], DBusSignature("as")]
-Int16 = Annotated[int, DBusSignature("n")]
-ManufacturerData = Annotated[dict[int, Variant], DBusSignature("a{qv}")]
+DEFAULT_MAX_CONNECTIONS = 5
+NO_SLOTS = "No available connection slots"
+_NOT_READY = ("org.bluez.Error.NotReady", "Resource Not Ready")
+# Signals bluetoothd listens to: clients leaving the bus (sessions and monitors end with them).
+_NAME_OWNER_CHANGED = "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"
 
 _T = TypeVar("_T")
-
-ABORT_BY_LOCAL = "le-connection-abort-by-local"
-
-
-class VirtualBluezError(Exception):
-    """The virtual BlueZ could not start, or was used from the wrong thread or loop."""
-
-
-@dataclass(frozen=True, slots=True)
-class CharSpec:
-    """A characteristic of a virtual peripheral: BlueZ flags ("read", "notify", ...) and value."""
-
-    flags: tuple[str, ...]
-    value: bytes = b""
-
-
-@dataclass(eq=False, slots=True)
-class VirtualPeripheral:
-    """A device that advertises and, once connected, serves GATT. Define it, then `add` it."""
-
-    address: str
-    name: str | None = None
-    services: Mapping[str, Mapping[str, CharSpec]] = field(default_factory=dict)
-    manufacturer_data: Mapping[int, bytes] = field(default_factory=dict)
-    service_data: Mapping[str, bytes] = field(default_factory=dict)
-    service_uuids: Sequence[str] = ()
-    rssi: int = -60
-    advertise_interval: float = 0.05
-    address_type: str = "public"
-    connect_delay: float = 0.0
-    """Seconds before a Connect call answers (fault injection)."""
-    writes: list[tuple[str, bytes]] = field(default_factory=list)
-    """Every value a central wrote, as (characteristic UUID, bytes), oldest first."""
-    on_write: Callable[[str, bytes], None] | None = None
-    """Called on the service's loop after each write with (characteristic UUID, bytes): the
-    peripheral's behaviour (a control point answering with indications) hangs here. It may
-    raise `DBusError` to refuse the write, as a device's ATT error would."""
-    connect_calls: int = field(default=0, init=False)
-    """How many Connect calls reached this peripheral, failed ones included."""
-    _bluez: "VirtualBluez | None" = None
-    _connect_failures: list[tuple[str, str]] = field(default_factory=list, init=False,
-                                                     repr=False)
-
-    def fail_connects(self, count: int, error: str = "org.bluez.Error.Failed",
-                      message: str = ABORT_BY_LOCAL) -> None:
-        """Make the next `count` Connect calls fail with D-Bus `error` and `message`."""
-        if count < 0:
-            raise ValueError("count must not be negative")
-        self._connect_failures = [(error, message)] * count
-
-    async def notify(self, char_uuid: str, data: bytes) -> None:
-        """Send a notification, as the peripheral would; dropped unless connected and enabled."""
-        if self._bluez is None:
-            raise VirtualBluezError(f"{self.address} is not hosted by a VirtualBluez")
-        self._bluez.notify(self, char_uuid, bytes(data))
-
-
-class _Object(ServiceInterface):
-    """An exported BlueZ interface whose properties live in one dict, signalled on change."""
-
-    def __init__(self, name: str, path: str, props: dict[str, Any]) -> None:
-        super().__init__(name)
-        self.path = path
-        self.props = props
-
-    def update(self, *, force: bool = False, **changes: Any) -> None:
-        # bluetoothd signals only properties whose value changed.
-        changed = {k: v for k, v in changes.items() if force or self.props.get(k) != v}
-        if changed:
-            self.props.update(changed)
-            self.emit_properties_changed(changed)
-
-
-class _Adapter(_Object):
-    def __init__(self, bluez: "VirtualBluez", path: str, address: str) -> None:
-        super().__init__(ADAPTER1, path, {
-            "Address": address, "AddressType": "public", "Name": "rtm-virtual",
-            "Alias": "rtm-virtual", "Powered": True, "Discoverable": False, "Pairable": True,
-            "Discovering": False, "UUIDs": [], "Roles": ["central", "peripheral"]})
-        self._bluez = bluez
-
-    # StartDiscovery and StopDiscovery are answered by VirtualBluez._on_message, which sees the
-    # caller's bus name (sessions are per client); these declarations are for introspection.
-    @dbus_method()
-    def StartDiscovery(self) -> None:
-        raise DBusError("org.bluez.Error.Failed", "not reached")
-
-    @dbus_method()
-    def StopDiscovery(self) -> None:
-        raise DBusError("org.bluez.Error.Failed", "not reached")
-
-    @dbus_method()
-    def SetDiscoveryFilter(self, properties: DBusDict) -> None:
-        unknown = set(properties) - {"UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData",
-                                     "Discoverable", "Pattern"}
-        if unknown:
-            raise DBusError("org.bluez.Error.InvalidArguments", "Invalid arguments in method call")
-
-    @dbus_method()
-    def RemoveDevice(self, device: DBusObjectPath) -> None:
-        if not self._bluez.remove_device(device):
-            raise DBusError("org.bluez.Error.DoesNotExist", "Does Not Exist")
-
-    @dbus_property(PropertyAccess.READ)
-    def Address(self) -> Str:
-        return str(self.props["Address"])
-
-    @dbus_property(PropertyAccess.READ)
-    def AddressType(self) -> Str:
-        return str(self.props["AddressType"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Name(self) -> Str:
-        return str(self.props["Name"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Alias(self) -> Str:
-        return str(self.props["Alias"])
-
-    @dbus_property()
-    def Powered(self) -> DBusBool:
-        return bool(self.props["Powered"])
-
-    @Powered.setter  # type: ignore[no-redef]  # dbus-fast's property setter reuses the name
-    def Powered(self, value: DBusBool) -> None:
-        self._bluez.set_powered(value)
-
-    @dbus_property(PropertyAccess.READ)
-    def Discoverable(self) -> DBusBool:
-        return bool(self.props["Discoverable"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Pairable(self) -> DBusBool:
-        return bool(self.props["Pairable"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Discovering(self) -> DBusBool:
-        return bool(self.props["Discovering"])
-
-    @dbus_property(PropertyAccess.READ)
-    def UUIDs(self) -> StrList:
-        return list(self.props["UUIDs"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Roles(self) -> StrList:
-        return list(self.props["Roles"])
-
-
-class _Device(_Object):
-    """Device1 of a peripheral whose name is unknown: BlueZ then has no Name property at all."""
-
-    def __init__(self, bluez: "VirtualBluez", peripheral: VirtualPeripheral, path: str,
-                 adapter: str) -> None:
-        super().__init__(DEVICE1, path, {
-            "Address": peripheral.address, "AddressType": peripheral.address_type,
-            "Alias": peripheral.name or peripheral.address.replace(":", "-"),
-            "Paired": False, "Bonded": False, "Trusted": False, "Blocked": False,
-            "LegacyPairing": False, "RSSI": peripheral.rssi, "Connected": False,
-            "UUIDs": list(peripheral.service_uuids), "Adapter": adapter,
-            "ManufacturerData": {k: Variant("ay", bytes(v))
-                                 for k, v in peripheral.manufacturer_data.items()},
-            "ServiceData": {k: Variant("ay", bytes(v))
-                            for k, v in peripheral.service_data.items()},
-            "ServicesResolved": False})
-        self._bluez = bluez
-        self.peripheral = peripheral
-
-    @dbus_method()
-    async def Connect(self) -> None:
-        await self._bluez.connect(self)
-
-    @dbus_method()
-    async def Disconnect(self) -> None:
-        self._bluez.disconnect(self)
-
-    @dbus_method()
-    async def Pair(self) -> None:
-        if self.props["Paired"]:
-            raise DBusError("org.bluez.Error.AlreadyExists", "Already Exists")
-        await self._bluez.connect(self)
-        self.update(Paired=True, Bonded=True)
-
-    @dbus_property(PropertyAccess.READ)
-    def Address(self) -> Str:
-        return str(self.props["Address"])
-
-    @dbus_property(PropertyAccess.READ)
-    def AddressType(self) -> Str:
-        return str(self.props["AddressType"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Alias(self) -> Str:
-        return str(self.props["Alias"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Paired(self) -> DBusBool:
-        return bool(self.props["Paired"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Bonded(self) -> DBusBool:
-        return bool(self.props["Bonded"])
-
-    @dbus_property()
-    def Trusted(self) -> DBusBool:
-        return bool(self.props["Trusted"])
-
-    @Trusted.setter  # type: ignore[no-redef]  # dbus-fast's property setter reuses the name
-    def Trusted(self, value: DBusBool) -> None:
-        self.update(Trusted=value)
-
-    @dbus_property(PropertyAccess.READ)
-    def Blocked(self) -> DBusBool:
-        return bool(self.props["Blocked"])
-
-    @dbus_property(PropertyAccess.READ)
-    def LegacyPairing(self) -> DBusBool:
-        return bool(self.props["LegacyPairing"])
-
-    @dbus_property(PropertyAccess.READ)
-    def RSSI(self) -> Int16:
-        return int(self.props["RSSI"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Connected(self) -> DBusBool:
-        return bool(self.props["Connected"])
-
-    @dbus_property(PropertyAccess.READ)
-    def UUIDs(self) -> StrList:
-        return list(self.props["UUIDs"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Adapter(self) -> DBusObjectPath:
-        return str(self.props["Adapter"])
-
-    @dbus_property(PropertyAccess.READ)
-    def ManufacturerData(self) -> ManufacturerData:
-        return dict(self.props["ManufacturerData"])
-
-    @dbus_property(PropertyAccess.READ)
-    def ServiceData(self) -> DBusDict:
-        return dict(self.props["ServiceData"])
-
-    @dbus_property(PropertyAccess.READ)
-    def ServicesResolved(self) -> DBusBool:
-        return bool(self.props["ServicesResolved"])
-
-
-class _NamedDevice(_Device):
-    @dbus_property(PropertyAccess.READ)
-    def Name(self) -> Str:
-        return str(self.props["Name"])
-
-
-class _GattService(_Object):
-    def __init__(self, path: str, uuid: str, device: str) -> None:
-        super().__init__(GATT_SERVICE1, path, {"UUID": uuid, "Primary": True, "Device": device})
-
-    @dbus_property(PropertyAccess.READ)
-    def UUID(self) -> Str:
-        return str(self.props["UUID"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Primary(self) -> DBusBool:
-        return bool(self.props["Primary"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Device(self) -> DBusObjectPath:
-        return str(self.props["Device"])
-
-
-class _GattCharacteristic(_Object):
-    def __init__(self, path: str, uuid: str, service: str, spec: CharSpec,
-                 peripheral: VirtualPeripheral) -> None:
-        super().__init__(GATT_CHARACTERISTIC1, path, {
-            "UUID": uuid, "Service": service, "Value": spec.value, "Notifying": False,
-            "Flags": list(spec.flags)})
-        self.peripheral = peripheral
-
-    def _require(self, *flags: str) -> None:
-        if not set(flags) & set(self.props["Flags"]):
-            raise DBusError("org.bluez.Error.NotPermitted", f"{'/'.join(flags)} not permitted")
-
-    @dbus_method()
-    def ReadValue(self, options: DBusDict) -> DBusBytes:
-        self._require("read")
-        return bytes(self.props["Value"])
-
-    @dbus_method()
-    def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
-        self._require("write", "write-without-response")
-        uuid = str(self.props["UUID"])
-        if self.peripheral.on_write is not None:
-            self.peripheral.on_write(uuid, bytes(value))
-        self.peripheral.writes.append((uuid, bytes(value)))
-        self.props["Value"] = bytes(value)
-
-    @dbus_method()
-    def StartNotify(self) -> None:
-        # bluetoothd tracks sessions per client; one central at a time is enough here.
-        if not {"notify", "indicate"} & set(self.props["Flags"]):
-            raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
-        self.update(Notifying=True)
-
-    @dbus_method()
-    def StopNotify(self) -> None:
-        self.update(Notifying=False)
-
-    @dbus_property(PropertyAccess.READ)
-    def UUID(self) -> Str:
-        return str(self.props["UUID"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Service(self) -> DBusObjectPath:
-        return str(self.props["Service"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Value(self) -> DBusBytes:
-        return bytes(self.props["Value"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Notifying(self) -> DBusBool:
-        return bool(self.props["Notifying"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Flags(self) -> StrList:
-        return list(self.props["Flags"])
-
-
-class _GattDescriptor(_Object):
-    def __init__(self, path: str, uuid: str, characteristic: str) -> None:
-        super().__init__(GATT_DESCRIPTOR1, path, {
-            "UUID": uuid, "Characteristic": characteristic, "Value": b"\x00\x00"})
-
-    @dbus_method()
-    def ReadValue(self, options: DBusDict) -> DBusBytes:
-        return bytes(self.props["Value"])
-
-    @dbus_method()
-    def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
-        # BlueZ refuses CCCD writes (StartNotify is the way); other descriptors just store.
-        if self.props["UUID"] == CCCD_UUID:
-            raise DBusError("org.bluez.Error.NotPermitted", "Write not permitted")
-        self.props["Value"] = bytes(value)
-
-    @dbus_property(PropertyAccess.READ)
-    def UUID(self) -> Str:
-        return str(self.props["UUID"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Characteristic(self) -> DBusObjectPath:
-        return str(self.props["Characteristic"])
-
-    @dbus_property(PropertyAccess.READ)
-    def Value(self) -> DBusBytes:
-        return bytes(self.props["Value"])
-
-
-class _BluezBus(MessageBus):
-    """bluetoothd emits InterfacesAdded/Removed from `/`; dbus-fast would use the object's path."""
-
-    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
-        def send(iface: ServiceInterface, values: Any, _data: Any, exc: Exception | None) -> None:
-            if exc is not None:
-                _LOGGER.error("cannot read properties of %s at %s: %s", iface.name, path, exc)
-                return
-            self.send(Message.new_signal("/", OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",
-                                         [path, {iface.name: values}]))
-
-        if self.connected:
-            ServiceInterface._get_all_property_values(interface, send)
-
-    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
-        if self.connected:
-            self.send(Message.new_signal("/", OBJECT_MANAGER, "InterfacesRemoved", "oas",
-                                         [path, removed_interfaces]))
 
 
 @dataclass(eq=False, slots=True)
 class _Hosted:
     peripheral: VirtualPeripheral
     task: asyncio.Task[None] | None = None
-    device: _Device | None = None
-    gatt: list[_Object] = field(default_factory=list)
-    pending_connect: "asyncio.Future[None] | None" = None
+    device: Device | None = None
+    gatt: list[BluezObject] = field(default_factory=list)
+    pending_connect: asyncio.Future[None] | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Daemon:
+    """One bluetoothd lifetime: its bus connection and what lives and dies with it."""
+
+    bus: BluezBus
+    adapter: Adapter
+    monitors: Monitors
+    discovery_clients: set[str] = field(default_factory=set)
 
 
 class VirtualBluez:
     """The `org.bluez` service with adapter `hci0`. Use it inside one event loop."""
 
-    def __init__(self, bus: _BluezBus, adapter: str = "hci0",
-                 address: str = "00:00:5E:00:53:00") -> None:
-        self._bus = bus
+    def __init__(self, bus_address: str, adapter: str = "hci0",
+                 address: str = "00:00:5E:00:53:00", *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._bus_address = bus_address
         self.adapter_path = f"/org/bluez/{adapter}"
-        self._adapter = _Adapter(self, self.adapter_path, address)
-        self._discovery_clients: set[str] = set()
+        self._address = address
+        self.max_connections = max_connections
+        self._daemon: _Daemon | None = None
         self._hosted: dict[str, _Hosted] = {}
+        self._muted = False
 
     @classmethod
-    async def start(cls, bus_address: str) -> "VirtualBluez":
-        """Connect to the bus at `bus_address`, export the adapter and own `org.bluez`."""
-        bus = _BluezBus(bus_address=bus_address)
+    async def start(cls, bus_address: str, *,
+                    max_connections: int = DEFAULT_MAX_CONNECTIONS) -> VirtualBluez:
+        """Connect to the bus at `bus_address`, own `org.bluez` and export the adapter."""
+        bluez = cls(bus_address, max_connections=max_connections)
+        await bluez.start_daemon()
+        return bluez
+
+    async def start_daemon(self) -> None:
+        """bluetoothd starts: a new bus connection owns `org.bluez`, then the adapter appears."""
+        if self._daemon is not None:
+            raise VirtualBluezError("bluetoothd is already running")
+        bus = BluezBus(bus_address=self._bus_address)
         try:
             await asyncio.wait_for(bus.connect(), CALL_TIMEOUT)
-            bluez = cls(bus)
-            bus.export(bluez.adapter_path, bluez._adapter)
-            bus.add_message_handler(bluez._on_message)
+            daemon = _Daemon(bus, Adapter(self, self.adapter_path, self._address), Monitors(bus))
+            self._daemon = daemon
+            bus.add_message_handler(self._on_message)
             await asyncio.wait_for(bus.call(Message(
                 destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
                 interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                body=["type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"],
-            )), CALL_TIMEOUT)
+                body=[_NAME_OWNER_CHANGED])), CALL_TIMEOUT)
             await asyncio.wait_for(bus.request_name(BLUEZ), CALL_TIMEOUT)
         except BaseException:
+            self._daemon = None
             bus.disconnect()
             raise
-        return bluez
+        bus.export(self.adapter_path, daemon.adapter)
+        bus.export(self.adapter_path, MonitorManager(self.adapter_path))
+
+    async def stop_daemon(self, *, graceful: bool = True) -> None:
+        """bluetoothd exits: gracefully (SIGTERM) or by crashing (`graceful=False`)."""
+        daemon = self._daemon
+        if daemon is None:
+            raise VirtualBluezError("bluetoothd is not running")
+        if graceful:
+            # What bluetoothd does on SIGTERM: power the adapter off (links drop, discovery
+            # ends), unregister every object, leave the bus.
+            self.set_powered(False)
+            for hosted in self._hosted.values():
+                if hosted.device is not None:
+                    daemon.bus.unexport(hosted.device.path)
+            daemon.bus.unexport(self.adapter_path)
+            # The reply also proves that every signal sent before it has left.
+            await asyncio.wait_for(daemon.bus.release_name(BLUEZ), CALL_TIMEOUT)
+        self._daemon = None
+        self._muted = False
+        for hosted in self._hosted.values():
+            if hosted.pending_connect is not None and not hosted.pending_connect.done():
+                hosted.pending_connect.set_result(None)
+            hosted.device = None
+            hosted.gatt = []
+        await daemon.monitors.close()
+        daemon.bus.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                daemon.bus.wait_for_disconnect(), CALL_TIMEOUT)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         """Stop advertising, forget every device and leave the bus."""
@@ -488,15 +210,22 @@ class VirtualBluez:
                 hosted.task.cancel()
         tasks = [h.task for h in self._hosted.values() if h.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._daemon is not None:
+            await self.stop_daemon(graceful=False)
         self._hosted.clear()
-        self._bus.disconnect()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                self._bus.wait_for_disconnect(), CALL_TIMEOUT)  # type: ignore[no-untyped-call]
+
+    @property
+    def running(self) -> bool:
+        """Whether bluetoothd is up (between `start_daemon` and `stop_daemon`)."""
+        return self._daemon is not None
+
+    @property
+    def powered(self) -> bool:
+        return self._daemon is not None and bool(self._daemon.adapter.props["Powered"])
 
     @property
     def discovering(self) -> bool:
-        return bool(self._adapter.props["Discovering"])
+        return self._daemon is not None and bool(self._daemon.adapter.props["Discovering"])
 
     def add(self, peripheral: VirtualPeripheral) -> None:
         """Host `peripheral`: it advertises from now on; seen only while a discovery runs."""
@@ -507,32 +236,74 @@ class VirtualBluez:
         hosted.task = asyncio.create_task(self._advertise(hosted))
         self._hosted[peripheral.address] = hosted
 
+    def set_advertisement(self, peripheral: VirtualPeripheral, *, name: str | None = None,
+                          manufacturer_data: Mapping[int, bytes] | None = None,
+                          service_data: Mapping[str, bytes] | None = None,
+                          service_uuids: Sequence[str] | None = None,
+                          rssi: int | None = None) -> None:
+        """Advertise something else from the next tick on; arguments left None stay as they are.
+
+        Scanners see it as bluetoothd reports it: PropertiesChanged with what changed (a new
+        name changes Name and Alias); data under a key no longer advertised is kept."""
+        if name is not None:
+            peripheral.name = name
+        if manufacturer_data is not None:
+            peripheral.manufacturer_data = {k: bytes(v) for k, v in manufacturer_data.items()}
+        if service_data is not None:
+            peripheral.service_data = {k: bytes(v) for k, v in service_data.items()}
+        if service_uuids is not None:
+            peripheral.service_uuids = list(service_uuids)
+        if rssi is not None:
+            peripheral.rssi = rssi
+
+    def mute_scanner(self) -> None:
+        """Wedge the controller's scan (see the module doc for what cures it)."""
+        self._muted = True
+
     def notify(self, peripheral: VirtualPeripheral, char_uuid: str, data: bytes) -> None:
         hosted = self._hosted.get(peripheral.address)
         if hosted is None or hosted.device is None or not hosted.device.props["Connected"]:
             return
         for obj in hosted.gatt:
-            if isinstance(obj, _GattCharacteristic) and obj.props["UUID"] == char_uuid:
+            if isinstance(obj, GattCharacteristic) and obj.props["UUID"] == char_uuid:
                 obj.props["Value"] = data
                 if obj.props["Notifying"]:
                     obj.update(force=True, Value=data)
                 return
         raise VirtualBluezError(f"{peripheral.address} has no characteristic {char_uuid}")
 
+    def link_state(self, peripheral: VirtualPeripheral) -> tuple[bool, frozenset[str]]:
+        """(connected, UUIDs of the characteristics a central enabled notifications on)."""
+        hosted = self._hosted.get(peripheral.address)
+        if (hosted is None or hosted.peripheral is not peripheral or hosted.device is None
+                or not hosted.device.props["Connected"]):
+            return False, frozenset()
+        return True, frozenset(str(obj.props["UUID"]) for obj in hosted.gatt
+                               if obj.props.get("Notifying"))
+
     def set_powered(self, powered: bool) -> None:
+        """Power the adapter on or off, as writing Adapter1.Powered does."""
+        daemon = self._require_daemon()
         if not powered:
+            # bluetoothd's adapter_stop: discovery sessions end, then the links go down.
+            daemon.discovery_clients.clear()
+            daemon.adapter.update(Discovering=False)
             for hosted in self._hosted.values():
                 if hosted.device is not None:
                     self.disconnect(hosted.device)
-            self._discovery_clients.clear()
-            self._adapter.update(Discovering=False)
-        self._adapter.update(Powered=powered)
+            self._muted = False
+        daemon.adapter.update(Powered=powered, PowerState="on" if powered else "off")
 
     def remove_device(self, path: str) -> bool:
+        """Adapter1.RemoveDevice: False if no such device (NotReady raised when unpowered)."""
+        daemon = self._require_daemon()
         for hosted in self._hosted.values():
             if hosted.device is not None and hosted.device.path == path:
+                if not daemon.adapter.props["Powered"]:
+                    raise DBusError(*_NOT_READY)
                 self.disconnect(hosted.device)
-                self._bus.unexport(path)
+                daemon.monitors.report_lost(path)
+                daemon.bus.unexport(path)
                 hosted.device = None
                 return True
         return False
@@ -553,18 +324,19 @@ class VirtualBluez:
             hosted.task.cancel()
             await asyncio.gather(hosted.task, return_exceptions=True)
             hosted.task = None
-        if hosted.device is not None:
+        if hosted.device is not None and self._daemon is not None:
             self.disconnect(hosted.device)
-            self._bus.unexport(hosted.device.path)
-            hosted.device = None
+            self._daemon.monitors.report_lost(hosted.device.path)
+            self._daemon.bus.unexport(hosted.device.path)
+        hosted.device = None
         del self._hosted[peripheral.address]
         peripheral._bluez = None
 
-    async def connect(self, device: _Device) -> None:
+    async def connect(self, device: Device) -> None:
         peripheral = device.peripheral
         peripheral.connect_calls += 1
-        if not self._adapter.props["Powered"]:
-            raise DBusError("org.bluez.Error.NotReady", "Resource Not Ready")
+        if not self.powered:
+            raise DBusError(*_NOT_READY)
         if device.props["Connected"]:
             return
         hosted = self._hosted.get(peripheral.address)
@@ -573,34 +345,45 @@ class VirtualBluez:
                             f"Unknown object '{device.path}'")
         if hosted.pending_connect is not None:
             raise DBusError("org.bluez.Error.InProgress", "In Progress")
+        # A link being set up holds a controller slot as much as an established one.
+        busy = sum(1 for h in self._hosted.values() if h is not hosted and h.device is not None
+                   and (h.device.props["Connected"] or h.pending_connect is not None))
+        if busy >= self.max_connections:
+            raise DBusError("org.bluez.Error.Failed", NO_SLOTS)
         if peripheral.connect_delay > 0:
-            cancelled = asyncio.get_running_loop().create_future()
-            hosted.pending_connect = cancelled
-            try:
-                await asyncio.wait([cancelled], timeout=peripheral.connect_delay)
-            finally:
-                hosted.pending_connect = None
-            if cancelled.done():
-                raise DBusError("org.bluez.Error.Failed", ABORT_BY_LOCAL)
-            if not self._adapter.props["Powered"]:
-                raise DBusError("org.bluez.Error.NotReady", "Resource Not Ready")
-            if self._hosted.get(peripheral.address) is not hosted or hosted.device is not device:
-                raise DBusError("org.freedesktop.DBus.Error.UnknownObject",
-                                f"Unknown object '{device.path}'")
-        if peripheral._connect_failures:
-            error, message = peripheral._connect_failures.pop(0)
+            await self._connect_delay(hosted, device)
+        failure = peripheral.take_connect_failure()
+        if failure is not None:
+            error, message = failure
             if message == ABORT_BY_LOCAL:
                 # BlueZ >= 5.62: the link came up and was torn down before the reply.
                 device.update(Connected=True)
                 device.update(Connected=False)
             raise DBusError(error, message)
+        daemon = self._require_daemon()
         device.update(Connected=True)
-        hosted.gatt = list(_gatt_objects(device))
+        hosted.gatt = list(gatt_objects(device))
         for obj in hosted.gatt:
-            self._bus.export(obj.path, obj)
+            daemon.bus.export(obj.path, obj)
         device.update(ServicesResolved=True)
 
-    def disconnect(self, device: _Device) -> None:
+    async def _connect_delay(self, hosted: _Hosted, device: Device) -> None:
+        """Wait out `connect_delay`, unless a Disconnect cancels the connect meanwhile."""
+        cancelled = asyncio.get_running_loop().create_future()
+        hosted.pending_connect = cancelled
+        try:
+            await asyncio.wait([cancelled], timeout=hosted.peripheral.connect_delay)
+        finally:
+            hosted.pending_connect = None
+        if cancelled.done():
+            raise DBusError("org.bluez.Error.Failed", ABORT_BY_LOCAL)
+        if not self.powered:
+            raise DBusError(*_NOT_READY)
+        if self._hosted.get(device.peripheral.address) is not hosted or hosted.device is not device:
+            raise DBusError("org.freedesktop.DBus.Error.UnknownObject",
+                            f"Unknown object '{device.path}'")
+
+    def disconnect(self, device: Device) -> None:
         hosted = self._hosted.get(device.peripheral.address)
         if hosted is None:
             return
@@ -609,76 +392,106 @@ class VirtualBluez:
         if not device.props["Connected"]:
             return
         device.update(ServicesResolved=False)
-        for obj in reversed(hosted.gatt):
-            self._bus.unexport(obj.path, obj)
+        if self._daemon is not None:
+            for obj in reversed(hosted.gatt):
+                self._daemon.bus.unexport(obj.path, obj)
         hosted.gatt = []
         device.update(Connected=False)
 
+    def _require_daemon(self) -> _Daemon:
+        if self._daemon is None:
+            raise VirtualBluezError("bluetoothd is not running")
+        return self._daemon
+
     async def _advertise(self, hosted: _Hosted) -> None:
-        peripheral = hosted.peripheral
         # Real RSSI wobbles; bluetoothd only signals a change, so each tick must differ.
         wobble = itertools.cycle((0, -1, -2, -1))
         while True:
-            await asyncio.sleep(peripheral.advertise_interval)
-            if not self.discovering:
-                continue
-            if hosted.device is None:
-                device_cls = _Device if peripheral.name is None else _NamedDevice
-                path = f"{self.adapter_path}/dev_{peripheral.address.upper().replace(':', '_')}"
-                hosted.device = device_cls(self, peripheral, path, self.adapter_path)
-                if peripheral.name is not None:
-                    hosted.device.props["Name"] = peripheral.name
-                self._bus.export(path, hosted.device)
-            else:
-                hosted.device.update(RSSI=peripheral.rssi + next(wobble))
+            await asyncio.sleep(hosted.peripheral.advertise_interval)
+            self._hear(hosted, hosted.peripheral.rssi + next(wobble))
+
+    def _hear(self, hosted: _Hosted, rssi: int) -> None:
+        """One advertisement on air: reported if a discovery runs or a monitor matches it."""
+        daemon = self._daemon
+        if daemon is None or self._muted or not daemon.adapter.props["Powered"]:
+            return
+        monitors = (daemon.monitors.matching(advertising_data(hosted.peripheral))
+                    if daemon.monitors.active else [])
+        if not daemon.adapter.props["Discovering"] and not monitors:
+            return
+        if hosted.device is None:
+            address = hosted.peripheral.address.upper().replace(":", "_")
+            hosted.device = Device(self, hosted.peripheral, f"{self.adapter_path}/dev_{address}",
+                                   self.adapter_path)
+            daemon.bus.export(hosted.device.path, hosted.device)
+        else:
+            hosted.device.update(**hosted.device.heard(rssi))
+        daemon.monitors.report_found(monitors, hosted.device.path)
 
     def _on_message(self, msg: Message) -> Message | bool:
-        if (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"
-                and msg.sender == "org.freedesktop.DBus"):
-            name, _old, new = msg.body
-            if not new and name in self._discovery_clients:
-                self._stop_discovery(name)
+        daemon = self._daemon
+        if daemon is None:
             return False
-        if (msg.message_type is not MessageType.METHOD_CALL or msg.interface != ADAPTER1
-                or msg.path != self.adapter_path or msg.sender is None):
+        if msg.message_type is MessageType.SIGNAL:
+            self._on_signal(daemon, msg)
             return False
-        if msg.member == "StartDiscovery":
-            if not self._adapter.props["Powered"]:
-                raise DBusError("org.bluez.Error.NotReady", "Resource Not Ready")
-            if msg.sender in self._discovery_clients:
-                raise DBusError("org.bluez.Error.InProgress", "Operation already in progress")
-            self._discovery_clients.add(msg.sender)
-            self._adapter.update(Discovering=True)
+        if (msg.message_type is not MessageType.METHOD_CALL or msg.path != self.adapter_path
+                or msg.sender is None):
+            return False
+        # Calls whose answer depends on who calls: dbus-fast's method handlers cannot see that.
+        if msg.interface == ADAPTER1 and msg.member in ("StartDiscovery", "StopDiscovery"):
+            self._on_discovery_call(daemon, msg.member, msg.sender)
             return Message.new_method_return(msg)
-        if msg.member == "StopDiscovery":
-            if msg.sender not in self._discovery_clients:
-                raise DBusError("org.bluez.Error.Failed", "No discovery started")
-            self._stop_discovery(msg.sender)
+        if msg.interface == MONITOR_MANAGER1 and msg.member in ("RegisterMonitor",
+                                                                "UnregisterMonitor"):
+            if msg.signature != "o":
+                raise DBusError("org.bluez.Error.InvalidArguments",
+                                "Invalid arguments in method call")
+            if msg.member == "RegisterMonitor":
+                daemon.monitors.register(msg.sender, msg.body[0])
+            else:
+                daemon.monitors.unregister(msg.sender, msg.body[0])
+                self._muted = False
             return Message.new_method_return(msg)
         return False
 
-    def _stop_discovery(self, client: str) -> None:
-        self._discovery_clients.discard(client)
-        if not self._discovery_clients:
-            self._adapter.update(Discovering=False)
+    def _on_discovery_call(self, daemon: _Daemon, member: str, sender: str) -> None:
+        if not daemon.adapter.props["Powered"]:
+            raise DBusError(*_NOT_READY)
+        if member == "StartDiscovery":
+            if sender in daemon.discovery_clients:
+                raise DBusError("org.bluez.Error.InProgress", "Operation already in progress")
+            daemon.discovery_clients.add(sender)
+            daemon.adapter.update(Discovering=True)
+            return
+        if sender not in daemon.discovery_clients:
+            raise DBusError("org.bluez.Error.Failed", "No discovery started")
+        # Stopping restarts the controller's scan with the remaining sessions' filter, which
+        # is what unwedges a muted scanner.
+        self._muted = False
+        self._stop_discovery(daemon, sender)
 
+    def _on_signal(self, daemon: _Daemon, msg: Message) -> None:
+        if msg.member == "NameOwnerChanged" and msg.sender == "org.freedesktop.DBus":
+            name, _old, new = msg.body
+            if not new:
+                if name in daemon.discovery_clients:
+                    self._stop_discovery(daemon, name)
+                daemon.monitors.forget_owner(name)
+        elif msg.interface == OBJECT_MANAGER and msg.sender != daemon.bus.unique_name:
+            daemon.monitors.handle_signal(msg)
 
-def _gatt_objects(device: _Device) -> Iterator[_Object]:
-    """GATT objects in the order bluetoothd exports them; handles are in the paths, in hex."""
-    handles = itertools.count(1)
-    for service_uuid, chars in device.peripheral.services.items():
-        service_path = f"{device.path}/service{next(handles):04x}"
-        yield _GattService(service_path, service_uuid, device.path)
-        for char_uuid, spec in chars.items():
-            char_path = f"{service_path}/char{next(handles):04x}"
-            yield _GattCharacteristic(char_path, char_uuid, service_path, spec, device.peripheral)
-            if {"notify", "indicate"} & set(spec.flags):
-                yield _GattDescriptor(f"{char_path}/desc{next(handles):04x}", CCCD_UUID,
-                                      char_path)
+    def _stop_discovery(self, daemon: _Daemon, client: str) -> None:
+        daemon.discovery_clients.discard(client)
+        if not daemon.discovery_clients:
+            daemon.adapter.update(Discovering=False)
 
 
 class BluezThread:
-    """A `VirtualBluez` on its own event loop in a daemon thread; call `stop()` when done."""
+    """A `VirtualBluez` on its own event loop in a daemon thread; call `stop()` when done.
+
+    Every async method runs the `VirtualBluez` method of the same name on the service's loop.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
                  bluez: VirtualBluez) -> None:
@@ -687,13 +500,15 @@ class BluezThread:
         self.bluez = bluez
 
     @classmethod
-    def start(cls, bus_address: str) -> "BluezThread":
+    def start(cls, bus_address: str, *,
+              max_connections: int = DEFAULT_MAX_CONNECTIONS) -> BluezThread:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="virtual-bluez", daemon=True)
         thread.start()
         try:
             bluez = asyncio.run_coroutine_threadsafe(
-                VirtualBluez.start(bus_address), loop).result(CALL_TIMEOUT * 2)
+                VirtualBluez.start(bus_address, max_connections=max_connections),
+                loop).result(CALL_TIMEOUT * 2)
         except BaseException:
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
@@ -701,36 +516,79 @@ class BluezThread:
             raise
         return cls(loop, thread, bluez)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The service's event loop: run code that touches `bluez` or peripherals there."""
+        return self._loop
+
     async def add_peripheral(self, peripheral: VirtualPeripheral) -> None:
-        await self._call(self._add(peripheral))
+        await self._run(lambda: self.bluez.add(peripheral))
 
     async def notify(self, peripheral: VirtualPeripheral, char_uuid: str, data: bytes) -> None:
         await self._call(peripheral.notify(char_uuid, data))
 
     async def drop_link(self, peripheral: VirtualPeripheral) -> None:
-        """`VirtualBluez.drop_link` on the service's loop."""
-        await self._call(self._drop_link(peripheral))
+        await self._run(lambda: self.bluez.drop_link(peripheral))
 
     async def vanish(self, peripheral: VirtualPeripheral) -> None:
-        """`VirtualBluez.vanish` on the service's loop."""
         await self._call(self.bluez.vanish(peripheral))
 
+    async def set_powered(self, powered: bool) -> None:
+        await self._run(lambda: self.bluez.set_powered(powered))
+
+    async def stop_daemon(self, *, graceful: bool = True) -> None:
+        await self._call(self.bluez.stop_daemon(graceful=graceful))
+
+    async def start_daemon(self) -> None:
+        await self._call(self.bluez.start_daemon())
+
+    async def restart_daemon(self, down_seconds: float = 0.0, *, graceful: bool = True) -> None:
+        """`stop_daemon`, `down_seconds` without bluetoothd, then `start_daemon`."""
+        await self.stop_daemon(graceful=graceful)
+        await asyncio.sleep(down_seconds)
+        await self.start_daemon()
+
+    async def set_advertisement(self, peripheral: VirtualPeripheral, *, name: str | None = None,
+                                manufacturer_data: Mapping[int, bytes] | None = None,
+                                service_data: Mapping[str, bytes] | None = None,
+                                service_uuids: Sequence[str] | None = None,
+                                rssi: int | None = None) -> None:
+        await self._run(lambda: self.bluez.set_advertisement(
+            peripheral, name=name, manufacturer_data=manufacturer_data,
+            service_data=service_data, service_uuids=service_uuids, rssi=rssi))
+
+    async def mute_scanner(self) -> None:
+        await self._run(self.bluez.mute_scanner)
+
     def stop(self) -> None:
+        """Close the service, then end whatever else runs on its loop (simulated devices
+        started on it, say) so that nothing is left pending when the loop closes."""
         if self._loop.is_closed():
             return
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self.bluez.close(), self._loop).result(
                 CALL_TIMEOUT * 2)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(CALL_TIMEOUT)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(CALL_TIMEOUT)
         self._loop.close()
 
-    async def _add(self, peripheral: VirtualPeripheral) -> None:
-        self.bluez.add(peripheral)
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        async def call() -> _T:
+            return fn()
 
-    async def _drop_link(self, peripheral: VirtualPeripheral) -> None:
-        self.bluez.drop_link(peripheral)
+        return await self._call(call())
 
     async def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return await asyncio.wait_for(asyncio.wrap_future(future), CALL_TIMEOUT)
+
+
+async def _cancel_others() -> None:
+    """Cancel every task on the running loop but this one, and wait for them to end."""
+    current = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not current]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)

@@ -1,0 +1,74 @@
+"""`rtm-gateway scan` in a child process: the real bleak in it, the virtual BlueZ in the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from gateway.sdk import uuid16
+from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
+from tests.blelab import needs_dbus
+from tests.harness import run_cli
+
+pytestmark = needs_dbus
+
+PLX = uuid16(0x1822)
+CONFIG = """
+[hub]
+id = "hub-scan"
+state_dir = "{state}"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[[devices]]
+id = "oximeter"
+driver = "gatt.plx"
+address = "C0:FF:EE:00:00:01"
+patient = "pt-0001"
+"""
+
+
+def _oximeter(address: str, name: str | None) -> VirtualPeripheral:
+    return VirtualPeripheral(address, name, services={PLX: {uuid16(0x2A60): CharSpec(("read",))}},
+                             service_uuids=[PLX], rssi=-40)
+
+
+def test_scan_lists_devices_with_driver_and_pairing_and_ingests_nothing(
+        bluez: BluezThread, tmp_path: Path) -> None:
+    for peripheral in (_oximeter("C0:FF:EE:00:00:01", "Oxi Mine"),
+                       _oximeter("C0:FF:EE:00:00:02", "Oxi Neighbour"),
+                       VirtualPeripheral("C0:FF:EE:00:00:03", None, rssi=-90)):
+        asyncio.run(bluez.add_peripheral(peripheral))
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.format(state=tmp_path / "state"))
+
+    done = run_cli("scan", "--seconds", "1", "--json", "-c", str(config))
+
+    assert done.returncode == 0, done.stderr
+    rows = {row["address"]: row for row in json.loads(done.stdout)}
+    assert set(rows) == {"C0:FF:EE:00:00:01", "C0:FF:EE:00:00:02", "C0:FF:EE:00:00:03"}
+    mine, neighbour, other = (rows[f"C0:FF:EE:00:00:0{i}"] for i in (1, 2, 3))
+    assert (mine["name"], mine["driver"], mine["paired"]) == ("Oxi Mine", "gatt.plx", "oximeter")
+    assert (neighbour["driver"], neighbour["paired"]) == ("gatt.plx", None)
+    assert (other["name"], other["driver"], other["paired"]) == (None, None, None)
+    assert -45 <= mine["rssi"] <= -40
+    assert not (tmp_path / "state").exists()  # scanning stores nothing
+
+    table = run_cli("scan", "--seconds", "0.5", "-c", str(config))
+    assert table.returncode == 0, table.stderr
+    assert "Oxi Neighbour" in table.stdout
+    assert "(no name)" in table.stdout
+    line = next(row for row in table.stdout.splitlines() if "Oxi Mine" in row)
+    assert "gatt.plx" in line
+    assert line.rstrip().endswith("oximeter")
+
+
+def test_scan_with_the_adapter_off_names_the_cause(bluez: BluezThread) -> None:
+    asyncio.run(bluez.set_powered(False))
+    done = run_cli("scan", "--seconds", "1")
+    assert done.returncode == 1
+    assert "could not scan on hci0" in done.stderr
+    assert "Traceback" not in done.stderr
+
