@@ -118,15 +118,15 @@ class SequenceSync:
 
     def __init__(self, key: str, stored: MetaValue | None) -> None:
         self.key = key
-        self.high = int(stored) if isinstance(stored, int | float) else 0
+        self.high: int | None = int(stored) if isinstance(stored, int | float) else None
+        """The highest sequence number stored; None before the first (numbers may start at 0)."""
         self._accepted: set[int] = set()
 
     def request(self) -> bytes:
-        # 0 means nothing stored yet: ask for everything (sequence numbers may start at 0).
-        if self.high == 0:
+        if self.high is None or self.high >= 0xFFFF:
+            # Nothing stored yet, or the 16-bit counter is at its end (a device that wraps
+            # starts again at 0): ask for everything; stored ones are skipped below.
             return racp.report_all()
-        if self.high >= 0xFFFF:
-            return racp.report_all()  # the counter wrapped: fall back to duplicates' check
         return racp.report_from(self.high + 1)
 
     def accept(self, uuid: str, reading: Reading) -> tuple[bool, tuple[str, MetaValue] | None]:
@@ -137,7 +137,7 @@ class SequenceSync:
             return sequence in self._accepted, None
         if uuid != GLUCOSE_MEASUREMENT:
             return True, None
-        if sequence <= self.high and self.high != 0xFFFF:
+        if self.high is not None and sequence <= self.high:
             return False, None  # already stored (the device ignored the filter, or a replay)
         self.high = sequence
         self._accepted.add(sequence)
@@ -210,6 +210,7 @@ class BleDeviceSession:
                  journal: Journal, outbox: Outbox, *,
                  claims: Callable[[Advertisement], bool] | None = None,
                  clock: Callable[[], HubClock] = clock_state,
+                 record_timeout: float = RECORD_TIMEOUT,
                  max_backoff: float = 30.0) -> None:
         self.device = device
         self._driver = driver
@@ -218,6 +219,7 @@ class BleDeviceSession:
         self._outbox = outbox
         self._claims = claims or (lambda _advert: True)
         self._clock = clock
+        self._record_timeout = record_timeout
         self._max_backoff = max_backoff
         self._identity: dict[str, object] = {
             "id": device.id, "driver": driver.info.id, "driver_version": driver.info.version}
@@ -464,7 +466,7 @@ class BleDeviceSession:
     # --- the record access control point -----------------------------------------------------
 
     async def _fetch_records(self, link: Link, sync: RecordSync) -> None:
-        response = await self.racp_request(link, sync.request(), records=True)
+        response = await self.racp_request(link, sync.request())
         if response is None:
             return
         if response.code == racp.NO_RECORDS:
@@ -477,8 +479,7 @@ class BleDeviceSession:
             log.info("device %s: stored records received", self.device.id)
         await sync.finish(self, link)
 
-    async def racp_request(self, link: Link, request: bytes, *,
-                           records: bool = False) -> racp.Response | None:
+    async def racp_request(self, link: Link, request: bytes) -> racp.Response | None:
         """Write an RACP request and wait for its response. While records flow, the timeout
         counts from the last record; a transfer that stalls is aborted. None on a timeout."""
         while not self._racp_answers.empty():
@@ -486,10 +487,11 @@ class BleDeviceSession:
         self._transfer_activity = time.monotonic()
         await self._call(link.write(racp.RACP, request), link)
         while True:
-            left = self._transfer_activity + RECORD_TIMEOUT - time.monotonic()
+            left = self._transfer_activity + self._record_timeout - time.monotonic()
             if left <= 0:
-                log.warning("device %s: no answer to a stored-record request for %.0f s; "
-                            "aborting it", self.device.id, RECORD_TIMEOUT)
+                log.warning("device %s: no answer to a stored-record request for %.1f s; "
+                            "aborting it (the rest comes on the next connection)",
+                            self.device.id, self._record_timeout)
                 with contextlib.suppress(DeviceUnavailable):
                     await self._call(link.write(racp.RACP, racp.abort()), link)
                 return None
@@ -499,8 +501,6 @@ class BleDeviceSession:
             except TimeoutError:
                 if link.lost.is_set():
                     raise DeviceUnavailable(link.lost_reason or "link lost") from None
-                if not records:
-                    self._transfer_activity = min(self._transfer_activity, time.monotonic())
                 continue
             response = racp.parse_response(answer)
             if response is not None and response.request == request[0]:

@@ -72,3 +72,62 @@ def test_scan_with_the_adapter_off_names_the_cause(bluez: BluezThread) -> None:
     assert "could not scan on hci0" in done.stderr
     assert "Traceback" not in done.stderr
 
+
+
+def test_the_hub_scanner_listens_passively_after_a_short_active_window(
+        bluez: BluezThread) -> None:
+    from gateway.transport.ble import BleScanner
+    from tests.blelab import bleak_session
+
+    async def run() -> tuple[list[str | None], bool, str | None]:
+        async with bleak_session():
+            scanner = BleScanner(passive=True, active_window=0.3, active_every=1000.0)
+            task = asyncio.create_task(scanner.run())
+            modes = []
+            try:
+                await asyncio.sleep(0.1)
+                modes.append(scanner.mode)  # the window: active, to hear names
+                await asyncio.sleep(0.6)
+                modes.append(scanner.mode)
+                await bluez.add_peripheral(_oximeter("C0:FF:EE:00:00:05", "Late Oxi"))
+                found = await scanner.wait_for(lambda a: a.address == "C0:FF:EE:00:00:05",
+                                               timeout=5)
+                discovering = bluez.bluez.discovering  # no discovery session: monitors only
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return modes, discovering, found.service_uuids[0] if found.service_uuids else None
+
+    modes, discovering, service = asyncio.run(run())
+    assert modes == ["active", "passive"]
+    assert discovering is False
+    assert service == PLX
+
+
+def test_the_hub_scanner_sees_a_changed_advertisement(bluez: BluezThread) -> None:
+    from gateway.transport.ble import BleScanner
+    from tests.blelab import bleak_session
+
+    peripheral = VirtualPeripheral("C0:FF:EE:00:00:06", "Scale", manufacturer_data={
+        0x0059: b"\x01"}, rssi=-50)
+
+    async def run() -> tuple[dict[int, bytes], str | None]:
+        async with bleak_session():
+            scanner = BleScanner(passive=False)
+            task = asyncio.create_task(scanner.run())
+            try:
+                await bluez.add_peripheral(peripheral)
+                await scanner.wait_for(lambda a: a.address == peripheral.address, timeout=5)
+                await bluez.set_advertisement(peripheral, name="Scale 2",
+                                              manufacturer_data={0x0059: b"\x02\x03"})
+                changed = await scanner.wait_for(
+                    lambda a: a.address == peripheral.address
+                    and a.manufacturer_data.get(0x0059) == b"\x02\x03", timeout=5)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return dict(changed.manufacturer_data), changed.name
+
+    data, name = asyncio.run(run())
+    assert data == {0x0059: b"\x02\x03"}
+    assert name == "Scale 2"

@@ -331,3 +331,62 @@ def test_a_record_cut_by_link_loss_is_kept_marked_incomplete(
     (cut,) = [p for p in r.readings() if p["observations"]]
     assert cut["status"]["record_complete"] is False
     assert {o["type"] for o in cut["observations"]} == {"cadence", "power"}
+
+
+def test_a_stalled_transfer_is_aborted_and_resumed_on_the_next_connection(
+        bluez: BluezThread, tmp_path: Path) -> None:
+    meter = GlucoseMeter(address="C0:FF:EE:60:00:02", records=4, record_interval=1.5, seed=4)
+    device = DeviceConfig("glucose", "gatt.gls", "pt-1", address=meter.peripheral.address)
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            r.sessions[0]._record_timeout = 0.4  # a short fuse for the test
+            start_device(bluez, meter, rate=0.001)
+            await r.until(lambda: bytes((0x03, 0x00)) in meter.racp_requests)  # aborted
+            got = len(_records(r, "glucose"))
+            assert 1 <= got < 4
+            assert r.sessions[0].connected  # live values still flow; the link stays up
+            meter.record_interval = 0.0
+            await bluez.drop_link(meter.peripheral)
+            await r.until(lambda: len(_records(r, "glucose")) == 4)
+            await asyncio.wrap_future(stop_device(bluez, meter))
+            return r
+
+    r = asyncio.run(run())
+    assert _records(r, "glucose") == [1, 2, 3, 4]
+
+
+def test_a_meter_with_no_records_is_served_live(bluez: BluezThread, tmp_path: Path) -> None:
+    meter = GlucoseMeter(address="C0:FF:EE:60:00:03", records=0, seed=5)
+    device = DeviceConfig("glucose", "gatt.gls", "pt-1", address=meter.peripheral.address)
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            start_device(bluez, meter, rate=0.001)
+            await r.until(lambda: r.sessions[0].serving(1) and bool(meter.racp_responses))
+            await asyncio.wrap_future(run_on(bluez, meter.add_record()))
+            await r.until(lambda: len(_records(r, "glucose")) == 1)
+            await asyncio.wrap_future(stop_device(bluez, meter))
+            return r
+
+    r = asyncio.run(run())
+    assert meter.racp_responses[0] == bytes((0x06, 0x00, 0x01, 0x06))  # no records found
+    assert _records(r, "glucose") == [1]
+    assert r.events("device-lost") == []
+
+
+def test_sequence_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
+    from gateway.ble_session import GLUCOSE_MEASUREMENT, SequenceSync
+    from gateway.sdk import Reading
+
+    def record(sequence: int) -> Reading:
+        return Reading((), bytes((sequence,)), {"sequence_number": sequence})
+
+    fresh = SequenceSync("k", None)
+    assert fresh.request() == bytes((0x01, 0x01))  # all: nothing is stored yet
+    assert fresh.accept(GLUCOSE_MEASUREMENT, record(0)) == (True, ("k", 0))
+    assert fresh.accept(GLUCOSE_MEASUREMENT, record(0)) == (False, None)
+    resumed = SequenceSync("k", 41)
+    assert resumed.request() == bytes((0x01, 0x03, 0x01, 42, 0))
+    assert resumed.accept(GLUCOSE_MEASUREMENT, record(40)) == (False, None)
+    assert resumed.accept(GLUCOSE_MEASUREMENT, record(42)) == (True, ("k", 42))

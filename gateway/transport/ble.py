@@ -93,9 +93,15 @@ class BleScanner:
     """The adapter's one scanner; `run` it as a task for as long as the hub runs."""
 
     def __init__(self, adapter: str = "hci0", *, passive: bool = True,
-                 watchdog: float = 90.0, expire: float = 600.0) -> None:
+                 watchdog: float = 90.0, expire: float = 600.0,
+                 active_every: float = 300.0, active_window: float = 10.0) -> None:
         self.adapter = adapter
         self.passive = passive
+        self.active_every = active_every
+        """Passive mode: seconds between short active windows (scan responses carry names and
+        data that passive scanning never hears)."""
+        self.active_window = active_window
+        self._last_window = -float("inf")
         self.watchdog = watchdog
         self.expire = expire
         self.adverts: dict[str, Advert] = {}
@@ -147,10 +153,11 @@ class BleScanner:
         """Scan until cancelled: restart on silence, retry an unavailable adapter."""
         backoff = 1.0
         watch = asyncio.create_task(self.watch.run(), name="bluetoothd watch")
+        window = False
         try:
             while True:
                 try:
-                    await self._scan_until_silent()
+                    window = await self._scan_until_silent(window=window)
                     backoff = 1.0
                 except BleUnavailable as exc:
                     self.last_error = str(exc)
@@ -175,8 +182,8 @@ class BleScanner:
                             bluez={"adapter": self.adapter,
                                    "filters": {"Transport": "le", "DuplicateData": True}})
 
-    async def _start(self) -> BleakScanner:
-        if self.passive:
+    async def _start(self, *, window: bool = False) -> BleakScanner:
+        if self.passive and not window:
             scanner = self._scanner(passive=True)
             try:
                 await scanner.start()
@@ -200,22 +207,33 @@ class BleScanner:
         self.mode = "active"
         return scanner
 
-    async def _scan_until_silent(self) -> None:
-        scanner = await self._start()
+    async def _scan_until_silent(self, *, window: bool = False) -> bool:
+        """Scan until the scan must be restarted. True when the next scan should be a short
+        active window (passive mode only)."""
+        scanner = await self._start(window=window)
         self.scanning = True
-        self._last_heard = time.monotonic()
-        log.info("bluetooth: scanning on %s (%s)", self.adapter, self.mode)
+        started = self._last_heard = time.monotonic()
+        if window:
+            self._last_window = started
+        log.log(logging.DEBUG if window else logging.INFO, "bluetooth: scanning on %s (%s%s)",
+                self.adapter, self.mode, ", a short window" if window else "")
         try:
-            tick = min(self.watchdog / 4, 5.0)
+            tick = min(self.watchdog / 4, 5.0, self.active_window)
             self._restart.clear()
             while True:
+                now = time.monotonic()
+                if window and now - started >= self.active_window:
+                    return False  # back to passive
+                if (not window and self.mode == "passive"
+                        and now - self._last_window >= self.active_every):
+                    return True
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(tick):
                         await self._restart.wait()
                 if self._restart.is_set():
                     log.warning("bluetooth: restarting the scanner for the new bluetoothd")
                     await asyncio.sleep(0.5)  # let it register its adapter first
-                    return
+                    return False
                 silent = time.monotonic() - self._last_heard
                 if silent >= self.watchdog:
                     self.restarts += 1
@@ -223,9 +241,9 @@ class BleScanner:
                                 "(restart %d)", silent, self.restarts)
                     if self.restarts % 3 == 0:
                         await self._probe.power_cycle()
-                    return
+                    return False
                 if silent >= tick and not await self._still_scanning():
-                    return
+                    return False
                 self._expire_old()
         finally:
             self.scanning = False
