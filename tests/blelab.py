@@ -13,8 +13,9 @@ import asyncio
 import os
 import stat
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bleak.backends.bluezdbus import manager as bluez_manager
@@ -36,17 +37,26 @@ def fake_bluetoothctl(bin_dir: Path) -> Path:
     return fake
 
 
-@pytest.fixture
-def bluez(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BluezThread]:
+@contextmanager
+def virtual_lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                **options: Any) -> Iterator[BluezThread]:
+    """A private bus with the virtual BlueZ on it (`options` go to `BluezThread.start`), and
+    this test's environment pointed at it."""
     fake = fake_bluetoothctl(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     with private_bus() as address:
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        handle = BluezThread.start(address)
+        handle = BluezThread.start(address, **options)
         try:
             yield handle
         finally:
             handle.stop()
+
+
+@pytest.fixture
+def bluez(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BluezThread]:
+    with virtual_lab(monkeypatch, tmp_path) as handle:
+        yield handle
 
 
 async def disconnect_bus(bus: MessageBus) -> None:

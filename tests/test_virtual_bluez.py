@@ -6,7 +6,6 @@ bleak's BlueZ backend always uses the system bus, so `DBUS_SYSTEM_BUS_ADDRESS` i
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +26,7 @@ from gateway.sdk import uuid16
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from gateway.sim.bluez_monitor import matches, parse_patterns
 from gateway.sim.bluez_peripheral import advertising_data
-from gateway.sim.dbus_bus import private_bus
-from tests.blelab import bleak_session, disconnect_bus, fake_bluetoothctl, needs_dbus
+from tests.blelab import bleak_session, disconnect_bus, needs_dbus, virtual_lab
 
 pytestmark = needs_dbus
 
@@ -833,15 +831,8 @@ def test_a_sixth_connection_finds_no_free_slot_until_one_is_released(bluez: Blue
 
 @pytest.fixture
 def one_slot_bluez(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BluezThread]:
-    fake = fake_bluetoothctl(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    with private_bus() as address:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        handle = BluezThread.start(address, max_connections=1)
-        try:
-            yield handle
-        finally:
-            handle.stop()
+    with virtual_lab(monkeypatch, tmp_path, max_connections=1) as handle:
+        yield handle
 
 
 def test_max_connections_sets_the_number_of_slots(one_slot_bluez: BluezThread) -> None:
