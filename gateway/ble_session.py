@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +36,7 @@ from gateway.drivers.gatt_bas import DRIVER as BAS_DRIVER
 from gateway.drivers.gatt_cts import CURRENT_TIME, encode_current_time
 from gateway.outbox import MetaValue, Outbox
 from gateway.pipeline import DeviceUnavailable, Journal
+from gateway.records import Cursor, RecordSync, record_sync_for
 from gateway.sdk import TRACE, DecodeError, GattDecoder, GattDriver, Reading, uuid16
 
 log = logging.getLogger(__name__)
@@ -45,14 +44,8 @@ _T = TypeVar("_T")
 
 SERIAL_NUMBER = uuid16(0x2A25)
 MODEL_NUMBER = uuid16(0x2A24)
-GLUCOSE_SERVICE = uuid16(0x1808)
-GLUCOSE_MEASUREMENT = uuid16(0x2A18)
-GLUCOSE_CONTEXT = uuid16(0x2A34)
-PLX_SERVICE = uuid16(0x1822)
-PLX_SPOT_CHECK = uuid16(0x2A5E)
 RECORD_TIMEOUT = 30.0
 """Seconds a transfer may go without a record or an answer before the hub gives up on it."""
-MAX_DIGESTS = 2000
 
 
 # --- what the session needs of the BLE transport -----------------------------------------------
@@ -97,110 +90,6 @@ class Unavailable(DeviceUnavailable):
         self.retry_after = retry_after
 
 
-# --- stored records -----------------------------------------------------------------------------
-
-class RecordSync(Protocol):
-    """Decides which stored-record readings are new, and keeps the position that says so."""
-
-    characteristic: str
-
-    def request(self) -> bytes: ...
-    def accept(self, uuid: str, reading: Reading) -> tuple[bool, tuple[str, MetaValue] | None]:
-        """(submit it?, the cursor to store with it)."""
-        ...
-    async def finish(self, session: BleDeviceSession, link: Link) -> None: ...
-
-
-class SequenceSync:
-    """Glucose: records after the highest sequence number stored (see the module doc)."""
-
-    characteristic = GLUCOSE_MEASUREMENT
-
-    def __init__(self, key: str, stored: MetaValue | None) -> None:
-        self.key = key
-        self.high: int | None = int(stored) if isinstance(stored, int | float) else None
-        """The highest sequence number stored; None before the first (numbers may start at 0)."""
-        self._accepted: set[int] = set()
-
-    def request(self) -> bytes:
-        if self.high is None or self.high >= 0xFFFF:
-            # Nothing stored yet, or the 16-bit counter is at its end (a device that wraps
-            # starts again at 0): ask for everything; stored ones are skipped below.
-            return racp.report_all()
-        return racp.report_from(self.high + 1)
-
-    def accept(self, uuid: str, reading: Reading) -> tuple[bool, tuple[str, MetaValue] | None]:
-        sequence = reading.status.get("sequence_number")
-        if not isinstance(sequence, int):
-            return True, None
-        if uuid == GLUCOSE_CONTEXT:  # follows its measurement: keep it if that was kept
-            return sequence in self._accepted, None
-        if uuid != GLUCOSE_MEASUREMENT:
-            return True, None
-        if self.high is not None and sequence <= self.high:
-            return False, None  # already stored (the device ignored the filter, or a replay)
-        self.high = sequence
-        self._accepted.add(sequence)
-        return True, (self.key, sequence)
-
-    async def finish(self, session: BleDeviceSession, link: Link) -> None:
-        return None
-
-
-class DigestSync:
-    """Pulse-oximeter spot-checks: all records, skip stored ones, then delete on the device."""
-
-    characteristic = PLX_SPOT_CHECK
-
-    def __init__(self, key: str, stored: MetaValue | None) -> None:
-        self.key = key
-        try:
-            loaded = json.loads(stored) if isinstance(stored, str) else []
-        except ValueError:
-            loaded = []
-        self.digests: list[str] = [d for d in loaded if isinstance(d, str)]
-
-    def request(self) -> bytes:
-        return racp.report_all()
-
-    def accept(self, uuid: str, reading: Reading) -> tuple[bool, tuple[str, MetaValue] | None]:
-        if uuid != PLX_SPOT_CHECK:
-            return True, None
-        digest = hashlib.sha256(reading.raw).hexdigest()[:16]
-        if digest in self.digests:
-            return False, None
-        self.digests.append(digest)
-        del self.digests[:-MAX_DIGESTS]
-        return True, (self.key, json.dumps(self.digests, separators=(",", ":")))
-
-    async def finish(self, session: BleDeviceSession, link: Link) -> None:
-        """Delete the device's records once all of them are stored here, then forget them."""
-        expected = json.dumps(self.digests, separators=(",", ":"))
-        if self.digests and not await session.stored(self.key, expected):
-            log.warning("device %s: stored records not yet committed; they stay on the "
-                        "device until the next connection", session.device.id)
-            return
-        response = await session.racp_request(link, racp.delete_all())
-        if response is not None and response.code == racp.SUCCESS:
-            self.digests = []
-            session.set_cursor(self.key, "[]")
-
-
-def record_sync_for(driver: GattDriver, link: Link, device_id: str,
-                    stored: Callable[[str], MetaValue | None]) -> RecordSync | None:
-    """The strategy for this device, if its profile stores records and it has the RACP."""
-    service = driver.info.service
-    if not link.has(racp.RACP, "indicate") or not link.has(racp.RACP, "write"):
-        return None
-    if service == GLUCOSE_SERVICE:
-        key = f"ble.last-record:{device_id}"
-        return SequenceSync(key, stored(key))
-    if service == PLX_SERVICE and link.has(PLX_SPOT_CHECK):
-        key = f"ble.stored-digests:{device_id}"
-        return DigestSync(key, stored(key))
-    return None
-
-
 # --- the session ----------------------------------------------------------------------------------
 
 class BleDeviceSession:
@@ -227,7 +116,8 @@ class BleDeviceSession:
         self._next_due: dict[str, float] = {}
         self._decoder: GattDecoder | None = None
         self._sync: RecordSync | None = None
-        self._racp_answers: asyncio.Queue[bytes] = asyncio.Queue()
+        self._answers: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._link: Link | None = None
         self._transfer_activity = 0.0
         self.connected = False
         """Connected and subscribed: values reach the journal."""
@@ -237,6 +127,7 @@ class BleDeviceSession:
         self.decode_errors = 0
         self.records_skipped = 0
         self.address: str | None = device.address
+        self.device_id = device.id
 
     def serving(self, connection: int) -> bool:
         """Connected and subscribed on its `connection`-th connection (1 = the first)."""
@@ -267,13 +158,27 @@ class BleDeviceSession:
                 await self._serve(link)
             except DeviceUnavailable as exc:
                 self._lost(str(exc))
+            except asyncio.CancelledError:
+                await self._say_goodbye(link)
+                raise
             finally:
                 self._flush_decoder()
                 self.connected = self._announced = False
                 self._decoder = None
                 self._sync = None
+                self._link = None
                 await link.close()
             await asyncio.sleep(0.5)
+
+    async def _say_goodbye(self, link: Link) -> None:
+        """The hub is stopping: the driver's `on_disconnect` writes, briefly, best effort."""
+        session = self._driver.info.ble_session
+        if session is None or not session.on_disconnect or link.lost.is_set():
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                for step in session.on_disconnect:
+                    await link.write(step.uuid, step.data)
 
     def _wanted(self, advert: Advertisement) -> bool:
         if self.device.address is not None:
@@ -305,8 +210,10 @@ class BleDeviceSession:
         await self._set_clock(link)
         await self._read_battery(link)
         self._decoder = self._driver.gatt_decoder(self.device.options)
-        self._sync = record_sync_for(self._driver, link, self.device.id,
-                                     self._outbox.get_meta)
+        self._link = link
+        self._sync = sync = record_sync_for(self._driver, link.has, self.device.id,
+                                            self._outbox.get_meta)
+        subscribed: set[str] = set()
         for char in self._driver.info.characteristics:
             if not link.has(char.uuid):
                 continue  # optional (required ones were checked)
@@ -315,10 +222,19 @@ class BleDeviceSession:
             else:
                 await self._call(link.subscribe(char.uuid, partial(self._on_value, char.uuid)),
                                  link)
+                subscribed.add(char.uuid.lower())
+        if sync is not None:  # the answers of a control point no decoder reads
+            for uuid in sync.done_on - subscribed:
+                if link.has(uuid, "notify", "indicate"):
+                    await self._call(link.subscribe(uuid, partial(self._on_answer, uuid)), link)
         self.connected = True  # values flow from here on
-        if self._sync is not None:
-            await self._call(link.subscribe(racp.RACP, self._racp_answers.put_nowait), link)
-            await self._fetch_records(link, self._sync)
+        session = self._driver.info.ble_session
+        for step in session.on_connect if session else ():
+            await self._call(link.write(step.uuid, step.data), link)
+        if sync is not None:
+            final = await self.request(sync.control, sync.request(), sync.done, sync.done_on)
+            if final is not None:
+                await sync.finish(self, final)
         await link.lost.wait()
         raise DeviceUnavailable(link.lost_reason or "link lost")
 
@@ -392,8 +308,15 @@ class BleDeviceSession:
 
     # --- values -------------------------------------------------------------------------------
 
+    def _on_answer(self, uuid: str, data: bytes) -> None:
+        log.log(TRACE, "device %s: %s = %s", self.device.id, uuid, data.hex())
+        self._answers.put_nowait((uuid.lower(), data))
+
     def _on_value(self, uuid: str, data: bytes) -> None:
         log.log(TRACE, "device %s: %s = %s", self.device.id, uuid, data.hex())
+        sync = self._sync
+        if sync is not None and uuid.lower() in sync.done_on:
+            self._answers.put_nowait((uuid.lower(), data))
         decoder = self._decoder
         if decoder is None:
             return
@@ -410,8 +333,7 @@ class BleDeviceSession:
             return
         for error in result.errors:
             self._count_error(error)
-        sync = self._sync
-        if sync is not None and uuid in (sync.characteristic, GLUCOSE_CONTEXT):
+        if sync is not None and uuid.lower() in sync.records:
             self._transfer_activity = time.monotonic()
             for reading in result.readings:
                 keep, cursor = sync.accept(uuid, reading)
@@ -453,7 +375,7 @@ class BleDeviceSession:
         return any(c.uuid == uuid and c.mode == "notify" for c in self._driver.info.characteristics)
 
     def _submit(self, identity: Mapping[str, object], reading: Reading,
-                cursor: tuple[str, MetaValue] | None) -> None:
+                cursor: Cursor | None) -> None:
         self.readings += 1
         self._journal.submit(identity, self.device.id, self.device.patient, reading,
                              time.time(), cursor=cursor)
@@ -463,48 +385,39 @@ class BleDeviceSession:
         self._journal.count_error(self.device.id, str(error))
         log.log(TRACE, "device %s: decode error: %s", self.device.id, error)
 
-    # --- the record access control point -----------------------------------------------------
+    # --- stored-record transfers (the session is the strategies' `Transfer`) --------------
 
-    async def _fetch_records(self, link: Link, sync: RecordSync) -> None:
-        response = await self.racp_request(link, sync.request())
-        if response is None:
-            return
-        if response.code == racp.NO_RECORDS:
-            log.info("device %s: no new stored records", self.device.id)
-        elif response.code != racp.SUCCESS:
-            log.warning("device %s: the device refused the stored-record request (%s)",
-                        self.device.id, response.describe())
-            return
-        else:
-            log.info("device %s: stored records received", self.device.id)
-        await sync.finish(self, link)
-
-    async def racp_request(self, link: Link, request: bytes) -> racp.Response | None:
-        """Write an RACP request and wait for its response. While records flow, the timeout
-        counts from the last record; a transfer that stalls is aborted. None on a timeout."""
-        while not self._racp_answers.empty():
-            self._racp_answers.get_nowait()
+    async def request(self, control: str, data: bytes, done: Callable[[bytes], bool],
+                      done_on: frozenset[str]) -> bytes | None:
+        """Write a request to `control` and wait for the value that ends it. While records
+        flow, the timeout counts from the last record; a transfer that stalls is given up
+        (aborted, for an RACP). None on a timeout."""
+        link = self._link
+        if link is None:
+            return None
+        while not self._answers.empty():
+            self._answers.get_nowait()
         self._transfer_activity = time.monotonic()
-        await self._call(link.write(racp.RACP, request), link)
+        await self._call(link.write(control, data), link)
         while True:
             left = self._transfer_activity + self._record_timeout - time.monotonic()
             if left <= 0:
                 log.warning("device %s: no answer to a stored-record request for %.1f s; "
-                            "aborting it (the rest comes on the next connection)",
+                            "giving up on it (the rest comes on the next connection)",
                             self.device.id, self._record_timeout)
-                with contextlib.suppress(DeviceUnavailable):
-                    await self._call(link.write(racp.RACP, racp.abort()), link)
+                if control == racp.RACP:
+                    with contextlib.suppress(DeviceUnavailable):
+                        await self._call(link.write(racp.RACP, racp.abort()), link)
                 return None
             try:
                 async with asyncio.timeout(min(left, 1.0)):
-                    answer = await self._racp_answers.get()
+                    uuid, answer = await self._answers.get()
             except TimeoutError:
                 if link.lost.is_set():
                     raise DeviceUnavailable(link.lost_reason or "link lost") from None
                 continue
-            response = racp.parse_response(answer)
-            if response is not None and response.request == request[0]:
-                return response
+            if uuid in done_on and done(answer):
+                return answer
 
     # --- the outbox -----------------------------------------------------------------------------
 

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
-SDK_VERSION = (1, 1)
-"""(major, minor). A driver needing a newer major or minor than this is refused."""
+SDK_VERSION = (1, 2)
+"""(major, minor). A driver declares the version it was written for; the hub refuses one that
+needs another major version or a newer minor one. Additions bump the minor version, changes
+that could break a driver bump the major. 1.2 added `category`, `BleSession` and
+`SerialSession`."""
 
 TRACE = 5
 """Log level for raw bytes and health values: they never appear above it."""
@@ -221,6 +224,64 @@ class SerialSettings:
             " xon/xoff" if self.xonxoff else "")
 
 
+# --- conversations: what the transport does for a driver that needs more than listening ------
+
+@dataclass(frozen=True, slots=True)
+class GattWrite:
+    """A value the hub writes to a characteristic (a start or stop command, say)."""
+
+    uuid: str
+    data: bytes
+    response: bool = True
+    """Write with response (the device acknowledges); False for write-without-response."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecords:
+    """Records a device keeps while the hub is away, fetched on every connection after the last
+    one the hub has stored. The hub keeps that position (`cursor`) in the outbox, written in the
+    same transaction as the reading it belongs to, so nothing is fetched twice or skipped, even
+    across a power cut. All three functions are pure.
+
+    - `request(last)`: the bytes to write to `control` to ask for the records after `last`
+      (None: the hub has stored none yet, so ask for all).
+    - `cursor(reading)`: the position of a reading that arrived on `records` (a record number or
+      event counter; later records have higher numbers), or None for a value that is not a
+      record. A reading at or below the stored position is dropped as already stored.
+    - `done(value)`: True when a value arriving on `control` (or `records`) ends the transfer.
+    """
+
+    control: str
+    records: str
+    request: Callable[[int | None], bytes]
+    cursor: Callable[[Reading], int | None]
+    done: Callable[[bytes], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class BleSession:
+    """The steps a BLE driver needs beyond subscribing to its characteristics, which the
+    transport runs so that the driver itself stays pure."""
+
+    on_connect: tuple[GattWrite, ...] = ()
+    """Written after every subscription is in place (start a measurement stream, say)."""
+    on_disconnect: tuple[GattWrite, ...] = ()
+    """Written, best effort, when the hub closes the link itself (stop the stream)."""
+    stored: StoredRecords | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSession:
+    """The steps a serial driver needs: bytes written each time the port is opened (a device
+    that streams only after a start command)."""
+
+    on_open: tuple[bytes, ...] = ()
+
+
+Category = Literal["respiratory", "musculoskeletal", "other"]
+"""The RTM category a driver's device serves (CPT 98976 respiratory, 98977 musculoskeletal)."""
+
+
 # --- the driver protocol -----------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +300,13 @@ class DriverInfo:
     """BLE: the characteristics the hub subscribes to or reads, in the order to set them up."""
     produces: tuple[str, ...] = ()
     continuous: bool = False
-    """A continuous stream (tens of frames a second): the hub summarises it to one reading per
-    configured interval instead of signing every frame."""
+    """A continuous stream (tens of frames a second): the hub summarises the values of its
+    notify characteristics to one reading per configured interval instead of signing each."""
     sdk_version: tuple[int, int] = SDK_VERSION
+    """The SDK version the driver was written for; vendors should spell it out."""
+    category: Category = "other"
+    ble_session: BleSession | None = None
+    serial_session: SerialSession | None = None
 
 
 @dataclass(slots=True)
@@ -279,7 +344,10 @@ class Driver(Protocol):
 class GattDecoder(Protocol):
     """Turns characteristic values into readings for one BLE connection. It may keep state
     between values (a record split over notifications, counters to difference). Like a stream
-    decoder it never raises on bad input: errors come back in the result."""
+    decoder it never raises on bad input: errors come back in the result.
+
+    A decoder that holds partial results may also define `flush() -> FeedResult`: the hub
+    calls it when the connection ends, and signs what it returns."""
 
     def value(self, uuid: str, data: bytes) -> FeedResult: ...
 

@@ -376,7 +376,7 @@ def test_a_meter_with_no_records_is_served_live(bluez: BluezThread, tmp_path: Pa
 
 
 def test_sequence_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
-    from gateway.ble_session import GLUCOSE_MEASUREMENT, SequenceSync
+    from gateway.records import GLUCOSE_MEASUREMENT, SequenceSync
     from gateway.sdk import Reading
 
     def record(sequence: int) -> Reading:

@@ -30,6 +30,7 @@ sent by this module (domain.md §3.2.2-3.2.3), little-endian:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,8 @@ from gateway.sim.ble_base import (
 )
 from gateway.sim.ble_records import GlucoseMeter, PulseOximeter
 from gateway.sim.bluez import CharSpec
+
+_LOGGER = logging.getLogger(__name__)
 
 __all__ = [
     "SIMULATORS",
@@ -239,10 +242,37 @@ SIMULATORS: Mapping[str, type[SimulatedBleDevice]] = {
 """Simulated device class by driver id; each class has `default_rate` and `what`."""
 
 
+SIMULATOR_ENTRY_POINTS = "rtm_gateway.simulators"
+"""Vendors register their simulated device classes here, named by driver id."""
+
+
+def simulator_classes() -> dict[str, type[SimulatedBleDevice]]:
+    """The built-in simulators and every installed vendor simulator (entry point group
+    `rtm_gateway.simulators`, name = driver id, value = a `SimulatedBleDevice` subclass). One
+    that fails to load is logged and left out."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, type[SimulatedBleDevice]] = dict(SIMULATORS)
+    for entry_point in entry_points(group=SIMULATOR_ENTRY_POINTS):
+        try:
+            cls = entry_point.load()
+        except Exception as exc:  # a vendor package may fail in any way; the rest still work
+            _LOGGER.warning("simulator %r is skipped: it failed to load (%s: %s)",
+                          entry_point.name, type(exc).__name__, exc)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, SimulatedBleDevice)):
+            _LOGGER.warning("simulator %r is skipped: %r is not a SimulatedBleDevice subclass",
+                          entry_point.name, cls)
+            continue
+        found.setdefault(entry_point.name, cls)
+    return found
+
+
 def make_device(driver_id: str, **options: Any) -> SimulatedBleDevice:
     """A simulated device for `driver_id` with the factory's keyword `options`."""
-    cls = SIMULATORS.get(driver_id)
+    classes = simulator_classes()
+    cls = classes.get(driver_id)
     if cls is None:
         raise SimulatorError(f"no Bluetooth simulator for {driver_id!r}; there are: "
-                             f"{', '.join(sorted(SIMULATORS))}")
+                             f"{', '.join(sorted(classes))}")
     return cls(**options)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from gateway.sim import SimulatorError
-from gateway.sim.ble_devices import SIMULATORS, make_device, start_device, stop_device
+from gateway.sim.ble_devices import make_device, simulator_classes, start_device, stop_device
 from gateway.sim.bluez import BluezThread, VirtualBluezError
 from gateway.sim.dbus_bus import PrivateBusError, dbus_daemon_available, private_bus
 
@@ -24,10 +24,11 @@ from gateway.sim.dbus_bus import PrivateBusError, dbus_daemon_available, private
 def run_ble_lab(drivers: Sequence[str], *, rate_hz: float | None = None,
                 seconds: float | None = None, address: str | None = None,
                 serial: str | None = None, out: TextIO = sys.stdout) -> None:
-    unknown = [d for d in drivers if d not in SIMULATORS]
+    classes = simulator_classes()
+    unknown = [d for d in drivers if d not in classes]
     if unknown:
         raise SimulatorError(f"no Bluetooth simulator for {', '.join(unknown)}; there are: "
-                             f"{', '.join(sorted(SIMULATORS))}")
+                             f"{', '.join(sorted(classes))}")
     if (address or serial) and len(drivers) > 1:
         raise SimulatorError("--address and --serial name one device; simulate one driver")
     if rate_hz is not None and rate_hz <= 0:
