@@ -93,6 +93,12 @@ class _SerialStream:
         except SerialPortError as exc:
             raise DeviceUnavailable(str(exc)) from exc
 
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._stream.write(data)
+        except (SerialPortError, OSError, TimeoutError) as exc:
+            raise DeviceUnavailable(str(exc) or type(exc).__name__) from exc
+
     async def close(self) -> None:
         await self._stream.close()
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 
@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("drivers", help="list installed drivers and how each matches devices")
     p.add_argument("--json", action="store_true")
+
+    _driver_arguments(sub)
 
     p = sub.add_parser("decode", help="decode bytes (or a BLE characteristic value) with a driver")
     p.add_argument("driver", help="driver id, e.g. contec.cms50d")
@@ -130,6 +132,24 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--username")
     p.add_argument("--password-file", type=Path)
     p.add_argument("--json", action="store_true")
+
+
+def _driver_arguments(sub: Any) -> None:
+    p = sub.add_parser("driver", help="for driver authors: check a driver, or start a new one")
+    driver_sub = p.add_subparsers(dest="driver_command", metavar="SUBCOMMAND", required=True)
+    d = driver_sub.add_parser("check", help="the conformance kit: fixtures, fuzz, units and "
+                              "codes, match rules; exit 0 only when everything passes")
+    d.add_argument("target", help="an installed driver id (acme.spirometer) or a module "
+                   "(acme_rtm.driver, or acme_rtm.driver:DRIVER)")
+    d.add_argument("--inputs", type=int, default=3000,
+                   help="random inputs per decode entry point (default 3000)")
+    d.add_argument("--json", action="store_true")
+    d = driver_sub.add_parser("new", help="scaffold a vendor driver package that passes "
+                              "`driver check` as generated")
+    d.add_argument("name", help="the driver id, vendor.model (e.g. acme.spirometer)")
+    d.add_argument("--dir", type=Path, default=Path("."),
+                   help="where to create the package folder (default: here)")
+    d.add_argument("--transport", choices=["ble", "serial"], default="ble")
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
@@ -202,7 +222,7 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
         print(json.dumps([d.as_dict() for d in descriptions], indent=2))
         return EXIT_OK
     for row in descriptions:
-        print(f"{row.id} {row.version}  ({row.source})")
+        print(f"{row.id} {row.version}  ({row.source}; {row.category}; SDK {row.sdk_version})")
         print(f"    {row.description}")
         for rule in row.match or ("(no automatic match: name the port in the config)",):
             print(f"    matches: {rule}")
@@ -292,6 +312,31 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_driver(args: argparse.Namespace) -> int:
+    if args.driver_command == "new":
+        from gateway.scaffold import ScaffoldError, new_driver_package
+
+        try:
+            path = new_driver_package(args.name, args.dir, transport=args.transport)
+        except ScaffoldError as exc:
+            return _fail(str(exc), EXIT_CONFIG)
+        print(f"created {path}\nnext: pip install -e {path} && rtm-gateway driver check "
+              f"{args.name}  (see {path / 'README.md'})")
+        return EXIT_OK
+    from gateway.conformance import ConformanceError, check_driver
+
+    if args.inputs < 1:
+        return _fail("--inputs must be at least 1", EXIT_CONFIG)
+    if not args.json:
+        print(f"checking {args.target} ...", file=sys.stderr)
+    try:
+        report = check_driver(args.target, fuzz_inputs=args.inputs)
+    except ConformanceError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _cmd_identity(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.signing import HubIdentity, IdentityError
@@ -362,6 +407,7 @@ _COMMANDS = {
     "decode": _cmd_decode,
     "simulate": _cmd_simulate,
     "scan": _cmd_scan,
+    "driver": _cmd_driver,
     "identity": _cmd_identity,
     "status": _cmd_status,
     "verify": _cmd_verify,

@@ -48,6 +48,10 @@ class DeviceUnavailable(Exception):
 
 
 class ByteStream(Protocol):
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the device (a start command)."""
+        ...
+
     async def read(self) -> bytes:
         """The next chunk; raises `DeviceUnavailable` when the device goes away."""
         ...
@@ -436,6 +440,15 @@ class DeviceSession:
     async def run(self) -> None:
         while True:
             stream = await self._open()
+            session = self._driver.info.serial_session
+            try:
+                for command in session.on_open if session else ():
+                    await stream.write(command)
+            except DeviceUnavailable as exc:
+                log.warning("device %s: cannot send its start command (%s); reopening",
+                            self.device.id, exc)
+                await stream.close()
+                continue
             self.connected = True
             log.info("device %s: connected on %s", self.device.id, self.device.where)
             self._journal.event("device-connected", {"device": self.device.id})

@@ -110,6 +110,8 @@ class DriverDescription:
     continuous: bool
     source: str
     characteristics: tuple[str, ...] = ()
+    category: str = "other"
+    sdk_version: str = ""
 
     def as_dict(self) -> dict[str, object]:
         """The `--json` shape."""
@@ -118,6 +120,7 @@ class DriverDescription:
             "transport": self.transport, "match": list(self.match), "serial": self.serial,
             "produces": list(self.produces), "continuous": self.continuous,
             "source": self.source, "characteristics": list(self.characteristics),
+            "category": self.category, "sdk_version": self.sdk_version,
         }
 
 
@@ -281,10 +284,26 @@ class Registry:
                 driver_id, source, f"its id is already provided by {first.source}"),
                 "uninstall one of the two")
             return
+        if source != BUILTIN:
+            for rule in driver.info.match:
+                for other_id, other in self._entries.items():
+                    if rule in other.driver.info.match:
+                        _skip(problems, PluginProblem(
+                            driver_id, source, f"its match rule ({rule.describe()}) is already "
+                            f"claimed by {other_id} from {other.source}"),
+                            "make the rule more specific (a name pattern, manufacturer data), "
+                            "or uninstall one of the two")
+                        return
         self._entries[driver_id] = _Entry(driver, source)
         for rule in driver.info.match:
             if isinstance(rule, UsbMatch):
                 self._usb.setdefault((rule.vid, rule.pid), []).append((rule, driver_id))
+
+    def include(self, driver: AnyDriver, source: str) -> None:
+        """Add a driver after loading (the conformance kit checks one not yet installed)."""
+        problems: list[PluginProblem] = []
+        self._add(validate_driver(driver), source, problems)
+        self.problems += tuple(problems)
 
     def __contains__(self, driver_id: object) -> bool:
         return driver_id in self._entries
@@ -426,5 +445,7 @@ class Registry:
                 produces=tuple(info.produces), continuous=info.continuous, source=entry.source,
                 characteristics=tuple(
                     f"{c.uuid} {c.name} ({c.mode}{', optional' if c.optional else ''})"
-                    for c in info.characteristics)))
+                    for c in info.characteristics),
+                category=info.category,
+                sdk_version=f"{info.sdk_version[0]}.{info.sdk_version[1]}"))
         return tuple(rows)

@@ -44,7 +44,7 @@ def test_every_observation_type_the_drivers_produce_is_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|",
                                 (ROOT / "docs" / "observation-types.md").read_text(), re.M))
     produced = set()
-    for path in (ROOT / "tests" / "drivers" / "fixtures").glob("*/*.json"):
+    for path in (ROOT / "gateway" / "drivers" / "fixtures").glob("*/*.json"):
         case = json.loads(path.read_text())
         produced |= {o["type"] for r in case.get("readings", []) for o in r["observations"]}
     assert produced, "no fixtures found"

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import time
+import tty
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from gateway.config import DeviceConfig
 from gateway.drivers import contec_cms50d
 from gateway.outbox import Outbox
 from gateway.pipeline import DeviceSession, Journal
-from gateway.sdk import DriverInfo, FeedResult, Observation, Reading
+from gateway.sdk import DriverInfo, FeedResult, Observation, Reading, SerialSession
 from gateway.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
 from gateway.sim.cms50d import encode_frame
 
@@ -229,3 +230,48 @@ def test_the_outbox_refuses_a_cursor_named_like_its_own_meta(outbox: Outbox) -> 
         journal.commit_once()
     assert outbox.head()[0] == 0
     assert journal.pending == 1  # kept, not lost
+
+
+class _QuietUntilStarted:
+    """A serial driver for a device that streams only after it is sent "GO\\n"."""
+
+    info = DriverInfo("acme.quiet", "0.1", "streams after a start command", "serial",
+                      serial_session=SerialSession(on_open=(b"GO\n",)))
+
+    def decoder(self, options: Mapping[str, object]) -> _BrokenDecoder:
+        return _BrokenDecoder()
+
+
+def test_a_serial_start_command_is_sent_each_time_the_port_opens(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    tty.setraw(master)
+    driver = _QuietUntilStarted()
+    device = DeviceConfig(id="dev", driver=driver.info.id, patient="pt-1",
+                          port=os.ttyname(slave))
+    outbox = Outbox.open(tmp_path / "outbox.sqlite")
+    journal, _ = journal_for(outbox)
+    session = DeviceSession(device, driver, driver.info.serial, SerialOpener(), journal)
+
+    async def scenario() -> bytes:
+        task = asyncio.create_task(session.run())
+        received = b""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(5):
+            while b"GO\n" not in received:
+                received += await loop.run_in_executor(None, os.read, master, 64)
+        os.write(master, b"ok")
+        async with asyncio.timeout(5):
+            while session.readings < 1:  # noqa: ASYNC110  # a counter the session task owns
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return received
+
+    try:
+        assert asyncio.run(scenario()) == b"GO\n"
+        assert session.readings == 1
+    finally:
+        os.close(master)
+        os.close(slave)
+        outbox.close()

@@ -181,15 +181,16 @@ def test_usb_match() -> None:
     assert registry.match_usb(0x0403, 0x6001) is None
 
 
-def test_ambiguous_usb_match_raises() -> None:
+def test_a_second_identical_usb_claim_is_refused_at_load_so_matching_stays_unambiguous(
+        ) -> None:
     registry = Registry(builtins=(), entry_points=[
         plugin("a", driver("acme.a", UsbMatch(0x0403, 0x6001))),
         plugin("b", driver("acme.b", UsbMatch(0x0403, 0x6001))),
     ])
-    with pytest.raises(AmbiguousMatchError) as excinfo:
-        registry.match_usb(0x0403, 0x6001)
-    assert excinfo.value.driver_ids == ("acme.a", "acme.b")
-    assert "0403:6001" in str(excinfo.value)
+    found = registry.match_usb(0x0403, 0x6001)
+    assert found is not None and found.info.id == "acme.a"
+    assert [p.name for p in registry.problems] == ["acme.b"]
+    assert "0403:6001" in registry.problems[0].reason
 
 
 def test_product_string_rule_beats_a_bare_vid_pid() -> None:
@@ -212,7 +213,7 @@ def test_describe() -> None:
         "description": rows["contec.cms50d"]["description"], "transport": "serial",
         "match": ["usb 10c4:ea60"], "serial": "19200 8O1",
         "produces": ["spo2", "pulse_rate"], "continuous": True, "source": "builtin",
-        "characteristics": [],
+        "characteristics": [], "category": "respiratory", "sdk_version": "1.2",
     }
     assert rows["acme.x"]["source"] == "acme-x"
     assert list(rows) == sorted(rows)
@@ -256,7 +257,9 @@ def gatt_info(driver_id: str = "acme.hr", match: tuple[object, ...] = (),
 
 
 def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
-    gatt = _GattDriver(gatt_info(match=(BleMatch(service_uuid=uuid16(0x180D)),)))
+    # The built-in gatt.hrs claims the bare service already: a vendor narrows it by name.
+    gatt = _GattDriver(gatt_info(match=(BleMatch(service_uuid=uuid16(0x180D),
+                                                 local_name="Acme"),)))
     registry = Registry(entry_points=[plugin("hr", gatt)])
     assert registry.get("acme.hr") is gatt
     result = registry.decode("acme.hr", b"\x48", {}, char="2A37")
@@ -271,7 +274,7 @@ def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
     with pytest.raises(DriverTransportError, match="Bluetooth LE driver"):
         registry.get_serial("acme.hr")
     (row,) = [d for d in registry.describe() if d.id == "acme.hr"]
-    assert row.match == (f"ble service {uuid16(0x180D)}",)
+    assert row.match == (f"ble service {uuid16(0x180D)}, name ~ 'Acme'",)
     assert row.characteristics == (f"{HR} hr (notify)",)
 
 
@@ -315,3 +318,18 @@ def test_ble_advertisements_match_the_most_specific_rule() -> None:
     assert registry.match_ble(local_name="Polar H10") is named
     assert registry.match_ble(local_name="Garmin") is None
     assert registry.match_ble() is None
+
+
+def test_a_plugin_claiming_another_drivers_exact_rule_is_skipped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="gateway.registry")
+    ftdi = UsbMatch(0x0403, 0x6015)
+    registry = Registry(entry_points=[
+        plugin("a", driver("acme.meter", ftdi), "pkg-a"),
+        plugin("b", driver("other.meter", ftdi), "pkg-b"),
+        plugin("c", driver("other.flowmeter", UsbMatch(0x0403, 0x6015, "Flow")), "pkg-c")])
+    assert "acme.meter" in registry
+    assert "other.meter" not in registry  # the same claim: a second one would be a coin toss
+    assert "other.flowmeter" in registry  # a more specific claim is fine
+    assert "already claimed by acme.meter" in caplog.text
+    assert [p.name for p in registry.problems] == ["other.meter"]

@@ -159,6 +159,7 @@ class Cms50dDriver:
         version="1.0.0",
         description="Contec CMS50D+ pulse oximeter (firmware <= 4.5), live stream over USB serial",
         transport="serial",
+        category="respiratory",
         # The cable holds a Silicon Labs CP210x bridge; the oximeter itself speaks TTL serial.
         match=(UsbMatch(0x10C4, 0xEA60),),
         # The firmware documents XON/XOFF, but the hub never sends in live mode, and a tty with

@@ -204,6 +204,7 @@ class CscsDriver:
         version="1.0.0",
         description="Bluetooth Cycling Speed and Cadence Service (wheel and crank sensors)",
         transport="ble",
+        category="musculoskeletal",
         match=(BleMatch(service_uuid=uuid16(0x1816)),),
         service=uuid16(0x1816),
         characteristics=(

@@ -376,6 +376,7 @@ class FtmsDriver:
         description="Bluetooth Fitness Machine Service (bike, treadmill, rower, cross trainer, "
                     "step climber), read only",
         transport="ble",
+        category="musculoskeletal",
         match=(BleMatch(service_uuid=uuid16(0x1826)),),
         service=uuid16(0x1826),
         characteristics=(

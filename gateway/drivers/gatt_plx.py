@@ -204,6 +204,7 @@ class PlxDriver:
         version="1.0.0",
         description="Bluetooth Pulse Oximeter profile (0x1822): spot-check, continuous, features",
         transport="ble",
+        category="respiratory",
         match=(BleMatch(service_uuid=uuid16(0x1822)),),
         service=uuid16(0x1822),
         characteristics=(

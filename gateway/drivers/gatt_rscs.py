@@ -104,6 +104,7 @@ class RscsDriver:
         version="1.0.0",
         description="Bluetooth Running Speed and Cadence Service (foot pods)",
         transport="ble",
+        category="musculoskeletal",
         match=(BleMatch(service_uuid=uuid16(0x1814)),),
         service=uuid16(0x1814),
         characteristics=(

@@ -1,4 +1,5 @@
-"""Runs every recorded fixture of every driver: tests/drivers/fixtures/<driver-id>/*.json.
+"""Runs every recorded fixture of every built-in driver: gateway/drivers/fixtures/<id>/*.json
+(shipped with the package, so `rtm-gateway driver check ID` runs them too).
 
 A fixture is one case: the recorded bytes (hex), the driver options if any, and the whole
 expected result, so a vendor can read one and write the next:
@@ -29,11 +30,12 @@ from typing import Any
 
 import pytest
 
+from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import Flushable, serial_settings_for
 from gateway.registry import AnyDriver, Registry, characteristic_uuid
 from gateway.sdk import DecodeError, Driver, GattDriver, OptionError, parse_hex
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = BUILTIN_FIXTURES
 CASES = sorted(FIXTURES.glob("*/*.json"))
 REGISTRY = Registry(entry_points=())
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import Flushable, contec_cms50d, decode_bytes
 from gateway.registry import AnyDriver, Registry
 from gateway.sdk import DecodeError, Driver, FeedResult, GattDriver, Reading
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = BUILTIN_FIXTURES
 REGISTRY = Registry()
 DRIVERS = [d for d in REGISTRY if isinstance(d, Driver)]
 GATT_DRIVERS = [d for d in REGISTRY if isinstance(d, GattDriver)]

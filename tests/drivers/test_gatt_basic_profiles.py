@@ -1,7 +1,7 @@
 """The GATT profile drivers gatt.plx, gatt.hrs, gatt.bas, gatt.dis and gatt.cts on their own.
 
 Until the shared fixture runner and fuzz test feed GATT drivers, this file runs their fixtures
-(tests/drivers/fixtures/gatt.*/*.json: `values` of {char, hex}, the whole expected `readings`,
+(gateway/drivers/fixtures/gatt.*/*.json: `values` of {char, hex}, the whole expected `readings`,
 the `errors` count), fuzzes every `decode_*` function and every declared characteristic, and
 checks the Current Time encoder against its decoder.
 """
@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import gatt_bas, gatt_cts, gatt_dis, gatt_hrs, gatt_plx
 from gateway.sdk import (
     OBSERVATION_TYPES,
@@ -33,7 +34,7 @@ from gateway.sdk import (
 )
 
 MODULES: tuple[ModuleType, ...] = (gatt_plx, gatt_hrs, gatt_bas, gatt_dis, gatt_cts)
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = BUILTIN_FIXTURES
 CASES = sorted(p for m in MODULES for p in (FIXTURES / m.DRIVER_ID).glob("*.json"))
 # No example database: a fuzz run must not leave files in the checkout.
 FUZZ = settings(max_examples=300, deadline=1000, database=None)

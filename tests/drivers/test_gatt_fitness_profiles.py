@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import gatt_cscs, gatt_ftms, gatt_rscs
 from gateway.registry import characteristic_uuid
 from gateway.sdk import DecodeError, FeedResult, GattDriver, OptionError, Reading, parse_hex
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = BUILTIN_FIXTURES
 DRIVERS: dict[str, GattDriver] = {
     d.info.id: d for d in (gatt_ftms.DRIVER, gatt_rscs.DRIVER, gatt_cscs.DRIVER)}
 CASES = sorted(p for d in DRIVERS for p in (FIXTURES / d).glob("*.json"))

@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import gatt_bps, gatt_gls, gatt_hts, gatt_wss
 from gateway.sdk import DecodeError, GattDriver, OptionError, Reading, parse_hex, uuid16
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = BUILTIN_FIXTURES
 DRIVERS: dict[str, GattDriver] = {
     d.info.id: d for d in (gatt_hts.DRIVER, gatt_wss.DRIVER, gatt_bps.DRIVER, gatt_gls.DRIVER)}
 CASES = sorted(p for driver_id in DRIVERS for p in (FIXTURES / driver_id).glob("*.json"))

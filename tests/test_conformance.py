@@ -1,0 +1,185 @@
+"""The conformance kit (`rtm-gateway driver check`): it passes every built-in driver and catches
+each kind of broken one, written here as small vendor packages on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.conformance import Check, check_driver, loinc_ok
+from gateway.registry import Registry
+from gateway.ucum import ucum_error
+from tests.harness import ROOT, run_cli
+
+REGISTRY = Registry(entry_points=())
+
+GOOD_DRIVER = '''
+from collections.abc import Mapping
+
+from gateway.sdk import (BleMatch, Characteristic, DecodeError, DriverInfo, FeedResult,
+                         Observation, Reading, no_options)
+
+SERVICE = "7a1f0000-0000-4000-8000-00000000abcd"
+DATA = "7a1f0001-0000-4000-8000-00000000abcd"
+
+
+class Decoder:
+    def value(self, uuid: str, data: bytes) -> FeedResult:
+        if len(data) != 2:
+            return FeedResult(errors=[DecodeError(f"expected 2 bytes, got {{len(data)}}")])
+        {body}
+        return FeedResult(readings=[Reading((Observation("{type}", value, "{unit}"),), data)])
+
+
+class Driver:
+    info = DriverInfo("acme.{name}", "1.0.0", "a test device", "ble",
+                      match=(BleMatch(service_uuid={rule}),), service=SERVICE,
+                      characteristics=(Characteristic(DATA, "data", "notify"),),
+                      produces=("{type}",), sdk_version=(1, 2), category="musculoskeletal")
+
+    def gatt_decoder(self, options: Mapping[str, object]) -> Decoder:
+        no_options("acme.{name}", options)
+        return Decoder()
+
+
+DRIVER = Driver()
+'''
+
+FIXTURE = {"description": "one value", "values": [{"char": "7a1f0001-0000-4000-8000-00000000abcd",
+                                                   "hex": "1200"}],
+           "readings": [{"observations": [{"type": "grip_force", "value": 18, "unit": "kg"}],
+                         "status": {}, "raw": "EgA=", "device_time": None,
+                         "device_clock": "unknown"}],
+           "errors": 0}
+
+
+def vendor_package(root: Path, name: str, *, body: str = "value = data[0]",
+                   type_name: str = "grip_force", unit: str = "kg", rule: str = "SERVICE",
+                   fixture: dict[str, object] | None = FIXTURE) -> str:
+    """Write package `acme_<name>` with a driver and (unless None) one fixture; return the
+    module name. `root` must be on sys.path."""
+    package = root / f"acme_{name}"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "driver.py").write_text(textwrap.dedent(GOOD_DRIVER).format(
+        name=name, body=body, type=type_name, unit=unit, rule=rule))
+    if fixture is not None:
+        folder = package / "fixtures" / f"acme.{name}"
+        folder.mkdir(parents=True)
+        (folder / "one.json").write_text(json.dumps(fixture))
+    return f"acme_{name}.driver"
+
+
+@pytest.fixture
+def vendor_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def failing(report_checks: list[Check]) -> dict[str, tuple[str, ...]]:
+    return {c.name: c.problems for c in report_checks if not c.ok}
+
+
+@pytest.mark.parametrize("driver_id", REGISTRY.ids())
+def test_every_builtin_driver_passes(driver_id: str) -> None:
+    report = check_driver(driver_id, registry=Registry(entry_points=()), fuzz_inputs=300)
+    assert report.ok, report.render()
+    assert [c.name for c in report.checks] == [
+        "declaration", "fixtures", "units and codes", "fuzz", "match rules"]
+
+
+def test_a_good_vendor_module_passes(vendor_root: Path) -> None:
+    module = vendor_package(vendor_root, "grip")
+    report = check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=500)
+    assert report.ok, report.render()
+    assert report.driver_id == "acme.grip"
+
+
+def test_a_decoder_that_raises_fails_the_fuzz(vendor_root: Path) -> None:
+    module = vendor_package(vendor_root, "crashy",
+                            body="value = data[0] // data[1]  # ZeroDivisionError on x00")
+    report = check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=2000)
+    problems = failing(report.checks)
+    assert "fuzz" in problems
+    assert "ZeroDivisionError" in problems["fuzz"][0]
+    assert not report.ok
+
+
+def test_a_wrong_unit_and_a_fixture_mismatch_fail(
+        vendor_root: Path) -> None:
+    bad_fixture = json.loads(json.dumps(FIXTURE))
+    bad_fixture["readings"][0]["observations"][0]["value"] = 19
+    module = vendor_package(vendor_root, "sloppy", unit="kilos", fixture=bad_fixture)
+    problems = failing(check_driver(module, registry=Registry(entry_points=()),
+                                    fuzz_inputs=100).checks)
+    assert "fixtures" in problems and "readings differ" in problems["fixtures"][0]
+    assert any("'kilos' is not valid UCUM" in p for p in problems["units and codes"])
+
+
+def test_a_driver_without_fixtures_fails(vendor_root: Path) -> None:
+    module = vendor_package(vendor_root, "bare", fixture=None)
+    report = check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=100)
+    (fixtures,) = [c for c in report.checks if c.name == "fixtures"]
+    assert not fixtures.ok
+    assert "no fixtures" in fixtures.detail
+
+
+def test_a_rule_that_ties_with_a_builtin_driver_fails(vendor_root: Path) -> None:
+    # The bare Heart Rate service is gatt.hrs's claim already.
+    module = vendor_package(vendor_root, "strap", rule='"0000180d-0000-1000-8000-00805f9b34fb"')
+    problems = failing(check_driver(module, registry=Registry(entry_points=()),
+                                    fuzz_inputs=100).checks)
+    assert "match rules" in problems
+    assert "gatt.hrs" in problems["match rules"][0]
+
+
+def test_a_driver_needing_a_newer_sdk_is_refused_by_name(vendor_root: Path) -> None:
+    module = vendor_package(vendor_root, "future")
+    path = vendor_root / "acme_future" / "driver.py"
+    path.write_text(path.read_text().replace("sdk_version=(1, 2)", "sdk_version=(1, 9)"))
+    report = check_driver(module, registry=Registry(entry_points=()))
+    assert not report.ok
+    assert "needs driver SDK 1.9, this hub has 1.2" in report.checks[0].detail
+
+
+def test_the_cli_exit_status_says_pass_fail_or_not_found(vendor_root: Path) -> None:
+    vendor_package(vendor_root, "grip")
+    vendor_package(vendor_root, "crashy", body="value = data[0] // data[1]")
+    env_path = f"{vendor_root}{os.pathsep}{ROOT}"
+    passed = _cli(env_path, "driver", "check", "acme_grip.driver", "--inputs", "200")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "result: PASS" in passed.stdout
+    failed = _cli(env_path, "driver", "check", "acme_crashy.driver", "--json")
+    assert failed.returncode == 1
+    report = json.loads(failed.stdout)
+    assert report["ok"] is False
+    assert {c["name"]: c["ok"] for c in report["checks"]}["fuzz"] is False
+    missing = run_cli("driver", "check", "acme.nowhere")
+    assert missing.returncode == 2
+    assert "no installed driver 'acme.nowhere'" in missing.stderr
+
+
+def _cli(pythonpath: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": pythonpath})
+
+
+@pytest.mark.parametrize(("unit", "valid"), [
+    ("%", True), ("/min", True), ("mm[Hg]", True), ("kg/m2", True), ("{steps}", True),
+    ("mL/{beat}", True), ("10*3/uL", True), ("kgf", True), ("1", True),
+    ("bpm", False), ("mmHg", False), ("", False), ("kg m", False), ("L//min", False)])
+def test_ucum(unit: str, valid: bool) -> None:
+    assert (ucum_error(unit) is None) is valid, ucum_error(unit)
+
+
+def test_loinc_check_digits() -> None:
+    assert all(loinc_ok(code) for code in ("8867-4", "59408-5", "8310-5", "29463-7", "2339-0",
+                                           "8302-2", "39156-5", "8478-0"))
+    assert not any(loinc_ok(code) for code in ("8867-5", "8867", "ABC-1", "12345678-1"))
