@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from gateway.drivers import BUILTIN_DRIVERS, decode_bytes, serial_settings_for
 from gateway.sdk import (
     SDK_VERSION,
+    TRACE,
     BleMatch,
     DecodeError,
     Driver,
@@ -260,7 +261,9 @@ class Registry:
         try:
             candidate = entry_point.load()
         except Exception as exc:  # a plugin may fail to import in any way; it must not stop us
-            logger.debug("Traceback of driver plugin %r", entry_point.name, exc_info=True)
+            # The whole traceback only at TRACE: the log line below names the cause, and
+            # `rtm-gateway driver check MODULE` shows the rest to the driver's author.
+            logger.log(TRACE, "Traceback of driver plugin %r", entry_point.name, exc_info=True)
             _skip(problems, PluginProblem(entry_point.name, source,
                                           f"failed to load ({type(exc).__name__}: {exc})"),
                   f"upgrade or reinstall {source}, or uninstall it")
@@ -270,9 +273,12 @@ class Registry:
         except Exception as exc:  # a hostile `info` property may raise anything
             reason = str(exc) if isinstance(exc, InvalidDriverError) else (
                 f"its declaration fails ({type(exc).__name__}: {exc})")
-            _skip(problems, PluginProblem(entry_point.name, source, reason),
-                  f"install a version of {source} built for driver SDK "
-                  f"{SDK_VERSION[0]}.{SDK_VERSION[1]}, or uninstall it")
+            advice = (f"install a version of {source} built for driver SDK "
+                      f"{SDK_VERSION[0]}.{SDK_VERSION[1]}, or uninstall it"
+                      if "driver SDK" in reason else
+                      f"report it to the maintainers of {source} (`rtm-gateway driver check "
+                      f"{entry_point.value}` shows what is wrong), or uninstall it")
+            _skip(problems, PluginProblem(entry_point.name, source, reason), advice)
             return
         self._add(driver, source, problems)
 

@@ -84,8 +84,9 @@ async def scan(seconds: float, *, adapter: str = "hci0", registry: Registry | No
 def render(rows: Sequence[ScanRow]) -> str:
     if not rows:
         return "no Bluetooth LE device heard (is it awake and advertising? try --seconds 20)"
-    lines = [f"{'ADDRESS':17}  {'RSSI':>4}  {'NAME':20}  {'DRIVER':14}  PAIRED"]
+    width = max(14, *(len(row.driver or "-") for row in rows))  # ids are never cut
+    lines = [f"{'ADDRESS':17}  {'RSSI':>4}  {'NAME':20}  {'DRIVER':{width}}  PAIRED"]
     for row in rows:
         lines.append(f"{row.address:17}  {row.rssi:>4}  {(row.name or '(no name)')[:20]:20}  "
-                     f"{(row.driver or '-')[:14]:14}  {row.paired or 'no'}")
+                     f"{row.driver or '-':{width}}  {row.paired or 'no'}")
     return "\n".join(lines)

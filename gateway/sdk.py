@@ -249,6 +249,10 @@ class StoredRecords:
       event counter; later records have higher numbers), or None for a value that is not a
       record. A reading at or below the stored position is dropped as already stored.
     - `done(value)`: True when a value arriving on `control` (or `records`) ends the transfer.
+
+    The device must send its records in increasing position within a connection, and no live
+    value with a higher position before the stored ones it answers for: the hub keeps only the
+    highest position, so a record arriving after a higher one is taken as already stored.
     """
 
     control: str

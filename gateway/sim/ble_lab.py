@@ -38,6 +38,10 @@ def run_ble_lab(drivers: Sequence[str], *, rate_hz: float | None = None,
                              "dbus-daemon, or dbus on older systems)")
     overrides = {k: v for k, v in (("address", address), ("serial", serial)) if v}
     devices = [make_device(driver, **overrides) for driver in drivers]
+    addresses = [device.peripheral.address for device in devices]
+    if len(set(addresses)) != len(addresses):
+        raise SimulatorError(f"two simulated devices would share an address ({addresses}); "
+                             "simulate them in separate labs, or give one --address")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

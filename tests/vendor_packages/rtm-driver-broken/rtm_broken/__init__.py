@@ -1,0 +1,1 @@
+"""Drivers that fail to load, each in its own way (see pyproject.toml)."""
