@@ -230,6 +230,8 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
             print(f"    serial: {row.serial}")
         for characteristic in row.characteristics:
             print(f"    characteristic: {characteristic}")
+        for step in row.session:
+            print(f"    {step}")
         print(f"    produces: {', '.join(row.produces) or '(set by the device options)'}")
     return EXIT_OK
 

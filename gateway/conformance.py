@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, get_args
 
-from gateway.drivers import Flushable, serial_settings_for
+from gateway.drivers import serial_settings_for
 from gateway.registry import (
     AmbiguousMatchError,
     AnyDriver,
@@ -48,6 +48,7 @@ from gateway.sdk import (
     Category,
     DecodeError,
     Driver,
+    Flushable,
     GattDriver,
     OptionError,
     UsbMatch,

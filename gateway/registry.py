@@ -113,6 +113,8 @@ class DriverDescription:
     characteristics: tuple[str, ...] = ()
     category: str = "other"
     sdk_version: str = ""
+    session: tuple[str, ...] = ()
+    """What the hub does beyond listening: writes on connect/disconnect, stored records."""
 
     def as_dict(self) -> dict[str, object]:
         """The `--json` shape."""
@@ -122,6 +124,7 @@ class DriverDescription:
             "produces": list(self.produces), "continuous": self.continuous,
             "source": self.source, "characteristics": list(self.characteristics),
             "category": self.category, "sdk_version": self.sdk_version,
+            "session": list(self.session),
         }
 
 
@@ -167,6 +170,20 @@ def validate_driver(candidate: object) -> AnyDriver:
     if expected == "ble" and not info.characteristics:
         raise InvalidDriverError("a Bluetooth LE driver must declare its characteristics")
     return driver
+
+
+def _session_lines(info: DriverInfo) -> tuple[str, ...]:
+    lines = []
+    if info.ble_session is not None:
+        for when, steps in (("on connect", info.ble_session.on_connect),
+                            ("on disconnect", info.ble_session.on_disconnect)):
+            lines += [f"{when}: write {step.data.hex()} to {step.uuid}" for step in steps]
+        if (stored := info.ble_session.stored) is not None:
+            lines.append(f"stored records: requested on {stored.control}, "
+                         f"arriving on {stored.records}")
+    if info.serial_session is not None:
+        lines += [f"on open: send {data!r}" for data in info.serial_session.on_open]
+    return tuple(lines)
 
 
 def characteristic_uuid(text: str) -> str:
@@ -453,5 +470,6 @@ class Registry:
                     f"{c.uuid} {c.name} ({c.mode}{', optional' if c.optional else ''})"
                     for c in info.characteristics),
                 category=info.category,
-                sdk_version=f"{info.sdk_version[0]}.{info.sdk_version[1]}"))
+                sdk_version=f"{info.sdk_version[0]}.{info.sdk_version[1]}",
+                session=_session_lines(info)))
         return tuple(rows)

@@ -321,6 +321,15 @@ class FeedResult:
     errors: list[DecodeError] = field(default_factory=list)
 
 
+@runtime_checkable
+class Flushable(Protocol):
+    """A decoder that can hand over what it holds when its stream or connection ends (a frame
+    left open, a record split over notifications): the hub calls `flush()` then, and at the
+    end of a one-shot `rtm-gateway decode`."""
+
+    def flush(self) -> FeedResult: ...
+
+
 class StreamDecoder(Protocol):
     """Turns a byte stream into readings, keeping whatever framing state it needs.
 

@@ -213,7 +213,7 @@ def test_describe() -> None:
         "description": rows["contec.cms50d"]["description"], "transport": "serial",
         "match": ["usb 10c4:ea60"], "serial": "19200 8O1",
         "produces": ["spo2", "pulse_rate"], "continuous": True, "source": "builtin",
-        "characteristics": [], "category": "respiratory", "sdk_version": "1.2",
+        "characteristics": [], "category": "respiratory", "sdk_version": "1.2", "session": [],
     }
     assert rows["acme.x"]["source"] == "acme-x"
     assert list(rows) == sorted(rows)

@@ -34,7 +34,7 @@ from gateway.drivers import (
     gatt_wss,
     kv_lines,
 )
-from gateway.sdk import Driver, FeedResult, GattDriver, SerialSettings
+from gateway.sdk import Driver, FeedResult, Flushable, GattDriver, SerialSettings
 
 BUILTIN_DRIVERS: tuple[Driver | GattDriver, ...] = (
     contec_cms50d.DRIVER,
@@ -52,13 +52,6 @@ BUILTIN_DRIVERS: tuple[Driver | GattDriver, ...] = (
     gatt_bps.DRIVER,
     gatt_gls.DRIVER,
 )
-
-
-@runtime_checkable
-class Flushable(Protocol):
-    """A stream decoder that can finish a frame left open when the stream ends."""
-
-    def flush(self) -> FeedResult: ...
 
 
 @runtime_checkable

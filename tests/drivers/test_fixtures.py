@@ -31,9 +31,9 @@ from typing import Any
 import pytest
 
 from gateway.conformance import BUILTIN_FIXTURES
-from gateway.drivers import Flushable, serial_settings_for
+from gateway.drivers import serial_settings_for
 from gateway.registry import AnyDriver, Registry, characteristic_uuid
-from gateway.sdk import DecodeError, Driver, GattDriver, OptionError, parse_hex
+from gateway.sdk import DecodeError, Driver, Flushable, GattDriver, OptionError, parse_hex
 
 FIXTURES = BUILTIN_FIXTURES
 CASES = sorted(FIXTURES.glob("*/*.json"))

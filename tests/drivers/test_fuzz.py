@@ -15,9 +15,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.conformance import BUILTIN_FIXTURES
-from gateway.drivers import Flushable, contec_cms50d, decode_bytes
+from gateway.drivers import contec_cms50d, decode_bytes
 from gateway.registry import AnyDriver, Registry
-from gateway.sdk import DecodeError, Driver, FeedResult, GattDriver, Reading
+from gateway.sdk import DecodeError, Driver, FeedResult, Flushable, GattDriver, Reading
 
 FIXTURES = BUILTIN_FIXTURES
 REGISTRY = Registry()

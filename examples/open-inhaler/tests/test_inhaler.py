@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import stat
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +20,6 @@ from typing import Any
 
 import pytest
 from bleak import BleakClient, BleakScanner
-from bleak.backends.bluezdbus import manager as bluez_manager
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakGATTProtocolError, BleakGATTProtocolErrorCode
 from gateway.registry import Registry, characteristic_uuid, validate_driver
@@ -30,7 +27,7 @@ from gateway.sdk import SDK_VERSION, DecodeError, GattDriver, Reading, parse_hex
 from gateway.sim.ble_base import local_now, run_on, stop_device
 from gateway.sim.ble_devices import simulator_classes
 from gateway.sim.bluez import BluezThread
-from gateway.sim.dbus_bus import dbus_daemon_available, private_bus
+from gateway.sim.lab import bleak_session, lab_available, virtual_lab
 
 from rtm_open_inhaler import driver as inhaler
 from rtm_open_inhaler.driver import (
@@ -49,7 +46,7 @@ from rtm_open_inhaler.simulator import InhalerSensor
 
 FIXTURES = Path(inhaler.__file__).parent / "fixtures" / DRIVER.info.id
 CASES = sorted(FIXTURES.glob("*.json"))
-needs_dbus = pytest.mark.skipif(not dbus_daemon_available(), reason="needs dbus-daemon")
+needs_dbus = pytest.mark.skipif(not lab_available(), reason="needs dbus-daemon")
 
 
 def _decode(values: Iterable[tuple[str, bytes]]) -> tuple[list[Reading], list[DecodeError]]:
@@ -231,38 +228,10 @@ def test_sensor_options_change_the_day() -> None:
 # --- the simulated sensor through the real bleak -----------------------------------------------
 
 @pytest.fixture
-def lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BluezThread]:
-    """A private bus with the virtual BlueZ on it, and this test's bleak pointed at it."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "bluetoothctl"  # bleak asks `bluetoothctl --version` when it connects
-    fake.write_text("#!/bin/sh\necho 5.66\n", encoding="utf-8")
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    with private_bus() as address:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        handle = BluezThread.start(address)
-        try:
-            yield handle
-        finally:
-            handle.stop()
-
-
-@asynccontextmanager
-async def _bleak_session() -> AsyncIterator[None]:
-    """Close bleak's per-loop BlueZ manager on the way out: it would keep its bus socket open
-    after `asyncio.run` returns (a ResourceWarning, an error under the test settings)."""
-    try:
-        yield
-    finally:
-        manager = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-        bus = None if manager is None else manager._bus
-        if manager is not None and bus is not None:
-            bus.disconnect()
-            async with asyncio.timeout(5):
-                await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-                if manager._bus_watcher_task is not None:
-                    await manager._bus_watcher_task
+def lab(tmp_path: Path) -> Iterator[BluezThread]:
+    """A private bus with the hub's virtual BlueZ on it, and bleak here pointed at it."""
+    with virtual_lab(bin_dir=tmp_path / "bin") as handle:
+        yield handle
 
 
 @dataclass
@@ -291,7 +260,7 @@ async def _connected(lab: BluezThread, sensor: InhalerSensor, subscribe: Iterabl
         ACTUATION_EVENT, RECORD_CONTROL_POINT)) -> AsyncIterator[tuple[BleakClient, Inbox]]:
     """Host `sensor`, find it by its service UUID as the hub does, connect and subscribe."""
     inbox = Inbox()
-    async with _bleak_session():
+    async with bleak_session():
         await lab.add_peripheral(sensor.peripheral)
         try:
             found = await BleakScanner.find_device_by_filter(

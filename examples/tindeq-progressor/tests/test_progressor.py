@@ -11,18 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
-import stat
 import struct
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bleak import BleakClient, BleakScanner
-from bleak.backends.bluezdbus import manager as bluez_manager
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from gateway.registry import Registry, characteristic_uuid
 from gateway.sdk import (
@@ -38,7 +34,7 @@ from gateway.sdk import (
 from gateway.sim.ble_base import start_device, stop_device
 from gateway.sim.ble_devices import simulator_classes
 from gateway.sim.bluez import BluezThread
-from gateway.sim.dbus_bus import dbus_daemon_available, private_bus
+from gateway.sim.lab import bleak_session, lab_available, virtual_lab
 
 import rtm_tindeq
 from rtm_tindeq.driver import CONTROL, DATA, DRIVER, MAX_RAW_BYTES, ProgressorDecoder, Settings
@@ -246,43 +242,15 @@ def test_the_decoder_never_raises_on_random_bytes() -> None:
 
 # --- the simulator through the real bleak --------------------------------------------------
 
-needs_dbus = pytest.mark.skipif(not dbus_daemon_available(), reason="needs dbus-daemon")
+needs_dbus = pytest.mark.skipif(not lab_available(), reason="needs dbus-daemon")
 RATE = 200.0  # notifications a second: ten times the device's own pace
 
 
 @pytest.fixture
-def lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BluezThread]:
-    """A private bus with the hub's virtual BlueZ on it, and bleak in this process pointed at
-    it. bleak runs `bluetoothctl --version` on connect: a stand-in answering as Debian 12's
-    BlueZ keeps runs alike with and without the real one."""
-    fake = tmp_path / "bin" / "bluetoothctl"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 5.66\n", encoding="utf-8")
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    with private_bus() as address:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        handle = BluezThread.start(address)
-        try:
-            yield handle
-        finally:
-            handle.stop()
-
-
-@asynccontextmanager
-async def _bleak_cleanup() -> AsyncIterator[None]:
-    """bleak keeps one BlueZ manager per event loop, with its bus socket open after
-    `asyncio.run` returns (a ResourceWarning, an error here): close it on the way out."""
-    try:
-        yield
-    finally:
-        manager = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-        if manager is not None and manager._bus is not None:
-            manager._bus.disconnect()
-            async with asyncio.timeout(5):
-                await manager._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-                if manager._bus_watcher_task is not None:
-                    await manager._bus_watcher_task
+def lab(tmp_path: Path) -> Iterator[BluezThread]:
+    """A private bus with the hub's virtual BlueZ on it, and bleak here pointed at it."""
+    with virtual_lab(bin_dir=tmp_path / "bin") as handle:
+        yield handle
 
 
 class Inbox:
@@ -313,7 +281,7 @@ def test_the_simulator_streams_pulls_the_driver_counts_as_repetitions(
 
     async def session() -> tuple[Inbox, int]:
         inbox = Inbox()
-        async with _bleak_cleanup():
+        async with bleak_session():
             found = await BleakScanner.find_device_by_filter(
                 lambda d, _adv: (d.name or "").startswith("Progressor"), timeout=5)
             assert found is not None
@@ -370,7 +338,7 @@ def test_rtm_gateway_scan_names_the_driver(lab: BluezThread) -> None:
     running = start_device(lab, device)
 
     async def look() -> list[tuple[str, str | None, str | None]]:
-        async with _bleak_cleanup():
+        async with bleak_session():
             rows = await scan(1.5)
         return [(row.address, row.name, row.driver) for row in rows]
 
