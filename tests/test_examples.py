@@ -6,7 +6,11 @@ line while everything else works."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import sys
+import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 import pytest
 
 from gateway.registry import Registry
+from gateway.scaffold import new_driver_package
 from gateway.sim.ble_devices import make_device, start_device
 from gateway.sim.bluez import BluezThread
 from tests.blelab import needs_dbus
@@ -112,6 +117,10 @@ def test_the_examples_stream_from_their_simulators_to_the_broker_signed(
     finally:
         daemon.close()
 
+    # The broken vendor package installed beside them was skipped, with the reason, and
+    # nothing else suffered.
+    log = (tmp_path / "daemon.log").read_text()
+    assert "'broken.import' from rtm-driver-broken is skipped: failed to load" in log
     entries = verify_messages(subscriber.snapshot(), jwk)
     assert sorted(set(seqs(entries))) == list(range(1, max(seqs(entries)) + 1))
     assert_chain(entries)
@@ -136,3 +145,61 @@ def test_the_examples_stream_from_their_simulators_to_the_broker_signed(
         assert values["peak_force"]["unit"] == "kgf"
         assert 5 < values["peak_force"]["value"] < 60
         assert 0.5 <= values["time_under_tension"]["value"] < 10
+
+
+def _as_if_installed(package_root: Path, site: Path) -> None:
+    """Make `site` hold the metadata pip would write for the package at `package_root`: with
+    both on PYTHONPATH, importlib.metadata finds its entry points as for an installed one."""
+    project = tomllib.loads((package_root / "pyproject.toml").read_text())["project"]
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    groups = project["entry-points"]
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in points.items())
+        for group, points in groups.items()))
+
+
+@needs_dbus
+def test_a_scaffolded_driver_passes_the_kit_and_its_simulator_reaches_the_broker(
+        bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The vendor's path from docs/writing-a-driver.md: driver new, install, driver check,
+    # simulate, and a signed reading at the platform. (Installing is imitated with the
+    # metadata pip would write, so the test does not change the shared environment.)
+    package = new_driver_package("acme.goniometer", tmp_path / "src")
+    site = tmp_path / "site"
+    _as_if_installed(package, site)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(site), str(package), os.environ.get("PYTHONPATH", "")]))
+    checked = run_cli("driver", "check", "acme.goniometer", "--inputs", "300")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "result: PASS" in checked.stdout
+
+    monkeypatch.syspath_prepend(str(package))
+    simulator = importlib.import_module("rtm_acme_goniometer.simulator")
+    device = simulator.SimulatedAcmeGoniometer(seed=1)
+    broker = mosquitto("plain")
+    subscriber = mqtt_subscriber(broker, "rtm/v1/#")
+    config = write_config(tmp_path, broker, [
+        _device("knee", "acme.goniometer", device.peripheral.address)], extra=BLE_SECTION)
+    jwk = hub_jwk(config)
+    start_device(bluez, device, rate=10)
+    daemon = start_daemon(config, tmp_path / "daemon.log")
+
+    def arrived(messages: list[Received]) -> bool:
+        return any("range_of_motion" in _observed(r)
+                   for r in _readings(messages, jwk, "knee"))
+
+    try:
+        assert subscriber.wait_for(arrived, timeout=30), daemon.log()
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.close()
+    reading = next(r for r in _readings(subscriber.snapshot(), jwk, "knee")
+                   if "range_of_motion" in _observed(r))
+    assert reading["device"]["driver"] == "acme.goniometer"
+    assert reading["observations"][0]["unit"] == "deg"
+    sys.modules.pop("rtm_acme_goniometer.simulator", None)
+    sys.modules.pop("rtm_acme_goniometer", None)
