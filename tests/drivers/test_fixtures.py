@@ -23,17 +23,13 @@ decoder, since some profiles carry state from value to value.
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.conformance import BUILTIN_FIXTURES
-from gateway.drivers import serial_settings_for
-from gateway.registry import AnyDriver, Registry, characteristic_uuid
-from gateway.sdk import DecodeError, Driver, Flushable, GattDriver, OptionError, parse_hex
+from gateway.conformance import BUILTIN_FIXTURES, fixture_problems
+from gateway.registry import AnyDriver, Registry
 
 FIXTURES = BUILTIN_FIXTURES
 CASES = sorted(FIXTURES.glob("*/*.json"))
@@ -43,33 +39,6 @@ REGISTRY = Registry(entry_points=())
 def _load(path: Path) -> dict[str, Any]:
     case: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return case
-
-
-def _decode(driver: Driver, options: Mapping[str, object], chunks: Iterable[bytes],
-            *, flush: bool) -> tuple[list[object], list[DecodeError]]:
-    decoder = driver.decoder(options)
-    readings: list[object] = []
-    errors: list[DecodeError] = []
-    for chunk in chunks:
-        result = decoder.feed(chunk)
-        readings += [r.wire() for r in result.readings]
-        errors += result.errors
-    if flush:
-        assert isinstance(decoder, Flushable)
-        result = decoder.flush()
-        readings += [r.wire() for r in result.readings]
-        errors += result.errors
-    # Through JSON, as the platform will see it.
-    return json.loads(json.dumps(readings)), errors
-
-
-def _random_chunks(data: bytes, rng: random.Random) -> list[bytes]:
-    chunks, start = [], 0
-    while start < len(data):
-        size = rng.randint(1, 7)
-        chunks.append(data[start:start + size])
-        start += size
-    return chunks
 
 
 def test_fixtures_exist() -> None:
@@ -83,47 +52,10 @@ def test_every_builtin_driver_has_fixtures(driver: AnyDriver) -> None:
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_fixture(path: Path) -> None:
-    case = _load(path)
+    # The same runner `rtm-gateway driver check` uses for a vendor's fixtures.
     driver = REGISTRY.get(path.parent.name)
-    options = case.get("options", {})
-    if "option_error" in case:
-        with pytest.raises(OptionError) as excinfo:
-            REGISTRY.check_options(driver.info.id, options)
-        assert excinfo.value.path == case["option_error"]
-        return
-    if isinstance(driver, GattDriver):
-        _gatt_case(driver, options, case)
-        return
-    assert isinstance(driver, Driver)
-    if "serial" in case:
-        assert serial_settings_for(driver, options).describe() == case["serial"]
-
-    data = parse_hex(case["hex"])
-    flush = bool(case.get("flush", False))
-    readings, errors = _decode(driver, options, [data], flush=flush)
-    assert readings == case["readings"]
-    assert len(errors) == case["errors"], [str(e) for e in errors]
-    assert all(isinstance(e, DecodeError) for e in errors)
-
-    rng = random.Random(path.name)
-    splits = [[data[i:i + 1] for i in range(len(data))]] + [
-        _random_chunks(data, rng) for _ in range(5)]
-    for chunks in splits:
-        assert _decode(driver, options, chunks, flush=flush)[0] == readings
-        assert len(_decode(driver, options, chunks, flush=flush)[1]) == len(errors)
-
-
-def _gatt_case(driver: GattDriver, options: Mapping[str, object], case: dict[str, Any]) -> None:
-    decoder = driver.gatt_decoder(options)
-    readings: list[object] = []
-    errors: list[DecodeError] = []
-    for value in case["values"]:
-        result = decoder.value(characteristic_uuid(value["char"]), parse_hex(value["hex"]))
-        readings += [r.wire() for r in result.readings]
-        errors += result.errors
-    assert json.loads(json.dumps(readings)) == case["readings"]
-    assert len(errors) == case["errors"], [str(e) for e in errors]
-    assert all(isinstance(e, DecodeError) for e in errors)
+    problems, _ = fixture_problems(driver, _load(path), seed=path.name)
+    assert not problems, "\n".join(problems)
 
 
 def test_decode_bytes_flushes_a_final_line() -> None:
