@@ -219,10 +219,14 @@ def fixture_problems(driver: AnyDriver, case: Mapping[str, Any], *,
 def _compare(got: list[dict[str, Any]], errors: Sequence[object],
              case: Mapping[str, Any], how: str) -> list[str]:
     problems = []
-    if got != case.get("readings", []):
-        problems.append(f"{how}: the readings differ from the fixture's "
-                        f"(got {len(got)}, expected {len(case.get('readings', []))}); "
-                        f"first got: {json.dumps(got[:1])[:300]}")
+    expected = case.get("readings", [])
+    if got != expected:
+        index = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+                     min(len(got), len(expected)))
+        mine = json.dumps(got[index])[:300] if index < len(got) else "(none)"
+        theirs = json.dumps(expected[index])[:300] if index < len(expected) else "(none)"
+        problems.append(f"{how}: {len(got)} reading(s), the fixture has {len(expected)}; "
+                        f"reading {index} differs: got {mine}, expected {theirs}")
     if len(errors) != case.get("errors", 0):
         problems.append(f"{how}: {len(errors)} decode errors, expected "
                         f"{case.get('errors', 0)}: {[str(e) for e in errors][:3]}")

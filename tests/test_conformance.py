@@ -118,7 +118,7 @@ def test_a_wrong_unit_and_a_fixture_mismatch_fail(
     module = vendor_package(vendor_root, "sloppy", unit="kilos", fixture=bad_fixture)
     problems = failing(check_driver(module, registry=Registry(entry_points=()),
                                     fuzz_inputs=100).checks)
-    assert "fixtures" in problems and "readings differ" in problems["fixtures"][0]
+    assert "fixtures" in problems and "reading 0 differs" in problems["fixtures"][0]
     assert any("'kilos' is not valid UCUM" in p for p in problems["units and codes"])
 
 
