@@ -49,9 +49,9 @@ class StartupError(Exception):
     """The hub cannot start: the message names the cause and what to do."""
 
 
-def run_hub(config: Config) -> int:
+def run_hub(config: Config, registry: Registry | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Returns the process exit status."""
-    return asyncio.run(Hub(config).run())
+    return asyncio.run(Hub(config, registry=registry).run())
 
 
 @dataclass(frozen=True, slots=True)

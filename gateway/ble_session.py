@@ -65,7 +65,8 @@ class Link(Protocol):
 
     def has(self, uuid: str, *properties: str) -> bool: ...
     async def read(self, uuid: str, timeout: float = ...) -> bytes: ...
-    async def write(self, uuid: str, data: bytes, timeout: float = ...) -> None: ...
+    async def write(self, uuid: str, data: bytes, timeout: float = ..., *,
+                    response: bool = ...) -> None: ...
     async def subscribe(self, uuid: str, callback: Callable[[bytes], None],
                         timeout: float = ...) -> None: ...
     async def close(self) -> None: ...
@@ -178,7 +179,7 @@ class BleDeviceSession:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 for step in session.on_disconnect:
-                    await link.write(step.uuid, step.data)
+                    await link.write(step.uuid, step.data, response=step.response)
 
     def _wanted(self, advert: Advertisement) -> bool:
         if self.device.address is not None:
@@ -230,7 +231,7 @@ class BleDeviceSession:
         self.connected = True  # values flow from here on
         session = self._driver.info.ble_session
         for step in session.on_connect if session else ():
-            await self._call(link.write(step.uuid, step.data), link)
+            await self._call(link.write(step.uuid, step.data, response=step.response), link)
         if sync is not None:
             final = await self.request(sync.control, sync.request(), sync.done, sync.done_on)
             if final is not None:
@@ -398,7 +399,10 @@ class BleDeviceSession:
         while not self._answers.empty():
             self._answers.get_nowait()
         self._transfer_activity = time.monotonic()
-        await self._call(link.write(control, data), link)
+        # A control point that takes only write-without-response gets one (BlueZ refuses the
+        # other kind for it).
+        response = link.has(control, "write") or not link.has(control, "write-without-response")
+        await self._call(link.write(control, data, response=response), link)
         while True:
             left = self._transfer_activity + self._record_timeout - time.monotonic()
             if left <= 0:

@@ -18,6 +18,7 @@ from gateway import __version__
 
 if TYPE_CHECKING:
     from gateway.config import Config, DeviceConfig
+    from gateway.registry import Registry
 
 DEFAULT_CONFIG = Path("/etc/rtm-gateway/config.toml")
 
@@ -158,17 +159,26 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 
 
 def _load(path: Path) -> Config:
-    from gateway.config import check_driver_options, load_config
-    from gateway.registry import Registry
+    from gateway.config import load_config
 
     config = load_config(path)
-    registry = Registry.load()
+    _check_drivers(config)
+    return config
+
+
+def _check_drivers(config: Config, registry: Registry | None = None) -> Registry:
+    """Each device's driver exists, fits its transport and takes its options."""
+    from gateway.config import check_driver_options
+    from gateway.registry import Registry
+
+    registry = registry or Registry.load()
+
     def check(device: DeviceConfig) -> None:
         registry.get_for(device.driver, ble=device.is_ble)
         registry.check_options(device.driver, device.options)
 
     check_driver_options(config, check)
-    return config
+    return registry
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -187,15 +197,17 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StartupError, run_hub
-    from gateway.config import ConfigError
+    from gateway.config import ConfigError, load_config
 
     try:
-        config = _load(args.config)
+        config = load_config(args.config)
+        # Logging first: a vendor driver that is skipped says so in the journal's format.
+        _setup_logging(args.log_level or config.log_level)
+        registry = _check_drivers(config)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    _setup_logging(args.log_level or config.log_level)
     try:
-        return run_hub(config)
+        return run_hub(config, registry)
     except StartupError as exc:
         return _fail(str(exc))
 
@@ -224,7 +236,10 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
     for row in descriptions:
         print(f"{row.id} {row.version}  ({row.source}; {row.category}; SDK {row.sdk_version})")
         print(f"    {row.description}")
-        for rule in row.match or ("(no automatic match: name the port in the config)",):
+        unmatched = ("(no automatic match: name the port in the config)"
+                     if row.transport == "serial" else
+                     "(no advertisement rule: give the device's address or serial in the config)")
+        for rule in row.match or (unmatched,):
             print(f"    matches: {rule}")
         if row.serial:
             print(f"    serial: {row.serial}")
@@ -329,6 +344,8 @@ def _cmd_driver(args: argparse.Namespace) -> int:
 
     if args.inputs < 1:
         return _fail("--inputs must be at least 1", EXIT_CONFIG)
+    # As `python -m` would: a package being written here is importable by module name.
+    sys.path.insert(0, str(Path.cwd()))
     if not args.json:
         print(f"checking {args.target} ...", file=sys.stderr)
     try:

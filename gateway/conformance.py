@@ -166,8 +166,10 @@ def check_driver(target: str, *, registry: Registry | None = None, fuzz_inputs: 
     report.checks.append(_units(driver, observations))
     report.checks.append(_fuzz(driver, _fuzz_options(driver, cases), fuzz_inputs, seed,
                                time_limit))
-    if driver.info.id not in registry:  # checked before installing: as if it were installed
-        registry.include(driver, found.source)
+    if driver.info.id not in registry or registry.get(driver.info.id) is not driver:
+        # Checked before installing (or against an older installed copy): as if this one
+        # were the installed one.
+        registry.include(driver, found.source, replace=True)
     report.checks.append(_match_rules(driver, registry))
     return report
 
@@ -178,7 +180,7 @@ def _declaration(driver: AnyDriver) -> Check:
     if not _VERSION.match(str(info.version)):
         problems.append(f"version {info.version!r} is not like 1.2.0")
     if not info.description.strip():
-        problems.append("the description is empty")
+        problems.append("the description is empty: say what device it reads")
     if info.category not in get_args(Category):
         problems.append(f"category {info.category!r} is not one of {get_args(Category)}")
     for type_name in info.produces:
@@ -187,11 +189,14 @@ def _declaration(driver: AnyDriver) -> Check:
     if isinstance(driver, GattDriver) and not isinstance(driver, Driver):
         if not info.service:
             problems.append("a Bluetooth LE driver must name its primary service")
-        for char in info.characteristics:
+        for uuid in (info.service or "", *(char.uuid for char in info.characteristics)):
             try:
-                characteristic_uuid(char.uuid)
+                characteristic_uuid(uuid)
             except DecodeError as exc:
                 problems.append(str(exc))
+            if uuid != uuid.lower():
+                problems.append(f"UUID {uuid} must be written in lower case, as BlueZ and "
+                                "`rtm-gateway decode --char` give them")
     detail = (f"{info.transport} driver {info.id} {info.version}, category {info.category}, "
               f"SDK {info.sdk_version[0]}.{info.sdk_version[1]} (hub has "
               f"{SDK_VERSION[0]}.{SDK_VERSION[1]})")
@@ -285,6 +290,10 @@ def _gatt_case(driver: GattDriver, options: Mapping[str, object],
     errors: list[object] = []
     for value in case["values"]:
         result = decoder.value(characteristic_uuid(value["char"]), parse_hex(value["hex"]))
+        readings += [r.wire() for r in result.readings]
+        errors += result.errors
+    if case.get("flush") and isinstance(decoder, Flushable):  # the connection ended
+        result = decoder.flush()
         readings += [r.wire() for r in result.readings]
         errors += result.errors
     got = json.loads(json.dumps(readings))
@@ -411,7 +420,8 @@ def _fuzz(driver: AnyDriver, options: Mapping[str, object], inputs: int, seed: i
             try:
                 result = call(data)
             except Exception as exc:  # exactly what the check is for
-                problems.append(f"{name} raised {type(exc).__name__}: {exc} on {data.hex()}")
+                problems.append(f"{name} raised {type(exc).__name__}: {exc} on "
+                                f"{data.hex() or '(no bytes)'}")
                 break
             took = time.perf_counter() - started
             slowest = max(slowest, took)

@@ -215,7 +215,7 @@ class DeclaredSync:
         return True, (self.key, position)
 
     async def finish(self, transfer: Transfer, final: bytes) -> None:
-        log.info("device %s: stored records received", transfer.device_id)
+        log.info("device %s: stored-record transfer finished", transfer.device_id)
 
 
 def record_sync_for(driver: GattDriver, has: Callable[..., bool], device_id: str,

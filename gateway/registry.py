@@ -322,9 +322,14 @@ class Registry:
             if isinstance(rule, UsbMatch):
                 self._usb.setdefault((rule.vid, rule.pid), []).append((rule, driver_id))
 
-    def include(self, driver: AnyDriver, source: str) -> None:
-        """Add a driver after loading (the conformance kit checks one not yet installed)."""
+    def include(self, driver: AnyDriver, source: str, *, replace: bool = False) -> None:
+        """Add a driver after loading (the conformance kit checks one not yet installed);
+        `replace` drops an installed driver with the same id first."""
         problems: list[PluginProblem] = []
+        if replace and driver.info.id in self._entries:
+            del self._entries[driver.info.id]
+            for rules in self._usb.values():
+                rules[:] = [(rule, owner) for rule, owner in rules if owner != driver.info.id]
         self._add(validate_driver(driver), source, problems)
         self.problems += tuple(problems)
 

@@ -183,3 +183,17 @@ def test_loinc_check_digits() -> None:
     assert all(loinc_ok(code) for code in ("8867-4", "59408-5", "8310-5", "29463-7", "2339-0",
                                            "8302-2", "39156-5", "8478-0"))
     assert not any(loinc_ok(code) for code in ("8867-5", "8867", "ABC-1", "12345678-1"))
+
+
+def test_upper_case_uuids_and_an_empty_description_fail_the_declaration(
+        vendor_root: Path) -> None:
+    module = vendor_package(vendor_root, "shouty")
+    path = vendor_root / "acme_shouty" / "driver.py"
+    path.write_text(path.read_text()
+                    .replace('DATA = "7a1f0001-0000-4000-8000-00000000abcd"',
+                             'DATA = "7A1F0001-0000-4000-8000-00000000ABCD"')
+                    .replace('"a test device"', '"  "'))
+    problems = failing(check_driver(module, registry=Registry(entry_points=()),
+                                    fuzz_inputs=50).checks)["declaration"]
+    assert any("must be written in lower case" in p for p in problems)
+    assert any("the description is empty" in p for p in problems)

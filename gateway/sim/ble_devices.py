@@ -30,6 +30,7 @@ sent by this module (domain.md §3.2.2-3.2.3), little-endian:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -246,6 +247,7 @@ SIMULATOR_ENTRY_POINTS = "rtm_gateway.simulators"
 """Vendors register their simulated device classes here, named by driver id."""
 
 
+@functools.cache
 def simulator_classes() -> dict[str, type[SimulatedBleDevice]]:
     """The built-in simulators and every installed vendor simulator (entry point group
     `rtm_gateway.simulators`, name = driver id, value = a `SimulatedBleDevice` subclass). One

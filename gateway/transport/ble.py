@@ -436,9 +436,10 @@ class GattLink:
         async with asyncio.timeout(timeout):
             return bytes(await self._client.read_gatt_char(uuid))
 
-    async def write(self, uuid: str, data: bytes, timeout: float = 10.0) -> None:
+    async def write(self, uuid: str, data: bytes, timeout: float = 10.0, *,
+                    response: bool = True) -> None:
         async with asyncio.timeout(timeout):
-            await self._client.write_gatt_char(uuid, data, response=True)
+            await self._client.write_gatt_char(uuid, data, response=response)
 
     async def subscribe(self, uuid: str, callback: NotifyCallback,
                         timeout: float = 10.0) -> None:
