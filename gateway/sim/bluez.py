@@ -7,7 +7,7 @@ thread (bleak runs in the caller's loop). The D-Bus object classes are in
 `gateway.sim.bluez_peripheral`, advertisement monitors in `gateway.sim.bluez_monitor`; the bus
 comes from `gateway.sim.dbus_bus`. Nothing here imports bleak or the gateway.
 
-Modelled on bluetoothd 5.66 (../shared/reference/ble-testing.md; Debian's real `bluetoothctl`
+Modelled on bluetoothd 5.66 (the team's BLE testing notes; Debian's real `bluetoothctl`
 drives it too, see tests/test_bluetoothctl.py):
 
 - Discovery sessions per client: a second StartDiscovery from one client is InProgress, a

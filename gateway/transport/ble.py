@@ -16,7 +16,8 @@ What lives here (I/O only; nothing here knows drivers, readings or the journal):
   service cache cleared when a connected device lacks services it must have.
 - `GattLink`: one connected device: read, write, subscribe, and `lost` set on link loss.
 
-The ways of BlueZ this follows are in ../shared/reference/ble-testing.md ("Keeping BLE stable").
+The ways of BlueZ this follows are the ones Home Assistant's Bluetooth stack learned (summed up
+in docs/bluetooth.md, "What the hub does to keep Bluetooth up for months").
 """
 
 from __future__ import annotations
