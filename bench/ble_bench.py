@@ -60,12 +60,10 @@ import asyncio
 import base64
 import bisect
 import contextlib
-import getpass
 import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -78,7 +76,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_bench import BROKER_INFLIGHT, MOSQUITTO, cpu_ticks, free_port, vm_kb
+from pipeline_bench import BROKER_INFLIGHT, Broker, cpu_ticks, vm_kb
 
 from gateway.sdk import uuid16
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
@@ -103,49 +101,6 @@ RSS_TARGET_MB = 80.0
 RATE_TARGET = 1000.0
 HZ = os.sysconf("SC_CLK_TCK")
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) (\w+) ([\w.]+): (.*)$")
-
-
-# --- the broker ----------------------------------------------------------------------------------
-
-class PlainBroker:
-    """mosquitto without TLS on a free loopback port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.config = directory / "mosquitto.conf"
-        self.log = directory / "mosquitto.log"
-        self.config.write_text("\n".join([
-            "per_listener_settings false", "persistence false", "log_dest stderr",
-            "log_type error", "log_type warning", f"user {getpass.getuser()}",
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true", f"max_inflight_messages {BROKER_INFLIGHT}",
-            "max_queued_messages 100000",
-        ]) + "\n")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)],
-                                            stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.2):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("mosquitto did not open its port within 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
 
 # --- the subscriber, in its own process -----------------------------------------------------------
@@ -236,7 +191,7 @@ def subscriber_main(port: int, hub: str) -> None:
 
 
 class Subscriber:
-    def __init__(self, broker: PlainBroker) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--subscriber", str(broker.port), HUB],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -443,7 +398,7 @@ def fake_bluetoothctl(bin_dir: Path) -> None:
     fake.chmod(0o755)
 
 
-def daemon_config(run_dir: Path, broker: PlainBroker, addresses: Sequence[str],
+def daemon_config(run_dir: Path, broker: Broker, addresses: Sequence[str],
                   extra: str = "") -> Path:
     devices = "".join(
         f'\n[[devices]]\nid = "strap{i}"\ndriver = "gatt.hrs"\naddress = "{address}"\n'
@@ -621,7 +576,7 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(index: int, root: Path, broker: PlainBroker, bus_address: str,
+async def rig(index: int, root: Path, broker: Broker, bus_address: str,
               run: Run, *, extra_config: str = "") -> AsyncIterator[Rig]:
     """Start a run's parts; stop them all on the way out, whatever happened."""
     run_dir = root / f"run{index}"
@@ -650,7 +605,7 @@ async def rig(index: int, root: Path, broker: PlainBroker, bus_address: str,
         yield Rig(run_dir, bluez, straps, subscriber, daemon, bus)
 
 
-async def one_run(index: int, args: argparse.Namespace, root: Path, broker: PlainBroker,
+async def one_run(index: int, args: argparse.Namespace, root: Path, broker: Broker,
                   bus_address: str, *, report: Callable[[str], None],
                   profile: Path | None) -> Run:
     run = Run()
@@ -822,7 +777,7 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-async def bench(args: argparse.Namespace, root: Path, broker: PlainBroker, bus_address: str,
+async def bench(args: argparse.Namespace, root: Path, broker: Broker, bus_address: str,
                 report: Callable[[str], None]) -> tuple[list[tuple[float, float]], list[Run]]:
     alone = await notifier_alone(bus_address, args.alone_s, 3)
     report(f"  notifier alone (virtual BlueZ, {STRAPS} straps, nobody listening), flat out: "
@@ -881,7 +836,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         fake_bluetoothctl(root / "bin")
-        broker = PlainBroker(root)
+        broker = Broker(root, None)
         stack.callback(broker.stop)
         broker.start()
         bus_address = stack.enter_context(private_bus())

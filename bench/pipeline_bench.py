@@ -151,22 +151,29 @@ def free_port() -> int:
 
 
 class Broker:
-    """mosquitto with mutual TLS on a free loopback port; stop() and start() make outages."""
+    """mosquitto on a free loopback port, with mutual TLS when given a PKI (plain MQTT when
+    not: the BLE bench); stop() and start() make outages."""
 
-    def __init__(self, directory: Path, pki: Pki) -> None:
-        self.pki = pki
+    def __init__(self, directory: Path, pki: Pki | None) -> None:
+        self._pki = pki
         self.port = free_port()
         self.config = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
+        tls = ([f"cafile {pki.ca}", f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
+                "require_certificate true"] if pki is not None else [])
         self.config.write_text("\n".join([
             "per_listener_settings false", "persistence false", "log_dest stderr",
             "log_type error", "log_type warning", f"user {getpass.getuser()}",
-            f"listener {self.port} 127.0.0.1",
-            f"cafile {pki.ca}", f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
-            "require_certificate true", "allow_anonymous true",
+            f"listener {self.port} 127.0.0.1", *tls, "allow_anonymous true",
             f"max_inflight_messages {BROKER_INFLIGHT}", "max_queued_messages 100000",
         ]) + "\n")
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pki(self) -> Pki:
+        if self._pki is None:
+            raise RuntimeError("this broker speaks plain MQTT: it has no PKI")
+        return self._pki
 
     def settings(self, client_id: str) -> MqttSettings:
         return MqttSettings(host="127.0.0.1", port=self.port, tls=True, ca_file=str(self.pki.ca),
@@ -190,7 +197,11 @@ class Broker:
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
-            self._process.wait(10)
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
         self._process = None
 
 
