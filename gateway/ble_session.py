@@ -37,7 +37,15 @@ from gateway.drivers.gatt_cts import CURRENT_TIME, encode_current_time
 from gateway.outbox import MetaValue, Outbox
 from gateway.pipeline import DeviceUnavailable, Journal
 from gateway.records import Cursor, RecordSync, record_sync_for
-from gateway.sdk import TRACE, DecodeError, GattDecoder, GattDriver, Reading, uuid16
+from gateway.sdk import (
+    TRACE,
+    DecodeError,
+    Flushable,
+    GattDecoder,
+    GattDriver,
+    Reading,
+    uuid16,
+)
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -358,11 +366,11 @@ class BleDeviceSession:
     def _flush_decoder(self) -> None:
         """A decoder holding part of a record (an FTMS record split over notifications) hands
         it over, marked incomplete, when the link ends: what arrived is kept."""
-        flush = getattr(self._decoder, "flush", None)
-        if flush is None:
+        decoder = self._decoder
+        if not isinstance(decoder, Flushable):
             return
         try:
-            result = flush()
+            result = decoder.flush()
         except Exception as exc:  # a driver bug must not stop the session
             log.error("device %s: driver %s failed to flush: %s", self.device.id,  # noqa: TRY400
                       self._driver.info.id, type(exc).__name__)

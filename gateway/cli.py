@@ -304,15 +304,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_scan(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.config import ConfigError
+    from gateway.config import ConfigError, load_config
+    from gateway.registry import Registry
     from gateway.scan import ScanError, render, scan
 
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     devices: tuple[DeviceConfig, ...] = ()
     adapter = args.adapter or "hci0"
+    registry = None
     if path is not None:
         try:
-            config = _load(path)
+            config = load_config(path)
+            registry = _check_drivers(config)  # loaded once, for the check and the scan
         except ConfigError as exc:
             return _fail(str(exc), EXIT_CONFIG)
         devices = config.devices
@@ -322,7 +325,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"listening on {adapter} for {args.seconds:g} s...", file=sys.stderr)
     try:
-        rows = asyncio.run(scan(args.seconds, adapter=adapter, devices=devices))
+        rows = asyncio.run(scan(args.seconds, adapter=adapter, devices=devices,
+                                registry=registry or Registry.load()))
     except ScanError as exc:
         return _fail(str(exc))
     print(json.dumps([row.as_dict() for row in rows], indent=2) if args.json else render(rows))

@@ -2,8 +2,8 @@
 
 What lives here: `decode_glucose_measurement` (0x2A18), `decode_measurement_context` (0x2A34),
 `decode_glucose_feature` (0x2A51), the per-connection decoder and `DRIVER`. Stored-record sync
-through the Record Access Control Point is the BLE transport's job, not this module's: it keys
-on the `sequence_number` each reading carries in its status. No I/O.
+through the Record Access Control Point is the hub's job (gateway/records.py), not this
+module's: it keys on the `sequence_number` each reading carries in its status. No I/O.
 
 Glucose Measurement, little-endian, optional fields in this order when their flag is set:
 
@@ -221,7 +221,7 @@ _DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
 
 
 class GlsDriver:
-    """The Bluetooth SIG Glucose profile (measurements; record access is the transport's)."""
+    """The Bluetooth SIG Glucose profile (measurements; record access is the hub's)."""
 
     __slots__ = ()
 
