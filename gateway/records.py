@@ -22,16 +22,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gateway import racp
+from gateway.drivers.gatt_gls import GLUCOSE_MEASUREMENT
+from gateway.drivers.gatt_gls import MEASUREMENT_CONTEXT as GLUCOSE_CONTEXT
+from gateway.drivers.gatt_plx import SPOT_CHECK as PLX_SPOT_CHECK
 from gateway.outbox import MetaValue
 from gateway.sdk import GattDriver, Reading, StoredRecords, uuid16
 
 log = logging.getLogger(__name__)
 
 GLUCOSE_SERVICE = uuid16(0x1808)
-GLUCOSE_MEASUREMENT = uuid16(0x2A18)
-GLUCOSE_CONTEXT = uuid16(0x2A34)
 PLX_SERVICE = uuid16(0x1822)
-PLX_SPOT_CHECK = uuid16(0x2A5E)
 MAX_DIGESTS = 2000
 
 Cursor = tuple[str, MetaValue]
