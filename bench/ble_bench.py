@@ -105,6 +105,7 @@ _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) (\w+) ([\w.]+
 
 # --- the subscriber, in its own process -----------------------------------------------------------
 
+
 def epoch(rfc3339: str) -> float:
     """The hub's capture time (ms resolution, UTC) as a Unix time."""
     return datetime.fromisoformat(rfc3339).timestamp()
@@ -154,16 +155,26 @@ class Received:
     def answer(self, command: str, rest: list[str]) -> Any:
         with self.lock:
             if command == "stats":
-                return {"online": self.online, "first_any": dict(self.first_any),
-                        "first_hr": dict(self.first_hr)}
+                return {
+                    "online": self.online,
+                    "first_any": dict(self.first_any),
+                    "first_hr": dict(self.first_hr),
+                }
             lo, hi = int(rest[0]), int(rest[1])
             if command == "count":
                 return sum(1 for values in self.hr.values() for v in values if lo <= v < hi)
             if command == "dump":
-                Path(rest[2]).write_text(json.dumps({
-                    "dups": self.dups,
-                    "values": {d: [(v, *times) for v, times in values.items() if lo <= v < hi]
-                               for d, values in self.hr.items()}}))
+                Path(rest[2]).write_text(
+                    json.dumps(
+                        {
+                            "dups": self.dups,
+                            "values": {
+                                d: [(v, *times) for v, times in values.items() if lo <= v < hi]
+                                for d, values in self.hr.items()
+                            },
+                        }
+                    )
+                )
                 self.dups = {}
                 return "ok"
         return f"unknown command {command!r}"
@@ -194,7 +205,10 @@ class Subscriber:
     def __init__(self, broker: Broker) -> None:
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--subscriber", str(broker.port), HUB],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._lock = threading.Lock()
         if self._readline() != "ready":
             self.close()
@@ -226,14 +240,20 @@ class Subscriber:
 
 # --- straps and the notifier ----------------------------------------------------------------------
 
+
 def strap(address: str, serial: str) -> VirtualPeripheral:
     """A Heart Rate strap as tests/test_ble_session.py defines one."""
     return VirtualPeripheral(
-        address, "HR Strap",
-        services={HRS: {HR_MEASUREMENT: CharSpec(("notify",))},
-                  DIS: {SERIAL_NUMBER: CharSpec(("read",), serial.encode())},
-                  BAS: {BATTERY_LEVEL: CharSpec(("read", "notify"), b"\x57")}},
-        service_uuids=[HRS], rssi=-50)
+        address,
+        "HR Strap",
+        services={
+            HRS: {HR_MEASUREMENT: CharSpec(("notify",))},
+            DIS: {SERIAL_NUMBER: CharSpec(("read",), serial.encode())},
+            BAS: {BATTERY_LEVEL: CharSpec(("read", "notify"), b"\x57")},
+        },
+        service_uuids=[HRS],
+        rssi=-50,
+    )
 
 
 def hr(seq: int) -> bytes:
@@ -275,13 +295,21 @@ class Bus:
 
         return cls(await MessageBus(bus_address=address).connect())
 
-    async def call(self, path: str, interface: str, member: str, signature: str = "",
-                   body: Sequence[Any] = ()) -> list[Any]:
+    async def call(
+        self, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
+    ) -> list[Any]:
         from dbus_fast import Message, MessageType
 
-        reply = await self._bus.call(Message(
-            destination="org.bluez", path=path, interface=interface, member=member,
-            signature=signature, body=list(body)))
+        reply = await self._bus.call(
+            Message(
+                destination="org.bluez",
+                path=path,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=list(body),
+            )
+        )
         if reply is None or reply.message_type == MessageType.ERROR:
             raise RuntimeError(f"{member} on {path}: {None if reply is None else reply.body}")
         return list(reply.body)
@@ -294,15 +322,23 @@ class Bus:
         await self.call("/", "org.freedesktop.DBus.Peer", "Ping")
 
     async def objects(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return dict((await self.call("/", "org.freedesktop.DBus.ObjectManager",
-                                     "GetManagedObjects"))[0])
+        return dict(
+            (await self.call("/", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"))[0]
+        )
 
     def close(self) -> None:
         self._bus.disconnect()
 
 
-async def send(bluez: BluezThread, bus: Bus, straps: Sequence[VirtualPeripheral], first: int,
-               *, seconds: float, rate: float | None) -> Sent:
+async def send(
+    bluez: BluezThread,
+    bus: Bus,
+    straps: Sequence[VirtualPeripheral],
+    first: int,
+    *,
+    seconds: float,
+    rate: float | None,
+) -> Sent:
     """Each strap notifies `rate / len(straps)` times a second (None: as fast as the notifier
     goes), for `seconds`, in ticks: one `gather` of the tick's notifications, then a barrier."""
     sent = Sent(first, first)
@@ -329,8 +365,9 @@ async def send(bluez: BluezThread, bus: Bus, straps: Sequence[VirtualPeripheral]
                 continue
         seqs = range(sent.next_seq, sent.next_seq + count)
         sent.ticks.append((sent.next_seq, time.time()))
-        await asyncio.gather(*(bluez.notify(p, HR_MEASUREMENT, hr(s))
-                               for s in seqs for p in straps))
+        await asyncio.gather(
+            *(bluez.notify(p, HR_MEASUREMENT, hr(s)) for s in seqs for p in straps)
+        )
         await bus.barrier()
         sent.next_seq += count
     sent.finished = time.time()
@@ -339,8 +376,10 @@ async def send(bluez: BluezThread, bus: Bus, straps: Sequence[VirtualPeripheral]
 
 # --- the notifier alone: a bare D-Bus central that never listens ---------------------------------
 
-async def notifier_alone(bus_address: str, seconds: float,
-                         repeats: int) -> list[tuple[float, float]]:
+
+async def notifier_alone(
+    bus_address: str, seconds: float, repeats: int
+) -> list[tuple[float, float]]:
     """(notifications/s, this process's CPU us per notification) for each repeat."""
     bluez = BluezThread.start(bus_address)
     bus: Bus | None = None
@@ -355,14 +394,20 @@ async def notifier_alone(bus_address: str, seconds: float,
         async with asyncio.timeout(10):
             while len(devices) < STRAPS:
                 await asyncio.sleep(0.05)
-                devices = [path for path, ifaces in (await bus.objects()).items()
-                           if "org.bluez.Device1" in ifaces
-                           and ifaces["org.bluez.Device1"]["Address"].value in addresses]
+                devices = [
+                    path
+                    for path, ifaces in (await bus.objects()).items()
+                    if "org.bluez.Device1" in ifaces
+                    and ifaces["org.bluez.Device1"]["Address"].value in addresses
+                ]
         for path in devices:
             await bus.call(path, "org.bluez.Device1", "Connect")
-        chars = [path for path, ifaces in (await bus.objects()).items()
-                 if "org.bluez.GattCharacteristic1" in ifaces
-                 and ifaces["org.bluez.GattCharacteristic1"]["UUID"].value == HR_MEASUREMENT]
+        chars = [
+            path
+            for path, ifaces in (await bus.objects()).items()
+            if "org.bluez.GattCharacteristic1" in ifaces
+            and ifaces["org.bluez.GattCharacteristic1"]["UUID"].value == HR_MEASUREMENT
+        ]
         if len(chars) != STRAPS:
             raise RuntimeError(f"found {len(chars)} heart rate characteristics, not {STRAPS}")
         for path in chars:
@@ -390,6 +435,7 @@ async def notifier_alone(bus_address: str, seconds: float,
 
 # --- the daemon -----------------------------------------------------------------------------------
 
+
 def fake_bluetoothctl(bin_dir: Path) -> None:
     """bleak runs `bluetoothctl --version`; report Debian 12's BlueZ, as tests/blelab.py does."""
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -398,16 +444,17 @@ def fake_bluetoothctl(bin_dir: Path) -> None:
     fake.chmod(0o755)
 
 
-def daemon_config(run_dir: Path, broker: Broker, addresses: Sequence[str],
-                  extra: str = "") -> Path:
+def daemon_config(run_dir: Path, broker: Broker, addresses: Sequence[str], extra: str = "") -> Path:
     devices = "".join(
         f'\n[[devices]]\nid = "strap{i}"\ndriver = "gatt.hrs"\naddress = "{address}"\n'
-        f'patient = "{PATIENT}"\n' for i, address in enumerate(addresses, 1))
+        f'patient = "{PATIENT}"\n'
+        for i, address in enumerate(addresses, 1)
+    )
     path = run_dir / "daemon.toml"
     path.write_text(f"""
 [hub]
 id = "{HUB}"
-state_dir = "{run_dir / 'state'}"
+state_dir = "{run_dir / "state"}"
 
 [mqtt]
 url = "mqtt://127.0.0.1:{broker.port}"
@@ -434,7 +481,12 @@ class Daemon:
         with log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+            )
         self.pid = self.process.pid
         self.stop_seconds = float("nan")
         self.exit_code: int | None = None
@@ -452,8 +504,9 @@ class Daemon:
 
     def check(self) -> None:
         if self.process.poll() is not None:
-            raise RuntimeError(f"the daemon exited with {self.process.returncode}:\n"
-                               f"{self.log()[-3000:]}")
+            raise RuntimeError(
+                f"the daemon exited with {self.process.returncode}:\n{self.log()[-3000:]}"
+            )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -481,7 +534,7 @@ def child_pid(comm: str) -> int | None:
             continue
         with contextlib.suppress(OSError):
             stat = (entry / "stat").read_text()
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
             if name == comm and stat.rsplit(")", 1)[1].split()[1] == me:
                 return int(entry.name)
     return None
@@ -505,11 +558,13 @@ class CpuMeter:
     def stop(self) -> tuple[float, dict[str, float]]:
         """(elapsed wall seconds, {process: CPU seconds})."""
         now = self._read()
-        return time.monotonic() - self._t0, {name: now[name] - self._start.get(name, 0.0)
-                                             for name in now}
+        return time.monotonic() - self._t0, {
+            name: now[name] - self._start.get(name, 0.0) for name in now
+        }
 
 
 # --- one run --------------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class Phase:
@@ -553,8 +608,9 @@ class Run:
     exit_code: int | None = None
 
 
-async def wait_for(check: Callable[[], bool], timeout: float, what: str,
-                   poll: float = 0.05) -> None:
+async def wait_for(
+    check: Callable[[], bool], timeout: float, what: str, poll: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -576,28 +632,32 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(index: int, root: Path, broker: Broker, bus_address: str,
-              run: Run, *, extra_config: str = "") -> AsyncIterator[Rig]:
+async def rig(
+    index: int, root: Path, broker: Broker, bus_address: str, run: Run, *, extra_config: str = ""
+) -> AsyncIterator[Rig]:
     """Start a run's parts; stop them all on the way out, whatever happened."""
     run_dir = root / f"run{index}"
     run_dir.mkdir()
-    straps = {f"strap{i}": strap(f"AA:BB:CC:00:{index:02X}:{i:02X}", f"HR-{index}-{i}")
-              for i in range(1, STRAPS + 1)}
+    straps = {
+        f"strap{i}": strap(f"AA:BB:CC:00:{index:02X}:{i:02X}", f"HR-{index}-{i}")
+        for i in range(1, STRAPS + 1)
+    }
     with contextlib.ExitStack() as stack:
         bluez = BluezThread.start(bus_address)
         stack.callback(bluez.stop)
         subscriber = Subscriber(broker)
         stack.callback(subscriber.close)
-        config = daemon_config(run_dir, broker, [p.address for p in straps.values()],
-                               extra_config)
+        config = daemon_config(run_dir, broker, [p.address for p in straps.values()], extra_config)
         daemon = Daemon(config, run_dir / "daemon.log", bus_address, root / "bin")
 
         def stop_daemon() -> None:
             daemon.stop()
             run.stop_s, run.exit_code = daemon.stop_seconds, daemon.exit_code
-            run.log_problems = [f"{level} {logger}: {message}"
-                                for _, level, logger, message in daemon.lines()
-                                if level in ("WARNING", "ERROR", "CRITICAL")]
+            run.log_problems = [
+                f"{level} {logger}: {message}"
+                for _, level, logger, message in daemon.lines()
+                if level in ("WARNING", "ERROR", "CRITICAL")
+            ]
 
         stack.callback(stop_daemon)
         bus = await Bus.open(bus_address)
@@ -605,20 +665,30 @@ async def rig(index: int, root: Path, broker: Broker, bus_address: str,
         yield Rig(run_dir, bluez, straps, subscriber, daemon, bus)
 
 
-async def one_run(index: int, args: argparse.Namespace, root: Path, broker: Broker,
-                  bus_address: str, *, report: Callable[[str], None],
-                  profile: Path | None) -> Run:
+async def one_run(
+    index: int,
+    args: argparse.Namespace,
+    root: Path,
+    broker: Broker,
+    bus_address: str,
+    *,
+    report: Callable[[str], None],
+    profile: Path | None,
+) -> Run:
     run = Run()
-    extra = ("" if args.commit_interval_ms is None
-             else f"[outbox]\ncommit_interval_ms = {args.commit_interval_ms}\n")
+    extra = (
+        ""
+        if args.commit_interval_ms is None
+        else f"[outbox]\ncommit_interval_ms = {args.commit_interval_ms}\n"
+    )
     async with rig(index, root, broker, bus_address, run, extra_config=extra) as the_rig:
         t_start = time.monotonic()
 
         def up() -> bool:
             the_rig.daemon.check()
-            return (the_rig.subscriber.ask("stats")["online"]
-                    and any(m.startswith("bluetooth: scanning on")
-                            for *_, m in the_rig.daemon.lines()))
+            return the_rig.subscriber.ask("stats")["online"] and any(
+                m.startswith("bluetooth: scanning on") for *_, m in the_rig.daemon.lines()
+            )
 
         await wait_for(up, 30, "the daemon online and scanning", poll=0.1)
         run.startup_s = time.monotonic() - t_start
@@ -645,18 +715,20 @@ async def one_run(index: int, args: argparse.Namespace, root: Path, broker: Brok
             if spy is not None:
                 spy.wait(60)
             run.phases.append(phase)
-            report(f"    {rate:>6,.0f}/s offered: {phase.offered:>6,.0f}/s achieved "
-                   f"({phase.late_ticks} ticks late), "
-                   f"{phase.delivered:>6,.0f}/s delivered, {phase.received}/{phase.sent} "
-                   f"received, lost {sum(phase.lost.values())}, dups {phase.dups}, lag "
-                   f"{phase.lag:.2f} s, latency p50 {phase.p50_ms:.0f} ms p99 "
-                   f"{phase.p99_ms:.0f} ms max {phase.max_ms:.0f} ms (p50/p99 notification -> "
-                   f"hub {phase.hub_ms[0]:.0f}/{phase.hub_ms[1]:.0f} ms, hub -> broker "
-                   f"{phase.broker_ms[0]:.0f}/{phase.broker_ms[1]:.0f} ms), "
-                   f"daemon {phase.daemon_cpu_us:.0f} us CPU/reading "
-                   f"({phase.daemon_sys_percent:.0f} % of it in the kernel), "
-                   f"RSS {phase.rss_mb:.1f} MB; CPU % of a core: "
-                   + ", ".join(f"{k} {v:.0f}" for k, v in phase.cpu_share.items()))
+            report(
+                f"    {rate:>6,.0f}/s offered: {phase.offered:>6,.0f}/s achieved "
+                f"({phase.late_ticks} ticks late), "
+                f"{phase.delivered:>6,.0f}/s delivered, {phase.received}/{phase.sent} "
+                f"received, lost {sum(phase.lost.values())}, dups {phase.dups}, lag "
+                f"{phase.lag:.2f} s, latency p50 {phase.p50_ms:.0f} ms p99 "
+                f"{phase.p99_ms:.0f} ms max {phase.max_ms:.0f} ms (p50/p99 notification -> "
+                f"hub {phase.hub_ms[0]:.0f}/{phase.hub_ms[1]:.0f} ms, hub -> broker "
+                f"{phase.broker_ms[0]:.0f}/{phase.broker_ms[1]:.0f} ms), "
+                f"daemon {phase.daemon_cpu_us:.0f} us CPU/reading "
+                f"({phase.daemon_sys_percent:.0f} % of it in the kernel), "
+                f"RSS {phase.rss_mb:.1f} MB; CPU % of a core: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in phase.cpu_share.items())
+            )
             if any(phase.lost.values()):
                 report(f"      lost per strap: {phase.lost}")
             first = ((first + phase.sent // STRAPS) // 1000 + 1) * 1000
@@ -675,11 +747,18 @@ async def connect_all(the_rig: Rig, run: Run) -> int:
     stats: dict[str, Any] = {"first_hr": {}}
     while len(stats["first_hr"]) < STRAPS:
         if time.time() - min(added.values()) > 60:
-            raise TimeoutError(f"only {sorted(stats['first_hr'])} sent a heart rate "
-                               f"within 60 s:\n{daemon.log()[-3000:]}")
+            raise TimeoutError(
+                f"only {sorted(stats['first_hr'])} sent a heart rate "
+                f"within 60 s:\n{daemon.log()[-3000:]}"
+            )
         daemon.check()
-        await asyncio.gather(*(bluez.notify(p, HR_MEASUREMENT, hr(seq))
-                               for n, p in names.items() if n not in stats["first_hr"]))
+        await asyncio.gather(
+            *(
+                bluez.notify(p, HR_MEASUREMENT, hr(seq))
+                for n, p in names.items()
+                if n not in stats["first_hr"]
+            )
+        )
         seq += 1
         await asyncio.sleep(WARMUP_PERIOD)
         stats = the_rig.subscriber.ask("stats")
@@ -692,18 +771,23 @@ async def connect_all(the_rig: Rig, run: Run) -> int:
     return seq
 
 
-async def throughput(the_rig: Rig, rate: float, first: int, seconds: float,
-                     drain_s: float) -> Phase:
+async def throughput(
+    the_rig: Rig, rate: float, first: int, seconds: float, drain_s: float
+) -> Phase:
     daemon, subscriber, names = the_rig.daemon, the_rig.subscriber, the_rig.straps
     warnings_before = sum(1 for _, level, *_ in daemon.lines() if level != "INFO")
     pids: dict[str, int | None] = {
-        "daemon": daemon.pid, "dbus-daemon": child_pid("dbus-daemon"),
-        "mosquitto": child_pid("mosquitto"), "subscriber": subscriber.process.pid,
-        "bench (notifier)": os.getpid()}
+        "daemon": daemon.pid,
+        "dbus-daemon": child_pid("dbus-daemon"),
+        "mosquitto": child_pid("mosquitto"),
+        "subscriber": subscriber.process.pid,
+        "bench (notifier)": os.getpid(),
+    }
     meter = CpuMeter(pids)
     daemon_cpu0, daemon_sys0 = cpu_ticks(daemon.pid), sys_ticks(daemon.pid)
-    sent = await send(the_rig.bluez, the_rig.bus, list(names.values()), first,
-                      seconds=seconds, rate=rate)
+    sent = await send(
+        the_rig.bluez, the_rig.bus, list(names.values()), first, seconds=seconds, rate=rate
+    )
     send_wall, cpu = meter.stop()
     expected = sent.per_strap * STRAPS
     # Drain: until everything arrived, or nothing more did for a while.
@@ -739,20 +823,27 @@ async def throughput(the_rig: Rig, rate: float, first: int, seconds: float,
     last = max(arrivals) if arrivals else float("nan")
     warnings_after = sum(1 for _, level, *_ in daemon.lines() if level != "INFO")
     return Phase(
-        rate=rate, sent=expected, offered=expected / (sent.finished - sent.started),
-        late_ticks=sent.late_ticks, received=received, lost=lost,
+        rate=rate,
+        sent=expected,
+        offered=expected / (sent.finished - sent.started),
+        late_ticks=sent.late_ticks,
+        received=received,
+        lost=lost,
         dups=sum(data["dups"].values()),
         delivered=received / (last - sent.started) if arrivals else 0.0,
         lag=last - sent.finished if arrivals else float("nan"),
         p50_ms=statistics.median(delays) if delays else float("nan"),
         p99_ms=statistics.quantiles(delays, n=100)[98] if len(delays) > 1 else float("nan"),
         max_ms=delays[-1] if delays else float("nan"),
-        hub_ms=percentiles(to_hub), broker_ms=percentiles(to_broker),
+        hub_ms=percentiles(to_hub),
+        broker_ms=percentiles(to_broker),
         daemon_cpu_us=daemon_cpu / received * 1e6 if received else float("nan"),
         daemon_sys_percent=daemon_sys / daemon_cpu * 100 if daemon_cpu else float("nan"),
         cpu_share={name: seconds_used / send_wall * 100 for name, seconds_used in cpu.items()},
-        rss_mb=vm_kb(daemon.pid, "VmRSS") / 1024, hwm_mb=vm_kb(daemon.pid, "VmHWM") / 1024,
-        warnings=warnings_after - warnings_before)
+        rss_mb=vm_kb(daemon.pid, "VmRSS") / 1024,
+        hwm_mb=vm_kb(daemon.pid, "VmHWM") / 1024,
+        warnings=warnings_after - warnings_before,
+    )
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -765,40 +856,66 @@ def start_py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]
     spy = Path(sys.executable).parent / "py-spy"
     if not spy.exists():
         return None
-    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration",
-                             str(int(seconds)), "--format", "raw", "--output", str(out),
-                             "--nonblocking"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # --- main -----------------------------------------------------------------------------------------
+
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-async def bench(args: argparse.Namespace, root: Path, broker: Broker, bus_address: str,
-                report: Callable[[str], None]) -> tuple[list[tuple[float, float]], list[Run]]:
+async def bench(
+    args: argparse.Namespace,
+    root: Path,
+    broker: Broker,
+    bus_address: str,
+    report: Callable[[str], None],
+) -> tuple[list[tuple[float, float]], list[Run]]:
     alone = await notifier_alone(bus_address, args.alone_s, 3)
-    report(f"  notifier alone (virtual BlueZ, {STRAPS} straps, nobody listening), flat out: "
-           + ", ".join(f"{r:,.0f}/s ({c:.0f} us CPU each)" for r, c in alone))
+    report(
+        f"  notifier alone (virtual BlueZ, {STRAPS} straps, nobody listening), flat out: "
+        + ", ".join(f"{r:,.0f}/s ({c:.0f} us CPU each)" for r, c in alone)
+    )
     runs = []
     for index in range(1, args.runs + 1):
         report(f"  run {index}/{args.runs}:")
         profile = args.py_spy if index == args.runs else None
-        run = await one_run(index, args, root, broker, bus_address, report=report,
-                            profile=profile)
+        run = await one_run(index, args, root, broker, bus_address, report=report, profile=profile)
         runs.append(run)
-        report(f"    daemon start-up to scanning {run.startup_s:.1f} s; connected (advert -> "
-               "log) " + ", ".join(f"{v:.2f}" for v in run.connected.values())
-               + " s; first reading at broker " + ", ".join(f"{v:.2f}"
-                                                            for v in run.first_any.values())
-               + " s; first heart rate " + ", ".join(f"{v:.2f}" for v in run.first_hr.values())
-               + " s")
-        report(f"    idle with {STRAPS} connected: {run.idle_cpu_percent:.1f} % CPU, RSS "
-               f"{run.idle_rss_mb:.1f} MB (HWM {run.idle_hwm_mb:.1f}); stopped in "
-               f"{run.stop_s:.1f} s with exit code {run.exit_code}; "
-               f"{len(run.log_problems)} warnings/errors in its log")
+        report(
+            f"    daemon start-up to scanning {run.startup_s:.1f} s; connected (advert -> "
+            "log) "
+            + ", ".join(f"{v:.2f}" for v in run.connected.values())
+            + " s; first reading at broker "
+            + ", ".join(f"{v:.2f}" for v in run.first_any.values())
+            + " s; first heart rate "
+            + ", ".join(f"{v:.2f}" for v in run.first_hr.values())
+            + " s"
+        )
+        report(
+            f"    idle with {STRAPS} connected: {run.idle_cpu_percent:.1f} % CPU, RSS "
+            f"{run.idle_rss_mb:.1f} MB (HWM {run.idle_hwm_mb:.1f}); stopped in "
+            f"{run.stop_s:.1f} s with exit code {run.exit_code}; "
+            f"{len(run.log_problems)} warnings/errors in its log"
+        )
         for problem in run.log_problems[:5]:
             report(f"      log: {problem[:160]}")
     return alone, runs
@@ -810,19 +927,36 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short run (under a minute)")
-    parser.add_argument("--rates", default=None,
-                        help="total notifications/s to offer, comma-separated (default "
-                             "1000,2000 with --quick, else 1000,2000,4000)")
-    parser.add_argument("--phase-s", type=float, default=None,
-                        help="seconds each rate is offered (default 4 with --quick, else 10)")
-    parser.add_argument("--commit-interval-ms", type=float, default=None,
-                        help="the daemon's [outbox] commit_interval_ms (default: its own, 5)")
+    parser.add_argument(
+        "--rates",
+        default=None,
+        help="total notifications/s to offer, comma-separated (default "
+        "1000,2000 with --quick, else 1000,2000,4000)",
+    )
+    parser.add_argument(
+        "--phase-s",
+        type=float,
+        default=None,
+        help="seconds each rate is offered (default 4 with --quick, else 10)",
+    )
+    parser.add_argument(
+        "--commit-interval-ms",
+        type=float,
+        default=None,
+        help="the daemon's [outbox] commit_interval_ms (default: its own, 5)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to put the files")
-    parser.add_argument("--py-spy", type=Path, default=None,
-                        help="record the daemon with py-spy during the last rate of the last run")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        help="record the daemon with py-spy during the last rate of the last run",
+    )
     args = parser.parse_args()
-    args.rates = [float(r) for r in (args.rates or (
-        "1000,2000" if args.quick else "1000,2000,4000")).split(",")]
+    args.rates = [
+        float(r)
+        for r in (args.rates or ("1000,2000" if args.quick else "1000,2000,4000")).split(",")
+    ]
     args.runs = 1 if args.quick else 3
     args.phase_s = args.phase_s or (4.0 if args.quick else 10.0)
     args.drain_s = 15.0 if args.quick else 30.0
@@ -840,12 +974,16 @@ def main() -> None:
         stack.callback(broker.stop)
         broker.start()
         bus_address = stack.enter_context(private_bus())
-        report(f"rtm-gateway BLE bench{' (--quick)' if args.quick else ''}: "
-               f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]} (a shared machine: "
-               "numbers are noisy)")
-        report(f"broker: mosquitto, plain MQTT on 127.0.0.1:{broker.port}, "
-               f"max_inflight_messages {BROKER_INFLIGHT}; private D-Bus bus; virtual BlueZ in "
-               f"this process; {STRAPS} Heart Rate straps; daemon `python -m gateway.cli run`")
+        report(
+            f"rtm-gateway BLE bench{' (--quick)' if args.quick else ''}: "
+            f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]} (a shared machine: "
+            "numbers are noisy)"
+        )
+        report(
+            f"broker: mosquitto, plain MQTT on 127.0.0.1:{broker.port}, "
+            f"max_inflight_messages {BROKER_INFLIGHT}; private D-Bus bus; virtual BlueZ in "
+            f"this process; {STRAPS} Heart Rate straps; daemon `python -m gateway.cli run`"
+        )
         try:
             alone, runs = asyncio.run(bench(args, root, broker, bus_address, report))
         except KeyboardInterrupt:
@@ -854,8 +992,9 @@ def main() -> None:
     summary(alone, runs, args, time.perf_counter() - started)
 
 
-def summary(alone: list[tuple[float, float]], runs: list[Run], args: argparse.Namespace,
-            total_s: float) -> None:
+def summary(
+    alone: list[tuple[float, float]], runs: list[Run], args: argparse.Namespace, total_s: float
+) -> None:
     def spread(values: list[float]) -> str:
         return f"median {median(values):.2f} s, max {max(values):.2f} s"
 
@@ -863,18 +1002,34 @@ def summary(alone: list[tuple[float, float]], runs: list[Run], args: argparse.Na
     first_any = [v for run in runs for v in run.first_any.values()]
     first_hr = [v for run in runs for v in run.first_hr.values()]
     rows: list[tuple[str, str, str, bool | None]] = [
-        (f"notifier alone, flat out ({STRAPS} straps)",
-         f"{median([r for r, _ in alone]):,.0f} notif/s", "", None),
-        ("  its CPU per notification (this process)", f"{median([c for _, c in alone]):.0f} us",
-         "", None),
+        (
+            f"notifier alone, flat out ({STRAPS} straps)",
+            f"{median([r for r, _ in alone]):,.0f} notif/s",
+            "",
+            None,
+        ),
+        (
+            "  its CPU per notification (this process)",
+            f"{median([c for _, c in alone]):.0f} us",
+            "",
+            None,
+        ),
         ("daemon start-up to scanning", f"{median([r.startup_s for r in runs]):.1f} s", "", None),
         ("advert -> 'connected' logged", spread(connected), "", None),
         ("advert -> first reading (battery)", spread(first_any), "", None),
         ("advert -> first heart rate (+<=50 ms)", spread(first_hr), "", None),
-        ("daemon idle CPU, 5 connected", f"{median([r.idle_cpu_percent for r in runs]):.1f} %",
-         "", None),
-        ("daemon RSS idle, 5 connected", f"{median([r.idle_rss_mb for r in runs]):.1f} MB",
-         f"<= {RSS_TARGET_MB:.0f}", median([r.idle_rss_mb for r in runs]) <= RSS_TARGET_MB),
+        (
+            "daemon idle CPU, 5 connected",
+            f"{median([r.idle_cpu_percent for r in runs]):.1f} %",
+            "",
+            None,
+        ),
+        (
+            "daemon RSS idle, 5 connected",
+            f"{median([r.idle_rss_mb for r in runs]):.1f} MB",
+            f"<= {RSS_TARGET_MB:.0f}",
+            median([r.idle_rss_mb for r in runs]) <= RSS_TARGET_MB,
+        ),
     ]
     target_met: bool | None = None
     for i, rate in enumerate(args.rates):
@@ -891,40 +1046,85 @@ def summary(alone: list[tuple[float, float]], runs: list[Run], args: argparse.Na
         limited = "  (notifier-limited)" if offered < 0.97 * rate else ""
         rows += [
             (f"{rate:,.0f}/s asked: offered (achieved){limited}", f"{offered:,.0f}/s", "", None),
-            (f"{rate:,.0f}/s: delivered at the broker", f"{delivered:,.0f}/s", "= offered",
-             kept_up),
-            (f"{rate:,.0f}/s: lost / duplicated (all runs)",
-             f"{loss} / {sum(p.dups for p in phases)} of {sent:,}", "0", loss == 0),
-            (f"{rate:,.0f}/s: notif -> broker p50 / p99",
-             f"{median([p.p50_ms for p in phases]):.0f} / "
-             f"{median([p.p99_ms for p in phases]):.0f} ms", "", None),
-            ("  of which notif -> hub capture p50 / p99",
-             f"{median([p.hub_ms[0] for p in phases]):.0f} / "
-             f"{median([p.hub_ms[1] for p in phases]):.0f} ms", "", None),
-            ("  and hub capture -> broker p50 / p99",
-             f"{median([p.broker_ms[0] for p in phases]):.0f} / "
-             f"{median([p.broker_ms[1] for p in phases]):.0f} ms", "", None),
-            (f"{rate:,.0f}/s: daemon CPU per reading",
-             f"{median([p.daemon_cpu_us for p in phases]):.0f} us "
-             f"({median([p.daemon_sys_percent for p in phases]):.0f} % sys)", "", None),
-            (f"{rate:,.0f}/s: CPU, % of one core", ", ".join(
-                f"{name.split()[0]} {median([p.cpu_share.get(name, 0.0) for p in phases]):.0f}"
-                for name in phases[0].cpu_share), "", None),
+            (
+                f"{rate:,.0f}/s: delivered at the broker",
+                f"{delivered:,.0f}/s",
+                "= offered",
+                kept_up,
+            ),
+            (
+                f"{rate:,.0f}/s: lost / duplicated (all runs)",
+                f"{loss} / {sum(p.dups for p in phases)} of {sent:,}",
+                "0",
+                loss == 0,
+            ),
+            (
+                f"{rate:,.0f}/s: notif -> broker p50 / p99",
+                f"{median([p.p50_ms for p in phases]):.0f} / "
+                f"{median([p.p99_ms for p in phases]):.0f} ms",
+                "",
+                None,
+            ),
+            (
+                "  of which notif -> hub capture p50 / p99",
+                f"{median([p.hub_ms[0] for p in phases]):.0f} / "
+                f"{median([p.hub_ms[1] for p in phases]):.0f} ms",
+                "",
+                None,
+            ),
+            (
+                "  and hub capture -> broker p50 / p99",
+                f"{median([p.broker_ms[0] for p in phases]):.0f} / "
+                f"{median([p.broker_ms[1] for p in phases]):.0f} ms",
+                "",
+                None,
+            ),
+            (
+                f"{rate:,.0f}/s: daemon CPU per reading",
+                f"{median([p.daemon_cpu_us for p in phases]):.0f} us "
+                f"({median([p.daemon_sys_percent for p in phases]):.0f} % sys)",
+                "",
+                None,
+            ),
+            (
+                f"{rate:,.0f}/s: CPU, % of one core",
+                ", ".join(
+                    f"{name.split()[0]} {median([p.cpu_share.get(name, 0.0) for p in phases]):.0f}"
+                    for name in phases[0].cpu_share
+                ),
+                "",
+                None,
+            ),
         ]
-    rows.append((f">= {RATE_TARGET:,.0f}/s from {STRAPS} straps, no loss",
-                 "met" if target_met else "not shown" if target_met is None else "not met",
-                 "met", target_met))
+    rows.append(
+        (
+            f">= {RATE_TARGET:,.0f}/s from {STRAPS} straps, no loss",
+            "met" if target_met else "not shown" if target_met is None else "not met",
+            "met",
+            target_met,
+        )
+    )
     hwm = max((p.hwm_mb for run in runs for p in run.phases), default=float("nan"))
     rss_end = median([run.phases[-1].rss_mb for run in runs if run.phases])
     rows += [
-        ("daemon RSS after the throughput phases", f"{rss_end:.1f} MB", f"<= {RSS_TARGET_MB:.0f}",
-         rss_end <= RSS_TARGET_MB),
-        ("daemon peak RSS (VmHWM, max of runs)", f"{hwm:.1f} MB", f"<= {RSS_TARGET_MB:.0f}",
-         hwm <= RSS_TARGET_MB),
+        (
+            "daemon RSS after the throughput phases",
+            f"{rss_end:.1f} MB",
+            f"<= {RSS_TARGET_MB:.0f}",
+            rss_end <= RSS_TARGET_MB,
+        ),
+        (
+            "daemon peak RSS (VmHWM, max of runs)",
+            f"{hwm:.1f} MB",
+            f"<= {RSS_TARGET_MB:.0f}",
+            hwm <= RSS_TARGET_MB,
+        ),
     ]
     print()
-    print(f"summary ({len(runs)} run(s), medians over runs and straps where repeated; "
-          f"total {total_s:.0f} s)")
+    print(
+        f"summary ({len(runs)} run(s), medians over runs and straps where repeated; "
+        f"total {total_s:.0f} s)"
+    )
     print(f"{'measure':<46} {'value':>30}  {'target':>9}  ok")
     for name, value, target, ok in rows:
         mark = "" if ok is None else ("yes" if ok else "NO")

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway import outbox
-from gateway.outbox import Entry, Outbox, read_status
+from gateway.hub import outbox
+from gateway.hub.outbox import Entry, Outbox, read_status
 
 BODY = b"x" * 300
 RUNS = 3
@@ -46,8 +46,9 @@ def bench_raw(root: Path) -> float:
         start = time.perf_counter()
         for s in range(1, 200_001, 100):
             con.execute("BEGIN IMMEDIATE")
-            con.executemany("INSERT INTO t VALUES (?, 0, ?, ?)",
-                            [(i, BODY, 1.0) for i in range(s, s + 100)])
+            con.executemany(
+                "INSERT INTO t VALUES (?, 0, ?, ?)", [(i, BODY, 1.0) for i in range(s, s + 100)]
+            )
             con.execute("COMMIT")
         elapsed = time.perf_counter() - start
         con.close()
@@ -103,13 +104,19 @@ def cycle_runs(box: Outbox, rows: int, refill: bool) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backlog", type=int, default=1_000_000)
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where to put the databases (default: a temporary directory)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to put the databases (default: a temporary directory)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
-        print(f"SQLite {sqlite3.sqlite_version}, synchronous=FULL, WAL, 300-byte bodies, "
-              f"median of {RUNS} runs")
+        print(
+            f"SQLite {sqlite3.sqlite_version}, synchronous=FULL, WAL, 300-byte bodies, "
+            f"median of {RUNS} runs"
+        )
         print(f"raw sqlite3 insert, batch 100: {bench_raw(root):>10,.0f} rows/s")
         for size in (1, 10, 100, 1000):
             print(f"append, batch {size:>4}: {bench_append(root, size):>10,.0f} rows/s")
@@ -117,27 +124,36 @@ def main() -> None:
         path = root / "backlog.db"
         t0 = time.perf_counter()
         fill(path, args.backlog)
-        print(f"filled {args.backlog:,} rows in {time.perf_counter() - t0:.1f} s; "
-              f"file {path.stat().st_size / 1e6:.0f} MB")
+        print(
+            f"filled {args.backlog:,} rows in {time.perf_counter() - t0:.1f} s; "
+            f"file {path.stat().st_size / 1e6:.0f} MB"
+        )
         t0 = time.perf_counter()
         box = Outbox.open(path, max_rows=args.backlog * 2)
-        print(f"open with {box.depth():,} rows (count at open): "
-              f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+        print(
+            f"open with {box.depth():,} rows (count at open): "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+        )
         try:
-            plan = box._conn.execute("EXPLAIN QUERY PLAN " + outbox._LEASE_SQL,
-                                     (0, 100)).fetchall()
+            plan = box._conn.execute("EXPLAIN QUERY PLAN " + outbox._LEASE_SQL, (0, 100)).fetchall()
             print("lease plan:", "; ".join(str(row[-1]) for row in plan))
-            for refill, label in ((True, "lease 100 + ack + append 100, one commit"),
-                                  (False, "lease 100 + ack + flush (drain)")):
+            for refill, label in (
+                (True, "lease 100 + ack + append 100, one commit"),
+                (False, "lease 100 + ack + flush (drain)"),
+            ):
                 results = [cycle_runs(box, 100_000, refill) for _ in range(RUNS)]
                 rate = statistics.median(r for r, _ in results)
                 p99 = statistics.median(p for _, p in results)
-                print(f"{label}: {rate:>10,.0f} rows/s, p99 cycle {p99:.2f} ms "
-                      f"(backlog now {box.depth():,})")
+                print(
+                    f"{label}: {rate:>10,.0f} rows/s, p99 cycle {p99:.2f} ms "
+                    f"(backlog now {box.depth():,})"
+                )
             t0 = time.perf_counter()
             snap = read_status(path)
-            print(f"read_status beside the writer: {(time.perf_counter() - t0) * 1000:.0f} ms "
-                  f"(depth {snap.stats.depth:,})")
+            print(
+                f"read_status beside the writer: {(time.perf_counter() - t0) * 1000:.0f} ms "
+                f"(depth {snap.stats.depth:,})"
+            )
         finally:
             box.close()
 

@@ -53,22 +53,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import signing
 from gateway.drivers.contec_cms50d import DRIVER as CMS50D
 from gateway.drivers.kv_lines import DRIVER as KV_LINES
-from gateway.outbox import Outbox
-from gateway.pipeline import Journal
-from gateway.signing import HubIdentity, Signer
+from gateway.hub import signing
+from gateway.hub.journal import Journal
+from gateway.hub.outbox import Outbox
+from gateway.hub.signing import HubIdentity, Signer
+from gateway.hub.uplink import Uplink
 from gateway.transport.mqtt import MqttClient, MqttSettings, publisher_factory
-from gateway.uplink import Uplink
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 BROKER_INFLIGHT = 1000
 """mosquitto's max_inflight_messages; for MQTT 5 clients it is also the Receive Maximum."""
 PREFIX = "rtm/v1"
 PATIENT = "pt-0001"
-KV_OPTIONS: dict[str, object] = {"keys": {"spo2": {"type": "spo2"},
-                                          "pr": {"type": "pulse_rate"}}}
+KV_OPTIONS: dict[str, object] = {"keys": {"spo2": {"type": "spo2"}, "pr": {"type": "pulse_rate"}}}
 MAX_PENDING = 4_000
 """Backpressure: the producer waits while the journal holds more unsigned readings than this,"""
 MAX_DEPTH = 20_000
@@ -76,6 +75,7 @@ MAX_DEPTH = 20_000
 
 
 # --- a throwaway PKI -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Pki:
@@ -87,9 +87,13 @@ class Pki:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 def make_pki(directory: Path) -> Pki:
@@ -101,48 +105,86 @@ def make_pki(directory: Path) -> Pki:
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = name("bench CA")
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(
-                   digital_signature=True, content_commitment=False, key_encipherment=False,
-                   data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                   crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                              critical=False)
-               .sign(ca_key, hashes.SHA256()))
-    pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key",
-              directory / "client.pem", directory / "client.key")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pki = Pki(
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
+        directory / "client.pem",
+        directory / "client.key",
+    )
     pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
 
-    def leaf(cn: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName] | None,
-             cert_path: Path, key_path: Path) -> None:
+    def leaf(
+        cn: str,
+        usage: x509.ObjectIdentifier,
+        san: list[x509.GeneralName] | None,
+        cert_path: Path,
+        key_path: Path,
+    ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                                  critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                       ca_key.public_key()), critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+        )
         if san:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        cert_path.write_bytes(builder.sign(ca_key, hashes.SHA256())
-                              .public_bytes(serialization.Encoding.PEM))
+        cert_path.write_bytes(
+            builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        )
         _pem_key(key, key_path)
 
-    leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH,
-         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-         pki.server_cert, pki.server_key)
+    leaf(
+        "localhost",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        pki.server_cert,
+        pki.server_key,
+    )
     leaf("bench-hub", ExtendedKeyUsageOID.CLIENT_AUTH, None, pki.client_cert, pki.client_key)
     return pki
 
 
 # --- the broker ----------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -159,14 +201,34 @@ class Broker:
         self.port = free_port()
         self.config = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
-        tls = ([f"cafile {pki.ca}", f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
-                "require_certificate true"] if pki is not None else [])
-        self.config.write_text("\n".join([
-            "per_listener_settings false", "persistence false", "log_dest stderr",
-            "log_type error", "log_type warning", f"user {getpass.getuser()}",
-            f"listener {self.port} 127.0.0.1", *tls, "allow_anonymous true",
-            f"max_inflight_messages {BROKER_INFLIGHT}", "max_queued_messages 100000",
-        ]) + "\n")
+        tls = (
+            [
+                f"cafile {pki.ca}",
+                f"certfile {pki.server_cert}",
+                f"keyfile {pki.server_key}",
+                "require_certificate true",
+            ]
+            if pki is not None
+            else []
+        )
+        self.config.write_text(
+            "\n".join(
+                [
+                    "per_listener_settings false",
+                    "persistence false",
+                    "log_dest stderr",
+                    "log_type error",
+                    "log_type warning",
+                    f"user {getpass.getuser()}",
+                    f"listener {self.port} 127.0.0.1",
+                    *tls,
+                    "allow_anonymous true",
+                    f"max_inflight_messages {BROKER_INFLIGHT}",
+                    "max_queued_messages 100000",
+                ]
+            )
+            + "\n"
+        )
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -176,20 +238,29 @@ class Broker:
         return self._pki
 
     def settings(self, client_id: str) -> MqttSettings:
-        return MqttSettings(host="127.0.0.1", port=self.port, tls=True, ca_file=str(self.pki.ca),
-                            cert_file=str(self.pki.client_cert),
-                            key_file=str(self.pki.client_key), client_id=client_id)
+        return MqttSettings(
+            host="127.0.0.1",
+            port=self.port,
+            tls=True,
+            ca_file=str(self.pki.ca),
+            cert_file=str(self.pki.client_cert),
+            key_file=str(self.pki.client_key),
+            client_id=client_id,
+        )
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self._process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)],
-                                             stdout=log, stderr=log)
+            self._process = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 return
             time.sleep(0.02)
         raise RuntimeError("mosquitto did not open its port within 10 s")
@@ -207,6 +278,7 @@ class Broker:
 
 # --- a subscriber in its own process ------------------------------------------------------------
 
+
 def subscriber_main(port: int, pki_dir: Path, out: Path) -> None:
     """Child process: subscribe to everything under PREFIX, write "n arrival" for each reading
     (n is the kv-lines `n` key, kept in the reading's status) and "s state" for status messages.
@@ -216,8 +288,11 @@ def subscriber_main(port: int, pki_dir: Path, out: Path) -> None:
 
     lines: list[str] = []
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.tls_set(ca_certs=str(pki_dir / "ca.pem"), certfile=str(pki_dir / "client.pem"),
-                   keyfile=str(pki_dir / "client.key"))
+    client.tls_set(
+        ca_certs=str(pki_dir / "ca.pem"),
+        certfile=str(pki_dir / "client.pem"),
+        keyfile=str(pki_dir / "client.key"),
+    )
 
     def on_message(_c: Any, _u: Any, message: Any) -> None:
         arrival = time.time()  # first: the parsing below is not part of the latency
@@ -247,9 +322,18 @@ class Subscriber:
     def __init__(self, broker: Broker, out: Path) -> None:
         self.out = out
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--subscriber", str(broker.port),
-             str(broker.pki.ca.parent), str(out)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--subscriber",
+                str(broker.port),
+                str(broker.pki.ca.parent),
+                str(out),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":
             raise RuntimeError("the subscriber did not subscribe")
@@ -271,6 +355,7 @@ class Subscriber:
 
 
 # --- the in-process pipeline --------------------------------------------------------------------
+
 
 def cms50d_bytes(frames: int) -> bytes:
     """A live stream of valid CMS50D frames (SpO2 97 %, PR 72, a moving pleth wave)."""
@@ -296,19 +381,34 @@ class Pipeline:
         self.outbox = Outbox.open(db, max_rows=2_000_000)
         seq, last_hash = self.outbox.head()
         self.signer = Signer(identity, "bench-hub", signing.ChainHead(seq, last_hash))
-        self.uplink = Uplink(self.outbox, publisher_factory(broker.settings("bench-hub")),
-                             "bench-hub", topic_prefix=PREFIX, batch_size=variant.batch_size,
-                             window=variant.window)
-        self.journal = Journal(self.outbox, self.signer, on_commit=self.uplink.wake,
-                               commit_interval=variant.commit_interval,
-                               sign_in_thread=variant.sign_in_thread)
-        self.identity: dict[str, object] = {"id": "oximeter", "driver": "contec.cms50d",
-                                            "driver_version": "1.0.0", "port": "/dev/ttyUSB0"}
+        self.uplink = Uplink(
+            self.outbox,
+            publisher_factory(broker.settings("bench-hub")),
+            "bench-hub",
+            topic_prefix=PREFIX,
+            batch_size=variant.batch_size,
+            window=variant.window,
+        )
+        self.journal = Journal(
+            self.outbox,
+            self.signer,
+            on_commit=self.uplink.wake,
+            commit_interval=variant.commit_interval,
+            sign_in_thread=variant.sign_in_thread,
+        )
+        self.identity: dict[str, object] = {
+            "id": "oximeter",
+            "driver": "contec.cms50d",
+            "driver_version": "1.0.0",
+            "port": "/dev/ttyUSB0",
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.journal.run(), name="journal"),
-                       asyncio.create_task(self.uplink.run(), name="uplink")]
+        self._tasks = [
+            asyncio.create_task(self.journal.run(), name="journal"),
+            asyncio.create_task(self.uplink.run(), name="uplink"),
+        ]
         while not self.uplink.stats.connected:  # noqa: ASYNC110 - a benchmark may poll
             await asyncio.sleep(0.01)
 
@@ -329,8 +429,9 @@ class Pipeline:
         self.outbox.close()
 
 
-async def sustained(broker: Broker, root: Path, identity: HubIdentity, variant: Variant,
-                    readings: int) -> tuple[float, float, int]:
+async def sustained(
+    broker: Broker, root: Path, identity: HubIdentity, variant: Variant, readings: int
+) -> tuple[float, float, int]:
     """(readings/s, CPU us per reading, broker receive maximum) for `readings` CMS50D frames."""
     variant.encoder()
     db = root / f"sustained-{time.monotonic_ns()}.db"
@@ -342,7 +443,7 @@ async def sustained(broker: Broker, root: Path, identity: HubIdentity, variant: 
     chunk = 5 * 50  # 50 frames per read, as a serial read of a busy port would return
     cpu0, t0 = time.process_time(), time.perf_counter()
     for offset in range(0, len(data), chunk):
-        result = decoder.feed(data[offset:offset + chunk])
+        result = decoder.feed(data[offset : offset + chunk])
         now = time.time()
         for reading in result.readings:
             journal.submit(pipe.identity, "oximeter", PATIENT, reading, now)
@@ -359,8 +460,15 @@ async def sustained(broker: Broker, root: Path, identity: HubIdentity, variant: 
     return readings / elapsed, cpu / readings * 1e6, rmax
 
 
-async def latency(broker: Broker, root: Path, identity: HubIdentity, variant: Variant, *,
-                  seconds: float, rate: float) -> tuple[float, float, float, int, int]:
+async def latency(
+    broker: Broker,
+    root: Path,
+    identity: HubIdentity,
+    variant: Variant,
+    *,
+    seconds: float,
+    rate: float,
+) -> tuple[float, float, float, int, int]:
     """(p50 ms, p99 ms, max ms, sent, received) at a steady `rate` readings/s."""
     variant.encoder()
     db = root / f"latency-{time.monotonic_ns()}.db"
@@ -401,8 +509,12 @@ async def prefill(db: Path, identity: HubIdentity, entries: int) -> float:
     journal = Journal(outbox, signer, on_commit=lambda: None)
     task = asyncio.create_task(journal.run(), name="prefill-journal")
     decoder = CMS50D.decoder({})
-    identity_map: dict[str, object] = {"id": "oximeter", "driver": "contec.cms50d",
-                                       "driver_version": "1.0.0", "port": "/dev/ttyUSB0"}
+    identity_map: dict[str, object] = {
+        "id": "oximeter",
+        "driver": "contec.cms50d",
+        "driver_version": "1.0.0",
+        "port": "/dev/ttyUSB0",
+    }
     block = cms50d_bytes(1000)
     t0 = time.perf_counter()
     for _ in range(entries // 1000):
@@ -419,8 +531,9 @@ async def prefill(db: Path, identity: HubIdentity, entries: int) -> float:
     return elapsed
 
 
-async def drain(broker: Broker, db: Path, identity: HubIdentity,
-                variant: Variant) -> tuple[float, float, int]:
+async def drain(
+    broker: Broker, db: Path, identity: HubIdentity, variant: Variant
+) -> tuple[float, float, int]:
     """Start the uplink on a prefilled outbox: (readings/s, CPU us per reading, entries)."""
     pipe = Pipeline(broker, db, identity, variant)
     depth = pipe.outbox.depth()
@@ -433,6 +546,7 @@ async def drain(broker: Broker, db: Path, identity: HubIdentity,
 
 
 # --- the real daemon ------------------------------------------------------------------------------
+
 
 class Pty:
     """A pseudo-terminal whose slave the daemon opens; we write the device's bytes to the master."""
@@ -458,7 +572,7 @@ def daemon_config(root: Path, broker: Broker, port: str) -> Path:
     text = f"""
 [hub]
 id = "bench-daemon"
-state_dir = "{root / 'daemon-state'}"
+state_dir = "{root / "daemon-state"}"
 
 [mqtt]
 url = "mqtts://127.0.0.1:{broker.port}"
@@ -500,8 +614,11 @@ def daemon_command(config: Path) -> list[str]:
     if script.exists():
         return [str(script), "run", "-c", str(config)]
     found = shutil.which("rtm-gateway")
-    return [found, "run", "-c", str(config)] if found else [
-        sys.executable, "-m", "gateway.cli", "run", "-c", str(config)]
+    return (
+        [found, "run", "-c", str(config)]
+        if found
+        else [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)]
+    )
 
 
 @dataclass(slots=True)
@@ -519,14 +636,22 @@ class DaemonResult:
     flat_out_hwm_mb: float
 
 
-def run_daemon(broker: Broker, root: Path, *, idle_s: float,  # noqa: PLR0915 - one story
-               feed_rate: float, feed_s: float, flat_out_lines: int) -> DaemonResult:
+def run_daemon(  # noqa: PLR0915
+    broker: Broker,
+    root: Path,
+    *,
+    idle_s: float,
+    feed_rate: float,
+    feed_s: float,
+    flat_out_lines: int,
+) -> DaemonResult:
     pty = Pty()
     config = daemon_config(root, broker, pty.path)
     subscriber = Subscriber(broker, root / "daemon-sub.txt")
     log = (root / "daemon.log").open("wb")
-    process = subprocess.Popen(daemon_command(config), stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        daemon_command(config), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         # Connected once its retained "online" status came through; then let start-up settle.
         deadline = time.monotonic() + 20
@@ -566,8 +691,7 @@ def run_daemon(broker: Broker, root: Path, *, idle_s: float,  # noqa: PLR0915 - 
         block_lines = 200
         t_flat = time.time()
         while n < first + flat_out_lines:
-            pty.write("".join(f"spo2=97,pr=72,n={n + k}\n"
-                              for k in range(block_lines)).encode())
+            pty.write("".join(f"spo2=97,pr=72,n={n + k}\n" for k in range(block_lines)).encode())
             n += block_lines
         _wait_quiet(root, process.pid)
         flat_hwm = vm_kb(process.pid, "VmHWM") / 1024
@@ -586,14 +710,18 @@ def run_daemon(broker: Broker, root: Path, *, idle_s: float,  # noqa: PLR0915 - 
     flat_rate = (len(flat_arrivals) / (max(flat_arrivals) - t_flat)) if flat_arrivals else 0.0
     received = len(steady)
     return DaemonResult(
-        idle_cpu_percent=idle, idle_rss_mb=idle_rss,
-        steady_rate=received / steady_elapsed, steady_sent=steady_sent,
+        idle_cpu_percent=idle,
+        idle_rss_mb=idle_rss,
+        steady_rate=received / steady_elapsed,
+        steady_sent=steady_sent,
         steady_received=received,
         steady_p50_ms=statistics.median(steady) if steady else float("nan"),
-        steady_p99_ms=statistics.quantiles(steady, n=100)[98] if len(steady) > 1
-        else float("nan"),
-        steady_hwm_mb=steady_hwm, flat_out_rate=flat_rate, flat_out_sent=n - first,
-        flat_out_hwm_mb=flat_hwm)
+        steady_p99_ms=statistics.quantiles(steady, n=100)[98] if len(steady) > 1 else float("nan"),
+        steady_hwm_mb=steady_hwm,
+        flat_out_rate=flat_rate,
+        flat_out_sent=n - first,
+        flat_out_hwm_mb=flat_hwm,
+    )
 
 
 def _saw_online(root: Path, broker: Broker, marker: Path) -> bool:
@@ -603,8 +731,11 @@ def _saw_online(root: Path, broker: Broker, marker: Path) -> bool:
 
     got: list[str] = []
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.tls_set(ca_certs=str(broker.pki.ca), certfile=str(broker.pki.client_cert),
-                   keyfile=str(broker.pki.client_key))
+    client.tls_set(
+        ca_certs=str(broker.pki.ca),
+        certfile=str(broker.pki.client_cert),
+        keyfile=str(broker.pki.client_key),
+    )
     client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(f"{PREFIX}/bench-daemon/status")
     client.on_message = lambda _c, _u, m: got.append(json.loads(m.payload)["state"])
     client.connect("127.0.0.1", broker.port)
@@ -630,6 +761,7 @@ def _wait_quiet(root: Path, pid: int, timeout: float = 60.0) -> None:
 
 # --- the encoders compared ----------------------------------------------------------------------
 
+
 def encoder_variants() -> list[tuple[str, Callable[[], None]]]:
     """The signer's JSON encoders that this checkout offers, each as a setter."""
     available = getattr(signing, "PAYLOAD_ENCODERS", None)
@@ -648,10 +780,15 @@ def sign_micro(identity: HubIdentity, set_encoder: Callable[[], None], n: int) -
     outbox_less = Signer(identity, "bench-hub")
     reading = CMS50D.decoder({}).feed(cms50d_bytes(2)).readings[0]
     body: dict[str, object] = {
-        "kind": "reading", "patient": PATIENT,
+        "kind": "reading",
+        "patient": PATIENT,
         "device": {"id": "oximeter", "driver": "contec.cms50d", "driver_version": "1.0.0"},
-        "time": {"hub": "2026-11-26T20:01:55.123Z", "hub_clock": "synced", "device": None,
-                 "device_clock": "unknown"},
+        "time": {
+            "hub": "2026-11-26T20:01:55.123Z",
+            "hub_clock": "synced",
+            "device": None,
+            "device_clock": "unknown",
+        },
         **{k: v for k, v in reading.wire().items() if k in ("observations", "status", "raw")},
     }
     t0 = time.perf_counter()
@@ -662,19 +799,29 @@ def sign_micro(identity: HubIdentity, set_encoder: Callable[[], None], n: int) -
 
 # --- main ---------------------------------------------------------------------------------------
 
+
 def median3(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-async def bench_inprocess(args: argparse.Namespace, broker: Broker, root: Path,
-                          identity: HubIdentity, report: Callable[[str], None]) -> dict[str, Any]:
+async def bench_inprocess(
+    args: argparse.Namespace,
+    broker: Broker,
+    root: Path,
+    identity: HubIdentity,
+    report: Callable[[str], None],
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     encoders = encoder_variants()
-    variants = [Variant(f"{label}, sign on loop thread", setter, sign_in_thread=False)
-                for label, setter in encoders]
+    variants = [
+        Variant(f"{label}, sign on loop thread", setter, sign_in_thread=False)
+        for label, setter in encoders
+    ]
     # The default encoder, signing in a worker thread: what a second core buys (or costs).
-    variants.insert(-1, Variant(f"{encoders[-1][0]}, sign in worker thread", encoders[-1][1],
-                                sign_in_thread=True))
+    variants.insert(
+        -1,
+        Variant(f"{encoders[-1][0]}, sign in worker thread", encoders[-1][1], sign_in_thread=True),
+    )
     rmax = -1
     per_variant: dict[str, list[tuple[float, float]]] = {v.label: [] for v in variants}
     for _ in range(args.runs):  # interleaved, so drift on a shared machine hits all alike
@@ -686,22 +833,29 @@ async def bench_inprocess(args: argparse.Namespace, broker: Broker, root: Path,
         rate = median3([r for r, _ in runs])
         cpu = median3([c for _, c in runs])
         results[f"sustained:{variant.label}"] = (rate, cpu, runs)
-        report(f"  sustained, JSON {variant.label:<36}: {rate:>7,.0f} readings/s, "
-               f"{cpu:>6.1f} us CPU/reading  (runs: "
-               + ", ".join(f"{r:,.0f}/s {c:.0f}us" for r, c in runs) + ")")
+        report(
+            f"  sustained, JSON {variant.label:<36}: {rate:>7,.0f} readings/s, "
+            f"{cpu:>6.1f} us CPU/reading  (runs: "
+            + ", ".join(f"{r:,.0f}/s {c:.0f}us" for r, c in runs)
+            + ")"
+        )
     results["receive_maximum"] = rmax
     default = variants[-1]  # the checkout's default encoder comes last
     lat = await latency(broker, root, identity, default, seconds=args.latency_s, rate=100.0)
     results["latency"] = lat
-    report(f"  latency at 100 readings/s for {args.latency_s:.0f} s ({default.label}): "
-           f"p50 {lat[0]:.1f} ms, p99 {lat[1]:.1f} ms, max {lat[2]:.1f} ms "
-           f"({lat[4]}/{lat[3]} received)")
+    report(
+        f"  latency at 100 readings/s for {args.latency_s:.0f} s ({default.label}): "
+        f"p50 {lat[0]:.1f} ms, p99 {lat[1]:.1f} ms, max {lat[2]:.1f} ms "
+        f"({lat[4]}/{lat[3]} received)"
+    )
     db = root / "backlog.db"
     default.encoder()
     broker.stop()
     prefill_s = await prefill(db, identity, args.backlog)
-    report(f"  prefill {args.backlog:,} signed entries with the broker down: {prefill_s:.1f} s "
-           f"({args.backlog / prefill_s:,.0f} entries/s, {db.stat().st_size / 1e6:.0f} MB)")
+    report(
+        f"  prefill {args.backlog:,} signed entries with the broker down: {prefill_s:.1f} s "
+        f"({args.backlog / prefill_s:,.0f} entries/s, {db.stat().st_size / 1e6:.0f} MB)"
+    )
     broker.start()
     rate, cpu, depth = await drain(broker, db, identity, default)
     results["drain"] = (rate, cpu, depth, prefill_s)
@@ -727,8 +881,9 @@ def main() -> None:
     args.readings = 20_000 if args.quick else 80_000
     args.latency_s = 5.0 if args.quick else 20.0
     args.backlog = 50_000 if args.quick else 1_000_000
-    idle_s, feed_rate, feed_s, flat_lines = (3.0, 3000.0, 3.0, 10_000) if args.quick else (
-        10.0, 3000.0, 10.0, 50_000)
+    idle_s, feed_rate, feed_s, flat_lines = (
+        (3.0, 3000.0, 3.0, 10_000) if args.quick else (10.0, 3000.0, 10.0, 50_000)
+    )
 
     def report(line: str) -> None:
         print(line, flush=True)
@@ -740,14 +895,20 @@ def main() -> None:
         broker = Broker(root, make_pki(root / "pki"))
         broker.start()
         try:
-            report(f"rtm-gateway pipeline bench{' (--quick)' if args.quick else ''}: "
-                   f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-            report(f"broker: mosquitto, mutual TLS on 127.0.0.1:{broker.port}, "
-                   f"max_inflight_messages {BROKER_INFLIGHT} (raised from 20 so the broker's "
-                   "Receive Maximum does not cap the uplink window)")
-            report("pipeline: CMS50D frames -> driver decoder -> Journal (sign, outbox "
-                   "synchronous=FULL group commit) -> Uplink QoS 1 (MQTT 5) -> PUBACK -> delete; "
-                   "window 32 messages x 100 readings")
+            report(
+                f"rtm-gateway pipeline bench{' (--quick)' if args.quick else ''}: "
+                f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+            )
+            report(
+                f"broker: mosquitto, mutual TLS on 127.0.0.1:{broker.port}, "
+                f"max_inflight_messages {BROKER_INFLIGHT} (raised from 20 so the broker's "
+                "Receive Maximum does not cap the uplink window)"
+            )
+            report(
+                "pipeline: CMS50D frames -> driver decoder -> Journal (sign, outbox "
+                "synchronous=FULL group commit) -> Uplink QoS 1 (MQTT 5) -> PUBACK -> delete; "
+                "window 32 messages x 100 readings"
+            )
             identity = HubIdentity.generate()
             sign_alone: dict[str, float] = {}
             for label, setter in encoder_variants():
@@ -758,24 +919,37 @@ def main() -> None:
             results["sign_alone"] = sign_alone
             report(f"  (broker Receive Maximum seen by the uplink: {results['receive_maximum']})")
             report("real daemon (rtm-gateway run), one generic.kv-lines device on a pty:")
-            daemon = run_daemon(broker, root, idle_s=idle_s, feed_rate=feed_rate, feed_s=feed_s,
-                                flat_out_lines=flat_lines)
-            report(f"  idle {idle_s:.0f} s, device quiet: {daemon.idle_cpu_percent:.2f} % CPU, "
-                   f"RSS {daemon.idle_rss_mb:.1f} MB")
-            report(f"  fed {feed_rate:,.0f} lines/s for {feed_s:.0f} s: {daemon.steady_rate:,.0f} "
-                   f"readings/s delivered ({daemon.steady_received}/{daemon.steady_sent}), "
-                   f"line-to-broker p50 {daemon.steady_p50_ms:.1f} ms p99 "
-                   f"{daemon.steady_p99_ms:.1f} ms, peak RSS (VmHWM) "
-                   f"{daemon.steady_hwm_mb:.1f} MB")
-            report(f"  fed flat out ({daemon.flat_out_sent:,} lines): {daemon.flat_out_rate:,.0f} "
-                   f"readings/s delivered, peak RSS (VmHWM) {daemon.flat_out_hwm_mb:.1f} MB")
+            daemon = run_daemon(
+                broker,
+                root,
+                idle_s=idle_s,
+                feed_rate=feed_rate,
+                feed_s=feed_s,
+                flat_out_lines=flat_lines,
+            )
+            report(
+                f"  idle {idle_s:.0f} s, device quiet: {daemon.idle_cpu_percent:.2f} % CPU, "
+                f"RSS {daemon.idle_rss_mb:.1f} MB"
+            )
+            report(
+                f"  fed {feed_rate:,.0f} lines/s for {feed_s:.0f} s: {daemon.steady_rate:,.0f} "
+                f"readings/s delivered ({daemon.steady_received}/{daemon.steady_sent}), "
+                f"line-to-broker p50 {daemon.steady_p50_ms:.1f} ms p99 "
+                f"{daemon.steady_p99_ms:.1f} ms, peak RSS (VmHWM) "
+                f"{daemon.steady_hwm_mb:.1f} MB"
+            )
+            report(
+                f"  fed flat out ({daemon.flat_out_sent:,} lines): {daemon.flat_out_rate:,.0f} "
+                f"readings/s delivered, peak RSS (VmHWM) {daemon.flat_out_hwm_mb:.1f} MB"
+            )
         finally:
             broker.stop()
     print_table(results, daemon, args, time.perf_counter() - started)
 
 
-def print_table(results: dict[str, Any], daemon: DaemonResult, args: argparse.Namespace,
-                total_s: float) -> None:
+def print_table(
+    results: dict[str, Any], daemon: DaemonResult, args: argparse.Namespace, total_s: float
+) -> None:
     default = [k for k in results if k.startswith("sustained:")][-1]
     rate, cpu, _ = results[default]
     encoder = default.split(":", 1)[1].split(",")[0].strip()
@@ -790,20 +964,29 @@ def print_table(results: dict[str, Any], daemon: DaemonResult, args: argparse.Na
         ("  Signer.sign alone, this run", f"{sign_us:.1f} us", "", None),
         ("capture-to-broker latency p50", f"{p50:.1f} ms", "", None),
         ("capture-to-broker latency p99", f"{p99:.1f} ms", "<= 250", p99 <= 250),
-        (f"backlog drain ({depth:,})", f"{drain_rate:,.0f} readings/s", ">= 15,000",
-         drain_rate >= 15_000),
+        (
+            f"backlog drain ({depth:,})",
+            f"{drain_rate:,.0f} readings/s",
+            ">= 15,000",
+            drain_rate >= 15_000,
+        ),
         ("  (prefill, not a target)", f"{prefill_s:.1f} s", "", None),
-        ("daemon idle CPU", f"{daemon.idle_cpu_percent:.2f} %", "< 1",
-         daemon.idle_cpu_percent < 1),
-        ("daemon peak RSS (kv-lines, 3k lines/s)", f"{daemon.steady_hwm_mb:.1f} MB", "<= 60",
-         daemon.steady_hwm_mb <= 60),
+        ("daemon idle CPU", f"{daemon.idle_cpu_percent:.2f} %", "< 1", daemon.idle_cpu_percent < 1),
+        (
+            "daemon peak RSS (kv-lines, 3k lines/s)",
+            f"{daemon.steady_hwm_mb:.1f} MB",
+            "<= 60",
+            daemon.steady_hwm_mb <= 60,
+        ),
         ("daemon throughput at 3k lines/s", f"{daemon.steady_rate:,.0f} readings/s", "", None),
         ("daemon throughput flat out", f"{daemon.flat_out_rate:,.0f} readings/s", "", None),
         ("daemon peak RSS flat out", f"{daemon.flat_out_hwm_mb:.1f} MB", "", None),
     ]
     print()
-    print(f"summary ({default.split(':', 1)[1]} signer JSON; medians of {args.runs} runs where "
-          f"repeated; total {total_s:.0f} s)")
+    print(
+        f"summary ({default.split(':', 1)[1]} signer JSON; medians of {args.runs} runs where "
+        f"repeated; total {total_s:.0f} s)"
+    )
     print(f"{'measure':<42} {'value':>20}  {'target':>10}  ok")
     for name, value, target, ok in rows:
         mark = "" if ok is None else ("yes" if ok else "NO")

@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.clock import clock_state
-from gateway.config import Config, DeviceConfig
-from gateway.outbox import Outbox, OutboxError
-from gateway.pipeline import ByteStream, DeviceSession, DeviceUnavailable, Journal
-from gateway.registry import AnyDriver, Registry
+from gateway.hub.clock import clock_state
+from gateway.hub.config import Config, DeviceConfig
+from gateway.hub.journal import Journal
+from gateway.hub.outbox import Outbox, OutboxError
+from gateway.hub.registry import AnyDriver, Registry
+from gateway.hub.signing import ChainHead, HubIdentity, IdentityError, Signer
+from gateway.hub.systemd import Notifier
+from gateway.hub.uplink import Uplink
 from gateway.sdk import SerialSettings
-from gateway.signing import ChainHead, HubIdentity, IdentityError, Signer
-from gateway.systemd import Notifier
+from gateway.sessions.core import DeviceUnavailable
+from gateway.sessions.serial import ByteStream, DeviceSession
 from gateway.transport.mqtt import MqttSettings, publisher_factory
 from gateway.transport.serial import (
     PortLister,
@@ -35,11 +38,10 @@ from gateway.transport.serial import (
     list_system_ports,
     open_serial,
 )
-from gateway.uplink import Uplink
 
 if TYPE_CHECKING:
-    from gateway.ble_session import Advertisement, BleDeviceSession, Link
-    from gateway.config import BleConfig
+    from gateway.hub.config import BleConfig
+    from gateway.sessions.ble import Advertisement, BleDeviceSession, Link
     from gateway.transport.ble import BleConnector, BleScanner
 
 log = logging.getLogger(__name__)
@@ -65,15 +67,19 @@ def open_state(state_dir: Path, outbox_path: Path, max_rows: int) -> HubState:
     try:
         state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     except OSError as exc:
-        raise StartupError(f"cannot create the state dir {state_dir}: {exc.strerror}; "
-                           "create it and make it writable by the hub's user") from exc
+        raise StartupError(
+            f"cannot create the state dir {state_dir}: {exc.strerror}; "
+            "create it and make it writable by the hub's user"
+        ) from exc
     try:
         identity = HubIdentity.load_or_create(state_dir)
     except IdentityError as exc:
         raise StartupError(str(exc)) from exc
     except OSError as exc:
-        raise StartupError(f"cannot create the hub identity in {state_dir}: {exc.strerror}; "
-                           "is the state dir writable and the disk not full?") from exc
+        raise StartupError(
+            f"cannot create the hub identity in {state_dir}: {exc.strerror}; "
+            "is the state dir writable and the disk not full?"
+        ) from exc
     try:
         outbox = Outbox.open(outbox_path, max_rows=max_rows)
     except OutboxError as exc:
@@ -82,7 +88,7 @@ def open_state(state_dir: Path, outbox_path: Path, max_rows: int) -> HubState:
 
 
 class _SerialStream:
-    """The serial transport seen through the pipeline's `ByteStream` protocol."""
+    """The serial transport seen through the serial session's `ByteStream` protocol."""
 
     def __init__(self, stream: SerialByteStream) -> None:
         self._stream = stream
@@ -113,8 +119,9 @@ class SerialOpener:
         path = device.port
         if path is None and device.usb is not None:
             try:
-                path = await asyncio.to_thread(find_usb_port, self._lister, device.usb.vid,
-                                               device.usb.pid, device.usb.serial)
+                path = await asyncio.to_thread(
+                    find_usb_port, self._lister, device.usb.vid, device.usb.pid, device.usb.serial
+                )
             except OSError as exc:  # sysfs can vanish under the lister during a hot-plug
                 raise DeviceUnavailable(f"cannot list serial ports: {exc}") from exc
             if path is None:
@@ -134,11 +141,12 @@ class BleRadio:
     def __init__(self, ble: BleConfig) -> None:
         from gateway.transport.ble import BleConnector, BleScanner
 
-        self.scanner: BleScanner = BleScanner(ble.adapter, passive=ble.passive,
-                                              watchdog=ble.scanner_watchdog)
-        self.connector: BleConnector = BleConnector(ble.adapter,
-                                                    max_connections=ble.max_connections,
-                                                    connect_timeout=ble.connect_timeout)
+        self.scanner: BleScanner = BleScanner(
+            ble.adapter, passive=ble.passive, watchdog=ble.scanner_watchdog
+        )
+        self.connector: BleConnector = BleConnector(
+            ble.adapter, max_connections=ble.max_connections, connect_timeout=ble.connect_timeout
+        )
         self.scanner.watch.listen(self.connector.bluez_restarted)
 
     async def wait_for(self, predicate: Callable[[Advertisement], bool]) -> Advertisement:
@@ -148,7 +156,7 @@ class BleRadio:
         self.scanner.forget(address)
 
     async def connect(self, advert: Advertisement, name: str) -> Link:
-        from gateway.ble_session import Unavailable
+        from gateway.sessions.ble import Unavailable
         from gateway.transport.ble import Advert, BleConnectError, BleUnavailable
 
         assert isinstance(advert, Advert)  # noqa: S101  # only the scanner's adverts come here
@@ -170,10 +178,18 @@ def mqtt_settings(config: Config) -> MqttSettings:
     """Connection settings; the uplink adds the last will (status "offline") itself."""
     mqtt = config.mqtt
     return MqttSettings(
-        host=mqtt.host, port=mqtt.port, tls=mqtt.tls, ca_file=mqtt.ca_file,
-        cert_file=mqtt.cert_file, key_file=mqtt.key_file, username=mqtt.username,
-        password=mqtt.password, client_id=mqtt.client_id or f"rtm-gateway-{config.hub.id}",
-        protocol=mqtt.protocol, keepalive=mqtt.keepalive)
+        host=mqtt.host,
+        port=mqtt.port,
+        tls=mqtt.tls,
+        ca_file=mqtt.ca_file,
+        cert_file=mqtt.cert_file,
+        key_file=mqtt.key_file,
+        username=mqtt.username,
+        password=mqtt.password,
+        client_id=mqtt.client_id or f"rtm-gateway-{config.hub.id}",
+        protocol=mqtt.protocol,
+        keepalive=mqtt.keepalive,
+    )
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None:
@@ -191,9 +207,14 @@ async def _cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> 
 class Hub:
     """The running hub: device sessions, the journal, the uplink, the watchdog."""
 
-    def __init__(self, config: Config, *, registry: Registry | None = None,
-                 opener: Callable[[], SerialOpener] = SerialOpener,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: Registry | None = None,
+        opener: Callable[[], SerialOpener] = SerialOpener,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry or Registry.load()
         self._opener = opener()
@@ -217,28 +238,45 @@ class Hub:
         last_seq, last_hash = state.outbox.head()
         signer = Signer(state.identity, config.hub.id, ChainHead(last_seq, last_hash))
         uplink = Uplink(
-            state.outbox, publisher_factory(mqtt_settings(config)),
-            config.hub.id, topic_prefix=config.mqtt.topic_prefix,
-            batch_size=config.mqtt.batch_size, window=config.mqtt.window,
+            state.outbox,
+            publisher_factory(mqtt_settings(config)),
+            config.hub.id,
+            topic_prefix=config.mqtt.topic_prefix,
+            batch_size=config.mqtt.batch_size,
+            window=config.mqtt.window,
             backoff_initial=min(1.0, config.mqtt.reconnect_max),
             backoff_max=config.mqtt.reconnect_max,
-            status_extra={"version": __version__, "jwk": state.identity.public_jwk()})
-        journal = Journal(state.outbox, signer, on_commit=uplink.wake,
-                          commit_interval=config.outbox.commit_interval)
-        sessions = [self._session(device, journal) for device in config.devices
-                    if not device.is_ble]
+            status_extra={"version": __version__, "jwk": state.identity.public_jwk()},
+        )
+        journal = Journal(
+            state.outbox,
+            signer,
+            on_commit=uplink.wake,
+            commit_interval=config.outbox.commit_interval,
+        )
+        sessions = [
+            self._session(device, journal) for device in config.devices if not device.is_ble
+        ]
         ble_sessions = self._ble_sessions(journal, state.outbox)
         self.sessions = [*sessions, *ble_sessions]
-        journal.event("hub-started", {"version": __version__,
-                                      "devices": len(self.sessions), "clock": clock_state()})
+        journal.event(
+            "hub-started",
+            {"version": __version__, "devices": len(self.sessions), "clock": clock_state()},
+        )
         self._install_signals()
-        log.info("hub %s: started with %d device(s); outbox holds %d entries (last seq %d)",
-                 config.hub.id, len(self.sessions), state.outbox.depth(), last_seq)
+        log.info(
+            "hub %s: started with %d device(s); outbox holds %d entries (last seq %d)",
+            config.hub.id,
+            len(self.sessions),
+            state.outbox.depth(),
+            last_seq,
+        )
         async with asyncio.TaskGroup() as group:
             journal_task = group.create_task(journal.run(), name="journal")
             uplink_task = group.create_task(uplink.run(), name="uplink")
-            workers = [group.create_task(s.run(), name=f"device {s.device.id}")
-                       for s in self.sessions]
+            workers = [
+                group.create_task(s.run(), name=f"device {s.device.id}") for s in self.sessions
+            ]
             if self.radio is not None:
                 workers.append(group.create_task(self.radio.scanner.run(), name="ble scanner"))
             workers.append(group.create_task(self._watchdog(), name="watchdog"))
@@ -263,8 +301,8 @@ class Hub:
         devices = [device for device in self.config.devices if device.is_ble]
         if not devices:
             return []
-        from gateway.ble_session import BleDeviceSession
-        from gateway.registry import ble_claims
+        from gateway.hub.registry import ble_claims
+        from gateway.sessions.ble import BleDeviceSession
 
         self.radio = BleRadio(self.config.ble)
         sessions = []
@@ -275,11 +313,15 @@ class Hub:
                 from gateway.transport.ble import Advert
 
                 return isinstance(advert, Advert) and ble_claims(
-                    driver, service_uuids=advert.service_uuids,
-                    manufacturer_data=advert.manufacturer_data, local_name=advert.name)
+                    driver,
+                    service_uuids=advert.service_uuids,
+                    manufacturer_data=advert.manufacturer_data,
+                    local_name=advert.name,
+                )
 
-            sessions.append(BleDeviceSession(device, driver, self.radio, journal, outbox,
-                                             claims=claims))
+            sessions.append(
+                BleDeviceSession(device, driver, self.radio, journal, outbox, claims=claims)
+            )
         return sessions
 
     def _install_signals(self) -> None:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__
 
 if TYPE_CHECKING:
-    from gateway.config import Config, DeviceConfig
-    from gateway.registry import Registry
+    from gateway.hub.config import Config, DeviceConfig
+    from gateway.hub.registry import Registry
 
 DEFAULT_CONFIG = Path("/etc/rtm-gateway/config.toml")
 
@@ -44,19 +44,28 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtm-gateway",
         description="Home hub for Remote Therapeutic Monitoring: device readings, signed, "
-                    "stored durably and forwarded over MQTT.")
+        "stored durably and forwarded over MQTT.",
+    )
     parser.add_argument("--version", action="version", version=f"rtm-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
-                       help=f"configuration file (default {DEFAULT_CONFIG})")
+        p.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            help=f"configuration file (default {DEFAULT_CONFIG})",
+        )
 
     p = sub.add_parser("run", help="run the hub daemon")
     with_config(p)
-    p.add_argument("--log-level", type=str.upper,
-                   choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="override [log] level (TRACE shows raw bytes and values)")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"],
+        help="override [log] level (TRACE shows raw bytes and values)",
+    )
 
     p = sub.add_parser("check-config", help="validate a configuration file without running")
     with_config(p)
@@ -69,31 +78,61 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decode bytes (or a BLE characteristic value) with a driver")
     p.add_argument("driver", help="driver id, e.g. contec.cms50d")
     p.add_argument("hex", help="the bytes in hex (spaces and colons allowed)")
-    p.add_argument("--char", help="Bluetooth LE drivers: the characteristic the value came "
-                   "from (16-bit like 2A37, or a full UUID)")
-    p.add_argument("--options", default="{}", help="driver options as JSON (e.g. for "
-                   "generic.kv-lines: '{\"keys\": {\"spo2\": {\"type\": \"spo2\"}}}')")
+    p.add_argument(
+        "--char",
+        help="Bluetooth LE drivers: the characteristic the value came "
+        "from (16-bit like 2A37, or a full UUID)",
+    )
+    p.add_argument(
+        "--options",
+        default="{}",
+        help="driver options as JSON (e.g. for "
+        'generic.kv-lines: \'{"keys": {"spo2": {"type": "spo2"}}}\')',
+    )
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("simulate", help="run a simulated device: serial on a pseudo-terminal, "
-                       "or Bluetooth LE on a virtual BlueZ (--ble)")
-    p.add_argument("driver", nargs="+", help="driver id of the device to simulate, e.g. "
-                   "contec.cms50d; with --ble, one or more of gatt.plx gatt.gls gatt.ftms "
-                   "gatt.hrs")
+    p = sub.add_parser(
+        "simulate",
+        help="run a simulated device: serial on a pseudo-terminal, "
+        "or Bluetooth LE on a virtual BlueZ (--ble)",
+    )
+    p.add_argument(
+        "driver",
+        nargs="+",
+        help="driver id of the device to simulate, e.g. "
+        "contec.cms50d; with --ble, one or more of gatt.plx gatt.gls gatt.ftms "
+        "gatt.hrs",
+    )
     p.add_argument("--link", type=Path, help="serial: path of the pseudo-terminal link to create")
-    p.add_argument("--ble", action="store_true", help="start a virtual Bluetooth lab (a private "
-                   "D-Bus bus with a virtual BlueZ) and print its address")
+    p.add_argument(
+        "--ble",
+        action="store_true",
+        help="start a virtual Bluetooth lab (a private "
+        "D-Bus bus with a virtual BlueZ) and print its address",
+    )
     p.add_argument("--address", help="--ble: the device's Bluetooth address")
     p.add_argument("--serial", help="--ble: the device's Device Information serial number")
-    p.add_argument("--rate", type=float, default=None,
-                   help="frames (or lines) per second (default: the device's own rate)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="frames (or lines) per second (default: the device's own rate)",
+    )
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
 
-    p = sub.add_parser("scan", help="list nearby Bluetooth LE devices, the driver for each, and "
-                       "whether this hub is configured for it")
-    p.add_argument("-c", "--config", type=Path, default=None,
-                   help=f"configuration whose devices count as paired (default {DEFAULT_CONFIG} "
-                        "when it exists)")
+    p = sub.add_parser(
+        "scan",
+        help="list nearby Bluetooth LE devices, the driver for each, and "
+        "whether this hub is configured for it",
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help=f"configuration whose devices count as paired (default {DEFAULT_CONFIG} "
+        "when it exists)",
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
     p.add_argument("--adapter", default=None, help="adapter (default: the config's, or hci0)")
     p.add_argument("--json", action="store_true")
@@ -111,16 +150,26 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulated devices, the hub, a broker and the verifier")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
     p.add_argument("--url", help="use this broker instead of starting one")
-    p.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
-                   help="which local broker to start: the machine's mosquitto, the embedded "
-                        "amqtt (MQTT 3.1.1), or auto (mosquitto when installed)")
-    p.add_argument("--protocol", choices=["5", "3.1.1"], default=None,
-                   help="MQTT protocol (default: 5, or 3.1.1 for the embedded broker)")
+    p.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "embedded"],
+        default="auto",
+        help="which local broker to start: the machine's mosquitto, the embedded "
+        "amqtt (MQTT 3.1.1), or auto (mosquitto when installed)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["5", "3.1.1"],
+        default=None,
+        help="MQTT protocol (default: 5, or 3.1.1 for the embedded broker)",
+    )
     return parser
 
 
 def _verify_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default="mqtt://127.0.0.1:1883", help="broker URL (mqtt:// or mqtts://)")
+    p.add_argument(
+        "--url", default="mqtt://127.0.0.1:1883", help="broker URL (mqtt:// or mqtts://)"
+    )
     p.add_argument("--hub", help="hub id to follow (default: all hubs)")
     p.add_argument("--jwk", type=Path, help="the hub's public key (from `rtm-gateway identity`)")
     p.add_argument("--count", type=int, help="stop after this many entries")
@@ -138,18 +187,33 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
 def _driver_arguments(sub: Any) -> None:
     p = sub.add_parser("driver", help="for driver authors: check a driver, or start a new one")
     driver_sub = p.add_subparsers(dest="driver_command", metavar="SUBCOMMAND", required=True)
-    d = driver_sub.add_parser("check", help="the conformance kit: fixtures, fuzz, units and "
-                              "codes, match rules; exit 0 only when everything passes")
-    d.add_argument("target", help="an installed driver id (acme.spirometer) or a module "
-                   "(acme_rtm.driver, or acme_rtm.driver:DRIVER)")
-    d.add_argument("--inputs", type=int, default=3000,
-                   help="random inputs per decode entry point (default 3000)")
+    d = driver_sub.add_parser(
+        "check",
+        help="the conformance kit: fixtures, fuzz, units and "
+        "codes, match rules; exit 0 only when everything passes",
+    )
+    d.add_argument(
+        "target",
+        help="an installed driver id (acme.spirometer) or a module "
+        "(acme_rtm.driver, or acme_rtm.driver:DRIVER)",
+    )
+    d.add_argument(
+        "--inputs",
+        type=int,
+        default=3000,
+        help="random inputs per decode entry point (default 3000)",
+    )
     d.add_argument("--json", action="store_true")
-    d = driver_sub.add_parser("new", help="scaffold a vendor driver package that passes "
-                              "`driver check` as generated")
+    d = driver_sub.add_parser(
+        "new", help="scaffold a vendor driver package that passes `driver check` as generated"
+    )
     d.add_argument("name", help="the driver id, vendor.model (e.g. acme.spirometer)")
-    d.add_argument("--dir", type=Path, default=Path("."),
-                   help="where to create the package folder (default: here)")
+    d.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("."),
+        help="where to create the package folder (default: here)",
+    )
     d.add_argument("--transport", choices=["ble", "serial"], default="ble")
 
 
@@ -159,7 +223,7 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 
 
 def _load(path: Path) -> Config:
-    from gateway.config import load_config
+    from gateway.hub.config import load_config
 
     config = load_config(path)
     _check_drivers(config)
@@ -168,8 +232,8 @@ def _load(path: Path) -> Config:
 
 def _check_drivers(config: Config, registry: Registry | None = None) -> Registry:
     """Each device's driver exists, fits its transport and takes its options."""
-    from gateway.config import check_driver_options
-    from gateway.registry import Registry
+    from gateway.hub.config import check_driver_options
+    from gateway.hub.registry import Registry
 
     registry = registry or Registry.load()
 
@@ -183,21 +247,24 @@ def _check_drivers(config: Config, registry: Registry | None = None) -> Registry
 
 # --- commands ------------------------------------------------------------------------------------
 
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError
+    from gateway.hub.config import ConfigError
 
     try:
         config = _load(args.config)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    print(f"{config.file}: ok (hub {config.hub.id}, {len(config.devices)} device(s), "
-          f"broker {config.mqtt.url})")
+    print(
+        f"{config.file}: ok (hub {config.hub.id}, {len(config.devices)} device(s), "
+        f"broker {config.mqtt.url})"
+    )
     return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StartupError, run_hub
-    from gateway.config import ConfigError, load_config
+    from gateway.hub.config import ConfigError, load_config
 
     try:
         config = load_config(args.config)
@@ -216,8 +283,9 @@ def _setup_logging(level: str) -> None:
     from gateway.sdk import TRACE
 
     numeric = TRACE if level.upper() == "TRACE" else getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=numeric, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=numeric, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if numeric > TRACE:
         # Libraries' own debug output (with tracebacks of errors we already report) is noise
         # for a technician; TRACE shows everything.
@@ -226,7 +294,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_drivers(args: argparse.Namespace) -> int:
-    from gateway.registry import Registry
+    from gateway.hub.registry import Registry
 
     registry = Registry.load()
     descriptions = registry.describe()
@@ -236,9 +304,11 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
     for row in descriptions:
         print(f"{row.id} {row.version}  ({row.source}; {row.category}; SDK {row.sdk_version})")
         print(f"    {row.description}")
-        unmatched = ("(no automatic match: name the port in the config)"
-                     if row.transport == "serial" else
-                     "(no advertisement rule: give the device's address or serial in the config)")
+        unmatched = (
+            "(no automatic match: name the port in the config)"
+            if row.transport == "serial"
+            else "(no advertisement rule: give the device's address or serial in the config)"
+        )
         for rule in row.match or (unmatched,):
             print(f"    matches: {rule}")
         if row.serial:
@@ -252,7 +322,7 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from gateway.registry import Registry, RegistryError
+    from gateway.hub.registry import Registry, RegistryError
     from gateway.sdk import parse_hex
 
     try:
@@ -289,12 +359,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if args.ble:
             from gateway.sim.ble_lab import run_ble_lab
 
-            run_ble_lab(args.driver, rate_hz=args.rate, seconds=args.seconds,
-                        address=args.address, serial=args.serial)
+            run_ble_lab(
+                args.driver,
+                rate_hz=args.rate,
+                seconds=args.seconds,
+                address=args.address,
+                serial=args.serial,
+            )
             return EXIT_OK
         if args.link is None or len(args.driver) != 1:
-            return _fail("a serial simulator needs one driver and --link PATH (or use --ble)",
-                         EXIT_CONFIG)
+            return _fail(
+                "a serial simulator needs one driver and --link PATH (or use --ble)", EXIT_CONFIG
+            )
         run_simulator(args.driver[0], args.link, rate_hz=args.rate, seconds=args.seconds)
     except SimulatorError as exc:
         return _fail(str(exc), EXIT_CONFIG)
@@ -304,9 +380,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_scan(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.config import ConfigError, load_config
-    from gateway.registry import Registry
-    from gateway.scan import ScanError, render, scan
+    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.registry import Registry
+    from gateway.tools.scan import ScanError, render, scan
 
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     devices: tuple[DeviceConfig, ...] = ()
@@ -325,8 +401,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"listening on {adapter} for {args.seconds:g} s...", file=sys.stderr)
     try:
-        rows = asyncio.run(scan(args.seconds, adapter=adapter, devices=devices,
-                                registry=registry or Registry.load()))
+        rows = asyncio.run(
+            scan(
+                args.seconds, adapter=adapter, devices=devices, registry=registry or Registry.load()
+            )
+        )
     except ScanError as exc:
         return _fail(str(exc))
     print(json.dumps([row.as_dict() for row in rows], indent=2) if args.json else render(rows))
@@ -335,16 +414,18 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 def _cmd_driver(args: argparse.Namespace) -> int:
     if args.driver_command == "new":
-        from gateway.scaffold import ScaffoldError, new_driver_package
+        from gateway.kit.scaffold import ScaffoldError, new_driver_package
 
         try:
             path = new_driver_package(args.name, args.dir, transport=args.transport)
         except ScaffoldError as exc:
             return _fail(str(exc), EXIT_CONFIG)
-        print(f"created {path}\nnext: pip install -e {path} && rtm-gateway driver check "
-              f"{args.name}  (see {path / 'README.md'})")
+        print(
+            f"created {path}\nnext: pip install -e {path} && rtm-gateway driver check "
+            f"{args.name}  (see {path / 'README.md'})"
+        )
         return EXIT_OK
-    from gateway.conformance import ConformanceError, check_driver
+    from gateway.kit.conformance import ConformanceError, check_driver
 
     if args.inputs < 1:
         return _fail("--inputs must be at least 1", EXIT_CONFIG)
@@ -361,8 +442,8 @@ def _cmd_driver(args: argparse.Namespace) -> int:
 
 
 def _cmd_identity(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, load_config
-    from gateway.signing import HubIdentity, IdentityError
+    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.signing import HubIdentity, IdentityError
 
     try:
         config = load_config(args.config)
@@ -376,8 +457,8 @@ def _cmd_identity(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, load_config
-    from gateway.status import StatusError, collect_status, render_status
+    from gateway.hub.config import ConfigError, load_config
+    from gateway.tools.status import StatusError, collect_status, render_status
 
     try:
         config = load_config(args.config)
@@ -391,7 +472,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.verify import VerifyError, run_verify
+    from gateway.tools.verify import VerifyError, run_verify
 
     if args.count is None and args.seconds is None:
         return _fail("give --count N or --seconds S so verify knows when to stop", EXIT_CONFIG)
@@ -403,10 +484,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             return _fail(f"cannot read --password-file: {exc}", EXIT_CONFIG)
     try:
         report = run_verify(
-            url=args.url, hub=args.hub, jwk_path=args.jwk, count=args.count,
-            seconds=args.seconds, ca_file=args.ca_file, cert_file=args.cert_file,
-            key_file=args.key_file, username=args.username, password=password,
-            protocol=args.protocol, topic_prefix=args.topic_prefix)
+            url=args.url,
+            hub=args.hub,
+            jwk_path=args.jwk,
+            count=args.count,
+            seconds=args.seconds,
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            username=args.username,
+            password=password,
+            protocol=args.protocol,
+            topic_prefix=args.topic_prefix,
+        )
     except VerifyError as exc:
         return _fail(str(exc))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
@@ -414,11 +504,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import DemoError, run_demo
+    from gateway.tools.demo import DemoError, run_demo
 
     try:
-        return run_demo(seconds=args.seconds, url=args.url, protocol=args.protocol,
-                        broker=args.broker)
+        return run_demo(
+            seconds=args.seconds, url=args.url, protocol=args.protocol, broker=args.broker
+        )
     except DemoError as exc:
         return _fail(str(exc))
 

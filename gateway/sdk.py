@@ -31,8 +31,9 @@ logging.addLevelName(TRACE, "TRACE")
 
 ClockStatus = Literal["set", "not-set", "unknown"]
 StatusValue = bool | int | float | str
-Absent = Literal["not-a-number", "not-at-this-resolution", "positive-infinity",
-                 "negative-infinity", "error"]
+Absent = Literal[
+    "not-a-number", "not-at-this-resolution", "positive-infinity", "negative-infinity", "error"
+]
 
 
 class DecodeError(ValueError):
@@ -89,8 +90,9 @@ class Observation:
     absent: Absent | None = None
 
     @classmethod
-    def known(cls, type_name: str, value: float | int | None,
-              absent: Absent | None = None) -> Observation:
+    def known(
+        cls, type_name: str, value: float | int | None, absent: Absent | None = None
+    ) -> Observation:
         """An observation of a well-known type, with its unit and codes filled in."""
         known = OBSERVATION_TYPES[type_name]
         return cls(type_name, value, known.unit, known.mdc, known.loinc, absent)
@@ -142,6 +144,7 @@ def _rfc3339(moment: datetime | None) -> str | None:
 
 
 # --- match rules -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class UsbMatch:
@@ -221,10 +224,12 @@ class SerialSettings:
 
     def describe(self) -> str:
         return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}" + (
-            " xon/xoff" if self.xonxoff else "")
+            " xon/xoff" if self.xonxoff else ""
+        )
 
 
 # --- conversations: what the transport does for a driver that needs more than listening ------
+
 
 @dataclass(frozen=True, slots=True)
 class GattWrite:
@@ -287,6 +292,7 @@ Category = Literal["respiratory", "musculoskeletal", "other"]
 
 
 # --- the driver protocol -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class DriverInfo:
@@ -377,16 +383,16 @@ class TableGattDecoder:
 
     __slots__ = ("_decoders", "_driver_id")
 
-    def __init__(self, driver_id: str,
-                 decoders: Mapping[str, Callable[[bytes], Reading]]) -> None:
+    def __init__(self, driver_id: str, decoders: Mapping[str, Callable[[bytes], Reading]]) -> None:
         self._driver_id = driver_id
         self._decoders = {uuid.lower(): decode for uuid, decode in decoders.items()}
 
     def value(self, uuid: str, data: bytes) -> FeedResult:
         decode = self._decoders.get(uuid.lower())
         if decode is None:
-            return FeedResult(errors=[DecodeError(
-                f"{self._driver_id} does not decode characteristic {uuid}")])
+            return FeedResult(
+                errors=[DecodeError(f"{self._driver_id} does not decode characteristic {uuid}")]
+            )
         try:
             return FeedResult(readings=[decode(bytes(data))])
         except DecodeError as exc:
@@ -420,6 +426,7 @@ def parse_hex(text: str) -> bytes:
 
 
 # --- IEEE 11073-20601 SFLOAT / FLOAT -----------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Float11073:
@@ -504,15 +511,16 @@ def float_from(data: bytes | Sequence[int], offset: int) -> Float11073:
     """Decode the little-endian FLOAT at `offset`, or raise `DecodeError` if it is cut short."""
     if offset < 0 or offset + 4 > len(data):
         raise DecodeError(f"FLOAT at offset {offset} runs past the end ({len(data)} bytes)")
-    return float32(int.from_bytes(bytes(data[offset:offset + 4]), "little"))
+    return float32(int.from_bytes(bytes(data[offset : offset + 4]), "little"))
 
 
 def uint_from(data: bytes | Sequence[int], offset: int, size: int) -> int:
     """The little-endian unsigned integer of `size` bytes at `offset` (GATT byte order)."""
     if offset < 0 or offset + size > len(data):
-        raise DecodeError(f"{size}-byte field at offset {offset} runs past the end "
-                          f"({len(data)} bytes)")
-    return int.from_bytes(bytes(data[offset:offset + size]), "little")
+        raise DecodeError(
+            f"{size}-byte field at offset {offset} runs past the end ({len(data)} bytes)"
+        )
+    return int.from_bytes(bytes(data[offset : offset + size]), "little")
 
 
 def sint_from(data: bytes | Sequence[int], offset: int, size: int) -> int:
@@ -546,8 +554,7 @@ def bit_names(value: int, masks: Iterable[tuple[str, int]]) -> dict[str, bool]:
     return {name: bool(value & mask) for name, mask in masks}
 
 
-def flags_reading(data: bytes, size: int, masks: Iterable[tuple[str, int]],
-                  what: str) -> Reading:
+def flags_reading(data: bytes, size: int, masks: Iterable[tuple[str, int]], what: str) -> Reading:
     """A reading with no observations whose status is a `size`-byte bit field by name: the
     shape of every profile's Feature characteristic."""
     if len(data) != size:

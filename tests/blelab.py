@@ -20,15 +20,22 @@ from gateway.sim import lab
 from gateway.sim.bluez import BluezThread
 from gateway.sim.lab import bleak_session, fake_bluetoothctl
 
-__all__ = ["bleak_session", "bluez", "disconnect_bus", "fake_bluetoothctl", "needs_dbus",
-           "virtual_lab"]
+__all__ = [
+    "bleak_session",
+    "bluez",
+    "disconnect_bus",
+    "fake_bluetoothctl",
+    "needs_dbus",
+    "virtual_lab",
+]
 
 needs_dbus = pytest.mark.skipif(not lab.lab_available(), reason="needs dbus-daemon")
 
 
 @contextmanager
-def virtual_lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                **options: Any) -> Iterator[BluezThread]:
+def virtual_lab(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **options: Any
+) -> Iterator[BluezThread]:
     """`gateway.sim.lab.virtual_lab` with the environment restored by pytest too."""
     for name in ("PATH", lab.BUS_VARIABLE):  # pytest puts them back even if the lab cannot
         monkeypatch.setenv(name, os.environ.get(name, ""))

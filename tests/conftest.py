@@ -184,8 +184,11 @@ def mosquitto(tmp_path: Path, pki: TestPki) -> Iterator[BrokerFactory]:
             "per_listener_settings false",
             # With persistence, sessions and queued messages survive a stop/start: a persistent
             # subscriber then misses nothing published while it was reconnecting.
-            *(["persistence true", f"persistence_location {store}/", "max_queued_messages 0"]
-              if persistence else ["persistence false"]),
+            *(
+                ["persistence true", f"persistence_location {store}/", "max_queued_messages 0"]
+                if persistence
+                else ["persistence false"]
+            ),
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -271,7 +274,10 @@ class Subscriber:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = 3600
         client.connect(
-            broker.host, broker.port, keepalive=30, clean_start=not persistent,
+            broker.host,
+            broker.port,
+            keepalive=30,
+            clean_start=not persistent,
             properties=properties,
         )
         client.loop_start()

@@ -29,14 +29,25 @@ VALIDATOR = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FOR
 CLI = [sys.executable, "-m", "gateway.cli"]
 
 
-def write_config(tmp_path: Path, broker: Broker, devices: Sequence[str] = (), *,
-                 hub_id: str = "hub-test", state_dir: Path | None = None,
-                 extra: str = "", mqtt_extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path,
+    broker: Broker,
+    devices: Sequence[str] = (),
+    *,
+    hub_id: str = "hub-test",
+    state_dir: Path | None = None,
+    extra: str = "",
+    mqtt_extra: str = "",
+) -> Path:
     """A config file for `broker`, with the [[devices]] TOML blocks given."""
     state = state_dir or tmp_path / "state"
     lines = [
-        "[hub]", f'id = "{hub_id}"', f'state_dir = "{state}"', "",
-        "[mqtt]", f'url = "{broker.url}"',
+        "[hub]",
+        f'id = "{hub_id}"',
+        f'state_dir = "{state}"',
+        "",
+        "[mqtt]",
+        f'url = "{broker.url}"',
     ]
     if broker.ca_file:
         lines.append(f'ca_file = "{broker.ca_file}"')
@@ -49,13 +60,16 @@ def write_config(tmp_path: Path, broker: Broker, devices: Sequence[str] = (), *,
 
 
 def cms50d_device(port: Path, *, interval: float = 0.1, device_id: str = "oximeter") -> str:
-    return (f'[[devices]]\nid = "{device_id}"\ndriver = "contec.cms50d"\nport = "{port}"\n'
-            f'patient = "pt-0001"\nsummary_interval = {interval}\n')
+    return (
+        f'[[devices]]\nid = "{device_id}"\ndriver = "contec.cms50d"\nport = "{port}"\n'
+        f'patient = "pt-0001"\nsummary_interval = {interval}\n'
+    )
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False, cwd=ROOT)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT
+    )
 
 
 _LIVE: list[Process] = []
@@ -74,8 +88,13 @@ class Process:
         _LIVE.append(self)
         self.log_file = log_file
         with log_file.open("ab") as log:
-            self.popen = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT,
-                                          cwd=ROOT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                [*CLI, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
 
     @property
     def running(self) -> bool:
@@ -99,7 +118,8 @@ class Process:
         except subprocess.TimeoutExpired as exc:
             self.kill9()
             raise AssertionError(
-                f"did not stop on SIGTERM within {timeout} s:\n{self.log()}") from exc
+                f"did not stop on SIGTERM within {timeout} s:\n{self.log()}"
+            ) from exc
 
     def close(self) -> None:
         if self.running:
@@ -110,8 +130,9 @@ def start_daemon(config: Path, log_file: Path) -> Process:
     return Process(["run", "-c", str(config)], log_file)
 
 
-def start_simulator(link: Path, log_file: Path, rate: float = 60.0,
-                    driver: str = "contec.cms50d") -> Process:
+def start_simulator(
+    link: Path, log_file: Path, rate: float = 60.0, driver: str = "contec.cms50d"
+) -> Process:
     process = Process(["simulate", driver, "--link", str(link), "--rate", str(rate)], log_file)
     wait_until(link.exists, 10, f"simulator link {link} ({log_file})")
     return process

@@ -16,7 +16,7 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakGATTProtocolError, BleakGATTProtocolErrorCode
 
-from gateway.registry import Registry
+from gateway.hub.registry import Registry
 from gateway.sdk import GattDecoder, GattDriver, Reading, uuid16
 from gateway.sim import SimulatorError
 from gateway.sim.ble_base import SERIAL_NUMBER, sfloat
@@ -128,9 +128,13 @@ class Inbox:
 
 
 @asynccontextmanager
-async def _connected(bluez: BluezThread, device: SimulatedBleDevice, *,
-                     rate: float | None = None,
-                     subscribe: Iterable[str] = ()) -> AsyncIterator[tuple[BleakClient, Inbox]]:
+async def _connected(
+    bluez: BluezThread,
+    device: SimulatedBleDevice,
+    *,
+    rate: float | None = None,
+    subscribe: Iterable[str] = (),
+) -> AsyncIterator[tuple[BleakClient, Inbox]]:
     """Host `device` (running its live loop if `rate`), find it by its service UUID as the hub
     does, connect and subscribe; stop the device on the way out."""
     inbox = Inbox()
@@ -141,7 +145,8 @@ async def _connected(bluez: BluezThread, device: SimulatedBleDevice, *,
             running = start_device(bluez, device, rate)
         try:
             found = await BleakScanner.find_device_by_filter(
-                lambda _d, adv: device.service in adv.service_uuids, timeout=5)
+                lambda _d, adv: device.service in adv.service_uuids, timeout=5
+            )
             assert found is not None
             assert found.address == device.peripheral.address
             async with BleakClient(found, lambda _c: inbox.lost.set(), timeout=5) as client:
@@ -180,8 +185,13 @@ READS: dict[str, tuple[str, ...]] = {
 RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "gatt.plx": {"spo2": (94, 99), "pulse_rate": (60, 90), "perfusion_index": (1, 10)},
     "gatt.gls": {"glucose": (60, 280)},
-    "gatt.ftms": {"cadence": (60, 95), "power": (80, 220), "speed": (20, 33),
-                  "resistance_level": (1, 20), "elapsed_time": (1, 600)},
+    "gatt.ftms": {
+        "cadence": (60, 95),
+        "power": (80, 220),
+        "speed": (20, 33),
+        "resistance_level": (1, 20),
+        "elapsed_time": (1, 600),
+    },
     "gatt.hrs": {"heart_rate": (60, 90), "rr_interval": (0.5, 1.2)},
 }
 RATE = 40.0
@@ -189,13 +199,16 @@ RATE = 40.0
 
 @pytest.mark.parametrize("driver_id", sorted(SIMULATORS))
 def test_each_simulator_streams_live_values_our_driver_decodes(
-        bluez: BluezThread, driver_id: str) -> None:
+    bluez: BluezThread, driver_id: str
+) -> None:
     device = make_device(driver_id, seed=7)
     primary = LIVE[driver_id][0]
 
     async def run() -> tuple[bytes, bytes, bytes, list[tuple[str, bytes]], Inbox]:
         async with _connected(bluez, device, rate=RATE, subscribe=LIVE[driver_id]) as (
-                client, inbox):
+            client,
+            inbox,
+        ):
             serial = bytes(await client.read_gatt_char(SERIAL_NUMBER))
             maker = bytes(await client.read_gatt_char(MANUFACTURER_NAME))
             battery = bytes(await client.read_gatt_char(BATTERY_LEVEL))
@@ -245,18 +258,23 @@ def test_heart_rate_strap_rr_intervals_match_the_heart_rate(bluez: BluezThread) 
     # Each value is one second: the beats in it add up to about that second.
     assert len(readings) * 0.8 <= sum(v for v in rr if isinstance(v, float)) <= len(readings) + 2
     mean_rate = sum(v for v in rates if isinstance(v, int)) / len(rates)
-    assert 60 / mean_rate * 0.85 <= sum(v for v in rr if isinstance(v, float)) / len(rr) <= (
-        60 / mean_rate * 1.15)
+    assert (
+        60 / mean_rate * 0.85
+        <= sum(v for v in rr if isinstance(v, float)) / len(rr)
+        <= (60 / mean_rate * 1.15)
+    )
     assert any(o.type == "energy" for r in readings for o in r.observations)
 
 
 def test_indoor_bike_split_records_merge_into_whole_ones_and_nothing_is_written(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     bike = IndoorBike(seed=5, split_probability=1.0)
 
     async def run() -> Inbox:
-        async with _connected(bluez, bike, rate=RATE,
-                              subscribe=[INDOOR_BIKE_DATA, MACHINE_STATUS]) as (_, inbox):
+        async with _connected(
+            bluez, bike, rate=RATE, subscribe=[INDOOR_BIKE_DATA, MACHINE_STATUS]
+        ) as (_, inbox):
             await inbox.wait(lambda: len(inbox.of(INDOOR_BIKE_DATA)) >= 20)
         return inbox
 
@@ -264,16 +282,24 @@ def test_indoor_bike_split_records_merge_into_whole_ones_and_nothing_is_written(
     [started] = _decode("gatt.ftms", [(MACHINE_STATUS, s) for s in inbox.of(MACHINE_STATUS)])
     assert started.status == {"machine_status": "started_or_resumed_by_user"}
     parts = inbox.of(INDOOR_BIKE_DATA)
-    parts = parts[0 if parts[0][0] & 1 else 1:]  # start at a record's first part
-    parts = parts[:len(parts) // 2 * 2]
+    parts = parts[0 if parts[0][0] & 1 else 1 :]  # start at a record's first part
+    parts = parts[: len(parts) // 2 * 2]
     assert {p[0] & 1 for p in parts[0::2]} == {1}  # "More Data" on every first part
     readings = _decode("gatt.ftms", [(INDOOR_BIKE_DATA, p) for p in parts])
     assert len(readings) == len(parts) // 2
     for reading in readings:
         assert "record_complete" not in reading.status
         assert set(_observations(reading)) == {
-            "speed", "cadence", "distance", "resistance_level", "power", "energy",
-            "energy_per_hour", "energy_per_minute", "elapsed_time"}
+            "speed",
+            "cadence",
+            "distance",
+            "resistance_level",
+            "power",
+            "energy",
+            "energy_per_hour",
+            "energy_per_minute",
+            "elapsed_time",
+        }
     elapsed = [_number(r, "elapsed_time") for r in readings]
     assert elapsed == sorted(elapsed)
     assert bike.peripheral.writes == []
@@ -337,11 +363,11 @@ def test_glucose_meter_reports_all_200_records_in_order_then_success(bluez: Blue
     flagged = sum(1 for m in measurements if m[0] & 0x10)
     assert 0 < flagged == len(inbox.of(GLUCOSE_CONTEXT))
     assert _sequences(inbox.of(GLUCOSE_CONTEXT)) == [
-        s for s, m in zip(_sequences(measurements), measurements, strict=True) if m[0] & 0x10]
+        s for s, m in zip(_sequences(measurements), measurements, strict=True) if m[0] & 0x10
+    ]
 
 
-def test_glucose_meter_filters_count_and_refuses_with_the_right_codes(
-        bluez: BluezThread) -> None:
+def test_glucose_meter_filters_count_and_refuses_with_the_right_codes(bluez: BluezThread) -> None:
     meter = GlucoseMeter(seed=2, records=10, first_sequence=1, context=False)
     requests = {
         "at_least_7": b"\x01\x03\x01\x07\x00",
@@ -401,11 +427,13 @@ def test_an_empty_glucose_meter_has_no_records_found(bluez: BluezThread) -> None
 
     async def run() -> list[bytes]:
         async with _connected(bluez, meter, subscribe=GLS_SUBSCRIBE) as (client, inbox):
-            return [await _racp(client, inbox, r) for r in (b"\x01\x01", b"\x04\x01",
-                                                             b"\x01\x06")]
+            return [await _racp(client, inbox, r) for r in (b"\x01\x01", b"\x04\x01", b"\x01\x06")]
 
-    assert asyncio.run(run()) == [_response(1, NO_RECORDS_FOUND), b"\x05\x00\x00\x00",
-                                  _response(1, NO_RECORDS_FOUND)]
+    assert asyncio.run(run()) == [
+        _response(1, NO_RECORDS_FOUND),
+        b"\x05\x00\x00\x00",
+        _response(1, NO_RECORDS_FOUND),
+    ]
 
 
 def test_abort_stops_a_transfer_in_progress_and_is_answered(bluez: BluezThread) -> None:
@@ -487,22 +515,37 @@ def test_a_new_glucose_measurement_is_notified_live_and_stored(bluez: BluezThrea
 
 # --- pulse oximeter: stored spot-checks ----------------------------------------------------
 
+
 def test_oximeter_reports_stored_records_deletes_them_then_has_none(bluez: BluezThread) -> None:
     oximeter = PulseOximeter(seed=9, stored_records=3)
 
     async def run() -> tuple[list[bytes], list[bytes], bytes]:
-        async with _connected(bluez, oximeter, subscribe=(SPOT_CHECK, RACP)) as (
-                client, inbox):
+        async with _connected(bluez, oximeter, subscribe=(SPOT_CHECK, RACP)) as (client, inbox):
             features = bytes(await client.read_gatt_char(PLX_FEATURES))
-            answers = [await _racp(client, inbox, request) for request in (
-                b"\x04\x01", b"\x01\x01", b"\x01\x03\x01\x00\x00", b"\x02\x01", b"\x01\x01",
-                b"\x04\x01", b"\x03\x00")]
+            answers = [
+                await _racp(client, inbox, request)
+                for request in (
+                    b"\x04\x01",
+                    b"\x01\x01",
+                    b"\x01\x03\x01\x00\x00",
+                    b"\x02\x01",
+                    b"\x01\x01",
+                    b"\x04\x01",
+                    b"\x03\x00",
+                )
+            ]
             return answers, inbox.of(SPOT_CHECK), features
 
     answers, spot_checks, features = asyncio.run(run())
-    assert answers == [b"\x05\x00\x03\x00", _response(1, SUCCESS),
-                       _response(1, OPERATOR_NOT_SUPPORTED), _response(2, SUCCESS),
-                       _response(1, NO_RECORDS_FOUND), b"\x05\x00\x00\x00", _response(3, SUCCESS)]
+    assert answers == [
+        b"\x05\x00\x03\x00",
+        _response(1, SUCCESS),
+        _response(1, OPERATOR_NOT_SUPPORTED),
+        _response(2, SUCCESS),
+        _response(1, NO_RECORDS_FOUND),
+        b"\x05\x00\x00\x00",
+        _response(3, SUCCESS),
+    ]
     assert len(spot_checks) == 3
     readings = _decode("gatt.plx", [(SPOT_CHECK, s) for s in spot_checks])
     times = _times(readings)
@@ -517,8 +560,10 @@ def test_oximeter_reports_stored_records_deletes_them_then_has_none(bluez: Bluez
 
 # --- without a central --------------------------------------------------------------------
 
+
 def test_nothing_is_sent_while_no_central_is_connected_and_stop_ends_run(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     oximeter = PulseOximeter(seed=1)
     running = start_device(bluez, oximeter, rate=100)
     time.sleep(0.2)

@@ -26,8 +26,10 @@ pytestmark = needs_dbus
 
 
 def ble_device(device_id: str, driver: str, address: str, extra: str = "") -> str:
-    return (f'[[devices]]\nid = "{device_id}"\ndriver = "{driver}"\naddress = "{address}"\n'
-            f'patient = "pt-0001"\n{extra}')
+    return (
+        f'[[devices]]\nid = "{device_id}"\ndriver = "{driver}"\naddress = "{address}"\n'
+        f'patient = "pt-0001"\n{extra}'
+    )
 
 
 BLE_SECTION = "[ble]\npassive = false\nscanner_watchdog = 10\n"
@@ -38,16 +40,23 @@ def readings(messages: list[Received], jwk: dict[str, Any]) -> list[dict[str, An
 
 
 def test_a_pulse_oximeter_and_an_exercise_bike_stream_to_the_broker_signed(
-        bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any) -> None:
+    bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any
+) -> None:
     broker = mosquitto("mtls")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
-    oximeter = PulseOximeter(address="C0:FF:EE:50:00:01", stored_records=3, seed=1,
-                             spot_check_every=0)
+    oximeter = PulseOximeter(
+        address="C0:FF:EE:50:00:01", stored_records=3, seed=1, spot_check_every=0
+    )
     bike = IndoorBike(address="C0:FF:EE:70:00:01", seed=1)
-    config = write_config(tmp_path, broker, [
-        ble_device("oximeter", "gatt.plx", "C0:FF:EE:50:00:01", "summary_interval = 0.2\n"),
-        ble_device("bike", "gatt.ftms", "C0:FF:EE:70:00:01"),
-    ], extra=BLE_SECTION)
+    config = write_config(
+        tmp_path,
+        broker,
+        [
+            ble_device("oximeter", "gatt.plx", "C0:FF:EE:50:00:01", "summary_interval = 0.2\n"),
+            ble_device("bike", "gatt.ftms", "C0:FF:EE:70:00:01"),
+        ],
+        extra=BLE_SECTION,
+    )
     jwk = hub_jwk(config)
     start_device(bluez, oximeter, rate=20)
     start_device(bluez, bike, rate=20)
@@ -56,12 +65,20 @@ def test_a_pulse_oximeter_and_an_exercise_bike_stream_to_the_broker_signed(
     def enough(messages: list[Received]) -> bool:
         got = readings(messages, jwk)
         by = {(r["device"]["id"], r["device"]["driver"]) for r in got}
-        spot = [r for r in got if r["device"]["id"] == "oximeter"
-                and r["time"]["device"] is not None]
-        bike_power = [r for r in got if r["device"]["id"] == "bike" and any(
-            o["type"] == "power" for o in r["observations"])]
-        return (("oximeter", "gatt.plx") in by and len(spot) >= 3 and len(bike_power) >= 10
-                and sum(1 for r in got if r["device"]["id"] == "oximeter") >= 10)
+        spot = [
+            r for r in got if r["device"]["id"] == "oximeter" and r["time"]["device"] is not None
+        ]
+        bike_power = [
+            r
+            for r in got
+            if r["device"]["id"] == "bike" and any(o["type"] == "power" for o in r["observations"])
+        ]
+        return (
+            ("oximeter", "gatt.plx") in by
+            and len(spot) >= 3
+            and len(bike_power) >= 10
+            and sum(1 for r in got if r["device"]["id"] == "oximeter") >= 10
+        )
 
     try:
         assert subscriber.wait_for(enough, timeout=40), daemon.log()
@@ -74,8 +91,9 @@ def test_a_pulse_oximeter_and_an_exercise_bike_stream_to_the_broker_signed(
     assert distinct == list(range(1, distinct[-1] + 1))
     assert_chain(entries)
     got = [e.payload for e in entries if e.payload["kind"] == "reading"]
-    oximeter_readings = [r for r in got if r["device"]["id"] == "oximeter"
-                         and r["device"]["driver"] == "gatt.plx"]
+    oximeter_readings = [
+        r for r in got if r["device"]["id"] == "oximeter" and r["device"]["driver"] == "gatt.plx"
+    ]
     assert {r["device"]["serial"] for r in oximeter_readings} == {"PLX-000001"}
     spot_checks = [r for r in oximeter_readings if r["time"]["device"] is not None]
     assert len({r["raw"] for r in spot_checks}) == len(spot_checks) == 3  # each stored one once
@@ -89,8 +107,9 @@ def test_a_pulse_oximeter_and_an_exercise_bike_stream_to_the_broker_signed(
         types = {o["type"]: o for o in reading["observations"]}
         assert types["spo2"]["unit"] == "%"
         assert 90 <= types["spo2"]["value"] <= 100
-    bike_readings = [r for r in got if r["device"]["id"] == "bike"
-                     and r["device"]["driver"] == "gatt.ftms"]
+    bike_readings = [
+        r for r in got if r["device"]["id"] == "bike" and r["device"]["driver"] == "gatt.ftms"
+    ]
     assert all(r["device"]["address"] == "C0:FF:EE:70:00:01" for r in bike_readings)
     assert bike.control_point_writes == 0  # the hub never drives a fitness machine
     battery = [r for r in got if r["device"]["driver"] == "gatt.bas"]
@@ -104,20 +123,29 @@ def test_a_pulse_oximeter_and_an_exercise_bike_stream_to_the_broker_signed(
 
 
 def _glucose_sequences(entries: list[dict[str, Any]]) -> list[int]:
-    return [r["status"]["sequence_number"] for r in entries
-            if r["device"]["driver"] == "gatt.gls"
-            and any(o["type"] == "glucose" for o in r["observations"])]
+    return [
+        r["status"]["sequence_number"]
+        for r in entries
+        if r["device"]["driver"] == "gatt.gls"
+        and any(o["type"] == "glucose" for o in r["observations"])
+    ]
 
 
 def test_200_stored_glucose_records_arrive_once_through_a_kill_9_mid_transfer(
-        bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any) -> None:
+    bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any
+) -> None:
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
     # A few ms per record, as over a real link: the transfer takes long enough to be cut.
-    meter = GlucoseMeter(address="C0:FF:EE:60:00:01", records=200, first_sequence=1,
-                         record_interval=0.01, seed=7)
-    config = write_config(tmp_path, broker, [
-        ble_device("glucose", "gatt.gls", "C0:FF:EE:60:00:01")], extra=BLE_SECTION)
+    meter = GlucoseMeter(
+        address="C0:FF:EE:60:00:01", records=200, first_sequence=1, record_interval=0.01, seed=7
+    )
+    config = write_config(
+        tmp_path,
+        broker,
+        [ble_device("glucose", "gatt.gls", "C0:FF:EE:60:00:01")],
+        extra=BLE_SECTION,
+    )
     jwk = hub_jwk(config)
     start_device(bluez, meter, rate=0.001)
     first = start_daemon(config, tmp_path / "daemon-1.log")
@@ -156,16 +184,26 @@ def test_200_stored_glucose_records_arrive_once_through_a_kill_9_mid_transfer(
 
 
 def test_an_unpaired_neighbour_is_listed_by_scan_but_never_ingested(
-        bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any) -> None:
+    bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any
+) -> None:
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
-    mine = PulseOximeter(address="C0:FF:EE:50:00:01", serial="PLX-MINE", stored_records=0,
-                         spot_check_every=0, seed=1)
-    neighbour = PulseOximeter(address="C0:FF:EE:50:00:02", serial="PLX-NEIGHBOUR",
-                              stored_records=2, spot_check_every=0, seed=2)
-    config = write_config(tmp_path, broker, [
-        ble_device("oximeter", "gatt.plx", "C0:FF:EE:50:00:01", "summary_interval = 0.2\n")],
-        extra=BLE_SECTION)
+    mine = PulseOximeter(
+        address="C0:FF:EE:50:00:01", serial="PLX-MINE", stored_records=0, spot_check_every=0, seed=1
+    )
+    neighbour = PulseOximeter(
+        address="C0:FF:EE:50:00:02",
+        serial="PLX-NEIGHBOUR",
+        stored_records=2,
+        spot_check_every=0,
+        seed=2,
+    )
+    config = write_config(
+        tmp_path,
+        broker,
+        [ble_device("oximeter", "gatt.plx", "C0:FF:EE:50:00:01", "summary_interval = 0.2\n")],
+        extra=BLE_SECTION,
+    )
     jwk = hub_jwk(config)
     start_device(bluez, mine, rate=20)
     start_device(bluez, neighbour, rate=20)
@@ -178,8 +216,7 @@ def test_an_unpaired_neighbour_is_listed_by_scan_but_never_ingested(
 
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
-        assert subscriber.wait_for(lambda m: len(readings(m, jwk)) >= 10, timeout=30), \
-            daemon.log()
+        assert subscriber.wait_for(lambda m: len(readings(m, jwk)) >= 10, timeout=30), daemon.log()
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.close()

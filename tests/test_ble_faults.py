@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import BleConfig, DeviceConfig
+from gateway.hub.config import BleConfig, DeviceConfig
 from gateway.sim.bluez import BluezThread
 from tests.blelab import needs_dbus
 from tests.test_ble_session import HR_MEASUREMENT, Rig, hr, rig, strap
@@ -22,8 +22,9 @@ DEVICE = DeviceConfig("strap", "gatt.hrs", "pt-1", address=ADDRESS)
 
 
 def heart_rates(r: Rig) -> list[int]:
-    return [p["observations"][0]["value"] for p in r.readings()
-            if p["device"]["driver"] == "gatt.hrs"]
+    return [
+        p["observations"][0]["value"] for p in r.readings() if p["device"]["driver"] == "gatt.hrs"
+    ]
 
 
 def test_out_of_slots_is_retried_after_a_backoff(bluez: BluezThread, tmp_path: Path) -> None:
@@ -46,10 +47,12 @@ def test_out_of_slots_is_retried_after_a_backoff(bluez: BluezThread, tmp_path: P
 
 
 def test_never_more_connections_than_the_adapter_has_slots(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     addresses = [f"C0:FF:EE:00:01:0{i}" for i in range(3)]
-    devices = [DeviceConfig(f"strap-{i}", "gatt.hrs", "pt-1", address=a)
-               for i, a in enumerate(addresses)]
+    devices = [
+        DeviceConfig(f"strap-{i}", "gatt.hrs", "pt-1", address=a) for i, a in enumerate(addresses)
+    ]
     peripherals = [strap(a, serial=f"HR-{i}") for i, a in enumerate(addresses)]
     ble = BleConfig(passive=False, scanner_watchdog=5.0, max_connections=2)
 
@@ -64,8 +67,13 @@ def test_never_more_connections_than_the_adapter_has_slots(
             # One link goes: the waiting device gets the freed slot.
             first = next(p for p, s in zip(peripherals, r.sessions, strict=True) if s.connected)
             await bluez.vanish(first)
-            await r.until(lambda: all(s.connected for s, p in zip(r.sessions, peripherals,
-                                                                  strict=True) if p is not first))
+            await r.until(
+                lambda: all(
+                    s.connected
+                    for s, p in zip(r.sessions, peripherals, strict=True)
+                    if p is not first
+                )
+            )
             return waiting, in_use, r.radio.connector.in_use
 
     waiting, in_use, after = asyncio.run(run())
@@ -75,7 +83,8 @@ def test_never_more_connections_than_the_adapter_has_slots(
 
 
 def test_link_loss_mid_stream_loses_only_what_was_on_the_air(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     peripheral = strap(ADDRESS)
 
     async def run() -> Rig:
@@ -98,7 +107,8 @@ def test_link_loss_mid_stream_loses_only_what_was_on_the_air(
 
 
 def test_adapter_power_cycle_reconnects_and_scanning_resumes(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     peripheral = strap(ADDRESS)
 
     async def run() -> Rig:
@@ -120,8 +130,7 @@ def test_adapter_power_cycle_reconnects_and_scanning_resumes(
 
 
 @pytest.mark.parametrize("graceful", [True, False], ids=["clean-exit", "crash"])
-def test_bluetoothd_restart_is_survived(bluez: BluezThread, tmp_path: Path,
-                                        graceful: bool) -> None:
+def test_bluetoothd_restart_is_survived(bluez: BluezThread, tmp_path: Path, graceful: bool) -> None:
     # A crash leaves bleak believing the link is up (no disconnected callback): only the
     # hub's own watch on the org.bluez name notices.
     peripheral = strap(ADDRESS)
@@ -158,7 +167,8 @@ def test_a_silent_scanner_is_restarted_by_the_watchdog(bluez: BluezThread, tmp_p
 
 
 def test_a_vanished_device_is_reconnected_when_it_returns(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     peripheral = strap(ADDRESS)
 
     async def run() -> Rig:

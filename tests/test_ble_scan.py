@@ -31,15 +31,23 @@ patient = "pt-0001"
 
 
 def _oximeter(address: str, name: str | None) -> VirtualPeripheral:
-    return VirtualPeripheral(address, name, services={PLX: {uuid16(0x2A60): CharSpec(("read",))}},
-                             service_uuids=[PLX], rssi=-40)
+    return VirtualPeripheral(
+        address,
+        name,
+        services={PLX: {uuid16(0x2A60): CharSpec(("read",))}},
+        service_uuids=[PLX],
+        rssi=-40,
+    )
 
 
 def test_scan_lists_devices_with_driver_and_pairing_and_ingests_nothing(
-        bluez: BluezThread, tmp_path: Path) -> None:
-    for peripheral in (_oximeter("C0:FF:EE:00:00:01", "Oxi Mine"),
-                       _oximeter("C0:FF:EE:00:00:02", "Oxi Neighbour"),
-                       VirtualPeripheral("C0:FF:EE:00:00:03", None, rssi=-90)):
+    bluez: BluezThread, tmp_path: Path
+) -> None:
+    for peripheral in (
+        _oximeter("C0:FF:EE:00:00:01", "Oxi Mine"),
+        _oximeter("C0:FF:EE:00:00:02", "Oxi Neighbour"),
+        VirtualPeripheral("C0:FF:EE:00:00:03", None, rssi=-90),
+    ):
         asyncio.run(bluez.add_peripheral(peripheral))
     config = tmp_path / "config.toml"
     config.write_text(CONFIG.format(state=tmp_path / "state"))
@@ -73,9 +81,7 @@ def test_scan_with_the_adapter_off_names_the_cause(bluez: BluezThread) -> None:
     assert "Traceback" not in done.stderr
 
 
-
-def test_the_hub_scanner_listens_passively_after_a_short_active_window(
-        bluez: BluezThread) -> None:
+def test_the_hub_scanner_listens_passively_after_a_short_active_window(bluez: BluezThread) -> None:
     from gateway.transport.ble import BleScanner
     from tests.blelab import bleak_session
 
@@ -90,8 +96,9 @@ def test_the_hub_scanner_listens_passively_after_a_short_active_window(
                 await asyncio.sleep(0.6)
                 modes.append(scanner.mode)
                 await bluez.add_peripheral(_oximeter("C0:FF:EE:00:00:05", "Late Oxi"))
-                found = await scanner.wait_for(lambda a: a.address == "C0:FF:EE:00:00:05",
-                                               timeout=5)
+                found = await scanner.wait_for(
+                    lambda a: a.address == "C0:FF:EE:00:00:05", timeout=5
+                )
                 discovering = bluez.bluez.discovering  # no discovery session: monitors only
             finally:
                 task.cancel()
@@ -108,8 +115,9 @@ def test_the_hub_scanner_sees_a_changed_advertisement(bluez: BluezThread) -> Non
     from gateway.transport.ble import BleScanner
     from tests.blelab import bleak_session
 
-    peripheral = VirtualPeripheral("C0:FF:EE:00:00:06", "Scale", manufacturer_data={
-        0x0059: b"\x01"}, rssi=-50)
+    peripheral = VirtualPeripheral(
+        "C0:FF:EE:00:00:06", "Scale", manufacturer_data={0x0059: b"\x01"}, rssi=-50
+    )
 
     async def run() -> tuple[dict[int, bytes], str | None]:
         async with bleak_session():
@@ -118,11 +126,16 @@ def test_the_hub_scanner_sees_a_changed_advertisement(bluez: BluezThread) -> Non
             try:
                 await bluez.add_peripheral(peripheral)
                 await scanner.wait_for(lambda a: a.address == peripheral.address, timeout=5)
-                await bluez.set_advertisement(peripheral, name="Scale 2",
-                                              manufacturer_data={0x0059: b"\x02\x03"})
+                await bluez.set_advertisement(
+                    peripheral, name="Scale 2", manufacturer_data={0x0059: b"\x02\x03"}
+                )
                 changed = await scanner.wait_for(
-                    lambda a: a.address == peripheral.address
-                    and a.manufacturer_data.get(0x0059) == b"\x02\x03", timeout=5)
+                    lambda a: (
+                        a.address == peripheral.address
+                        and a.manufacturer_data.get(0x0059) == b"\x02\x03"
+                    ),
+                    timeout=5,
+                )
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from gateway.app import BleRadio
-from gateway.ble_session import BleDeviceSession
-from gateway.config import BleConfig, DeviceConfig
 from gateway.drivers.gatt_cts import decode_current_time
-from gateway.outbox import Outbox
-from gateway.pipeline import Journal
-from gateway.registry import Registry
+from gateway.hub.config import BleConfig, DeviceConfig
+from gateway.hub.journal import Journal
+from gateway.hub.outbox import Outbox
+from gateway.hub.registry import Registry
+from gateway.hub.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
 from gateway.sdk import uuid16
-from gateway.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
+from gateway.sessions.ble import BleDeviceSession
 from gateway.sim.ble_devices import GlucoseMeter, PulseOximeter, run_on, start_device, stop_device
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from tests.blelab import bleak_session, needs_dbus
@@ -40,11 +40,16 @@ REGISTRY = Registry.load()
 
 def strap(address: str, serial: str = "HR-0001") -> VirtualPeripheral:
     return VirtualPeripheral(
-        address, "HR Strap",
-        services={HRS: {HR_MEASUREMENT: CharSpec(("notify",))},
-                  DIS: {SERIAL_NUMBER: CharSpec(("read",), serial.encode())},
-                  BAS: {BATTERY_LEVEL: CharSpec(("read", "notify"), b"\x57")}},
-        service_uuids=[HRS], rssi=-50)
+        address,
+        "HR Strap",
+        services={
+            HRS: {HR_MEASUREMENT: CharSpec(("notify",))},
+            DIS: {SERIAL_NUMBER: CharSpec(("read",), serial.encode())},
+            BAS: {BATTERY_LEVEL: CharSpec(("read", "notify"), b"\x57")},
+        },
+        service_uuids=[HRS],
+        rssi=-50,
+    )
 
 
 @dataclass
@@ -64,8 +69,11 @@ class Rig:
         return [verify_entry(e.body, self.key) for e in self.outbox.lease(0, 100_000)]
 
     def readings(self, device: str | None = None) -> list[dict[str, Any]]:
-        return [p for p in self.payloads() if p["kind"] == "reading"
-                and (device is None or p["device"]["id"] == device)]
+        return [
+            p
+            for p in self.payloads()
+            if p["kind"] == "reading" and (device is None or p["device"]["id"] == device)
+        ]
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [p for p in self.payloads() if p["kind"] == "event" and p["event"] == name]
@@ -75,8 +83,9 @@ class Rig:
             while not check():  # noqa: ASYNC110  # polls state owned by other tasks and threads
                 await asyncio.sleep(0.02)
 
-    async def stream(self, peripheral: VirtualPeripheral, uuid: str, values: list[bytes],
-                     gap: float = 0.0) -> None:
+    async def stream(
+        self, peripheral: VirtualPeripheral, uuid: str, values: list[bytes], gap: float = 0.0
+    ) -> None:
         for value in values:
             await self.bluez.notify(peripheral, uuid, value)
             if gap:
@@ -84,21 +93,35 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(bluez: BluezThread, tmp_path: Path, devices: list[DeviceConfig],
-              ble: BleConfig | None = None, clock: str = "unsynced") -> AsyncIterator[Rig]:
+async def rig(
+    bluez: BluezThread,
+    tmp_path: Path,
+    devices: list[DeviceConfig],
+    ble: BleConfig | None = None,
+    clock: str = "unsynced",
+) -> AsyncIterator[Rig]:
     outbox = Outbox.open(tmp_path / "outbox.sqlite")
     identity = HubIdentity.generate()
-    journal = Journal(outbox, Signer(identity, "hub-t", ChainHead(*outbox.head())),
-                      on_commit=lambda: None, commit_interval=0.002)
+    journal = Journal(
+        outbox,
+        Signer(identity, "hub-t", ChainHead(*outbox.head())),
+        on_commit=lambda: None,
+        commit_interval=0.002,
+    )
     radio = BleRadio(ble or BleConfig(passive=False, scanner_watchdog=5.0))
-    sessions = [BleDeviceSession(d, REGISTRY.get_ble(d.driver), radio, journal, outbox,
-                                 clock=lambda: clock)  # type: ignore[arg-type,return-value]
-                for d in devices]
+    sessions = [
+        BleDeviceSession(d, REGISTRY.get_ble(d.driver), radio, journal, outbox, clock=lambda: clock)  # type: ignore[arg-type,return-value]
+        for d in devices
+    ]
     async with bleak_session():
-        tasks = [asyncio.create_task(journal.run()), asyncio.create_task(radio.scanner.run()),
-                 *(asyncio.create_task(s.run()) for s in sessions)]
-        the_rig = Rig(bluez, outbox, journal, radio, load_public_jwk(identity.public_jwk()),
-                      sessions)
+        tasks = [
+            asyncio.create_task(journal.run()),
+            asyncio.create_task(radio.scanner.run()),
+            *(asyncio.create_task(s.run()) for s in sessions),
+        ]
+        the_rig = Rig(
+            bluez, outbox, journal, radio, load_public_jwk(identity.public_jwk()), sessions
+        )
         try:
             yield the_rig
         finally:
@@ -118,7 +141,8 @@ def hr(bpm: int) -> bytes:
 
 
 def test_a_configured_strap_is_found_connected_identified_and_its_values_signed(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     device = DeviceConfig("strap", "gatt.hrs", "pt-1", address="C0:FF:EE:00:00:01")
     peripheral = strap("C0:FF:EE:00:00:01")
 
@@ -144,7 +168,8 @@ def test_a_configured_strap_is_found_connected_identified_and_its_values_signed(
 
 
 def test_link_loss_is_an_event_and_the_device_is_reconnected(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     device = DeviceConfig("strap", "gatt.hrs", "pt-1", address="C0:FF:EE:00:00:01")
     peripheral = strap("C0:FF:EE:00:00:01")
 
@@ -153,13 +178,20 @@ def test_link_loss_is_an_event_and_the_device_is_reconnected(
             await bluez.add_peripheral(peripheral)
             await r.until(lambda: r.sessions[0].connected)
             await r.stream(peripheral, HR_MEASUREMENT, [hr(80)])
-            await r.until(lambda: any(p["device"]["driver"] == "gatt.hrs"
-                                      for p in r.readings()))
+            await r.until(lambda: any(p["device"]["driver"] == "gatt.hrs" for p in r.readings()))
             await bluez.drop_link(peripheral)
             await r.until(lambda: r.sessions[0].serving(2))
             await r.stream(peripheral, HR_MEASUREMENT, [hr(81)])
-            await r.until(lambda: [p["observations"][0]["value"] for p in r.readings()
-                                   if p["device"]["driver"] == "gatt.hrs"] == [80, 81])
+            await r.until(
+                lambda: (
+                    [
+                        p["observations"][0]["value"]
+                        for p in r.readings()
+                        if p["device"]["driver"] == "gatt.hrs"
+                    ]
+                    == [80, 81]
+                )
+            )
             return r
 
     r = asyncio.run(run())
@@ -170,7 +202,8 @@ def test_link_loss_is_an_event_and_the_device_is_reconnected(
 
 
 def test_a_device_named_by_serial_is_told_from_a_neighbour_of_the_same_kind(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     device = DeviceConfig("mine", "gatt.hrs", "pt-1", serial="HR-MINE")
     neighbour = strap("C0:FF:EE:00:00:07", serial="HR-NEIGHBOUR")
     mine = strap("C0:FF:EE:00:00:08", serial="HR-MINE")
@@ -182,8 +215,7 @@ def test_a_device_named_by_serial_is_told_from_a_neighbour_of_the_same_kind(
             await r.until(lambda: r.sessions[0].connected)
             await r.stream(mine, HR_MEASUREMENT, [hr(65)])
             await r.stream(neighbour, HR_MEASUREMENT, [hr(99)])
-            await r.until(lambda: any(p["device"]["driver"] == "gatt.hrs"
-                                      for p in r.readings()))
+            await r.until(lambda: any(p["device"]["driver"] == "gatt.hrs" for p in r.readings()))
             await asyncio.sleep(0.2)
             return r
 
@@ -196,7 +228,8 @@ def test_a_device_named_by_serial_is_told_from_a_neighbour_of_the_same_kind(
 
 @pytest.mark.parametrize("failures", [2])
 def test_le_connection_abort_by_local_is_retried_without_a_lost_device(
-        bluez: BluezThread, tmp_path: Path, failures: int) -> None:
+    bluez: BluezThread, tmp_path: Path, failures: int
+) -> None:
     device = DeviceConfig("strap", "gatt.hrs", "pt-1", address="C0:FF:EE:00:00:01")
     peripheral = strap("C0:FF:EE:00:00:01")
     peripheral.fail_connects(failures)
@@ -213,13 +246,17 @@ def test_le_connection_abort_by_local_is_retried_without_a_lost_device(
 
 
 def _records(r: Rig, device: str) -> list[int]:
-    return [p["status"]["sequence_number"] for p in r.readings(device)
-            if p["device"]["driver"] == "gatt.gls" and "glucose" in
-            {o["type"] for o in p["observations"]}]
+    return [
+        p["status"]["sequence_number"]
+        for p in r.readings(device)
+        if p["device"]["driver"] == "gatt.gls"
+        and "glucose" in {o["type"] for o in p["observations"]}
+    ]
 
 
 def test_glucose_records_are_fetched_once_and_only_new_ones_on_the_next_connection(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     meter = GlucoseMeter(address="C0:FF:EE:60:00:01", records=30, first_sequence=5, seed=3)
     device = DeviceConfig("glucose", "gatt.gls", "pt-1", address=meter.peripheral.address)
 
@@ -243,24 +280,31 @@ def test_glucose_records_are_fetched_once_and_only_new_ones_on_the_next_connecti
 
 
 def test_pulse_oximeter_spot_checks_are_fetched_then_deleted_on_the_device(
-        bluez: BluezThread, tmp_path: Path) -> None:
-    oximeter = PulseOximeter(address="C0:FF:EE:50:00:01", stored_records=4, seed=2,
-                             spot_check_every=0)
-    device = DeviceConfig("plx", "gatt.plx", "pt-1", address=oximeter.peripheral.address,
-                          summary_interval=0.05)
+    bluez: BluezThread, tmp_path: Path
+) -> None:
+    oximeter = PulseOximeter(
+        address="C0:FF:EE:50:00:01", stored_records=4, seed=2, spot_check_every=0
+    )
+    device = DeviceConfig(
+        "plx", "gatt.plx", "pt-1", address=oximeter.peripheral.address, summary_interval=0.05
+    )
 
     def spot_checks(r: Rig) -> list[dict[str, Any]]:
         # Spot-checks carry the device's time stamp; continuous values do not.
-        return [p for p in r.readings("plx") if p["device"]["driver"] == "gatt.plx"
-                and p["time"]["device"] is not None]
+        return [
+            p
+            for p in r.readings("plx")
+            if p["device"]["driver"] == "gatt.plx" and p["time"]["device"] is not None
+        ]
 
     async def run() -> Rig:
         async with rig(bluez, tmp_path, [device]) as r:
             start_device(bluez, oximeter, rate=20)
             await r.until(lambda: len(spot_checks(r)) == 4)
             await r.until(lambda: not oximeter.stored)
-            await r.until(lambda: len([p for p in r.readings("plx")
-                                       if p not in spot_checks(r)]) >= 3)
+            await r.until(
+                lambda: len([p for p in r.readings("plx") if p not in spot_checks(r)]) >= 3
+            )
             await asyncio.wrap_future(stop_device(bluez, oximeter))
             return r
 
@@ -275,10 +319,13 @@ CURRENT_TIME = uuid16(0x2A2B)
 
 @pytest.mark.parametrize("clock", ["synced", "unsynced"])
 def test_the_device_clock_is_set_only_from_a_synchronised_hub_clock(
-        bluez: BluezThread, tmp_path: Path, clock: str) -> None:
+    bluez: BluezThread, tmp_path: Path, clock: str
+) -> None:
     peripheral = strap("C0:FF:EE:00:00:01")
-    peripheral.services = {**peripheral.services,
-                           CTS: {CURRENT_TIME: CharSpec(("read", "write", "notify"), bytes(10))}}
+    peripheral.services = {
+        **peripheral.services,
+        CTS: {CURRENT_TIME: CharSpec(("read", "write", "notify"), bytes(10))},
+    }
     device = DeviceConfig("strap", "gatt.hrs", "pt-1", address=peripheral.address)
 
     async def run() -> None:
@@ -305,16 +352,26 @@ INDOOR_BIKE_DATA = uuid16(0x2AD2)
 
 
 def test_a_record_cut_by_link_loss_is_kept_marked_incomplete(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     bike = VirtualPeripheral(
-        "C0:FF:EE:80:00:09", "Bike",
-        services={FTMS: {FTMS_FEATURE: CharSpec(("read",), bytes(8)),
-                         INDOOR_BIKE_DATA: CharSpec(("notify",))}},
-        service_uuids=[FTMS])
+        "C0:FF:EE:80:00:09",
+        "Bike",
+        services={
+            FTMS: {
+                FTMS_FEATURE: CharSpec(("read",), bytes(8)),
+                INDOOR_BIKE_DATA: CharSpec(("notify",)),
+            }
+        },
+        service_uuids=[FTMS],
+    )
     device = DeviceConfig("bike", "gatt.ftms", "pt-1", address=bike.address)
     # "More Data" set (bit 0): power follows in a later notification that never comes.
-    first_half = (0x0045).to_bytes(2, "little") + (160).to_bytes(2, "little") + \
-        (150).to_bytes(2, "little", signed=True)
+    first_half = (
+        (0x0045).to_bytes(2, "little")
+        + (160).to_bytes(2, "little")
+        + (150).to_bytes(2, "little", signed=True)
+    )
 
     async def run() -> Rig:
         async with rig(bluez, tmp_path, [device]) as r:
@@ -334,7 +391,8 @@ def test_a_record_cut_by_link_loss_is_kept_marked_incomplete(
 
 
 def test_a_stalled_transfer_is_aborted_and_resumed_on_the_next_connection(
-        bluez: BluezThread, tmp_path: Path) -> None:
+    bluez: BluezThread, tmp_path: Path
+) -> None:
     meter = GlucoseMeter(address="C0:FF:EE:60:00:02", records=4, record_interval=1.5, seed=4)
     device = DeviceConfig("glucose", "gatt.gls", "pt-1", address=meter.peripheral.address)
 
@@ -376,8 +434,8 @@ def test_a_meter_with_no_records_is_served_live(bluez: BluezThread, tmp_path: Pa
 
 
 def test_sequence_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
-    from gateway.records import GLUCOSE_MEASUREMENT, SequenceSync
     from gateway.sdk import Reading
+    from gateway.sessions.records import GLUCOSE_MEASUREMENT, SequenceSync
 
     def record(sequence: int) -> Reading:
         return Reading((), bytes((sequence,)), {"sequence_number": sequence})

@@ -32,8 +32,10 @@ BLUETOOTHCTL = Path("/usr/bin/bluetoothctl")
 
 pytestmark = [
     needs_dbus,
-    pytest.mark.skipif(not BLUETOOTHCTL.exists(),
-                       reason="needs the real /usr/bin/bluetoothctl: apt-get install bluez"),
+    pytest.mark.skipif(
+        not BLUETOOTHCTL.exists(),
+        reason="needs the real /usr/bin/bluetoothctl: apt-get install bluez",
+    ),
 ]
 
 HRS = uuid16(0x180D)
@@ -54,8 +56,13 @@ class Session:
         # Wide enough that readline never wraps or scrolls the lines we look for.
         fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
         self._process = subprocess.Popen(
-            [str(BLUETOOTHCTL)], stdin=secondary, stdout=secondary, stderr=secondary,
-            env={**os.environ, "TERM": "dumb"}, close_fds=True)
+            [str(BLUETOOTHCTL)],
+            stdin=secondary,
+            stdout=secondary,
+            stderr=secondary,
+            env={**os.environ, "TERM": "dumb"},
+            close_fds=True,
+        )
         os.close(secondary)
         self._fd = primary
         self._raw = b""
@@ -78,8 +85,10 @@ class Session:
         while (found := regex.search(self.text, self._since)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"bluetoothctl never printed {pattern!r}; it printed:\n"
-                                     + self.text[self._since:])
+                raise AssertionError(
+                    f"bluetoothctl never printed {pattern!r}; it printed:\n"
+                    + self.text[self._since :]
+                )
             ready, _, _ = select.select([self._fd], [], [], left)
             if ready:
                 try:
@@ -112,10 +121,18 @@ def bluetoothctl(bluez: BluezThread) -> Iterator[Session]:
 
 def _strap() -> VirtualPeripheral:
     return VirtualPeripheral(
-        STRAP, "HR Strap",
-        services={HRS: {HR_MEASUREMENT: CharSpec(("notify",)),
-                        BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01")}},
-        manufacturer_data={0x0059: b"\x01\x02\x03"}, service_uuids=[HRS], rssi=-55)
+        STRAP,
+        "HR Strap",
+        services={
+            HRS: {
+                HR_MEASUREMENT: CharSpec(("notify",)),
+                BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01"),
+            }
+        },
+        manufacturer_data={0x0059: b"\x01\x02\x03"},
+        service_uuids=[HRS],
+        rssi=-55,
+    )
 
 
 def _host(bluez: BluezThread, *peripherals: VirtualPeripheral) -> None:
@@ -135,13 +152,19 @@ def _discover(ctl: Session, *expected: str) -> None:
 
 
 def test_list_and_show_describe_the_adapter_and_power_off_goes_through(
-        bluez: BluezThread, bluetoothctl: Session) -> None:
+    bluez: BluezThread, bluetoothctl: Session
+) -> None:
     bluetoothctl.send("list")
     bluetoothctl.expect(r"^Controller 00:00:5E:00:53:00 rtm-virtual \[default\]$")
     bluetoothctl.send("show")
-    for line in (r"Controller 00:00:5E:00:53:00 \(public\)", r"\tPowered: yes",
-                 r"\tPowerState: on", r"\tDiscovering: no", r"\tRoles: central",
-                 r"Advertisement Monitor Features:\n\tSupportedMonitorTypes: or_patterns"):
+    for line in (
+        r"Controller 00:00:5E:00:53:00 \(public\)",
+        r"\tPowered: yes",
+        r"\tPowerState: on",
+        r"\tDiscovering: no",
+        r"\tRoles: central",
+        r"Advertisement Monitor Features:\n\tSupportedMonitorTypes: or_patterns",
+    ):
         bluetoothctl.expect(f"^{line}$")
     bluetoothctl.send("power off")
     bluetoothctl.expect(r"^\[CHG\] Controller 00:00:5E:00:53:00 Powered: no$")
@@ -155,15 +178,21 @@ def test_list_and_show_describe_the_adapter_and_power_off_goes_through(
 
 
 def test_scan_lists_hosted_peripherals_and_info_shows_what_they_advertise(
-        bluez: BluezThread, bluetoothctl: Session) -> None:
+    bluez: BluezThread, bluetoothctl: Session
+) -> None:
     _host(bluez, _strap(), VirtualPeripheral(NAMELESS, rssi=-80))
     _discover(bluetoothctl, f"{STRAP} HR Strap", f"{NAMELESS} C0-FF-EE-00-00-02")
     bluetoothctl.send(f"info {STRAP}")
-    for line in (rf"Device {STRAP} \(public\)", r"\tName: HR Strap", r"\tAlias: HR Strap",
-                 r"\tConnected: no",
-                 r"\tUUID: Heart Rate\s+\(0000180d-0000-1000-8000-00805f9b34fb\)",
-                 r"\tManufacturerData Key: 0x0059",
-                 r"\tManufacturerData Value:\n\s+01 02 03\s.*", r"\tRSSI: -5[5-7]"):
+    for line in (
+        rf"Device {STRAP} \(public\)",
+        r"\tName: HR Strap",
+        r"\tAlias: HR Strap",
+        r"\tConnected: no",
+        r"\tUUID: Heart Rate\s+\(0000180d-0000-1000-8000-00805f9b34fb\)",
+        r"\tManufacturerData Key: 0x0059",
+        r"\tManufacturerData Value:\n\s+01 02 03\s.*",
+        r"\tRSSI: -5[5-7]",
+    ):
         bluetoothctl.expect(f"^{line}$")
     bluetoothctl.send(f"info {NAMELESS}")
     info = bluetoothctl.expect(rf"^Device {NAMELESS} \(public\)\n(\t.*\n)*\tRSSI: -8\d$")
@@ -183,7 +212,8 @@ def test_scan_lists_hosted_peripherals_and_info_shows_what_they_advertise(
 
 
 def test_connect_lists_reads_and_receives_notifications_then_disconnects(
-        bluez: BluezThread, bluetoothctl: Session) -> None:
+    bluez: BluezThread, bluetoothctl: Session
+) -> None:
     strap = _strap()
     _host(bluez, strap)
     _discover(bluetoothctl, f"{STRAP} HR Strap")
@@ -193,18 +223,28 @@ def test_connect_lists_reads_and_receives_notifications_then_disconnects(
     bluetoothctl.send("menu gatt")
     bluetoothctl.send(f"list-attributes {STRAP}")
     # A real server's layout: each characteristic's value handle follows its declaration.
-    bluetoothctl.expect("\n".join((
-        r"^Primary Service \(Handle 0x[0-9a-f]{4}\)",
-        rf"\t{STRAP_PATH}/service0001", f"\t{HRS}", r"\tHeart Rate",
-        r"Characteristic \(Handle 0x[0-9a-f]{4}\)",
-        rf"\t{STRAP_PATH}/service0001/char0002", f"\t{HR_MEASUREMENT}",
-        r"\tHeart Rate Measurement",
-        r"Descriptor \(Handle 0x[0-9a-f]{4}\)",
-        rf"\t{STRAP_PATH}/service0001/char0002/desc0004",
-        r"\t00002902-0000-1000-8000-00805f9b34fb", r"\tClient Characteristic Configuration",
-        r"Characteristic \(Handle 0x[0-9a-f]{4}\)",
-        rf"\t{STRAP_PATH}/service0001/char0005", f"\t{BODY_SENSOR_LOCATION}",
-        r"\tBody Sensor Location$")))
+    bluetoothctl.expect(
+        "\n".join(
+            (
+                r"^Primary Service \(Handle 0x[0-9a-f]{4}\)",
+                rf"\t{STRAP_PATH}/service0001",
+                f"\t{HRS}",
+                r"\tHeart Rate",
+                r"Characteristic \(Handle 0x[0-9a-f]{4}\)",
+                rf"\t{STRAP_PATH}/service0001/char0002",
+                f"\t{HR_MEASUREMENT}",
+                r"\tHeart Rate Measurement",
+                r"Descriptor \(Handle 0x[0-9a-f]{4}\)",
+                rf"\t{STRAP_PATH}/service0001/char0002/desc0004",
+                r"\t00002902-0000-1000-8000-00805f9b34fb",
+                r"\tClient Characteristic Configuration",
+                r"Characteristic \(Handle 0x[0-9a-f]{4}\)",
+                rf"\t{STRAP_PATH}/service0001/char0005",
+                f"\t{BODY_SENSOR_LOCATION}",
+                r"\tBody Sensor Location$",
+            )
+        )
+    )
     bluetoothctl.send(f"select-attribute {STRAP_PATH}/service0001/char0005")
     bluetoothctl.send("read")
     bluetoothctl.expect(r"^\s+01\s+\.\s*$")

@@ -107,10 +107,29 @@ def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto) -> None:
     config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.1)])
     jwk_file = tmp_path / "hub.jwk"
     jwk_file.write_text(json.dumps(hub_jwk(config)))
-    verify = Process(["verify", "--url", broker.url, "--hub", "hub-test", "--jwk", str(jwk_file),
-                      "--ca-file", str(broker.ca_file), "--cert-file", str(broker.client_cert),
-                      "--key-file", str(broker.client_key), "--count", "30", "--seconds", "40",
-                      "--json"], tmp_path / "verify.log")
+    verify = Process(
+        [
+            "verify",
+            "--url",
+            broker.url,
+            "--hub",
+            "hub-test",
+            "--jwk",
+            str(jwk_file),
+            "--ca-file",
+            str(broker.ca_file),
+            "--cert-file",
+            str(broker.client_cert),
+            "--key-file",
+            str(broker.client_key),
+            "--count",
+            "30",
+            "--seconds",
+            "40",
+            "--json",
+        ],
+        tmp_path / "verify.log",
+    )
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
         verify.popen.wait(60)
@@ -135,8 +154,9 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto) -> No
     config = write_config(tmp_path, broker)
     env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="400000")
     with (tmp_path / "daemon.log").open("wb") as log:
-        daemon = subprocess.Popen([*CLI, "run", "-c", str(config)], stdout=log,
-                                  stderr=subprocess.STDOUT, env=env)
+        daemon = subprocess.Popen(
+            [*CLI, "run", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     try:
         messages: list[str] = []
 
@@ -172,12 +192,16 @@ def test_status_before_the_first_run_and_while_running(tmp_path: Path, mosquitto
     assert "never run" in before.stdout
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
+
         def running_with_readings() -> bool:
             if not (tmp_path / "state" / "outbox.sqlite").exists():
                 return False
             report = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
-            return bool(report["daemon_running"] and report["devices"][0]["readings"] > 5
-                        and report["uplink"]["last_ack"])
+            return bool(
+                report["daemon_running"]
+                and report["devices"][0]["readings"] > 5
+                and report["uplink"]["last_ack"]
+            )
 
         wait_until(running_with_readings, 30, "status to show a running hub with readings")
         text = run_cli("status", "-c", str(config)).stdout
@@ -194,7 +218,9 @@ def test_decode_a_ble_characteristic_value() -> None:
     assert result.returncode == 0, result.stderr
     (reading,) = json.loads(result.stdout)["readings"]
     assert {o["type"]: o["value"] for o in reading["observations"]} == {
-        "heart_rate": 72, "rr_interval": 1.0}
+        "heart_rate": 72,
+        "rr_interval": 1.0,
+    }
     assert reading["status"] == {"sensor_contact": "detected"}
     missing = run_cli("decode", "gatt.hrs", "16 48")
     assert missing.returncode == 2

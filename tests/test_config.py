@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.hub.config import load_config
 
 GOOD = """
 [hub]
@@ -64,16 +64,20 @@ def test_the_documented_shape_loads(tmp_path: Path) -> None:
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("127.0.0.1", 1883, False)
     assert config.mqtt.protocol == "5"
     first, second, oximeter, bike = config.devices
-    assert (oximeter.address, oximeter.serial, oximeter.is_ble) == ("C0:FF:EE:00:00:01", None,
-                                                                     True)
-    assert (bike.address, bike.serial, bike.is_ble, first.is_ble) == (None, "BK-2231", True,
-                                                                      False)
-    assert (config.ble.adapter, config.ble.max_connections, config.ble.passive) == (
-        "hci0", 3, True)
+    assert (oximeter.address, oximeter.serial, oximeter.is_ble) == ("C0:FF:EE:00:00:01", None, True)
+    assert (bike.address, bike.serial, bike.is_ble, first.is_ble) == (None, "BK-2231", True, False)
+    assert (config.ble.adapter, config.ble.max_connections, config.ble.passive) == ("hci0", 3, True)
     assert (first.id, first.driver, first.port, first.usb) == (
-        "contec.cms50d-0", "contec.cms50d", "/dev/ttyUSB0", None)
+        "contec.cms50d-0",
+        "contec.cms50d",
+        "/dev/ttyUSB0",
+        None,
+    )
     assert second.usb is not None and (second.usb.vid, second.usb.pid, second.usb.serial) == (
-        0x2341, 0x0043, "A1B2")
+        0x2341,
+        0x0043,
+        "A1B2",
+    )
     assert second.options["time_key"] == "t"
 
 
@@ -86,35 +90,61 @@ def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
     loaded = load_config(config)
     assert loaded.mqtt.tls
     assert loaded.mqtt.cert_file == tmp_path / "hub.pem"
-    assert [d.driver for d in loaded.devices] == ["contec.cms50d", "generic.kv-lines",
-                                                  "gatt.plx", "gatt.ftms"]
+    assert [d.driver for d in loaded.devices] == [
+        "contec.cms50d",
+        "generic.kv-lines",
+        "gatt.plx",
+        "gatt.ftms",
+    ]
 
 
-@pytest.mark.parametrize(("change", "path", "words"), [
-    (("id = \"hub-0001\"", "id = \"hub/0001\""), "hub.id", "not valid"),
-    (("id = \"hub-0001\"\n", ""), "hub.id", "missing"),
-    (("mqtt://127.0.0.1:1883", "http://x"), "mqtt.url", "mqtt://"),
-    (("port = \"/dev/ttyUSB0\"\n", ""), "devices[0].port", "exactly one of"),
-    (("usb = \"2341:0043:A1B2\"", "usb = \"23:43\""), "devices[1].usb", "VID:PID"),
-    (("patient = \"pt-0001\"\n\n[[devices]]", "patient = \"Jane Doe\"\n\n[[devices]]"),
-     "devices[0].patient", "pseudonymous"),
-    (("topic_prefix", "topic_prefx"), "mqtt.topic_prefx", "unknown key"),
-    (("spo2 = { type = \"spo2\" }", "spo2 = { type = 7 }"), "devices[1].options.keys.spo2.type",
-     ""),
-    (("driver = \"contec.cms50d\"", "driver = \"acme.nothing\""), "devices[0].driver", "acme"),
-    (("driver = \"contec.cms50d\"", "driver = \"gatt.hrs\""), "devices[0].driver",
-     "Bluetooth LE driver"),
-    (("driver = \"gatt.plx\"", "driver = \"contec.cms50d\""), "devices[2].driver",
-     "serial driver"),
-    (("address = \"c0:ff:ee:00:00:01\"", "address = \"c0:ff:ee\""), "devices[2].address",
-     "not a Bluetooth address"),
-    (("serial = \"BK-2231\"", "serial = \"BK-2231\"\naddress = \"C0:FF:EE:00:00:02\""),
-     "devices[3].serial", "exactly one of"),
-    (("max_connections = 3", "max_connections = 0"), "ble.max_connections", ""),
-    (("max_connections = 3", "adapter = \"bt0\""), "ble.adapter", "hci0"),
-])
-def test_mistakes_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        change: tuple[str, str], path: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "path", "words"),
+    [
+        (('id = "hub-0001"', 'id = "hub/0001"'), "hub.id", "not valid"),
+        (('id = "hub-0001"\n', ""), "hub.id", "missing"),
+        (("mqtt://127.0.0.1:1883", "http://x"), "mqtt.url", "mqtt://"),
+        (('port = "/dev/ttyUSB0"\n', ""), "devices[0].port", "exactly one of"),
+        (('usb = "2341:0043:A1B2"', 'usb = "23:43"'), "devices[1].usb", "VID:PID"),
+        (
+            ('patient = "pt-0001"\n\n[[devices]]', 'patient = "Jane Doe"\n\n[[devices]]'),
+            "devices[0].patient",
+            "pseudonymous",
+        ),
+        (("topic_prefix", "topic_prefx"), "mqtt.topic_prefx", "unknown key"),
+        (
+            ('spo2 = { type = "spo2" }', "spo2 = { type = 7 }"),
+            "devices[1].options.keys.spo2.type",
+            "",
+        ),
+        (('driver = "contec.cms50d"', 'driver = "acme.nothing"'), "devices[0].driver", "acme"),
+        (
+            ('driver = "contec.cms50d"', 'driver = "gatt.hrs"'),
+            "devices[0].driver",
+            "Bluetooth LE driver",
+        ),
+        (('driver = "gatt.plx"', 'driver = "contec.cms50d"'), "devices[2].driver", "serial driver"),
+        (
+            ('address = "c0:ff:ee:00:00:01"', 'address = "c0:ff:ee"'),
+            "devices[2].address",
+            "not a Bluetooth address",
+        ),
+        (
+            ('serial = "BK-2231"', 'serial = "BK-2231"\naddress = "C0:FF:EE:00:00:02"'),
+            "devices[3].serial",
+            "exactly one of",
+        ),
+        (("max_connections = 3", "max_connections = 0"), "ble.max_connections", ""),
+        (("max_connections = 3", 'adapter = "bt0"'), "ble.adapter", "hci0"),
+    ],
+)
+def test_mistakes_exit_2_naming_the_key(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: tuple[str, str],
+    path: str,
+    words: str,
+) -> None:
     old, new = change
     assert old in GOOD
     config = write(tmp_path, GOOD.replace(old, new, 1))
@@ -124,8 +154,9 @@ def test_mistakes_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFi
     assert words in err
 
 
-def test_bad_toml_and_missing_file_exit_2(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_toml_and_missing_file_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write(tmp_path, "[hub\nid=")
     assert main(["check-config", "-c", str(config)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
@@ -134,7 +165,8 @@ def test_bad_toml_and_missing_file_exit_2(tmp_path: Path,
 
 
 def test_run_with_a_bad_config_exits_2_before_touching_anything(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write(tmp_path, GOOD.replace("mqtt://127.0.0.1:1883", "mqtt://:99999"))
     assert main(["run", "-c", str(config)]) == 2
     assert "mqtt.url" in capsys.readouterr().err

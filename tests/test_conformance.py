@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.conformance import Check, check_driver, loinc_ok
-from gateway.registry import Registry
-from gateway.ucum import ucum_error
+from gateway.hub.registry import Registry
+from gateway.kit.conformance import Check, check_driver, loinc_ok
+from gateway.kit.ucum import ucum_error
 from tests.harness import ROOT, run_cli
 
 REGISTRY = Registry(entry_points=())
 
-GOOD_DRIVER = '''
+GOOD_DRIVER = """
 from collections.abc import Mapping
 
 from gateway.sdk import (BleMatch, Characteristic, DecodeError, DriverInfo, FeedResult,
@@ -49,26 +49,44 @@ class Driver:
 
 
 DRIVER = Driver()
-'''
+"""
 
-FIXTURE = {"description": "one value", "values": [{"char": "7a1f0001-0000-4000-8000-00000000abcd",
-                                                   "hex": "1200"}],
-           "readings": [{"observations": [{"type": "grip_force", "value": 18, "unit": "kg"}],
-                         "status": {}, "raw": "EgA=", "device_time": None,
-                         "device_clock": "unknown"}],
-           "errors": 0}
+FIXTURE = {
+    "description": "one value",
+    "values": [{"char": "7a1f0001-0000-4000-8000-00000000abcd", "hex": "1200"}],
+    "readings": [
+        {
+            "observations": [{"type": "grip_force", "value": 18, "unit": "kg"}],
+            "status": {},
+            "raw": "EgA=",
+            "device_time": None,
+            "device_clock": "unknown",
+        }
+    ],
+    "errors": 0,
+}
 
 
-def vendor_package(root: Path, name: str, *, body: str = "value = data[0]",
-                   type_name: str = "grip_force", unit: str = "kg", rule: str = "SERVICE",
-                   fixture: dict[str, object] | None = FIXTURE) -> str:
+def vendor_package(
+    root: Path,
+    name: str,
+    *,
+    body: str = "value = data[0]",
+    type_name: str = "grip_force",
+    unit: str = "kg",
+    rule: str = "SERVICE",
+    fixture: dict[str, object] | None = FIXTURE,
+) -> str:
     """Write package `acme_<name>` with a driver and (unless None) one fixture; return the
     module name. `root` must be on sys.path."""
     package = root / f"acme_{name}"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "driver.py").write_text(textwrap.dedent(GOOD_DRIVER).format(
-        name=name, body=body, type=type_name, unit=unit, rule=rule))
+    (package / "driver.py").write_text(
+        textwrap.dedent(GOOD_DRIVER).format(
+            name=name, body=body, type=type_name, unit=unit, rule=rule
+        )
+    )
     if fixture is not None:
         folder = package / "fixtures" / f"acme.{name}"
         folder.mkdir(parents=True)
@@ -91,7 +109,12 @@ def test_every_builtin_driver_passes(driver_id: str) -> None:
     report = check_driver(driver_id, registry=Registry(entry_points=()), fuzz_inputs=300)
     assert report.ok, report.render()
     assert [c.name for c in report.checks] == [
-        "declaration", "fixtures", "units and codes", "fuzz", "match rules"]
+        "declaration",
+        "fixtures",
+        "units and codes",
+        "fuzz",
+        "match rules",
+    ]
 
 
 def test_a_good_vendor_module_passes(vendor_root: Path) -> None:
@@ -102,8 +125,9 @@ def test_a_good_vendor_module_passes(vendor_root: Path) -> None:
 
 
 def test_a_decoder_that_raises_fails_the_fuzz(vendor_root: Path) -> None:
-    module = vendor_package(vendor_root, "crashy",
-                            body="value = data[0] // data[1]  # ZeroDivisionError on x00")
+    module = vendor_package(
+        vendor_root, "crashy", body="value = data[0] // data[1]  # ZeroDivisionError on x00"
+    )
     report = check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=2000)
     problems = failing(report.checks)
     assert "fuzz" in problems
@@ -111,13 +135,13 @@ def test_a_decoder_that_raises_fails_the_fuzz(vendor_root: Path) -> None:
     assert not report.ok
 
 
-def test_a_wrong_unit_and_a_fixture_mismatch_fail(
-        vendor_root: Path) -> None:
+def test_a_wrong_unit_and_a_fixture_mismatch_fail(vendor_root: Path) -> None:
     bad_fixture = json.loads(json.dumps(FIXTURE))
     bad_fixture["readings"][0]["observations"][0]["value"] = 19
     module = vendor_package(vendor_root, "sloppy", unit="kilos", fixture=bad_fixture)
-    problems = failing(check_driver(module, registry=Registry(entry_points=()),
-                                    fuzz_inputs=100).checks)
+    problems = failing(
+        check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=100).checks
+    )
     assert "fixtures" in problems and "reading 0 differs" in problems["fixtures"][0]
     assert any("'kilos' is not valid UCUM" in p for p in problems["units and codes"])
 
@@ -133,8 +157,9 @@ def test_a_driver_without_fixtures_fails(vendor_root: Path) -> None:
 def test_a_rule_that_ties_with_a_builtin_driver_fails(vendor_root: Path) -> None:
     # The bare Heart Rate service is gatt.hrs's claim already.
     module = vendor_package(vendor_root, "strap", rule='"0000180d-0000-1000-8000-00805f9b34fb"')
-    problems = failing(check_driver(module, registry=Registry(entry_points=()),
-                                    fuzz_inputs=100).checks)
+    problems = failing(
+        check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=100).checks
+    )
     assert "match rules" in problems
     assert "gatt.hrs" in problems["match rules"][0]
 
@@ -166,34 +191,70 @@ def test_the_cli_exit_status_says_pass_fail_or_not_found(vendor_root: Path) -> N
 
 
 def _cli(pythonpath: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
-                          text=True, timeout=120, check=False, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": pythonpath})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+    )
 
 
-@pytest.mark.parametrize(("unit", "valid"), [
-    ("%", True), ("/min", True), ("mm[Hg]", True), ("kg/m2", True), ("{steps}", True),
-    ("mL/{beat}", True), ("10*3/uL", True), ("kgf", True), ("1", True),
-    ("bpm", False), ("mmHg", False), ("", False), ("kg m", False), ("L//min", False)])
+@pytest.mark.parametrize(
+    ("unit", "valid"),
+    [
+        ("%", True),
+        ("/min", True),
+        ("mm[Hg]", True),
+        ("kg/m2", True),
+        ("{steps}", True),
+        ("mL/{beat}", True),
+        ("10*3/uL", True),
+        ("kgf", True),
+        ("1", True),
+        ("bpm", False),
+        ("mmHg", False),
+        ("", False),
+        ("kg m", False),
+        ("L//min", False),
+    ],
+)
 def test_ucum(unit: str, valid: bool) -> None:
     assert (ucum_error(unit) is None) is valid, ucum_error(unit)
 
 
 def test_loinc_check_digits() -> None:
-    assert all(loinc_ok(code) for code in ("8867-4", "59408-5", "8310-5", "29463-7", "2339-0",
-                                           "8302-2", "39156-5", "8478-0"))
+    assert all(
+        loinc_ok(code)
+        for code in (
+            "8867-4",
+            "59408-5",
+            "8310-5",
+            "29463-7",
+            "2339-0",
+            "8302-2",
+            "39156-5",
+            "8478-0",
+        )
+    )
     assert not any(loinc_ok(code) for code in ("8867-5", "8867", "ABC-1", "12345678-1"))
 
 
-def test_upper_case_uuids_and_an_empty_description_fail_the_declaration(
-        vendor_root: Path) -> None:
+def test_upper_case_uuids_and_an_empty_description_fail_the_declaration(vendor_root: Path) -> None:
     module = vendor_package(vendor_root, "shouty")
     path = vendor_root / "acme_shouty" / "driver.py"
-    path.write_text(path.read_text()
-                    .replace('DATA = "7a1f0001-0000-4000-8000-00000000abcd"',
-                             'DATA = "7A1F0001-0000-4000-8000-00000000ABCD"')
-                    .replace('"a test device"', '"  "'))
-    problems = failing(check_driver(module, registry=Registry(entry_points=()),
-                                    fuzz_inputs=50).checks)["declaration"]
+    path.write_text(
+        path.read_text()
+        .replace(
+            'DATA = "7a1f0001-0000-4000-8000-00000000abcd"',
+            'DATA = "7A1F0001-0000-4000-8000-00000000ABCD"',
+        )
+        .replace('"a test device"', '"  "')
+    )
+    problems = failing(
+        check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=50).checks
+    )["declaration"]
     assert any("must be written in lower case" in p for p in problems)
     assert any("the description is empty" in p for p in problems)

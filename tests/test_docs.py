@@ -41,8 +41,11 @@ def test_the_readme_gives_the_two_setup_commands_and_ci_runs_the_test_one() -> N
 
 
 def test_every_observation_type_the_drivers_produce_is_documented() -> None:
-    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|",
-                                (ROOT / "docs" / "observation-types.md").read_text(), re.M))
+    documented = set(
+        re.findall(
+            r"^\| `([a-z0-9_]+)` \|", (ROOT / "docs" / "observation-types.md").read_text(), re.M
+        )
+    )
     produced = set()
     for path in (ROOT / "gateway" / "drivers" / "fixtures").glob("*/*.json"):
         case = json.loads(path.read_text())

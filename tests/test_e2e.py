@@ -34,9 +34,15 @@ def enough(messages: list[Received], jwk: dict) -> bool:
         return False
     readings = [e.payload for e in verify_messages(messages, jwk) if e.payload["kind"] == "reading"]
     oximeter = [r for r in readings if r["device"]["id"] == "oximeter"]
-    return (len(oximeter) >= 20 and any(r["device"]["id"] == "peak-flow" for r in readings)
-            and any(o["type"] == "spo2" and o["value"] is not None
-                    for r in oximeter for o in r["observations"]))
+    return (
+        len(oximeter) >= 20
+        and any(r["device"]["id"] == "peak-flow" for r in readings)
+        and any(
+            o["type"] == "spo2" and o["value"] is not None
+            for r in oximeter
+            for o in r["observations"]
+        )
+    )
 
 
 KV_DEVICE = """[[devices]]
@@ -52,20 +58,24 @@ fev1 = {{ type = "fev1" }}
 """
 
 
-@pytest.mark.parametrize(("mode", "protocol"),
-                         [("plain", "5"), ("tls", "5"), ("mtls", "5"), ("plain", "3.1.1")])
-def test_readings_reach_the_broker_signed(tmp_path: Path, mosquitto, mqtt_subscriber,
-                                          mode: str, protocol: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "protocol"), [("plain", "5"), ("tls", "5"), ("mtls", "5"), ("plain", "3.1.1")]
+)
+def test_readings_reach_the_broker_signed(
+    tmp_path: Path, mosquitto, mqtt_subscriber, mode: str, protocol: str
+) -> None:
     broker = mosquitto(mode)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
     link = tmp_path / "ttyCMS50D"
     simulator = start_simulator(link, tmp_path / "sim.log", rate=60)
     kv_link = tmp_path / "ttyPeakFlow"
-    kv_simulator = start_simulator(kv_link, tmp_path / "kv.log", rate=10,
-                                   driver="generic.kv-lines")
-    config = write_config(tmp_path, broker,
-                          [cms50d_device(link, interval=0.1), KV_DEVICE.format(port=kv_link)],
-                          mqtt_extra=f'protocol = "{protocol}"')
+    kv_simulator = start_simulator(kv_link, tmp_path / "kv.log", rate=10, driver="generic.kv-lines")
+    config = write_config(
+        tmp_path,
+        broker,
+        [cms50d_device(link, interval=0.1), KV_DEVICE.format(port=kv_link)],
+        mqtt_extra=f'protocol = "{protocol}"',
+    )
     jwk = hub_jwk(config)
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
@@ -97,12 +107,15 @@ def test_readings_reach_the_broker_signed(tmp_path: Path, mosquitto, mqtt_subscr
         assert reading["device"]["driver"] == "contec.cms50d"
         assert {o["type"] for o in reading["observations"]} <= {"spo2", "pulse_rate"}
     # The simulator spends most of its time with a finger in: real values arrive.
-    assert any(o["value"] is not None and o["type"] == "spo2"
-               for r in oximeter for o in r["observations"])
+    assert any(
+        o["value"] is not None and o["type"] == "spo2" for r in oximeter for o in r["observations"]
+    )
     for reading in peak_flow:
         assert reading["device"]["driver"] == "generic.kv-lines"
         assert {o["type"]: o["unit"] for o in reading["observations"]} == {
-            "peak_expiratory_flow": "L/min", "fev1": "L"}
+            "peak_expiratory_flow": "L/min",
+            "fev1": "L",
+        }
         assert reading["time"]["device"] is not None  # from the line's t= key
         assert "batt" in reading["status"]  # an unmapped key is kept
     events = [e.payload["event"] for e in entries if e.payload["kind"] == "event"]
@@ -127,5 +140,7 @@ def test_readings_reach_the_broker_signed(tmp_path: Path, mosquitto, mqtt_subscr
         assert raw.hex() not in log
         assert reading["raw"] not in log
     counted = {d["id"]: d["readings"] for d in report["devices"]}
-    assert counted == {"oximeter": len({r["seq"] for r in oximeter}),
-                       "peak-flow": len({r["seq"] for r in peak_flow})}
+    assert counted == {
+        "oximeter": len({r["seq"] for r in oximeter}),
+        "peak-flow": len({r["seq"] for r in peak_flow}),
+    }

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from gateway.registry import Registry
-from gateway.scaffold import new_driver_package
+from gateway.hub.registry import Registry
+from gateway.kit.scaffold import new_driver_package
 from gateway.sim.ble_devices import make_device, start_device
 from gateway.sim.bluez import BluezThread
 from tests.blelab import needs_dbus
@@ -33,8 +33,10 @@ from tests.harness import (
     write_config,
 )
 
-EXAMPLES = {"tindeq.progressor": "rtm-driver-tindeq-progressor",
-            "openrtm.inhaler": "rtm-driver-open-inhaler"}
+EXAMPLES = {
+    "tindeq.progressor": "rtm-driver-tindeq-progressor",
+    "openrtm.inhaler": "rtm-driver-open-inhaler",
+}
 BLE_SECTION = "[ble]\npassive = false\nscanner_watchdog = 10\n"
 
 
@@ -44,7 +46,8 @@ def _installed(group: str) -> set[str]:
 
 def test_the_examples_are_installed_and_found_through_entry_points() -> None:
     assert set(EXAMPLES) <= _installed("rtm_gateway.drivers"), (
-        "scripts/test installs examples/*; run it, or pip install -e examples/<name>")
+        "scripts/test installs examples/*; run it, or pip install -e examples/<name>"
+    )
     assert set(EXAMPLES) <= _installed("rtm_gateway.simulators")
     registry = Registry.load()
     for driver_id, distribution in EXAMPLES.items():
@@ -68,21 +71,26 @@ def test_a_broken_vendor_package_is_skipped_with_the_reason_and_the_rest_works()
     assert listed.returncode == 0
     assert "tindeq.progressor" in listed.stdout and "broken." not in listed.stdout
     log = listed.stderr
-    assert ("'broken.import' from rtm-driver-broken is skipped: failed to load "
-            "(ModuleNotFoundError") in log
+    assert (
+        "'broken.import' from rtm-driver-broken is skipped: failed to load (ModuleNotFoundError"
+    ) in log
     assert "'broken.metadata' from rtm-driver-broken is skipped: id 'Broken Meter'" in log
     assert "'broken.future' from rtm-driver-broken is skipped: it needs driver SDK 1.99" in log
 
 
 def _device(device_id: str, driver: str, address: str) -> str:
-    return (f'[[devices]]\nid = "{device_id}"\ndriver = "{driver}"\naddress = "{address}"\n'
-            'patient = "pt-0001"\n')
+    return (
+        f'[[devices]]\nid = "{device_id}"\ndriver = "{driver}"\naddress = "{address}"\n'
+        'patient = "pt-0001"\n'
+    )
 
 
-def _readings(messages: list[Received], jwk: dict[str, Any],
-              device: str) -> list[dict[str, Any]]:
-    return [e.payload for e in verify_messages(messages, jwk)
-            if e.payload["kind"] == "reading" and e.payload["device"]["id"] == device]
+def _readings(messages: list[Received], jwk: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    return [
+        e.payload
+        for e in verify_messages(messages, jwk)
+        if e.payload["kind"] == "reading" and e.payload["device"]["id"] == device
+    ]
 
 
 def _observed(reading: dict[str, Any]) -> set[str]:
@@ -91,24 +99,31 @@ def _observed(reading: dict[str, Any]) -> set[str]:
 
 @needs_dbus
 def test_the_examples_stream_from_their_simulators_to_the_broker_signed(
-        bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any) -> None:
+    bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any
+) -> None:
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
     progressor = make_device("tindeq.progressor", seed=3)
     inhaler = make_device("openrtm.inhaler", seed=3)
-    config = write_config(tmp_path, broker, [
-        _device("dynamometer", "tindeq.progressor", progressor.peripheral.address),
-        _device("inhaler", "openrtm.inhaler", inhaler.peripheral.address)], extra=BLE_SECTION)
+    config = write_config(
+        tmp_path,
+        broker,
+        [
+            _device("dynamometer", "tindeq.progressor", progressor.peripheral.address),
+            _device("inhaler", "openrtm.inhaler", inhaler.peripheral.address),
+        ],
+        extra=BLE_SECTION,
+    )
     jwk = hub_jwk(config)
     start_device(bluez, progressor, rate=20)
     start_device(bluez, inhaler)
     daemon = start_daemon(config, tmp_path / "daemon.log")
 
     def enough(messages: list[Received]) -> bool:
-        reps = [r for r in _readings(messages, jwk, "dynamometer")
-                if "peak_force" in _observed(r)]
-        events = [r for r in _readings(messages, jwk, "inhaler")
-                  if "inhaler_actuation" in _observed(r)]
+        reps = [r for r in _readings(messages, jwk, "dynamometer") if "peak_force" in _observed(r)]
+        events = [
+            r for r in _readings(messages, jwk, "inhaler") if "inhaler_actuation" in _observed(r)
+        ]
         return len(reps) >= 2 and len(events) >= 4
 
     try:
@@ -126,8 +141,7 @@ def test_the_examples_stream_from_their_simulators_to_the_broker_signed(
     assert_chain(entries)
     messages = subscriber.snapshot()
     # The inhaler's stored day arrives once each, in counter order.
-    events = [r for r in _readings(messages, jwk, "inhaler")
-              if "inhaler_actuation" in _observed(r)]
+    events = [r for r in _readings(messages, jwk, "inhaler") if "inhaler_actuation" in _observed(r)]
     counters = [r["status"]["event_counter"] for r in events]
     assert counters == sorted(set(counters)) and len(counters) >= 4
     assert all(r["device"]["driver"] == "openrtm.inhaler" for r in events)
@@ -154,25 +168,34 @@ def _as_if_installed(package_root: Path, site: Path) -> None:
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
     groups = project["entry-points"]
-    (info / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in points.items())
-        for group, points in groups.items()))
+    (info / "entry_points.txt").write_text(
+        "".join(
+            f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in points.items())
+            for group, points in groups.items()
+        )
+    )
 
 
 @needs_dbus
 def test_a_scaffolded_driver_passes_the_kit_and_its_simulator_reaches_the_broker(
-        bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    bluez: BluezThread,
+    tmp_path: Path,
+    mosquitto: Any,
+    mqtt_subscriber: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The vendor's path from docs/writing-a-driver.md: driver new, install, driver check,
     # simulate, and a signed reading at the platform. (Installing is imitated with the
     # metadata pip would write, so the test does not change the shared environment.)
     package = new_driver_package("acme.goniometer", tmp_path / "src")
     site = tmp_path / "site"
     _as_if_installed(package, site)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(site), str(package), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(site), str(package), os.environ.get("PYTHONPATH", "")])
+    )
     checked = run_cli("driver", "check", "acme.goniometer", "--inputs", "300")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "result: PASS" in checked.stdout
@@ -182,23 +205,29 @@ def test_a_scaffolded_driver_passes_the_kit_and_its_simulator_reaches_the_broker
     device = simulator.SimulatedAcmeGoniometer(seed=1)
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
-    config = write_config(tmp_path, broker, [
-        _device("knee", "acme.goniometer", device.peripheral.address)], extra=BLE_SECTION)
+    config = write_config(
+        tmp_path,
+        broker,
+        [_device("knee", "acme.goniometer", device.peripheral.address)],
+        extra=BLE_SECTION,
+    )
     jwk = hub_jwk(config)
     start_device(bluez, device, rate=10)
     daemon = start_daemon(config, tmp_path / "daemon.log")
 
     def arrived(messages: list[Received]) -> bool:
-        return any("range_of_motion" in _observed(r)
-                   for r in _readings(messages, jwk, "knee"))
+        return any("range_of_motion" in _observed(r) for r in _readings(messages, jwk, "knee"))
 
     try:
         assert subscriber.wait_for(arrived, timeout=30), daemon.log()
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.close()
-    reading = next(r for r in _readings(subscriber.snapshot(), jwk, "knee")
-                   if "range_of_motion" in _observed(r))
+    reading = next(
+        r
+        for r in _readings(subscriber.snapshot(), jwk, "knee")
+        if "range_of_motion" in _observed(r)
+    )
     assert reading["device"]["driver"] == "acme.goniometer"
     assert reading["observations"][0]["unit"] == "deg"
     sys.modules.pop("rtm_acme_goniometer.simulator", None)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import load_config
+from gateway.hub.config import load_config
 from gateway.sim.cms50d import encode_frame
 from tests.conftest import Received
 from tests.harness import (
@@ -54,8 +54,9 @@ def entries_of(messages: list[Received], suffix: str) -> int:
     return sum(len(json.loads(m.payload)) for m in messages if m.topic.endswith(suffix))
 
 
-def oximeter_hub(tmp_path: Path, broker: Any, interval: float,
-                 **config: Any) -> tuple[Process, Path, dict[str, Any]]:
+def oximeter_hub(
+    tmp_path: Path, broker: Any, interval: float, **config: Any
+) -> tuple[Process, Path, dict[str, Any]]:
     """A simulated oximeter streaming at 60 Hz and a hub config for it: (simulator, config,
     the hub's public JWK)."""
     link = tmp_path / "ttyCMS"
@@ -68,8 +69,7 @@ def oximeter_hub(tmp_path: Path, broker: Any, interval: float,
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_subscriber) -> None:
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
-    simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.02,
-                                          mqtt_extra=FAST_RECONNECT)
+    simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.02, mqtt_extra=FAST_RECONNECT)
     rng = random.Random(7)
     grew = 0
     last_seen = 0
@@ -96,7 +96,8 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_
     assert grew >= 8, "most runs must have committed readings before their kill -9"
     last_seq = status(config)["outbox"]["last_seq"]
     assert subscriber.wait_for(
-        lambda m: set(range(1, last_seq + 1)) <= set(seqs(verify_messages(m, jwk))), 20)
+        lambda m: set(range(1, last_seq + 1)) <= set(seqs(verify_messages(m, jwk))), 20
+    )
     entries = verify_messages(subscriber.snapshot(), jwk)
     missing = sorted(set(range(1, last_seq + 1)) - set(seqs(entries)))
     assert not missing, f"seqs assigned but never delivered: {missing[:20]}"
@@ -105,12 +106,12 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_
     assert len(starts) >= 8
 
 
-def test_broker_outage_buffers_then_delivers_in_order(tmp_path: Path, mosquitto,
-                                                      mqtt_subscriber) -> None:
+def test_broker_outage_buffers_then_delivers_in_order(
+    tmp_path: Path, mosquitto, mqtt_subscriber
+) -> None:
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
-    simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.05,
-                                          mqtt_extra=FAST_RECONNECT)
+    simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.05, mqtt_extra=FAST_RECONNECT)
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
         assert subscriber.wait_for(lambda m: entries_of(m, "/readings") >= 5, 20), daemon.log()
@@ -122,8 +123,11 @@ def test_broker_outage_buffers_then_delivers_in_order(tmp_path: Path, mosquitto,
         wait_until(lambda: outbox_drained(config), 30, "the outbox to drain after the outage")
         last_seq = status(config)["outbox"]["last_seq"]
         assert subscriber.wait_for(
-            lambda m: set(range(1, last_seq + 1)) <= {
-                e.payload["seq"] for e in verify_messages(m, jwk)}, 20)
+            lambda m: (
+                set(range(1, last_seq + 1)) <= {e.payload["seq"] for e in verify_messages(m, jwk)}
+            ),
+            20,
+        )
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.close()
@@ -138,8 +142,9 @@ def test_broker_outage_buffers_then_delivers_in_order(tmp_path: Path, mosquitto,
     assert_chain(entries)
 
 
-def test_garbage_and_cut_frames_are_counted_and_skipped(tmp_path: Path, mosquitto,
-                                                        mqtt_subscriber) -> None:
+def test_garbage_and_cut_frames_are_counted_and_skipped(
+    tmp_path: Path, mosquitto, mqtt_subscriber
+) -> None:
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
     master, slave = os.openpty()
@@ -157,7 +162,7 @@ def test_garbage_and_cut_frames_are_counted_and_skipped(tmp_path: Path, mosquitt
             chunk = frame
             choice = rng.random()
             if choice < 0.1:
-                chunk = frame[:rng.randrange(1, 5)] + frame  # cut short, then a whole frame
+                chunk = frame[: rng.randrange(1, 5)] + frame  # cut short, then a whole frame
             elif choice < 0.2:
                 chunk += bytes(rng.randrange(0x80, 0x100) for _ in range(rng.randrange(1, 9)))
             elif choice < 0.3:
@@ -185,8 +190,11 @@ def test_garbage_and_cut_frames_are_counted_and_skipped(tmp_path: Path, mosquitt
         os.close(slave)
     device = status(config)["devices"][0]
     assert device["decode_errors"] > 10
-    readings = [e.payload for e in verify_messages(subscriber.snapshot(), jwk)
-                if e.payload["kind"] == "reading"]
+    readings = [
+        e.payload
+        for e in verify_messages(subscriber.snapshot(), jwk)
+        if e.payload["kind"] == "reading"
+    ]
     values = {o["value"] for r in readings for o in r["observations"] if o["type"] == "spo2"}
     assert values == {96}, "garbage must never turn into a value"
 
@@ -204,13 +212,15 @@ def socat_link(tmp_path: Path) -> Iterator[tuple[Path, Path, list[subprocess.Pop
 
 
 def plug(device: Path, feed: Path, processes: list[subprocess.Popen[bytes]]) -> None:
-    processes.append(subprocess.Popen(
-        ["socat", f"pty,raw,echo=0,link={device}", f"pty,raw,echo=0,link={feed}"]))
+    processes.append(
+        subprocess.Popen(["socat", f"pty,raw,echo=0,link={device}", f"pty,raw,echo=0,link={feed}"])
+    )
     wait_until(lambda: device.exists() and feed.exists(), 10, "socat's links")
 
 
-def test_unplug_and_replug_brings_the_session_back(tmp_path: Path, mosquitto, mqtt_subscriber,
-                                                   socat_link) -> None:
+def test_unplug_and_replug_brings_the_session_back(
+    tmp_path: Path, mosquitto, mqtt_subscriber, socat_link
+) -> None:
     device, feed, processes = socat_link
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
@@ -238,32 +248,39 @@ def test_unplug_and_replug_brings_the_session_back(tmp_path: Path, mosquitto, mq
         processes[-1].wait(5)
 
         def lost(messages: list[Received]) -> bool:
-            return any(e.payload.get("event") == "device-lost"
-                       for e in verify_messages(messages, jwk))
+            return any(
+                e.payload.get("event") == "device-lost" for e in verify_messages(messages, jwk)
+            )
 
         assert subscriber.wait_for(lost, 20), daemon.log()
         before = entries_of(subscriber.snapshot(), "/readings")
         plug(device, feed, processes)  # replug on the same path
-        assert subscriber.wait_for(
-            lambda m: entries_of(m, "/readings") >= before + 10, 30), daemon.log()
+        assert subscriber.wait_for(lambda m: entries_of(m, "/readings") >= before + 10, 30), (
+            daemon.log()
+        )
         assert daemon.running
         assert daemon.stop() == 0, daemon.log()
     finally:
         stop.set()
         writer.join(5)
         daemon.close()
-    events = [e.payload["event"] for e in verify_messages(subscriber.snapshot(), jwk)
-              if e.payload["kind"] == "event"]
+    events = [
+        e.payload["event"]
+        for e in verify_messages(subscriber.snapshot(), jwk)
+        if e.payload["kind"] == "event"
+    ]
     assert events.count("device-connected") >= 2
 
 
-def test_outbox_cap_drops_oldest_with_a_signed_gap_event(tmp_path: Path, mosquitto,
-                                                         mqtt_subscriber) -> None:
+def test_outbox_cap_drops_oldest_with_a_signed_gap_event(
+    tmp_path: Path, mosquitto, mqtt_subscriber
+) -> None:
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
     broker.stop()  # the broker is down from the start: the outbox fills up
-    simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.02, mqtt_extra=FAST_RECONNECT,
-                                          extra="[outbox]\nmax_rows = 100\n")
+    simulator, config, jwk = oximeter_hub(
+        tmp_path, broker, 0.02, mqtt_extra=FAST_RECONNECT, extra="[outbox]\nmax_rows = 100\n"
+    )
     daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
         wait_until(lambda: status(config)["outbox"]["last_seq"] > 250, 30, "250 entries")
@@ -289,8 +306,11 @@ def test_outbox_cap_drops_oldest_with_a_signed_gap_event(tmp_path: Path, mosquit
     subscriber.wait_for(lambda m: not uncovered(m), 20)
     missing = uncovered(subscriber.snapshot())
     assert not missing, f"neither delivered nor announced by a gap event: {missing[:30]}"
-    gaps = [e.payload["detail"] for e in verify_messages(subscriber.snapshot(), jwk)
-            if e.payload.get("event") == "gap"]
+    gaps = [
+        e.payload["detail"]
+        for e in verify_messages(subscriber.snapshot(), jwk)
+        if e.payload.get("event") == "gap"
+    ]
     # Events inside a dropped range are kept (and delivered): count is the readings dropped.
     assert gaps
     assert all(0 < g["count"] <= g["last_seq"] - g["first_seq"] + 1 for g in gaps)
@@ -299,11 +319,17 @@ def test_outbox_cap_drops_oldest_with_a_signed_gap_event(tmp_path: Path, mosquit
 
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the full-disk test ({result.stderr.strip()}); "
-                    "these tests run as root in CI")
+        pytest.fail(
+            f"cannot mount a tmpfs for the full-disk test ({result.stderr.strip()}); "
+            "these tests run as root in CI"
+        )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI is root)")
@@ -315,8 +341,9 @@ def test_full_disk_is_a_clear_error_and_keeps_readings(tmp_path: Path, mosquitto
         broker.stop()  # keep everything in the outbox
         link = tmp_path / "ttyCMS"
         simulator = start_simulator(link, tmp_path / "sim.log", rate=60)
-        config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.05)],
-                              state_dir=disk / "state")
+        config = write_config(
+            tmp_path, broker, [cms50d_device(link, interval=0.05)], state_dir=disk / "state"
+        )
         daemon = start_daemon(config, tmp_path / "daemon.log")
         try:
             wait_until((disk / "state" / "outbox.sqlite").exists, 20, "the outbox")
@@ -329,15 +356,21 @@ def test_full_disk_is_a_clear_error_and_keeps_readings(tmp_path: Path, mosquitto
                         os.write(fd, b"\0" * 4096)
             finally:
                 os.close(fd)
-            wait_until(lambda: "cannot store readings" in daemon.log(), 30,
-                       "the daemon to report the full disk")
+            wait_until(
+                lambda: "cannot store readings" in daemon.log(),
+                30,
+                "the daemon to report the full disk",
+            )
             assert daemon.running, "a full disk must not stop the daemon"
             assert "disk is full" in daemon.log()
             assert "Traceback" not in daemon.log()
             time.sleep(1.0)  # readings keep coming while the disk is full
             filler.unlink()
-            wait_until(lambda: "takes writes again" in daemon.log(), 30,
-                       "the daemon to store again once space is free")
+            wait_until(
+                lambda: "takes writes again" in daemon.log(),
+                30,
+                "the daemon to store again once space is free",
+            )
             simulator.close()
             assert daemon.stop() == 0, daemon.log()
         finally:
@@ -350,8 +383,10 @@ def test_full_disk_is_a_clear_error_and_keeps_readings(tmp_path: Path, mosquitto
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None,
-                    reason="making a directory read-only for root needs chattr +i (CI is root)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("chattr") is None,
+    reason="making a directory read-only for root needs chattr +i (CI is root)",
+)
 def test_read_only_state_dir_is_a_clear_error(tmp_path: Path, mosquitto) -> None:
     broker = mosquitto("plain")
     state = tmp_path / "state"

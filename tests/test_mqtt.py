@@ -41,8 +41,12 @@ def test_parse_mqtt_url() -> None:
     assert parse_mqtt_url("mqtt://10.0.0.2") == MqttUrl("10.0.0.2", 1883, False)
     with_login = parse_mqtt_url("mqtts://hub%2D1:s%40cret@broker.example")
     assert (with_login.username, with_login.password) == ("hub-1", "s@cret")
-    for bad, says in (("http://x", "must start with"), ("mqtt://", "no host"),
-                      ("mqtt://h:99999", "invalid port"), ("mqtt://h/path", "only scheme")):
+    for bad, says in (
+        ("http://x", "must start with"),
+        ("mqtt://", "no host"),
+        ("mqtt://h:99999", "invalid port"),
+        ("mqtt://h/path", "only scheme"),
+    ):
         with pytest.raises(ValueError, match=says):
             parse_mqtt_url(bad)
 

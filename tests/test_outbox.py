@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import outbox as ob
-from gateway.outbox import (
+from gateway.hub import outbox as ob
+from gateway.hub.outbox import (
     DeviceDelta,
     Entry,
     Outbox,
@@ -35,8 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def entries(first: int, n: int, kind: ob.Kind = "reading", size: int = 300) -> list[Entry]:
-    return [Entry(s, kind, f"{s}:".encode().ljust(size, b"x"), 1000.0 + s)
-            for s in range(first, first + n)]
+    return [
+        Entry(s, kind, f"{s}:".encode().ljust(size, b"x"), 1000.0 + s)
+        for s in range(first, first + n)
+    ]
 
 
 @pytest.fixture
@@ -56,6 +58,7 @@ def child_env() -> dict[str, str]:
 
 
 # ---- sequence and head --------------------------------------------------------------------------
+
 
 def test_new_outbox_is_wal_full_incremental_vacuum(box: Outbox, db: Path) -> None:
     assert box.head() == (0, "")
@@ -112,6 +115,7 @@ def test_empty_append_keeps_head_and_refuses_a_new_hash(box: Outbox) -> None:
 
 # ---- lease and ack ------------------------------------------------------------------------------
 
+
 def test_lease_returns_oldest_in_order_after_seq(box: Outbox) -> None:
     box.append(entries(1, 3), "h3")
     box.append([*entries(4, 1, "event"), *entries(5, 5)], "h9")
@@ -126,8 +130,9 @@ def test_lease_returns_oldest_in_order_after_seq(box: Outbox) -> None:
 def test_lease_uses_the_primary_key(box: Outbox, db: Path) -> None:
     con = sqlite3.connect(db)
     try:
-        plan = " ".join(str(row[-1]) for row in
-                        con.execute("EXPLAIN QUERY PLAN " + ob._LEASE_SQL, (0, 100)))
+        plan = " ".join(
+            str(row[-1]) for row in con.execute("EXPLAIN QUERY PLAN " + ob._LEASE_SQL, (0, 100))
+        )
     finally:
         con.close()
     assert "USING INTEGER PRIMARY KEY" in plan, plan
@@ -166,7 +171,7 @@ def test_uncommitted_acks_are_lost_on_crash_so_rows_come_back(db: Path) -> None:
         import os
         from pathlib import Path
         from tests.test_outbox import entries
-        from gateway.outbox import Outbox
+        from gateway.hub.outbox import Outbox
         o = Outbox.open(Path({str(db)!r}))
         o.append(entries(1, 3), "h3")
         o.ack([1, 2])
@@ -178,6 +183,7 @@ def test_uncommitted_acks_are_lost_on_crash_so_rows_come_back(db: Path) -> None:
 
 
 # ---- the cap ------------------------------------------------------------------------------------
+
 
 def test_drop_through_removes_the_oldest_with_the_gap_event(box: Outbox, db: Path) -> None:
     box.append(entries(1, 10), "h10")
@@ -201,14 +207,22 @@ def test_oldest_seqs_larger_than_depth(box: Outbox) -> None:
 
 # ---- devices and meta ---------------------------------------------------------------------------
 
+
 def test_device_counters_accumulate_and_survive_reopen(db: Path) -> None:
     with Outbox.open(db) as o:
-        o.append(entries(1, 2), "h2", devices={
-            "plx": DeviceDelta(readings=2, last_reading=50.0),
-            "inhaler": DeviceDelta(decode_errors=1, last_error="short frame"),
-        })
-        o.append(entries(3, 1), "h3", devices={"plx": DeviceDelta(readings=1, decode_errors=2,
-                                                                  last_error="bad crc")})
+        o.append(
+            entries(1, 2),
+            "h2",
+            devices={
+                "plx": DeviceDelta(readings=2, last_reading=50.0),
+                "inhaler": DeviceDelta(decode_errors=1, last_error="short frame"),
+            },
+        )
+        o.append(
+            entries(3, 1),
+            "h3",
+            devices={"plx": DeviceDelta(readings=1, decode_errors=2, last_error="bad crc")},
+        )
     with Outbox.open(db) as o:
         devs = o.devices()
     assert devs["plx"] == ob.DeviceStats(3, 2, 50.0, "bad crc")
@@ -232,8 +246,10 @@ def test_meta_is_committed_with_flush_and_reserved_keys_refused(db: Path) -> Non
 
 # ---- housekeeping -------------------------------------------------------------------------------
 
+
 def test_checkpoints_bound_the_wal_and_vacuum_returns_space(
-        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(ob, "CHECKPOINT_EVERY_COMMITS", 4)
     monkeypatch.setattr(ob, "VACUUM_FREE_PAGES", 16)
     wal = db.with_name(db.name + "-wal")
@@ -256,7 +272,7 @@ CHILD = textwrap.dedent("""
     import os, sys
     from pathlib import Path
     from tests.test_outbox import entries
-    from gateway.outbox import Outbox
+    from gateway.hub.outbox import Outbox
     out = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     o = Outbox.open(Path(sys.argv[1]))
     seq, _ = o.head()
@@ -280,8 +296,9 @@ def test_kill_9_loses_nothing_committed(db: Path, tmp_path: Path) -> None:
     script.write_text(CHILD)
     for _ in range(10):
         log.write_text("")
-        proc = subprocess.Popen([sys.executable, str(script), str(db), str(log)],
-                                env=child_env(), cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(db), str(log)], env=child_env(), cwd=REPO
+        )
         try:
             deadline = time.monotonic() + 10
             while not log.read_text() and proc.poll() is None:
@@ -307,12 +324,14 @@ def test_kill_9_loses_nothing_committed(db: Path, tmp_path: Path) -> None:
 
 # ---- faults: clear errors -----------------------------------------------------------------------
 
+
 def test_second_open_is_refused_until_the_first_closes(db: Path) -> None:
     first = Outbox.open(db)
     try:
-        with pytest.raises(OutboxLockedError,
-                           match=f"another rtm-gateway is running with this state dir.*pid "
-                                 f"{os.getpid()}"):
+        with pytest.raises(
+            OutboxLockedError,
+            match=f"another rtm-gateway is running with this state dir.*pid {os.getpid()}",
+        ):
             Outbox.open(db)
     finally:
         first.close()
@@ -329,12 +348,16 @@ def test_parent_is_a_file(tmp_path: Path) -> None:
 def chattr(flag: str, path: Path) -> bool:
     if shutil.which("chattr") is None:
         return False
-    return subprocess.run(["chattr", flag, str(path)], capture_output=True,
-                          check=False).returncode == 0
+    return (
+        subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False).returncode
+        == 0
+    )
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None,
-                    reason="read-only for root needs chattr +i (CI runs as root)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("chattr") is None,
+    reason="read-only for root needs chattr +i (CI runs as root)",
+)
 def test_read_only_directory(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
@@ -346,8 +369,10 @@ def test_read_only_directory(tmp_path: Path) -> None:
         chattr("-i", state)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None,
-                    reason="read-only for root needs chattr +i (CI runs as root)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("chattr") is None,
+    reason="read-only for root needs chattr +i (CI runs as root)",
+)
 def test_read_only_database_file(db: Path) -> None:
     with Outbox.open(db) as o:
         o.append(entries(1, 1), "h1")
@@ -384,8 +409,8 @@ TMPFS_CHILD = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
     from tests.test_outbox import entries
-    from gateway import outbox
-    from gateway.outbox import Outbox, OutboxFullError
+    from gateway.hub import outbox
+    from gateway.hub.outbox import Outbox, OutboxFullError
     outbox.CHECKPOINT_EVERY_COMMITS = 4  # the daemon's steady state, reached quickly
     mnt = Path(sys.argv[1])
     (mnt / "ballast").write_bytes(bytes(128 * 1024))
@@ -409,18 +434,26 @@ TMPFS_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
-                    reason="needs root and unshare to mount a private tmpfs (CI runs as root)")
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0,
+    reason="needs root and unshare to mount a private tmpfs (CI runs as root)",
+)
 def test_disk_full_on_a_real_tiny_filesystem(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     script = tmp_path / "child.py"
     script.write_text(TMPFS_CHILD)
     # A private mount namespace: the tmpfs vanishes with the child, the host never sees it.
-    cmd = (f"mount -t tmpfs -o size=512k tmpfs {mnt} && "
-           f"exec {sys.executable} {script} {mnt}")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True,
-                          env=child_env(), cwd=REPO, timeout=60, check=False)
+    cmd = f"mount -t tmpfs -o size=512k tmpfs {mnt} && exec {sys.executable} {script} {mnt}"
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", cmd],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, f"the child (or mounting its tmpfs) failed: {proc.stderr}"
     result = json.loads(proc.stdout)
     assert result["seq"] > 0
@@ -445,7 +478,7 @@ def test_malformed_database_is_kept(db: Path) -> None:
         o.append(entries(1, 2000), "h2000")
     data = bytearray(db.read_bytes())
     page = 4096
-    data[page * 3: page * 6] = os.urandom(page * 3)  # wreck some b-tree pages
+    data[page * 3 : page * 6] = os.urandom(page * 3)  # wreck some b-tree pages
     db.write_bytes(bytes(data))
     with pytest.raises(OutboxCorruptError, match="damaged"):
         Outbox.open(db)  # counting the rows at open walks the whole table
@@ -472,6 +505,7 @@ def test_newer_schema_is_refused(db: Path) -> None:
 
 
 # ---- read_status --------------------------------------------------------------------------------
+
 
 def test_read_status_without_an_outbox(tmp_path: Path) -> None:
     with pytest.raises(OutboxNotFoundError, match=r"no outbox yet at .*has not run"):

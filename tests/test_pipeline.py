@@ -16,16 +16,21 @@ from typing import Any
 import pytest
 
 from gateway.app import SerialOpener
-from gateway.config import DeviceConfig
 from gateway.drivers import contec_cms50d
-from gateway.outbox import Outbox
-from gateway.pipeline import DeviceSession, Journal
+from gateway.hub.config import DeviceConfig
+from gateway.hub.journal import Journal
+from gateway.hub.outbox import Outbox
+from gateway.hub.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
 from gateway.sdk import DriverInfo, FeedResult, Observation, Reading, SerialSession
-from gateway.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
+from gateway.sessions.serial import DeviceSession
 from gateway.sim.cms50d import encode_frame
 
-DEVICE = {"id": "oximeter", "driver": "contec.cms50d", "driver_version": "1.0.0",
-          "address": "/dev/ttyUSB0"}
+DEVICE = {
+    "id": "oximeter",
+    "driver": "contec.cms50d",
+    "driver_version": "1.0.0",
+    "address": "/dev/ttyUSB0",
+}
 
 
 @pytest.fixture
@@ -96,7 +101,10 @@ def test_a_clock_change_is_a_signed_event(outbox: Outbox) -> None:
     changes = [p for p in entries if p.get("event") == "clock-changed"]
     assert [c["detail"] for c in changes] == [{"from": "unsynced", "to": "synced"}]
     assert [p["time"]["hub_clock"] for p in entries if p["kind"] == "reading"] == [
-        "unsynced", "unsynced", "synced"]
+        "unsynced",
+        "unsynced",
+        "synced",
+    ]
 
 
 def test_the_cap_drops_oldest_readings_with_gap_events_and_keeps_events(outbox: Outbox) -> None:
@@ -113,17 +121,24 @@ def test_the_cap_drops_oldest_readings_with_gap_events_and_keeps_events(outbox: 
     gaps = [p for p in kept if p.get("event") == "gap"]
     assert gaps, "drops must be announced"
     assert kept[0]["event"] == "hub-started"  # events are never dropped
-    announced = {s for g in gaps for s in range(g["detail"]["first_seq"],
-                                                g["detail"]["last_seq"] + 1)}
+    announced = {
+        s for g in gaps for s in range(g["detail"]["first_seq"], g["detail"]["last_seq"] + 1)
+    }
     present = {p["seq"] for p in kept}
     assert set(range(1, outbox.head()[0] + 1)) <= announced | present
 
 
-def run_session(tmp_path: Path, driver: Any, chunks: list[bytes], seconds: float,
-                interval: float = 0.25) -> tuple[DeviceSession, Journal, Outbox]:
+def run_session(
+    tmp_path: Path, driver: Any, chunks: list[bytes], seconds: float, interval: float = 0.25
+) -> tuple[DeviceSession, Journal, Outbox]:
     master, slave = os.openpty()
-    device = DeviceConfig(id="dev", driver=driver.info.id, patient="pt-1",
-                          port=os.ttyname(slave), summary_interval=interval)
+    device = DeviceConfig(
+        id="dev",
+        driver=driver.info.id,
+        patient="pt-1",
+        port=os.ttyname(slave),
+        summary_interval=interval,
+    )
     outbox = Outbox.open(tmp_path / "outbox.sqlite")
     journal, _ = journal_for(outbox)
     session = DeviceSession(device, driver, driver.info.serial, SerialOpener(), journal)
@@ -215,8 +230,9 @@ def test_non_finite_status_values_are_rejected_too(outbox: Outbox, status: dict[
 def test_a_cursor_is_stored_only_with_its_reading(outbox: Outbox) -> None:
     journal, _ = journal_for(outbox)
     for sequence in (7, 8, 9):
-        journal.submit(DEVICE, "oximeter", "pt-1", reading(95), time.time(),
-                       cursor=("racp:oximeter", sequence))
+        journal.submit(
+            DEVICE, "oximeter", "pt-1", reading(95), time.time(), cursor=("racp:oximeter", sequence)
+        )
     assert outbox.get_meta("racp:oximeter") is None  # queued, not stored: nothing moved yet
     assert journal.commit_once()
     assert outbox.get_meta("racp:oximeter") == 9
@@ -235,8 +251,13 @@ def test_the_outbox_refuses_a_cursor_named_like_its_own_meta(outbox: Outbox) -> 
 class _QuietUntilStarted:
     """A serial driver for a device that streams only after it is sent "GO\\n"."""
 
-    info = DriverInfo("acme.quiet", "0.1", "streams after a start command", "serial",
-                      serial_session=SerialSession(on_open=(b"GO\n",)))
+    info = DriverInfo(
+        "acme.quiet",
+        "0.1",
+        "streams after a start command",
+        "serial",
+        serial_session=SerialSession(on_open=(b"GO\n",)),
+    )
 
     def decoder(self, options: Mapping[str, object]) -> _BrokenDecoder:
         return _BrokenDecoder()
@@ -246,8 +267,7 @@ def test_a_serial_start_command_is_sent_each_time_the_port_opens(tmp_path: Path)
     master, slave = os.openpty()
     tty.setraw(master)
     driver = _QuietUntilStarted()
-    device = DeviceConfig(id="dev", driver=driver.info.id, patient="pt-1",
-                          port=os.ttyname(slave))
+    device = DeviceConfig(id="dev", driver=driver.info.id, patient="pt-1", port=os.ttyname(slave))
     outbox = Outbox.open(tmp_path / "outbox.sqlite")
     journal, _ = journal_for(outbox)
     session = DeviceSession(device, driver, driver.info.serial, SerialOpener(), journal)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.drivers import BUILTIN_DRIVERS
-from gateway.registry import (
+from gateway.hub.registry import (
     AmbiguousMatchError,
     DriverTransportError,
     InvalidDriverError,
@@ -48,8 +48,16 @@ class FakeDriver:
 
 
 def driver(driver_id: str, *match: UsbMatch, sdk: tuple[int, int] = (1, 0)) -> FakeDriver:
-    return FakeDriver(DriverInfo(id=driver_id, version="0.1", description="test",
-                                 transport="serial", match=match, sdk_version=sdk))
+    return FakeDriver(
+        DriverInfo(
+            id=driver_id,
+            version="0.1",
+            description="test",
+            transport="serial",
+            match=match,
+            sdk_version=sdk,
+        )
+    )
 
 
 @dataclasses.dataclass
@@ -96,11 +104,13 @@ def test_plugin_is_added_with_its_distribution() -> None:
 
 
 def test_broken_plugin_is_skipped_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="gateway.registry")
-    registry = Registry(entry_points=[
-        FakeEntryPoint("broken", _broken),
-        plugin("good", driver("acme.good")),
-    ])
+    caplog.set_level(logging.ERROR, logger="gateway.hub.registry")
+    registry = Registry(
+        entry_points=[
+            FakeEntryPoint("broken", _broken),
+            plugin("good", driver("acme.good")),
+        ]
+    )
     assert "acme.good" in registry  # the broken one does not stop the others
     [record] = caplog.records
     assert "broken" in record.getMessage()
@@ -109,21 +119,25 @@ def test_broken_plugin_is_skipped_with_a_log_line(caplog: pytest.LogCaptureFixtu
     assert [p.name for p in registry.problems] == ["broken"]
 
 
-@pytest.mark.parametrize(("obj", "reason"), [
-    (driver("acme.new", sdk=(2, 0)), "needs driver SDK 2.0"),
-    (driver("acme.newer", sdk=(1, 99)), "needs driver SDK 1.99"),
-    (driver("acme.old", sdk=(0, 9)), "needs driver SDK 0.9"),
-    (driver("Acme.Meter"), "not dotted lower-case"),
-    (driver("acme"), "not dotted lower-case"),
-    (object(), "not a driver"),
-    (FakeDriver(info="acme.meter"), "not a gateway.sdk.DriverInfo"),  # type: ignore[arg-type]
-    (driver(123), "not dotted lower-case"),  # type: ignore[arg-type]
-    (driver("acme.odd", sdk="1.0"), "not a (major, minor) pair"),  # type: ignore[arg-type]
-    (driver("acme.rule", "usb 0403:6001"), "is not a gateway.sdk UsbMatch"),  # type: ignore[arg-type]
-])
-def test_invalid_plugin_is_refused(obj: object, reason: str,
-                                   caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="gateway.registry")
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        (driver("acme.new", sdk=(2, 0)), "needs driver SDK 2.0"),
+        (driver("acme.newer", sdk=(1, 99)), "needs driver SDK 1.99"),
+        (driver("acme.old", sdk=(0, 9)), "needs driver SDK 0.9"),
+        (driver("Acme.Meter"), "not dotted lower-case"),
+        (driver("acme"), "not dotted lower-case"),
+        (object(), "not a driver"),
+        (FakeDriver(info="acme.meter"), "not a gateway.sdk.DriverInfo"),  # type: ignore[arg-type]
+        (driver(123), "not dotted lower-case"),  # type: ignore[arg-type]
+        (driver("acme.odd", sdk="1.0"), "not a (major, minor) pair"),  # type: ignore[arg-type]
+        (driver("acme.rule", "usb 0403:6001"), "is not a gateway.sdk UsbMatch"),  # type: ignore[arg-type]
+    ],
+)
+def test_invalid_plugin_is_refused(
+    obj: object, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="gateway.hub.registry")
     registry = Registry(builtins=(), entry_points=[plugin("bad", obj)])
     assert len(registry) == 0
     assert reason in caplog.text
@@ -142,17 +156,18 @@ class _Hostile:
 
 
 def test_plugin_whose_declaration_raises_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="gateway.registry")
+    caplog.set_level(logging.ERROR, logger="gateway.hub.registry")
     registry = Registry(entry_points=[plugin("hostile", _Hostile())])
     assert "vendor bug" in caplog.text
     assert len(registry) == len(BUILTIN_DRIVERS)  # the built-ins, and nothing of the plugin
 
 
 def test_duplicate_id_keeps_the_first(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="gateway.registry")
+    caplog.set_level(logging.ERROR, logger="gateway.hub.registry")
     first, second = driver("acme.meter"), driver("acme.meter")
-    registry = Registry(builtins=(), entry_points=[plugin("a", first, "pkg-a"),
-                                                    plugin("b", second, "pkg-b")])
+    registry = Registry(
+        builtins=(), entry_points=[plugin("a", first, "pkg-a"), plugin("b", second, "pkg-b")]
+    )
     assert registry.get("acme.meter") is first
     assert "pkg-b" in caplog.text
     assert "pkg-a" in caplog.text
@@ -181,12 +196,14 @@ def test_usb_match() -> None:
     assert registry.match_usb(0x0403, 0x6001) is None
 
 
-def test_a_second_identical_usb_claim_is_refused_at_load_so_matching_stays_unambiguous(
-        ) -> None:
-    registry = Registry(builtins=(), entry_points=[
-        plugin("a", driver("acme.a", UsbMatch(0x0403, 0x6001))),
-        plugin("b", driver("acme.b", UsbMatch(0x0403, 0x6001))),
-    ])
+def test_a_second_identical_usb_claim_is_refused_at_load_so_matching_stays_unambiguous() -> None:
+    registry = Registry(
+        builtins=(),
+        entry_points=[
+            plugin("a", driver("acme.a", UsbMatch(0x0403, 0x6001))),
+            plugin("b", driver("acme.b", UsbMatch(0x0403, 0x6001))),
+        ],
+    )
     found = registry.match_usb(0x0403, 0x6001)
     assert found is not None and found.info.id == "acme.a"
     assert [p.name for p in registry.problems] == ["acme.b"]
@@ -194,9 +211,11 @@ def test_a_second_identical_usb_claim_is_refused_at_load_so_matching_stays_unamb
 
 
 def test_product_string_rule_beats_a_bare_vid_pid() -> None:
-    registry = Registry(entry_points=[
-        plugin("foo", driver("acme.foo", UsbMatch(0x10C4, 0xEA60, product="FooMeter"))),
-    ])
+    registry = Registry(
+        entry_points=[
+            plugin("foo", driver("acme.foo", UsbMatch(0x10C4, 0xEA60, product="FooMeter"))),
+        ]
+    )
     found = registry.match_usb(0x10C4, 0xEA60, product="FooMeter")
     assert found is not None
     assert found.info.id == "acme.foo"
@@ -209,11 +228,19 @@ def test_describe() -> None:
     registry = Registry(entry_points=[plugin("p", driver("acme.x"), dist="acme-x")])
     rows = {row.id: row.as_dict() for row in registry.describe()}
     assert rows["contec.cms50d"] == {
-        "id": "contec.cms50d", "version": "1.0.0",
-        "description": rows["contec.cms50d"]["description"], "transport": "serial",
-        "match": ["usb 10c4:ea60"], "serial": "19200 8O1",
-        "produces": ["spo2", "pulse_rate"], "continuous": True, "source": "builtin",
-        "characteristics": [], "category": "respiratory", "sdk_version": "1.2", "session": [],
+        "id": "contec.cms50d",
+        "version": "1.0.0",
+        "description": rows["contec.cms50d"]["description"],
+        "transport": "serial",
+        "match": ["usb 10c4:ea60"],
+        "serial": "19200 8O1",
+        "produces": ["spo2", "pulse_rate"],
+        "continuous": True,
+        "source": "builtin",
+        "characteristics": [],
+        "category": "respiratory",
+        "sdk_version": "1.2",
+        "session": [],
     }
     assert rows["acme.x"]["source"] == "acme-x"
     assert list(rows) == sorted(rows)
@@ -248,23 +275,31 @@ class _GattDriver:
 HR = uuid16(0x2A37)
 
 
-def gatt_info(driver_id: str = "acme.hr", match: tuple[object, ...] = (),
-              characteristics: tuple[Characteristic, ...] = (
-                  Characteristic(HR, "hr", "notify"),)) -> DriverInfo:
-    return DriverInfo(driver_id, "1.0", "a BLE test driver", "ble",
-                      match=match,  # type: ignore[arg-type]
-                      service=uuid16(0x180D), characteristics=characteristics)
+def gatt_info(
+    driver_id: str = "acme.hr",
+    match: tuple[object, ...] = (),
+    characteristics: tuple[Characteristic, ...] = (Characteristic(HR, "hr", "notify"),),
+) -> DriverInfo:
+    return DriverInfo(
+        driver_id,
+        "1.0",
+        "a BLE test driver",
+        "ble",
+        match=match,  # type: ignore[arg-type]
+        service=uuid16(0x180D),
+        characteristics=characteristics,
+    )
 
 
 def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
     # The built-in gatt.hrs claims the bare service already: a vendor narrows it by name.
-    gatt = _GattDriver(gatt_info(match=(BleMatch(service_uuid=uuid16(0x180D),
-                                                 local_name="Acme"),)))
+    gatt = _GattDriver(gatt_info(match=(BleMatch(service_uuid=uuid16(0x180D), local_name="Acme"),)))
     registry = Registry(entry_points=[plugin("hr", gatt)])
     assert registry.get("acme.hr") is gatt
     result = registry.decode("acme.hr", b"\x48", {}, char="2A37")
     assert [r.wire()["observations"] for r in result.readings] == [
-        [{"type": "heart_rate", "value": 72, "unit": "/min", "mdc": 147842, "loinc": "8867-4"}]]
+        [{"type": "heart_rate", "value": 72, "unit": "/min", "mdc": 147842, "loinc": "8867-4"}]
+    ]
     with pytest.raises(InvalidDriverError, match="--char"):
         registry.decode("acme.hr", b"\x48", {})
     with pytest.raises(InvalidDriverError, match="does not use characteristic"):
@@ -278,10 +313,13 @@ def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
     assert row.characteristics == (f"{HR} hr (notify)",)
 
 
-@pytest.mark.parametrize(("info", "words"), [
-    (gatt_info(match=(UsbMatch(0x0403, 0x6001),)), "BleMatch for a ble driver"),
-    (gatt_info(characteristics=()), "must declare its characteristics"),
-])
+@pytest.mark.parametrize(
+    ("info", "words"),
+    [
+        (gatt_info(match=(UsbMatch(0x0403, 0x6001),)), "BleMatch for a ble driver"),
+        (gatt_info(characteristics=()), "must declare its characteristics"),
+    ],
+)
 def test_invalid_gatt_drivers_are_refused(info: DriverInfo, words: str) -> None:
     with pytest.raises(InvalidDriverError, match=words):
         validate_driver(_GattDriver(info))
@@ -308,26 +346,32 @@ def test_ble_advertisements_match_the_most_specific_rule() -> None:
     with pytest.raises(AmbiguousMatchError, match=r"gatt\.hrs, gatt\.rscs"):
         builtin.match_ble(service_uuids=[hr, uuid16(0x1814)])  # a watch: HR and running
 
-    vendor = _ble_driver("acme.strap", BleMatch(service_uuid=hr, manufacturer_id=0x0059,
-                                                data_prefix=b"\x01"))
+    vendor = _ble_driver(
+        "acme.strap", BleMatch(service_uuid=hr, manufacturer_id=0x0059, data_prefix=b"\x01")
+    )
     named = _ble_driver("acme.named", BleMatch(local_name=r"Polar H\d"))
     registry = Registry(entry_points=[plugin("strap", vendor), plugin("named", named)])
     assert registry.match_ble(service_uuids=[hr], manufacturer_data={0x0059: b"\x01\x02"}) is vendor
     assert registry.match_ble(service_uuids=[hr], manufacturer_data={0x0059: b"\x02"}) is (
-        registry.get("gatt.hrs"))
+        registry.get("gatt.hrs")
+    )
     assert registry.match_ble(local_name="Polar H10") is named
     assert registry.match_ble(local_name="Garmin") is None
     assert registry.match_ble() is None
 
 
 def test_a_plugin_claiming_another_drivers_exact_rule_is_skipped(
-        caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="gateway.registry")
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="gateway.hub.registry")
     ftdi = UsbMatch(0x0403, 0x6015)
-    registry = Registry(entry_points=[
-        plugin("a", driver("acme.meter", ftdi), "pkg-a"),
-        plugin("b", driver("other.meter", ftdi), "pkg-b"),
-        plugin("c", driver("other.flowmeter", UsbMatch(0x0403, 0x6015, "Flow")), "pkg-c")])
+    registry = Registry(
+        entry_points=[
+            plugin("a", driver("acme.meter", ftdi), "pkg-a"),
+            plugin("b", driver("other.meter", ftdi), "pkg-b"),
+            plugin("c", driver("other.flowmeter", UsbMatch(0x0403, 0x6015, "Flow")), "pkg-c"),
+        ]
+    )
     assert "acme.meter" in registry
     assert "other.meter" not in registry  # the same claim: a second one would be a coin toss
     assert "other.flowmeter" in registry  # a more specific claim is fine

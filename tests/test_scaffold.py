@@ -1,4 +1,4 @@
-"""`rtm-gateway driver new` (gateway.scaffold): the packages it makes work as they are made.
+"""`rtm-gateway driver new` (gateway.kit.scaffold): the packages it makes work as they are made.
 
 The packages are generated once per module into a temporary directory and checked with real
 parts: the driver and simulator load through entry points read from the package's own
@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from gateway.conformance import check_driver
-from gateway.registry import AnyDriver, Registry, ble_claims, characteristic_uuid
-from gateway.scaffold import MAX_NAME, ScaffoldError, new_driver_package
+from gateway.hub.registry import AnyDriver, Registry, ble_claims, characteristic_uuid
+from gateway.kit.conformance import check_driver
+from gateway.kit.scaffold import MAX_NAME, ScaffoldError, new_driver_package
 from gateway.sdk import DecodeError, Driver, FeedResult, parse_hex
 from gateway.sim.ble_base import SimulatedBleDevice
 
@@ -63,8 +63,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Generated]:
     dest = tmp_path_factory.mktemp("drivers")
     return {
         "ble": Generated(BLE_NAME, new_driver_package(BLE_NAME, dest)),
-        "serial": Generated(SERIAL_NAME,
-                            new_driver_package(SERIAL_NAME, dest, transport="serial")),
+        "serial": Generated(SERIAL_NAME, new_driver_package(SERIAL_NAME, dest, transport="serial")),
         "long": Generated(LONG_NAME, new_driver_package(LONG_NAME, dest)),
     }
 
@@ -79,8 +78,9 @@ def on_path(package: Generated) -> Iterator[None]:
         yield
     finally:
         sys.path.remove(root)
-        for module in [m for m in sys.modules
-                       if m == package.pkg or m.startswith(package.pkg + ".")]:
+        for module in [
+            m for m in sys.modules if m == package.pkg or m.startswith(package.pkg + ".")
+        ]:
             del sys.modules[module]
 
 
@@ -109,19 +109,37 @@ def _outcomes(driver: AnyDriver, case: dict[str, Any]) -> list[tuple[list[object
     options = case.get("options", {})
     if isinstance(driver, Driver):
         data = parse_hex(case["hex"])
-        return [_collect(map(driver.decoder(options).feed, chunks))
-                for chunks in ([data], [data[i:i + 1] for i in range(len(data))])]
+        return [
+            _collect(map(driver.decoder(options).feed, chunks))
+            for chunks in ([data], [data[i : i + 1] for i in range(len(data))])
+        ]
     decoder = driver.gatt_decoder(options)
-    return [_collect(decoder.value(characteristic_uuid(value["char"]), parse_hex(value["hex"]))
-                     for value in case["values"])]
+    return [
+        _collect(
+            decoder.value(characteristic_uuid(value["char"]), parse_hex(value["hex"]))
+            for value in case["values"]
+        )
+    ]
 
 
 # --- refusals ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [
-    "", "spirometer", "Acme.Spirometer", "acme.", ".spirometer", "acme..spirometer",
-    "acme/x.spirometer", "acme.spiro meter", "acme.spirömeter", LONG_NAME + "x",
-])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "spirometer",
+        "Acme.Spirometer",
+        "acme.",
+        ".spirometer",
+        "acme..spirometer",
+        "acme/x.spirometer",
+        "acme.spiro meter",
+        "acme.spirömeter",
+        LONG_NAME + "x",
+    ],
+)
 def test_a_bad_name_is_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ScaffoldError, match="driver name"):
         new_driver_package(name, tmp_path)
@@ -159,9 +177,13 @@ def test_an_empty_directory_is_filled(tmp_path: Path) -> None:
 
 # --- the tree ---------------------------------------------------------------------------------
 
+
 def _tree(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def test_the_ble_package_tree(made: dict[str, Generated]) -> None:
@@ -169,9 +191,15 @@ def test_the_ble_package_tree(made: dict[str, Generated]) -> None:
     pkg, fixtures = package.pkg, f"{package.pkg}/fixtures/{BLE_NAME}"
     assert package.root.name == "rtm-driver-scaffoldtest-ble-goniometer"
     assert _tree(package.root) == {
-        "pyproject.toml", "README.md", "tests/test_driver.py",
-        f"{pkg}/__init__.py", f"{pkg}/py.typed", f"{pkg}/driver.py", f"{pkg}/simulator.py",
-        f"{fixtures}/measurements.json", f"{fixtures}/not-a-number.json",
+        "pyproject.toml",
+        "README.md",
+        "tests/test_driver.py",
+        f"{pkg}/__init__.py",
+        f"{pkg}/py.typed",
+        f"{pkg}/driver.py",
+        f"{pkg}/simulator.py",
+        f"{fixtures}/measurements.json",
+        f"{fixtures}/not-a-number.json",
         f"{fixtures}/malformed.json",
     }
     project = tomllib.loads((package.root / "pyproject.toml").read_text(encoding="utf-8"))
@@ -183,10 +211,14 @@ def test_the_ble_package_tree(made: dict[str, Generated]) -> None:
         "rtm_gateway.simulators": {BLE_NAME: f"{pkg}.simulator:SimulatedScaffoldtestBleGoniometer"},
     }
     assert project["tool"]["setuptools"]["package-data"] == {
-        pkg: ["py.typed", "fixtures/**/*.json"]}
+        pkg: ["py.typed", "fixtures/**/*.json"]
+    }
     readme = (package.root / "README.md").read_text(encoding="utf-8")
-    for command in (f"rtm-gateway driver check {BLE_NAME}",
-                    f"rtm-gateway simulate {BLE_NAME} --ble", "python -m build"):
+    for command in (
+        f"rtm-gateway driver check {BLE_NAME}",
+        f"rtm-gateway simulate {BLE_NAME} --ble",
+        "python -m build",
+    ):
         assert command in readme
 
 
@@ -194,14 +226,20 @@ def test_the_serial_package_tree(made: dict[str, Generated]) -> None:
     package = made["serial"]
     pkg, fixtures = package.pkg, f"{package.pkg}/fixtures/{SERIAL_NAME}"
     assert _tree(package.root) == {
-        "pyproject.toml", "README.md", "tests/test_driver.py",
-        f"{pkg}/__init__.py", f"{pkg}/py.typed", f"{pkg}/driver.py",
-        f"{fixtures}/measurements.json", f"{fixtures}/garbage-line.json",
+        "pyproject.toml",
+        "README.md",
+        "tests/test_driver.py",
+        f"{pkg}/__init__.py",
+        f"{pkg}/py.typed",
+        f"{pkg}/driver.py",
+        f"{fixtures}/measurements.json",
+        f"{fixtures}/garbage-line.json",
         f"{fixtures}/malformed.json",
     }
     project = tomllib.loads((package.root / "pyproject.toml").read_text(encoding="utf-8"))
     assert project["project"]["entry-points"] == {
-        "rtm_gateway.drivers": {SERIAL_NAME: f"{pkg}.driver:DRIVER"}}
+        "rtm_gateway.drivers": {SERIAL_NAME: f"{pkg}.driver:DRIVER"}
+    }
     readme = (package.root / "README.md").read_text(encoding="utf-8")
     assert f"rtm-gateway driver check {SERIAL_NAME}" in readme
     assert "simulate" not in readme
@@ -209,12 +247,15 @@ def test_the_serial_package_tree(made: dict[str, Generated]) -> None:
 
 # --- the driver, the simulator and the package's own tests -----------------------------------
 
+
 @pytest.mark.parametrize("kind", ["ble", "serial"])
 def test_the_driver_passes_its_fixtures(made: dict[str, Generated], kind: str) -> None:
     package = made[kind]
     folder = package.root / package.pkg / "fixtures" / package.name
-    cases = {path.stem: json.loads(path.read_text(encoding="utf-8"))
-             for path in sorted(folder.glob("*.json"))}
+    cases = {
+        path.stem: json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(folder.glob("*.json"))
+    }
     with on_path(package):
         driver = _registry(package).get(package.name)
         info = driver.info
@@ -229,11 +270,13 @@ def test_the_driver_passes_its_fixtures(made: dict[str, Generated], kind: str) -
     assert set(cases) == {"measurements", special, "malformed"}
     assert (len(cases["measurements"]["readings"]), cases["measurements"]["errors"]) == (2, 0)
     assert (len(cases["malformed"]["readings"]), cases["malformed"]["errors"]) == (0, 3)
-    observations = [o for case in cases.values() for r in case["readings"]
-                    for o in r["observations"]]
+    observations = [
+        o for case in cases.values() for r in case["readings"] for o in r["observations"]
+    ]
     if kind == "ble":
         assert cases[special]["readings"][0]["observations"] == [
-            {"type": "range_of_motion", "value": None, "unit": "deg", "absent": "not-a-number"}]
+            {"type": "range_of_motion", "value": None, "unit": "deg", "absent": "not-a-number"}
+        ]
     else:
         assert (len(cases[special]["readings"]), cases[special]["errors"]) == (2, 1)
     assert {(o["type"], o["unit"]) for o in observations} == {("range_of_motion", "deg")}
@@ -250,8 +293,9 @@ def test_the_simulator_sends_what_the_driver_decodes(made: dict[str, Generated])
         assert entry_point.name == simulator.driver_id == package.name
         device = simulator(seed=7)  # every constructor argument is keyword-only with a default
         peripheral = device.peripheral
-        assert ble_claims(driver, service_uuids=peripheral.service_uuids,
-                          local_name=peripheral.name)
+        assert ble_claims(
+            driver, service_uuids=peripheral.service_uuids, local_name=peripheral.name
+        )
 
         sent: list[tuple[str, bytes]] = []
 
@@ -278,13 +322,24 @@ def test_the_simulator_sends_what_the_driver_decodes(made: dict[str, Generated])
 def test_the_package_tests_pass_under_pytest(made: dict[str, Generated], kind: str) -> None:
     package = made[kind]
     # Plain pytest, as a vendor has it: none of the plugins installed here for the hub's tests.
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, (str(package.root),
-                                                       os.environ.get("PYTHONPATH"))))}
+    env = {
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, (str(package.root), os.environ.get("PYTHONPATH")))
+        ),
+    }
     test_file = package.root / "tests" / "test_driver.py"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
-        cwd=package.root, env=env, capture_output=True, text=True, timeout=60, check=False)
+        cwd=package.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert " passed" in proc.stdout
     assert "failed" not in proc.stdout and "skipped" not in proc.stdout
@@ -294,8 +349,9 @@ def test_the_package_tests_pass_under_pytest(made: dict[str, Generated], kind: s
 def test_the_driver_passes_the_conformance_kit(made: dict[str, Generated], kind: str) -> None:
     package = made[kind]
     with on_path(package):
-        report = check_driver(f"{package.pkg}.driver", registry=Registry(entry_points=()),
-                              fuzz_inputs=500)
+        report = check_driver(
+            f"{package.pkg}.driver", registry=Registry(entry_points=()), fuzz_inputs=500
+        )
     assert report.driver_id == package.name
     assert report.ok, report.render()
 
@@ -312,5 +368,10 @@ def test_the_generated_code_passes_ruff(made: dict[str, Generated]) -> None:
     dest = made["ble"].root.parent
     proc = subprocess.run(
         [*_ruff(), "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(dest)],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

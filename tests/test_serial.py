@@ -10,22 +10,29 @@ from pathlib import Path
 import pytest
 
 from gateway.app import SerialOpener
-from gateway.config import DeviceConfig, UsbSelector
-from gateway.pipeline import DeviceUnavailable
+from gateway.hub.config import DeviceConfig, UsbSelector
 from gateway.sdk import SerialSettings
+from gateway.sessions.core import DeviceUnavailable
 from gateway.transport.serial import PortInfo, find_usb_port
 
 CMS50D = SerialSettings(19200, 8, "O", 1)
 
 
 def usb_device(serial_number: str | None) -> DeviceConfig:
-    return DeviceConfig(id="oximeter", driver="contec.cms50d", patient="pt-0001",
-                        usb=UsbSelector(0x10C4, 0xEA60, serial_number))
+    return DeviceConfig(
+        id="oximeter",
+        driver="contec.cms50d",
+        patient="pt-0001",
+        usb=UsbSelector(0x10C4, 0xEA60, serial_number),
+    )
 
 
 def test_find_usb_port_by_vid_pid_and_serial() -> None:
-    ports = [PortInfo("/dev/ttyUSB1", 0x10C4, 0xEA60, "B"), PortInfo("/dev/ttyS0", None, None),
-             PortInfo("/dev/ttyUSB0", 0x10C4, 0xEA60, "A")]
+    ports = [
+        PortInfo("/dev/ttyUSB1", 0x10C4, 0xEA60, "B"),
+        PortInfo("/dev/ttyS0", None, None),
+        PortInfo("/dev/ttyUSB0", 0x10C4, 0xEA60, "A"),
+    ]
     assert find_usb_port(lambda: ports, 0x10C4, 0xEA60, None) == "/dev/ttyUSB0"
     assert find_usb_port(lambda: ports, 0x10C4, 0xEA60, "B") == "/dev/ttyUSB1"
     assert find_usb_port(lambda: ports, 0x10C4, 0xEA60, "C") is None
@@ -79,7 +86,8 @@ def test_unplugging_ends_the_read_with_device_unavailable(tmp_path: Path) -> Non
 
 
 def test_a_port_that_does_not_exist_is_unavailable(tmp_path: Path) -> None:
-    device = DeviceConfig(id="x", driver="contec.cms50d", patient="pt-0001",
-                          port=str(tmp_path / "ttyNothing"))
+    device = DeviceConfig(
+        id="x", driver="contec.cms50d", patient="pt-0001", port=str(tmp_path / "ttyNothing")
+    )
     with pytest.raises(DeviceUnavailable, match="cannot open"):
         asyncio.run(SerialOpener()(device, CMS50D))

@@ -24,8 +24,7 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 from jsonschema import Draft202012Validator
 
-from gateway.sdk import Observation
-from gateway.signing import (
+from gateway.hub.signing import (
     ChainHead,
     HubIdentity,
     IdentityError,
@@ -39,6 +38,7 @@ from gateway.signing import (
     parse_jws,
     verify_entry,
 )
+from gateway.sdk import Observation
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "docs" / "schema" / "payload.schema.json"
@@ -49,13 +49,24 @@ def reading_body(**changes: Any) -> dict[str, object]:
     body: dict[str, object] = {
         "kind": "reading",
         "patient": "p-7f3a9c",
-        "device": {"id": "oxi-1", "driver": "contec.cms50d", "driver_version": "1.0.0",
-                   "model": "CMS50D+", "port": "/dev/ttyUSB0"},
-        "time": {"hub": "2025-03-01T10:15:30.123Z", "hub_clock": "synced",
-                 "device": "2025-03-01T11:15:29.000", "device_clock": "set"},
-        "observations": [Observation.known("spo2", 97).wire(),
-                         Observation.known("pulse_rate", 72).wire(),
-                         Observation.known("perfusion_index", None, "not-a-number").wire()],
+        "device": {
+            "id": "oxi-1",
+            "driver": "contec.cms50d",
+            "driver_version": "1.0.0",
+            "model": "CMS50D+",
+            "port": "/dev/ttyUSB0",
+        },
+        "time": {
+            "hub": "2025-03-01T10:15:30.123Z",
+            "hub_clock": "synced",
+            "device": "2025-03-01T11:15:29.000",
+            "device_clock": "set",
+        },
+        "observations": [
+            Observation.known("spo2", 97).wire(),
+            Observation.known("pulse_rate", 72).wire(),
+            Observation.known("perfusion_index", None, "not-a-number").wire(),
+        ],
         "status": {"finger_out": False, "signal_strength": 4},
         "raw": base64.b64encode(b"\x81\x04\x48\x61").decode("ascii"),
     }
@@ -63,11 +74,15 @@ def reading_body(**changes: Any) -> dict[str, object]:
     return body
 
 
-def event_body(event: str = "hub-started", detail: dict[str, object] | None = None
-               ) -> dict[str, object]:
-    return {"kind": "event", "event": event,
-            "time": {"hub": "2025-03-01T10:15:31Z", "hub_clock": "unsynced"},
-            "detail": detail if detail is not None else {"version": "0.1.0"}}
+def event_body(
+    event: str = "hub-started", detail: dict[str, object] | None = None
+) -> dict[str, object]:
+    return {
+        "kind": "event",
+        "event": event,
+        "time": {"hub": "2025-03-01T10:15:31Z", "hub_clock": "unsynced"},
+        "detail": detail if detail is not None else {"version": "0.1.0"},
+    }
 
 
 @pytest.fixture
@@ -88,6 +103,7 @@ def validator() -> Draft202012Validator:
 
 
 # --- identity -----------------------------------------------------------------------------------
+
 
 def test_key_file_is_created_0600_and_reloaded(tmp_path: Path) -> None:
     state = tmp_path / "state"
@@ -125,8 +141,10 @@ def test_world_readable_key_is_refused(tmp_path: Path) -> None:
     assert "-rw-r--r--" in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a key\n", b"-----BEGIN PRIVATE KEY-----\n"
-                                     b"AAAA\n-----END PRIVATE KEY-----\n"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a key\n", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"],
+)
 def test_corrupt_key_is_refused_not_replaced(tmp_path: Path, content: bytes) -> None:
     key_file = tmp_path / "identity.key"
     key_file.write_bytes(content)
@@ -138,8 +156,14 @@ def test_corrupt_key_is_refused_not_replaced(tmp_path: Path, content: bytes) -> 
 
 def test_kid_is_the_rfc7638_thumbprint(identity: HubIdentity, joserfc_key: OKPKey) -> None:
     jwk = identity.public_jwk()
-    assert jwk == {"kty": "OKP", "crv": "Ed25519", "x": identity.public.x, "kid": identity.kid,
-                   "alg": "Ed25519", "use": "sig"}
+    assert jwk == {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": identity.public.x,
+        "kid": identity.kid,
+        "alg": "Ed25519",
+        "use": "sig",
+    }
     assert identity.kid == joserfc_key.thumbprint()
     assert not joserfc_key.is_private
 
@@ -159,6 +183,7 @@ def test_load_public_jwk_from_file_and_dict(tmp_path: Path, identity: HubIdentit
 
 # --- signing ------------------------------------------------------------------------------------
 
+
 def test_joserfc_verifies_flattened_jws(identity: HubIdentity, joserfc_key: OKPKey) -> None:
     signer = Signer(identity, "hub-0001")
     entry = signer.sign(reading_body())
@@ -174,8 +199,7 @@ def test_joserfc_verifies_flattened_jws(identity: HubIdentity, joserfc_key: OKPK
 
 def test_chain_links_entries(identity: HubIdentity, joserfc_key: OKPKey) -> None:
     signer = Signer(identity, "hub-0001")
-    entries = [signer.sign(reading_body()), signer.sign(event_body()),
-               signer.sign(reading_body())]
+    entries = [signer.sign(reading_body()), signer.sign(event_body()), signer.sign(reading_body())]
     assert [e.seq for e in entries] == [1, 2, 3]
     assert [e.kind for e in entries] == ["reading", "event", "reading"]
     prev = ""
@@ -218,18 +242,24 @@ def test_signer_refuses_bad_bodies(identity: HubIdentity) -> None:
 
 def test_non_ascii_text_is_kept_as_utf8(identity: HubIdentity, joserfc_key: OKPKey) -> None:
     entry = Signer(identity, "hub-0001").sign(reading_body(patient="p-Ümlaut-π"))
-    payload = jws.deserialize_json(json.loads(entry.jws), joserfc_key,
-                                   algorithms=["Ed25519"]).payload
+    payload = jws.deserialize_json(
+        json.loads(entry.jws), joserfc_key, algorithms=["Ed25519"]
+    ).payload
     assert "p-Ümlaut-π".encode() in payload
 
 
 # --- verifying one entry ------------------------------------------------------------------------
 
+
 def test_eddsa_from_another_library_is_accepted(identity: HubIdentity) -> None:
     private = OKPKey.import_key(identity.private_key)
     with pytest.warns(SecurityWarning, match="deprecated"):  # RFC 9864 deprecates "EdDSA"
-        obj = jws.serialize_json({"protected": {"alg": "EdDSA", "kid": identity.kid}},
-                                 b'{"v":1,"kind":"event"}', private, algorithms=["EdDSA"])
+        obj = jws.serialize_json(
+            {"protected": {"alg": "EdDSA", "kid": identity.kid}},
+            b'{"v":1,"kind":"event"}',
+            private,
+            algorithms=["EdDSA"],
+        )
     assert verify_entry(obj, identity.public) == {"v": 1, "kind": "event"}  # type: ignore[arg-type]
 
 
@@ -264,33 +294,50 @@ def test_tampered_payload_wrong_key_and_wrong_kid_are_rejected(identity: HubIden
 
 # --- the schema ---------------------------------------------------------------------------------
 
+
 def test_schema_shipped_in_the_package_is_the_documented_one() -> None:
     shipped = ROOT / "gateway" / "schema" / "payload.schema.json"
     assert shipped.read_bytes() == SCHEMA_PATH.read_bytes()
 
 
-def _signed_payloads(identity: HubIdentity, bodies: list[dict[str, object]]
-                     ) -> list[dict[str, object]]:
+def _signed_payloads(
+    identity: HubIdentity, bodies: list[dict[str, object]]
+) -> list[dict[str, object]]:
     signer = Signer(identity, "hub-0001")
     return [verify_entry(signer.sign(body).jws, identity.public) for body in bodies]
 
 
-def test_schema_accepts_signed_readings_and_events(identity: HubIdentity,
-                                                   validator: Draft202012Validator) -> None:
-    payloads = _signed_payloads(identity, [
-        event_body(), reading_body(), reading_body(time={
-            "hub": "2025-03-01T10:15:30Z", "hub_clock": "unknown", "device": None,
-            "device_clock": "unknown"}, observations=[], status={}, raw=""),
-        event_body("gap", {"first_seq": 1, "last_seq": 2, "count": 2, "reason": "outbox-cap"}),
-        event_body("device-lost", {"device": "oxi-1"}),
-        {**reading_body(), "future_field": {"x": 1}},  # open for additions within v1
-    ])
+def test_schema_accepts_signed_readings_and_events(
+    identity: HubIdentity, validator: Draft202012Validator
+) -> None:
+    payloads = _signed_payloads(
+        identity,
+        [
+            event_body(),
+            reading_body(),
+            reading_body(
+                time={
+                    "hub": "2025-03-01T10:15:30Z",
+                    "hub_clock": "unknown",
+                    "device": None,
+                    "device_clock": "unknown",
+                },
+                observations=[],
+                status={},
+                raw="",
+            ),
+            event_body("gap", {"first_seq": 1, "last_seq": 2, "count": 2, "reason": "outbox-cap"}),
+            event_body("device-lost", {"device": "oxi-1"}),
+            {**reading_body(), "future_field": {"x": 1}},  # open for additions within v1
+        ],
+    )
     for payload in payloads:
         assert list(validator.iter_errors(payload)) == []
 
 
-def _mutated(payload: dict[str, object], path: tuple[str | int, ...], value: object
-             ) -> dict[str, object]:
+def _mutated(
+    payload: dict[str, object], path: tuple[str | int, ...], value: object
+) -> dict[str, object]:
     copy: Any = json.loads(json.dumps(payload))
     target = copy
     for step in path[:-1]:
@@ -302,44 +349,58 @@ def _mutated(payload: dict[str, object], path: tuple[str | int, ...], value: obj
     return copy  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("observations", 0, "absent"), "not-a-number"),  # a value of 97 with absent set
-    (("observations", 2, "value"), 0),  # value 0 with absent set
-    (("observations", 0, "value"), None),  # null without saying why
-    (("observations", 0, "type"), "SpO2"),
-    (("observations", 0, "loinc"), "59408"),
-    (("patient",), KeyError),
-    (("device", "driver_version"), KeyError),
-    (("time", "device_clock"), KeyError),
-    (("time", "hub"), "2025-03-01T10:15:30+01:00"),  # hub time is UTC
-    (("time", "hub_clock"), "maybe"),
-    (("raw",), "not base64!"),
-    (("status", "finger_out"), [1]),
-    (("v",), 2),
-    (("seq",), 0),
-    (("prev",), "not-a-hash"),
-    (("hub",), "a/b"),
-    (("kind",), "note"),
-])
-def test_schema_rejects_bad_readings(identity: HubIdentity, validator: Draft202012Validator,
-                                     path: tuple[str | int, ...], value: object) -> None:
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("observations", 0, "absent"), "not-a-number"),  # a value of 97 with absent set
+        (("observations", 2, "value"), 0),  # value 0 with absent set
+        (("observations", 0, "value"), None),  # null without saying why
+        (("observations", 0, "type"), "SpO2"),
+        (("observations", 0, "loinc"), "59408"),
+        (("patient",), KeyError),
+        (("device", "driver_version"), KeyError),
+        (("time", "device_clock"), KeyError),
+        (("time", "hub"), "2025-03-01T10:15:30+01:00"),  # hub time is UTC
+        (("time", "hub_clock"), "maybe"),
+        (("raw",), "not base64!"),
+        (("status", "finger_out"), [1]),
+        (("v",), 2),
+        (("seq",), 0),
+        (("prev",), "not-a-hash"),
+        (("hub",), "a/b"),
+        (("kind",), "note"),
+    ],
+)
+def test_schema_rejects_bad_readings(
+    identity: HubIdentity,
+    validator: Draft202012Validator,
+    path: tuple[str | int, ...],
+    value: object,
+) -> None:
     _, second = _signed_payloads(identity, [reading_body(), reading_body()])
     assert list(validator.iter_errors(second)) == []
     assert not validator.is_valid(_mutated(second, path, value))
 
 
-def test_schema_ties_empty_prev_to_seq_1(identity: HubIdentity,
-                                         validator: Draft202012Validator) -> None:
+def test_schema_ties_empty_prev_to_seq_1(
+    identity: HubIdentity, validator: Draft202012Validator
+) -> None:
     first, second = _signed_payloads(identity, [event_body(), event_body()])
     assert not validator.is_valid(dict(first, prev=second["prev"]))
     assert not validator.is_valid(dict(second, prev=""))
 
 
-@pytest.mark.parametrize("detail", [{}, {"first_seq": 0, "last_seq": 1, "count": 2,
-                                         "reason": "outbox-cap"},
-                                    {"first_seq": 1, "last_seq": 1, "count": 1}])
-def test_schema_rejects_bad_gap_events(identity: HubIdentity, validator: Draft202012Validator,
-                                       detail: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {},
+        {"first_seq": 0, "last_seq": 1, "count": 2, "reason": "outbox-cap"},
+        {"first_seq": 1, "last_seq": 1, "count": 1},
+    ],
+)
+def test_schema_rejects_bad_gap_events(
+    identity: HubIdentity, validator: Draft202012Validator, detail: dict[str, object]
+) -> None:
     (payload,) = _signed_payloads(identity, [event_body("gap", detail)])
     assert not validator.is_valid(payload)
     (payload,) = _signed_payloads(identity, [event_body("note", detail)])

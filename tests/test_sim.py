@@ -21,8 +21,7 @@ def _values(frame: bytes) -> dict[str, float | int | None]:
 
 
 def test_encode_frame_round_trips() -> None:
-    frame = encode_frame(93, 201, pleth=127, signal=15, bargraph=15, spo2_dropping=True,
-                         beep=True)
+    frame = encode_frame(93, 201, pleth=127, signal=15, bargraph=15, spo2_dropping=True, beep=True)
     reading = decode_frame(frame)
     assert _values(frame) == {"spo2": 93, "pulse_rate": 201}
     assert reading.status["signal_strength"] == 15

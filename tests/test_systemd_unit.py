@@ -11,9 +11,15 @@ import pytest
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "rtm-gateway.service"
 REQUIRED = [
-    "Type=notify", "WatchdogSec=", "Restart=always", "StateDirectory=rtm-gateway",
-    "SupplementaryGroups=dialout", "ProtectSystem=strict", "NoNewPrivileges=yes",
-    "PrivateTmp=yes", "SystemCallFilter=adjtimex",
+    "Type=notify",
+    "WatchdogSec=",
+    "Restart=always",
+    "StateDirectory=rtm-gateway",
+    "SupplementaryGroups=dialout",
+    "ProtectSystem=strict",
+    "NoNewPrivileges=yes",
+    "PrivateTmp=yes",
+    "SystemCallFilter=adjtimex",
 ]
 
 
@@ -29,8 +35,13 @@ def _verify(unit_text: str, tmp_path: Path) -> str:
     rtm_gateway = Path(sys.executable).parent / "rtm-gateway"
     unit = tmp_path / "rtm-gateway.service"
     unit.write_text(unit_text.replace("/usr/local/bin/rtm-gateway", str(rtm_gateway)))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return result.stdout + result.stderr
 
 

@@ -18,9 +18,9 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 
-from gateway.outbox import Entry, Outbox
+from gateway.hub.outbox import Entry, Outbox
+from gateway.hub.uplink import Publisher, Uplink, make_batches
 from gateway.transport.mqtt import MqttClient, MqttUnreachable, MqttWill, publisher_factory
-from gateway.uplink import Publisher, Uplink, make_batches
 from tests.conftest import Broker, BrokerFactory, Received, Subscriber
 
 T = TypeVar("T")
@@ -207,9 +207,9 @@ def test_broker_outage_loses_nothing_and_deletes_only_after_puback(
 
 _KILLED_HUB = """
 import asyncio, sys
-from gateway.outbox import Outbox
+from gateway.hub.outbox import Outbox
 from gateway.transport.mqtt import MqttSettings, publisher_factory
-from gateway.uplink import Uplink
+from gateway.hub.uplink import Uplink
 
 port, path = int(sys.argv[1]), sys.argv[2]
 
@@ -276,7 +276,7 @@ def test_bad_password_backs_off_with_a_clear_log_and_stop_interrupts(
         await task
         assert time.monotonic() - started < 1.0
 
-    with caplog.at_level(logging.ERROR, logger="gateway.uplink"):
+    with caplog.at_level(logging.ERROR, logger="gateway.hub.uplink"):
         run(scenario())
     refusals = [r for r in caplog.records if "check mqtt username/password_file" in r.getMessage()]
     assert len(refusals) == 1  # one attempt, then the long pause: never hammered

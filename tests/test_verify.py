@@ -21,8 +21,8 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.signing import ChainHead, HubIdentity, SignedEntry, Signer, b64url
-from gateway.verify import ConnectError, Verifier, VerifyError, VerifyReport, run_verify
+from gateway.hub.signing import ChainHead, HubIdentity, SignedEntry, Signer, b64url
+from gateway.tools.verify import ConnectError, Verifier, VerifyError, VerifyReport, run_verify
 from tests.test_signing import event_body, reading_body
 
 HUB = "hub-0001"
@@ -55,8 +55,12 @@ def only_hub(report: VerifyReport) -> dict[str, object]:
 def test_a_clean_log_verifies(identity: HubIdentity) -> None:
     signer = Signer(identity, HUB)
     seen: list[tuple[str, int]] = []
-    verifier = Verifier(identity.public, HUB, check_schema=True,
-                        on_entry=lambda topic, payload: seen.append((topic, payload["seq"])))
+    verifier = Verifier(
+        identity.public,
+        HUB,
+        check_schema=True,
+        on_entry=lambda topic, payload: seen.append((topic, payload["seq"])),
+    )
     verifier.feed(f"rtm/v1/{HUB}/status", b'{"state":"online"}')
     verifier.feed(READINGS, batch(signer.sign(reading_body()), signer.sign(reading_body())))
     verifier.feed(EVENTS, batch(signer.sign(event_body())))
@@ -114,7 +118,11 @@ def test_different_content_under_one_seq_is_a_conflict(identity: HubIdentity) ->
     assert not report.ok
     hub = report.hubs[0]
     assert (hub.conflicts, hub.duplicates, hub.problems[0].kind, hub.problems[0].seq) == (
-        1, 0, "conflict", 1)
+        1,
+        0,
+        "conflict",
+        1,
+    )
 
 
 def test_chain_breaks_are_found_in_either_arrival_order(identity: HubIdentity) -> None:
@@ -144,8 +152,9 @@ def test_out_of_order_arrivals_are_counted(identity: HubIdentity) -> None:
 def test_gaps_are_reported_apart_from_announced_gaps(identity: HubIdentity) -> None:
     signer = Signer(identity, HUB)
     entries = [signer.sign(reading_body()) for _ in range(9)]  # seq 1..9
-    gap = signer.sign(event_body("gap", {"first_seq": 3, "last_seq": 4, "count": 2,
-                                         "reason": "outbox-cap"}))  # seq 10
+    gap = signer.sign(
+        event_body("gap", {"first_seq": 3, "last_seq": 4, "count": 2, "reason": "outbox-cap"})
+    )  # seq 10
     verifier = Verifier(identity.public)
     verifier.feed(READINGS, batch(entries[0], entries[1], entries[4], entries[8]))
     verifier.feed(EVENTS, batch(gap))
@@ -160,12 +169,18 @@ def test_gaps_are_reported_apart_from_announced_gaps(identity: HubIdentity) -> N
 def test_eddsa_is_accepted_and_a_forged_none_is_rejected(identity: HubIdentity) -> None:
     payload = {"v": 1, "hub": HUB, "seq": 1, "prev": "", **event_body()}
     with pytest.warns(SecurityWarning, match="deprecated"):
-        eddsa = jws.serialize_json({"protected": {"alg": "EdDSA", "kid": identity.kid}},
-                                   json.dumps(payload), OKPKey.import_key(identity.private_key),
-                                   algorithms=["EdDSA"])
+        eddsa = jws.serialize_json(
+            {"protected": {"alg": "EdDSA", "kid": identity.kid}},
+            json.dumps(payload),
+            OKPKey.import_key(identity.private_key),
+            algorithms=["EdDSA"],
+        )
     second = Signer(identity, HUB, ChainHead(1, "x")).sign(event_body())
-    none = dict(json.loads(second.jws), signature="",
-                protected=b64url(json.dumps({"alg": "none", "kid": identity.kid}).encode()))
+    none = dict(
+        json.loads(second.jws),
+        signature="",
+        protected=b64url(json.dumps({"alg": "none", "kid": identity.kid}).encode()),
+    )
     verifier = Verifier(identity.public)
     verifier.feed(EVENTS, batch(eddsa, none))
     hub = verifier.report().hubs[0]
@@ -194,8 +209,11 @@ def test_payload_hub_must_match_the_topic(identity: HubIdentity) -> None:
 
 def test_schema_errors_are_reported(identity: HubIdentity) -> None:
     signer = Signer(identity, HUB)
-    bad = signer.sign(reading_body(observations=[{"type": "spo2", "value": 0, "unit": "%",
-                                                  "absent": "not-a-number"}]))
+    bad = signer.sign(
+        reading_body(
+            observations=[{"type": "spo2", "value": 0, "unit": "%", "absent": "not-a-number"}]
+        )
+    )
     verifier = Verifier(identity.public, check_schema=True)
     verifier.feed(READINGS, batch(bad))
     hub = verifier.report().hubs[0]
@@ -226,6 +244,7 @@ def test_no_key_at_all_fails(identity: HubIdentity) -> None:
 
 # --- against a real broker ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class _VerifyBroker:
     port: int
@@ -250,8 +269,9 @@ def verify_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_VerifyB
     if os.geteuid() == 0:  # as root mosquitto would switch to a "mosquitto" user
         lines.append("user root")
     conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -283,8 +303,9 @@ def _publish(port: int, messages: list[tuple[str, bytes, bool]]) -> None:
         client.loop_stop()
 
 
-def _run_in_thread(**kwargs: object) -> tuple[threading.Thread, threading.Event,
-                                               list[VerifyReport | BaseException]]:
+def _run_in_thread(
+    **kwargs: object,
+) -> tuple[threading.Thread, threading.Event, list[VerifyReport | BaseException]]:
     ready = threading.Event()
     out: list[VerifyReport | BaseException] = []
 
@@ -301,8 +322,9 @@ def _run_in_thread(**kwargs: object) -> tuple[threading.Thread, threading.Event,
 
 
 @pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed")
-def test_run_verify_against_a_real_broker(verify_broker: _VerifyBroker, tmp_path: Path,
-                                          identity: HubIdentity) -> None:
+def test_run_verify_against_a_real_broker(
+    verify_broker: _VerifyBroker, tmp_path: Path, identity: HubIdentity
+) -> None:
     jwk_path = tmp_path / "hub.jwk"
     jwk_path.write_text(json.dumps(identity.public_jwk()))
     signer = Signer(identity, HUB)
@@ -314,14 +336,22 @@ def test_run_verify_against_a_real_broker(verify_broker: _VerifyBroker, tmp_path
     for pinned in (True, False):
         arrived: list[object] = []
         thread, _, out = _run_in_thread(
-            url=verify_broker.url, hub=HUB, jwk_path=jwk_path if pinned else None, count=7,
-            seconds=20.0, protocol="5" if pinned else "3.1.1",
-            on_entry=lambda _topic, payload, arrived=arrived: arrived.append(payload["seq"]))
-        _publish(verify_broker.port, [
-            (READINGS, batch(*readings[:3]), False),
-            (EVENTS, batch(event), False),
-            (READINGS, batch(*readings[2:]), False),  # seq 3 again: a duplicate
-        ])
+            url=verify_broker.url,
+            hub=HUB,
+            jwk_path=jwk_path if pinned else None,
+            count=7,
+            seconds=20.0,
+            protocol="5" if pinned else "3.1.1",
+            on_entry=lambda _topic, payload, arrived=arrived: arrived.append(payload["seq"]),
+        )
+        _publish(
+            verify_broker.port,
+            [
+                (READINGS, batch(*readings[:3]), False),
+                (EVENTS, batch(event), False),
+                (READINGS, batch(*readings[2:]), False),  # seq 3 again: a duplicate
+            ],
+        )
         thread.join(30)
         (report,) = out
         assert isinstance(report, VerifyReport), report
@@ -330,15 +360,21 @@ def test_run_verify_against_a_real_broker(verify_broker: _VerifyBroker, tmp_path
         assert report.key_pinned is pinned
         hub = report.hubs[0]
         assert (hub.received, hub.verified, hub.duplicates, hub.readings, hub.events) == (
-            7, 7, 1, 5, 1)
+            7,
+            7,
+            1,
+            5,
+            1,
+        )
         assert hub.status is not None
         assert hub.status["state"] == "online"
         assert sorted(arrived) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed")
-def test_run_verify_stops_after_seconds_and_fails_clearly(verify_broker: _VerifyBroker,
-                                                          tmp_path: Path) -> None:
+def test_run_verify_stops_after_seconds_and_fails_clearly(
+    verify_broker: _VerifyBroker, tmp_path: Path
+) -> None:
     report = run_verify(verify_broker.url, hub="quiet-hub", seconds=0.3)
     assert (report.received, report.stopped_by, report.ok) == (0, "time", True)
     with pytest.raises(ConnectError, match="TLS handshake"):

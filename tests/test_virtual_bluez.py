@@ -50,10 +50,18 @@ STRAP_PATH = f"{ADAPTER}/dev_C0_FF_EE_00_00_01"
 
 def _strap() -> VirtualPeripheral:
     return VirtualPeripheral(
-        STRAP, "HR Strap",
-        services={HRS: {HR_MEASUREMENT: CharSpec(("notify",)),
-                        BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01")}},
-        manufacturer_data={0x0059: b"\x01\x02\x03"}, service_uuids=[HRS], rssi=-55)
+        STRAP,
+        "HR Strap",
+        services={
+            HRS: {
+                HR_MEASUREMENT: CharSpec(("notify",)),
+                BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01"),
+            }
+        },
+        manufacturer_data={0x0059: b"\x01\x02\x03"},
+        service_uuids=[HRS],
+        rssi=-55,
+    )
 
 
 async def _scan(seconds: float, *, until: int) -> dict[str, tuple[BLEDevice, AdvertisementData]]:
@@ -122,9 +130,14 @@ def test_nothing_is_reported_without_a_discovery(bluez: BluezThread) -> None:
             await asyncio.sleep(0.2)
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
             try:
-                reply = await bus.call(Message(
-                    destination="org.bluez", path="/", member="GetManagedObjects",
-                    interface="org.freedesktop.DBus.ObjectManager"))
+                reply = await bus.call(
+                    Message(
+                        destination="org.bluez",
+                        path="/",
+                        member="GetManagedObjects",
+                        interface="org.freedesktop.DBus.ObjectManager",
+                    )
+                )
             finally:
                 await disconnect_bus(bus)
             assert reply is not None
@@ -140,25 +153,38 @@ def test_nothing_is_reported_without_a_discovery(bluez: BluezThread) -> None:
 
 def test_a_second_start_discovery_from_one_client_is_in_progress(bluez: BluezThread) -> None:
     async def call(bus: MessageBus, member: str) -> str | None:
-        reply = await bus.call(Message(destination="org.bluez", path="/org/bluez/hci0",
-                                       interface="org.bluez.Adapter1", member=member))
+        reply = await bus.call(
+            Message(
+                destination="org.bluez",
+                path="/org/bluez/hci0",
+                interface="org.bluez.Adapter1",
+                member=member,
+            )
+        )
         assert reply is not None
         return reply.error_name
 
     async def run() -> list[str | None]:
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         try:
-            return [await call(bus, "StartDiscovery"), await call(bus, "StartDiscovery"),
-                    await call(bus, "StopDiscovery"), await call(bus, "StopDiscovery")]
+            return [
+                await call(bus, "StartDiscovery"),
+                await call(bus, "StartDiscovery"),
+                await call(bus, "StopDiscovery"),
+                await call(bus, "StopDiscovery"),
+            ]
         finally:
             await disconnect_bus(bus)
 
-    assert asyncio.run(run()) == [None, "org.bluez.Error.InProgress", None,
-                                  "org.bluez.Error.Failed"]
+    assert asyncio.run(run()) == [
+        None,
+        "org.bluez.Error.InProgress",
+        None,
+        "org.bluez.Error.Failed",
+    ]
 
 
-def test_client_reads_and_receives_heart_rate_notifications_end_to_end(
-        bluez: BluezThread) -> None:
+def test_client_reads_and_receives_heart_rate_notifications_end_to_end(bluez: BluezThread) -> None:
     strap = _strap()
     # Flags 0x10: 8-bit rate with RR intervals; 72 bpm, RR 1024/1024 s and 512/1024 s.
     measurement = bytes([0x10, 72, 0x00, 0x04, 0x00, 0x02])
@@ -199,16 +225,26 @@ def test_client_reads_and_receives_heart_rate_notifications_end_to_end(
     decoder = HRS_DRIVER.gatt_decoder({})
     readings = decoder.value(HR_MEASUREMENT, received[0]).readings
     assert [(o.type, o.value) for o in readings[0].observations] == [
-        ("heart_rate", 72), ("rr_interval", 1.0), ("rr_interval", 0.5)]
+        ("heart_rate", 72),
+        ("rr_interval", 1.0),
+        ("rr_interval", 0.5),
+    ]
 
 
 def test_writing_powered_off_over_dbus_drops_links_and_bleak_reports_bluetooth_unavailable(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     async def set_powered(bus: MessageBus, value: bool) -> None:
-        reply = await bus.call(Message(
-            destination="org.bluez", path=ADAPTER, member="Set",
-            interface="org.freedesktop.DBus.Properties", signature="ssv",
-            body=["org.bluez.Adapter1", "Powered", Variant("b", value)]))
+        reply = await bus.call(
+            Message(
+                destination="org.bluez",
+                path=ADAPTER,
+                member="Set",
+                interface="org.freedesktop.DBus.Properties",
+                signature="ssv",
+                body=["org.bluez.Adapter1", "Powered", Variant("b", value)],
+            )
+        )
         assert reply is not None
         assert reply.error_name is None
 
@@ -273,8 +309,7 @@ def test_le_connection_abort_by_local_is_retried_inside_bleak_connect(bluez: Blu
     async def run() -> None:
         async with bleak_session():
             await bluez.add_peripheral(strap)
-            client = BleakClient(await _found(STRAP), lambda _c: disconnects.append(0.0),
-                                 timeout=5)
+            client = BleakClient(await _found(STRAP), lambda _c: disconnects.append(0.0), timeout=5)
             await client.connect()
             try:
                 assert client.is_connected
@@ -288,7 +323,8 @@ def test_le_connection_abort_by_local_is_retried_inside_bleak_connect(bluez: Blu
 
 
 def test_out_of_slots_connect_errors_reach_the_caller_then_connect_succeeds(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     strap = _strap()
     strap.fail_connects(2, "org.bluez.Error.Failed", "No available connection slots")
 
@@ -315,7 +351,8 @@ def test_out_of_slots_connect_errors_reach_the_caller_then_connect_succeeds(
 
 
 def test_connect_delay_times_out_a_short_connect_and_a_longer_one_succeeds(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     strap = _strap()
     strap.connect_delay = 0.5
 
@@ -341,7 +378,8 @@ def test_connect_delay_times_out_a_short_connect_and_a_longer_one_succeeds(
 
 
 def test_link_loss_fires_disconnected_callback_stops_notifications_and_reconnects(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     strap = _strap()
     measurement = bytes([0x00, 70])
 
@@ -392,7 +430,8 @@ def test_link_loss_fires_disconnected_callback_stops_notifications_and_reconnect
 
 
 def test_a_vanished_device_is_no_longer_reported_and_cannot_be_connected(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     strap = _strap()
 
     async def run() -> None:
@@ -443,24 +482,47 @@ async def _until(predicate: Callable[[], bool], seconds: float = 5) -> None:
             await asyncio.sleep(0.01)
 
 
-async def _bluez_call(bus: MessageBus, path: str, interface: str, member: str, *,
-                      signature: str = "", body: list[Any] | None = None) -> Message:
-    reply = await bus.call(Message(destination="org.bluez", path=path, interface=interface,
-                                   member=member, signature=signature, body=body or []))
+async def _bluez_call(
+    bus: MessageBus,
+    path: str,
+    interface: str,
+    member: str,
+    *,
+    signature: str = "",
+    body: list[Any] | None = None,
+) -> Message:
+    reply = await bus.call(
+        Message(
+            destination="org.bluez",
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
     assert reply is not None
     return reply
 
 
 async def _add_match(bus: MessageBus, rule: str) -> None:
-    reply = await bus.call(Message(
-        destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-        interface="org.freedesktop.DBus", member="AddMatch", signature="s", body=[rule]))
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[rule],
+        )
+    )
     assert reply is not None
     assert reply.error_name is None
 
 
 def test_power_cycle_drops_links_and_sessions_then_scanning_and_connecting_work_again(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     async def run() -> list[str | None]:
         lost = asyncio.Event()
         async with bleak_session():
@@ -469,22 +531,27 @@ def test_power_cycle_drops_links_and_sessions_then_scanning_and_connecting_work_
             await client.connect()
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
             try:
-                assert (await _bluez_call(bus, ADAPTER, ADAPTER1, "StartDiscovery")).error_name \
-                    is None
+                assert (
+                    await _bluez_call(bus, ADAPTER, ADAPTER1, "StartDiscovery")
+                ).error_name is None
                 assert bluez.bluez.discovering
                 await bluez.set_powered(False)
                 async with asyncio.timeout(5):
                     await lost.wait()
                 assert not client.is_connected
                 assert not bluez.bluez.discovering
-                refused = [(await _bluez_call(bus, ADAPTER, ADAPTER1, member)).error_name
-                           for member in ("StartDiscovery", "StopDiscovery")]
+                refused = [
+                    (await _bluez_call(bus, ADAPTER, ADAPTER1, member)).error_name
+                    for member in ("StartDiscovery", "StopDiscovery")
+                ]
                 refused.append((await _bluez_call(bus, STRAP_PATH, DEVICE1, "Connect")).error_name)
                 await bluez.set_powered(True)
                 # The discovery session ended with the power: there is nothing left to stop.
                 stop = await _bluez_call(bus, ADAPTER, ADAPTER1, "StopDiscovery")
-                assert (stop.error_name, stop.body) == ("org.bluez.Error.Failed",
-                                                        ["No discovery started"])
+                assert (stop.error_name, stop.body) == (
+                    "org.bluez.Error.Failed",
+                    ["No discovery started"],
+                )
             finally:
                 await disconnect_bus(bus)
                 await client.disconnect()
@@ -496,14 +563,17 @@ def test_power_cycle_drops_links_and_sessions_then_scanning_and_connecting_work_
 
 
 def test_bluetoothd_restart_removes_everything_disconnects_clients_and_comes_back(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     async def run() -> list[tuple[str, list[Any]]]:
         signals: list[tuple[str, list[Any]]] = []
         lost = asyncio.Event()
 
         def record(msg: Message) -> None:
             if msg.message_type is MessageType.SIGNAL and msg.member in (
-                    "InterfacesRemoved", "NameOwnerChanged"):
+                "InterfacesRemoved",
+                "NameOwnerChanged",
+            ):
                 signals.append((msg.member, list(msg.body)))
 
         async with bleak_session():
@@ -535,13 +605,14 @@ def test_bluetoothd_restart_removes_everything_disconnects_clients_and_comes_bac
     assert f"{STRAP_PATH}/service0001" in removed
     name, old_owner, new_owner = signals[gone][1]
     assert (name, new_owner) == ("org.bluez", "")
-    back = next(body for member, body in signals[gone + 1:] if member == "NameOwnerChanged")
+    back = next(body for member, body in signals[gone + 1 :] if member == "NameOwnerChanged")
     assert back[:2] == ["org.bluez", ""]
     assert back[2] not in ("", old_owner)  # a new process, a new connection
 
 
 def test_a_scanner_running_across_a_bluetoothd_restart_goes_deaf_and_fails_to_stop(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     async def run() -> tuple[list[str], BleakDBusError]:
         reports: list[str] = []
         async with bleak_session():
@@ -565,7 +636,8 @@ def test_a_scanner_running_across_a_bluetoothd_restart_goes_deaf_and_fails_to_st
 
 
 def test_a_crashed_bluetoothd_only_loses_its_name_and_bleak_keeps_a_stale_connection(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     # bleak learns of a disconnect only from Connected=False; a crash sends nothing but
     # NameOwnerChanged, so a transport has to watch org.bluez's owner itself.
     async def run() -> tuple[list[tuple[str, list[Any]]], bool, bool, BleakDBusError, bool]:
@@ -574,7 +646,10 @@ def test_a_crashed_bluetoothd_only_loses_its_name_and_bleak_keeps_a_stale_connec
 
         def record(msg: Message) -> None:
             if msg.message_type is MessageType.SIGNAL and msg.member in (
-                    "InterfacesRemoved", "NameOwnerChanged", "PropertiesChanged"):
+                "InterfacesRemoved",
+                "NameOwnerChanged",
+                "PropertiesChanged",
+            ):
                 signals.append((msg.member, list(msg.body)))
 
         async with bleak_session():
@@ -612,7 +687,8 @@ def test_a_crashed_bluetoothd_only_loses_its_name_and_bleak_keeps_a_stale_connec
 
 
 def test_passive_scanner_sees_matching_advertisements_without_any_discovery(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     async def run() -> tuple[dict[str, list[AdvertisementData]], list[bool]]:
         seen: dict[str, list[AdvertisementData]] = {}
         discovering: list[bool] = []
@@ -625,8 +701,9 @@ def test_passive_scanner_sees_matching_advertisements_without_any_discovery(
         async with bleak_session():
             await bluez.add_peripheral(_strap())
             await bluez.add_peripheral(_other())
-            async with BleakScanner(on_advertisement, scanning_mode="passive",
-                                    bluez={"or_patterns": [company_0059]}):
+            async with BleakScanner(
+                on_advertisement, scanning_mode="passive", bluez={"or_patterns": [company_0059]}
+            ):
                 await _until(lambda: len(seen.get(STRAP, [])) >= 3)
                 await asyncio.sleep(0.2)  # time enough for the other one to be heard
         return seen, discovering
@@ -640,22 +717,30 @@ def test_passive_scanner_sees_matching_advertisements_without_any_discovery(
 
 
 def test_monitor_protocol_activate_found_once_lost_and_release_of_an_invalid_monitor(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     # A client written against the BlueZ documentation rather than bleak: it serves its own
     # ObjectManager and answers the calls bluetoothd makes to its monitors.
     strap = _strap()
     root, good, bad = "/rtm/app", "/rtm/app/good", "/rtm/app/bad"
     objects = {
-        good: {MONITOR1: {"Type": Variant("s", "or_patterns"),
-                          "Patterns": Variant("a(yyay)", [[0, 0xFF, b"\x59\x00"]])}},
+        good: {
+            MONITOR1: {
+                "Type": Variant("s", "or_patterns"),
+                "Patterns": Variant("a(yyay)", [[0, 0xFF, b"\x59\x00"]]),
+            }
+        },
         # 30 + 2 bytes does not fit in 31 bytes of advertising data: bluetoothd refuses it.
-        bad: {MONITOR1: {"Type": Variant("s", "or_patterns"),
-                         "Patterns": Variant("a(yyay)", [[30, 0xFF, b"\x59\x00"]])}},
+        bad: {
+            MONITOR1: {
+                "Type": Variant("s", "or_patterns"),
+                "Patterns": Variant("a(yyay)", [[30, 0xFF, b"\x59\x00"]]),
+            }
+        },
     }
 
     async def monitor_call(bus: MessageBus, member: str) -> Message:
-        return await _bluez_call(bus, ADAPTER, MONITOR_MANAGER1, member, signature="o",
-                                 body=[root])
+        return await _bluez_call(bus, ADAPTER, MONITOR_MANAGER1, member, signature="o", body=[root])
 
     async def run() -> tuple[list[str | None], list[tuple[Any, ...]], list[str], bool]:
         calls: list[tuple[Any, ...]] = []
@@ -668,8 +753,7 @@ def test_monitor_protocol_activate_found_once_lost_and_release_of_an_invalid_mon
             if msg.interface != MONITOR1:
                 return False
             calls.append((msg.member, msg.path, *msg.body))
-            return bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED) or \
-                Message.new_method_return(msg)
+            return bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED) or Message.new_method_return(msg)
 
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         try:
@@ -679,13 +763,13 @@ def test_monitor_protocol_activate_found_once_lost_and_release_of_an_invalid_mon
             replies = [(await monitor_call(bus, "RegisterMonitor")).error_name for _ in range(2)]
             await _until(lambda: any(c[0] == "DeviceFound" for c in calls))
             await asyncio.sleep(0.2)  # more advertisements: no second DeviceFound, none for OTHER
-            paths = sorted((await _bluez_call(bus, "/", OBJECT_MANAGER, "GetManagedObjects"))
-                           .body[0])
+            paths = sorted(
+                (await _bluez_call(bus, "/", OBJECT_MANAGER, "GetManagedObjects")).body[0]
+            )
             discovering = bluez.bluez.discovering
             await bluez.vanish(strap)
             await _until(lambda: any(c[0] == "DeviceLost" for c in calls))
-            replies += [(await monitor_call(bus, "UnregisterMonitor")).error_name
-                        for _ in range(2)]
+            replies += [(await monitor_call(bus, "UnregisterMonitor")).error_name for _ in range(2)]
         finally:
             await disconnect_bus(bus)
         return replies, calls, paths, discovering
@@ -698,38 +782,54 @@ def test_monitor_protocol_activate_found_once_lost_and_release_of_an_invalid_mon
     assert not discovering
 
 
-@pytest.mark.parametrize(("pattern", "hit"), [
-    # (start position, AD type, content), the order of BlueZ's Patterns and bleak's OrPattern
-    ((0, 0xFF, b"\x59\x00"), True),  # the company id, little-endian, comes first
-    ((2, 0xFF, b"\x01\x02\x03"), True),
-    ((0, 0xFF, b"\x00\x59"), False),
-    ((3, 0xFF, b"\x02\x03\x04"), False),  # runs past the end of the data
-    ((0, 0x16, b"\x0f\x18\x64"), True),  # Battery service data: UUID LE, then 100 %
-    ((0, 0x09, b"HR St"), True),
-    ((0, 0x08, b"HR St"), False),  # the name goes out complete (0x09), never shortened
-    ((0, 0x03, b"\x0d\x18"), True),  # Heart Rate in the 16-bit UUID list
-    ((0, 0x07, b"\x9e\xca\xdc\x24"), True),  # the Nordic UART UUID, little-endian
-    ((0, 0x01, b"\x06"), True),  # flags: LE General Discoverable, no BR/EDR
-])
+@pytest.mark.parametrize(
+    ("pattern", "hit"),
+    [
+        # (start position, AD type, content), the order of BlueZ's Patterns and bleak's OrPattern
+        ((0, 0xFF, b"\x59\x00"), True),  # the company id, little-endian, comes first
+        ((2, 0xFF, b"\x01\x02\x03"), True),
+        ((0, 0xFF, b"\x00\x59"), False),
+        ((3, 0xFF, b"\x02\x03\x04"), False),  # runs past the end of the data
+        ((0, 0x16, b"\x0f\x18\x64"), True),  # Battery service data: UUID LE, then 100 %
+        ((0, 0x09, b"HR St"), True),
+        ((0, 0x08, b"HR St"), False),  # the name goes out complete (0x09), never shortened
+        ((0, 0x03, b"\x0d\x18"), True),  # Heart Rate in the 16-bit UUID list
+        ((0, 0x07, b"\x9e\xca\xdc\x24"), True),  # the Nordic UART UUID, little-endian
+        ((0, 0x01, b"\x06"), True),  # flags: LE General Discoverable, no BR/EDR
+    ],
+)
 def test_monitor_patterns_match_the_advertisement_as_it_goes_on_air(
-        pattern: tuple[int, int, bytes], hit: bool) -> None:
-    peripheral = VirtualPeripheral(STRAP, "HR Strap", manufacturer_data={0x0059: b"\x01\x02\x03"},
-                                   service_data={BATTERY: b"\x64"},
-                                   service_uuids=[HRS, NORDIC_UART])
+    pattern: tuple[int, int, bytes], hit: bool
+) -> None:
+    peripheral = VirtualPeripheral(
+        STRAP,
+        "HR Strap",
+        manufacturer_data={0x0059: b"\x01\x02\x03"},
+        service_data={BATTERY: b"\x64"},
+        service_uuids=[HRS, NORDIC_UART],
+    )
     patterns = parse_patterns([list(pattern)])
     assert patterns is not None
     assert matches(patterns, advertising_data(peripheral)) is hit
 
 
-@pytest.mark.parametrize("patterns", [
-    [], [[0, 0xFF, b""]], [[30, 0xFF, b"\x59\x00"]], [[0, 0x50, b"\x01"]], [[0, 0x00, b"\x01"]],
-])
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        [],
+        [[0, 0xFF, b""]],
+        [[30, 0xFF, b"\x59\x00"]],
+        [[0, 0x50, b"\x01"]],
+        [[0, 0x00, b"\x01"]],
+    ],
+)
 def test_monitor_patterns_bluetoothd_would_refuse_are_refused(patterns: list[Any]) -> None:
     assert parse_patterns(patterns) is None
 
 
 def test_a_changed_advertisement_reaches_a_running_scanner_as_bluetoothd_merges_it(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     strap = _strap()
     nameless = VirtualPeripheral(NAMELESS, rssi=-80)
 
@@ -747,11 +847,16 @@ def test_a_changed_advertisement_reaches_a_running_scanner_as_bluetoothd_merges_
             await bluez.add_peripheral(nameless)
             async with BleakScanner(on_advertisement):
                 await _until(lambda: set(reports) == {STRAP, NAMELESS})
-                await bluez.set_advertisement(strap, name="HR Strap 2",
-                                              manufacturer_data={0x0059: b"\x09"})
+                await bluez.set_advertisement(
+                    strap, name="HR Strap 2", manufacturer_data={0x0059: b"\x09"}
+                )
                 await bluez.set_advertisement(nameless, name="Scale", rssi=-50)
-                await _until(lambda: last(STRAP).local_name == "HR Strap 2"
-                             and last(NAMELESS).local_name == "Scale")
+                await _until(
+                    lambda: (
+                        last(STRAP).local_name == "HR Strap 2"
+                        and last(NAMELESS).local_name == "Scale"
+                    )
+                )
                 # A key no longer advertised stays in Device1, as bluetoothd keeps it.
                 await bluez.set_advertisement(strap, manufacturer_data={0x00E0: b"\x01"})
                 await _until(lambda: 0x00E0 in last(STRAP).manufacturer_data)
@@ -771,7 +876,8 @@ def test_a_changed_advertisement_reaches_a_running_scanner_as_bluetoothd_merges_
 
 
 def test_a_muted_scanner_keeps_discovering_but_hears_nothing_until_discovery_restarts(
-        bluez: BluezThread) -> None:
+    bluez: BluezThread,
+) -> None:
     async def run() -> tuple[list[str], bool, BLEDevice | None]:
         reports: list[str] = []
         async with bleak_session():
@@ -795,8 +901,11 @@ def test_a_muted_scanner_keeps_discovering_but_hears_nothing_until_discovery_res
 
 
 def _cuff(index: int) -> VirtualPeripheral:
-    return VirtualPeripheral(f"C0:FF:EE:00:01:{index:02X}", f"Cuff {index}",
-                             services={HRS: {BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01")}})
+    return VirtualPeripheral(
+        f"C0:FF:EE:00:01:{index:02X}",
+        f"Cuff {index}",
+        services={HRS: {BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01")}},
+    )
 
 
 async def _fill_slots(bluez: BluezThread, slots: int) -> BleakDBusError:

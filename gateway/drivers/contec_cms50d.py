@@ -85,7 +85,8 @@ def decode_frame(frame: bytes) -> Reading:
     values = (("spo2", frame[4]), ("pulse_rate", frame[3] | (0x80 if frame[2] & 0x40 else 0)))
     observations = tuple(
         (_OBSERVATIONS[name].get(value, _NO_VALUE[name]) if measuring else _NO_VALUE[name])
-        for name, value in values)
+        for name, value in values
+    )
     return Reading(observations=observations, raw=bytes(frame), status=status)
 
 
@@ -113,8 +114,8 @@ class Cms50dStreamDecoder:
                 # A whole frame ahead in this chunk: decode it from the slice in one step.
                 stop = index + FRAME_LEN
                 if stop <= end and not (
-                        (data[index + 1] | data[index + 2] | data[index + 3] | data[index + 4])
-                        & SYNC):
+                    (data[index + 1] | data[index + 2] | data[index + 3] | data[index + 4]) & SYNC
+                ):
                     self._frame.clear()
                     result.readings.append(decode_frame(data[index:stop]))
                     index = stop
@@ -130,11 +131,13 @@ class Cms50dStreamDecoder:
 
     def _start_frame(self, byte: int, result: FeedResult) -> None:
         if self._frame:
-            result.errors.append(DecodeError(
-                f"CMS50D frame cut short after {len(self._frame)} of {FRAME_LEN} bytes"))
+            result.errors.append(
+                DecodeError(f"CMS50D frame cut short after {len(self._frame)} of {FRAME_LEN} bytes")
+            )
         if self._stray and self._synced:
-            result.errors.append(DecodeError(
-                f"CMS50D stream: skipped {self._stray} bytes between frames"))
+            result.errors.append(
+                DecodeError(f"CMS50D stream: skipped {self._stray} bytes between frames")
+            )
         self._stray = 0
         self._synced = True
         self._frame = bytearray((byte,))

@@ -67,7 +67,10 @@ _STATUS_FLAGS: tuple[tuple[str, int], ...] = (
     ("improper_position", 0x0020),
 )
 PULSE_RATE_RANGES: Mapping[int, str] = {
-    0: "within_range", 1: "above_upper_limit", 2: "below_lower_limit", 3: "reserved",
+    0: "within_range",
+    1: "above_upper_limit",
+    2: "below_lower_limit",
+    3: "reserved",
 }
 _FEATURE_FLAGS: tuple[tuple[str, int], ...] = (
     ("body_movement_detection_supported", 0x0001),
@@ -79,8 +82,9 @@ _FEATURE_FLAGS: tuple[tuple[str, int], ...] = (
 )
 
 
-def _observation(value: Float11073, type_name: str, unit: str, mdc: int | None,
-                 loinc: str | None) -> Observation:
+def _observation(
+    value: Float11073, type_name: str, unit: str, mdc: int | None, loinc: str | None
+) -> Observation:
     return Observation(type_name, value.value, unit, mdc, loinc, value.absent)
 
 
@@ -99,8 +103,10 @@ def _decode(data: bytes, *, intermediate: bool) -> Reading:
         # No MDC code for the cuff pressure is verified (domain.md §3.4), so none is sent.
         observations = [_observation(pressures[0], "cuff_pressure", unit, None, None)]
     else:
-        observations = [_observation(value, name, unit, mdc, loinc)
-                        for value, (name, mdc, loinc) in zip(pressures, _PRESSURES, strict=True)]
+        observations = [
+            _observation(value, name, unit, mdc, loinc)
+            for value, (name, mdc, loinc) in zip(pressures, _PRESSURES, strict=True)
+        ]
     if flags & 0x04:
         name, pulse_unit, mdc, loinc = _PULSE_RATE
         observations.append(_observation(sfloat_from(data, offset), name, pulse_unit, mdc, loinc))
@@ -153,11 +159,17 @@ class BpsDriver:
         characteristics=(
             Characteristic(BLOOD_PRESSURE_FEATURE, "blood-pressure-feature", "read"),
             Characteristic(BLOOD_PRESSURE_MEASUREMENT, "blood-pressure-measurement", "indicate"),
-            Characteristic(INTERMEDIATE_CUFF_PRESSURE, "intermediate-cuff-pressure",
-                "notify", optional=True),
+            Characteristic(
+                INTERMEDIATE_CUFF_PRESSURE, "intermediate-cuff-pressure", "notify", optional=True
+            ),
         ),
-        produces=("blood_pressure_systolic", "blood_pressure_diastolic", "blood_pressure_mean",
-                  "pulse_rate", "cuff_pressure"),
+        produces=(
+            "blood_pressure_systolic",
+            "blood_pressure_diastolic",
+            "blood_pressure_mean",
+            "pulse_rate",
+            "cuff_pressure",
+        ),
     )
 
     def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:

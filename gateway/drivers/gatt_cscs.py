@@ -88,8 +88,10 @@ def parse_measurement(data: bytes) -> Measurement:
         crank = Event(uint_from(data, offset, 2), uint_from(data, offset + 2, 2))
         offset += 4
     if offset != len(data) and not flags & ~_KNOWN_FLAGS:
-        raise DecodeError(f"CSC Measurement: {len(data) - offset} bytes after the fields its "
-                          f"flags {flags:#04x} announce")
+        raise DecodeError(
+            f"CSC Measurement: {len(data) - offset} bytes after the fields its "
+            f"flags {flags:#04x} announce"
+        )
     return Measurement(wheel, crank)
 
 
@@ -116,13 +118,13 @@ def decode_feature(data: bytes) -> Reading:
     """CSC Feature (0x2A5C): uint16 bit field, as `<name>_supported` status flags."""
     bits = uint_from(data, 0, 2)
     status: dict[str, StatusValue] = {
-        f"{name}_supported": bool(bits >> bit & 1) for bit, name in enumerate(CSC_FEATURES)}
+        f"{name}_supported": bool(bits >> bit & 1) for bit, name in enumerate(CSC_FEATURES)
+    }
     return Reading(observations=(), raw=bytes(data), status=status)
 
 
 MEASUREMENT = uuid16(0x2A5B)
 FEATURE = uuid16(0x2A5C)
-
 
 
 class CscsDecoder:
@@ -159,11 +161,13 @@ class CscsDecoder:
             if rate is not None:
                 observations.append(_observation("wheel_revolution_rate", rate))
             if self._circumference is not None:
-                observations.append(_observation(
-                    "distance", round(wheel.revolutions * self._circumference, 2)))
+                observations.append(
+                    _observation("distance", round(wheel.revolutions * self._circumference, 2))
+                )
                 if rate is not None:
-                    observations.append(_observation(
-                        "speed", round(rate / 60 * self._circumference, 2)))
+                    observations.append(
+                        _observation("speed", round(rate / 60 * self._circumference, 2))
+                    )
         if crank is not None:
             rate = revolution_rate(self._crank, crank, 1 << 16)
             self._crank = crank
@@ -187,10 +191,17 @@ def _circumference(options: Mapping[str, object]) -> float | None:
     if value is None:
         return None
     low, high = CIRCUMFERENCE_RANGE
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or not low <= value <= high):
-        raise OptionError(OPTION, f"must be the wheel's circumference in metres, a number from "
-                                  f"{low} to {high} (e.g. 2.105 for a 700x25C tyre)")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise OptionError(
+            OPTION,
+            f"must be the wheel's circumference in metres, a number from "
+            f"{low} to {high} (e.g. 2.105 for a 700x25C tyre)",
+        )
     return float(value)
 
 

@@ -78,8 +78,7 @@ def decode_local_time_info(data: bytes) -> Reading:
     return Reading((), bytes(data), status)
 
 
-def encode_current_time(moment: datetime,
-                        adjust_reason: int = ADJUST_EXTERNAL_REFERENCE) -> bytes:
+def encode_current_time(moment: datetime, adjust_reason: int = ADJUST_EXTERNAL_REFERENCE) -> bytes:
     """The 10-byte Current Time value for `moment`, in its own zone's wall-clock time.
 
     `moment` must be aware (UTC or local: the device gets that zone's wall clock). Raises
@@ -91,13 +90,19 @@ def encode_current_time(moment: datetime,
         raise ValueError(f"year {moment.year} is outside the Date Time range 1582..9999")
     if not 0 <= adjust_reason <= 0xFF:
         raise ValueError(f"adjust reason {adjust_reason:#x} is not one byte")
-    return bytes((
-        *moment.year.to_bytes(2, "little"),
-        moment.month, moment.day, moment.hour, moment.minute, moment.second,
-        moment.isoweekday(),
-        moment.microsecond * 256 // 1_000_000,
-        adjust_reason,
-    ))
+    return bytes(
+        (
+            *moment.year.to_bytes(2, "little"),
+            moment.month,
+            moment.day,
+            moment.hour,
+            moment.minute,
+            moment.second,
+            moment.isoweekday(),
+            moment.microsecond * 256 // 1_000_000,
+            adjust_reason,
+        )
+    )
 
 
 _DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
@@ -130,8 +135,9 @@ class CtsDriver:
         return TableGattDecoder(DRIVER_ID, _DECODERS)
 
     @staticmethod
-    def encode_current_time(moment: datetime,
-                            adjust_reason: int = ADJUST_EXTERNAL_REFERENCE) -> bytes:
+    def encode_current_time(
+        moment: datetime, adjust_reason: int = ADJUST_EXTERNAL_REFERENCE
+    ) -> bytes:
         return encode_current_time(moment, adjust_reason)
 
 

@@ -81,8 +81,10 @@ class DisDriver:
         match=(),
         service=uuid16(0x180A),
         characteristics=(
-            *(Characteristic(uuid, name, "read", optional=True)
-              for uuid, (_, name) in _STRINGS.items()),
+            *(
+                Characteristic(uuid, name, "read", optional=True)
+                for uuid, (_, name) in _STRINGS.items()
+            ),
             Characteristic(SYSTEM_ID, "dis-system-id", "read", optional=True),
             Characteristic(UDI, "dis-udi", "read", optional=True),
         ),

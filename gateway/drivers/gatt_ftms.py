@@ -114,18 +114,27 @@ class Field:
         kind = TYPES[self.type]
         if self.zero_is_error and raw == 0:
             return Observation(self.type, None, kind.unit, kind.mdc, kind.loinc, "error")
-        value: int | float = (round(raw * self.resolution, self.decimals) if self.decimals
-                              else raw)
+        value: int | float = round(raw * self.resolution, self.decimals) if self.decimals else raw
         return Observation(self.type, value, kind.unit, kind.mdc, kind.loinc)
 
 
-def _u(type_: str, size: int = 2, resolution: float = 1.0, decimals: int = 0,
-       unavailable: int | None = None) -> Field:
+def _u(
+    type_: str,
+    size: int = 2,
+    resolution: float = 1.0,
+    decimals: int = 0,
+    unavailable: int | None = None,
+) -> Field:
     return Field(type_, size, False, resolution, decimals, unavailable)
 
 
-def _s(type_: str, size: int = 2, resolution: float = 1.0, decimals: int = 0,
-       unavailable: int | None = None) -> Field:
+def _s(
+    type_: str,
+    size: int = 2,
+    resolution: float = 1.0,
+    decimals: int = 0,
+    unavailable: int | None = None,
+) -> Field:
     return Field(type_, size, True, resolution, decimals, unavailable)
 
 
@@ -148,8 +157,11 @@ class Machine:
 _SPEED = (_u("speed", 2, 0.01, 2),)
 _AVG_SPEED = (_u("average_speed", 2, 0.01, 2),)
 _DISTANCE = (_u("distance", 3),)
-_ENERGY = (_u("energy", 2, unavailable=0xFFFF), _u("energy_per_hour", 2, unavailable=0xFFFF),
-           _u("energy_per_minute", 1, unavailable=0xFF))
+_ENERGY = (
+    _u("energy", 2, unavailable=0xFFFF),
+    _u("energy_per_hour", 2, unavailable=0xFFFF),
+    _u("energy_per_minute", 1, unavailable=0xFF),
+)
 _HR = (Field("heart_rate", 1, zero_is_error=True),)
 _MET = (_u("metabolic_equivalent", 1, 0.1, 1),)
 _ELAPSED = (_u("elapsed_time"),)
@@ -158,39 +170,100 @@ _POWER = (_s("power"),)
 _AVG_POWER = (_s("average_power"),)
 _INCLINE = (_s("inclination", 2, 0.1, 1, 0x7FFF), _s("ramp_angle", 2, 0.1, 1, 0x7FFF))
 
-INDOOR_BIKE = Machine("indoor_bike", 2, (
-    (0, _SPEED), (1, _AVG_SPEED),
-    (2, (_u("cadence", 2, 0.5, 1),)), (3, (_u("average_cadence", 2, 0.5, 1),)),
-    (4, _DISTANCE), (5, (_s("resistance_level"),)), (6, _POWER), (7, _AVG_POWER),
-    (8, _ENERGY), (9, _HR), (10, _MET), (11, _ELAPSED), (12, _REMAINING),
-))
-TREADMILL = Machine("treadmill", 2, (
-    (0, _SPEED), (1, _AVG_SPEED), (2, _DISTANCE), (3, _INCLINE),
-    (4, (_u("elevation_gain", 2, 0.1, 1), _u("elevation_loss", 2, 0.1, 1))),
-    (5, (_u("pace", 1, 0.1, 1),)), (6, (_u("average_pace", 1, 0.1, 1),)),
-    (7, _ENERGY), (8, _HR), (9, _MET), (10, _ELAPSED), (11, _REMAINING),
-    (12, (_s("force_on_belt"), _s("power"))),
-))
-ROWER = Machine("rower", 2, (
-    (0, (_u("stroke_rate", 1, 0.5, 1), _u("stroke_count"))),
-    (1, (_u("average_stroke_rate", 1, 0.5, 1),)), (2, _DISTANCE),
-    (3, (_u("pace_500m"),)), (4, (_u("average_pace_500m"),)),
-    (5, _POWER), (6, _AVG_POWER), (7, (_s("resistance_level"),)),
-    (8, _ENERGY), (9, _HR), (10, _MET), (11, _ELAPSED), (12, _REMAINING),
-))
-CROSS_TRAINER = Machine("cross_trainer", 3, (
-    (0, _SPEED), (1, _AVG_SPEED), (2, _DISTANCE),
-    (3, (_u("step_rate"), _u("average_step_rate"))),
-    (4, (_u("stride_count", 2, 0.1, 1),)),
-    (5, (_u("elevation_gain"), _u("elevation_loss"))), (6, _INCLINE),
-    (7, (_s("resistance_level", 2, 0.1, 1),)), (8, _POWER), (9, _AVG_POWER),
-    (10, _ENERGY), (11, _HR), (12, _MET), (13, _ELAPSED), (14, _REMAINING),
-), flag_status=((15, "movement_direction", "forward", "backward"),))
-STEP_CLIMBER = Machine("step_climber", 2, (
-    (0, (_u("floors"), _u("steps"))), (1, (_u("step_rate"),)), (2, (_u("average_step_rate"),)),
-    (3, (_u("elevation_gain"),)), (4, _ENERGY), (5, _HR), (6, _MET), (7, _ELAPSED),
-    (8, _REMAINING),
-))
+INDOOR_BIKE = Machine(
+    "indoor_bike",
+    2,
+    (
+        (0, _SPEED),
+        (1, _AVG_SPEED),
+        (2, (_u("cadence", 2, 0.5, 1),)),
+        (3, (_u("average_cadence", 2, 0.5, 1),)),
+        (4, _DISTANCE),
+        (5, (_s("resistance_level"),)),
+        (6, _POWER),
+        (7, _AVG_POWER),
+        (8, _ENERGY),
+        (9, _HR),
+        (10, _MET),
+        (11, _ELAPSED),
+        (12, _REMAINING),
+    ),
+)
+TREADMILL = Machine(
+    "treadmill",
+    2,
+    (
+        (0, _SPEED),
+        (1, _AVG_SPEED),
+        (2, _DISTANCE),
+        (3, _INCLINE),
+        (4, (_u("elevation_gain", 2, 0.1, 1), _u("elevation_loss", 2, 0.1, 1))),
+        (5, (_u("pace", 1, 0.1, 1),)),
+        (6, (_u("average_pace", 1, 0.1, 1),)),
+        (7, _ENERGY),
+        (8, _HR),
+        (9, _MET),
+        (10, _ELAPSED),
+        (11, _REMAINING),
+        (12, (_s("force_on_belt"), _s("power"))),
+    ),
+)
+ROWER = Machine(
+    "rower",
+    2,
+    (
+        (0, (_u("stroke_rate", 1, 0.5, 1), _u("stroke_count"))),
+        (1, (_u("average_stroke_rate", 1, 0.5, 1),)),
+        (2, _DISTANCE),
+        (3, (_u("pace_500m"),)),
+        (4, (_u("average_pace_500m"),)),
+        (5, _POWER),
+        (6, _AVG_POWER),
+        (7, (_s("resistance_level"),)),
+        (8, _ENERGY),
+        (9, _HR),
+        (10, _MET),
+        (11, _ELAPSED),
+        (12, _REMAINING),
+    ),
+)
+CROSS_TRAINER = Machine(
+    "cross_trainer",
+    3,
+    (
+        (0, _SPEED),
+        (1, _AVG_SPEED),
+        (2, _DISTANCE),
+        (3, (_u("step_rate"), _u("average_step_rate"))),
+        (4, (_u("stride_count", 2, 0.1, 1),)),
+        (5, (_u("elevation_gain"), _u("elevation_loss"))),
+        (6, _INCLINE),
+        (7, (_s("resistance_level", 2, 0.1, 1),)),
+        (8, _POWER),
+        (9, _AVG_POWER),
+        (10, _ENERGY),
+        (11, _HR),
+        (12, _MET),
+        (13, _ELAPSED),
+        (14, _REMAINING),
+    ),
+    flag_status=((15, "movement_direction", "forward", "backward"),),
+)
+STEP_CLIMBER = Machine(
+    "step_climber",
+    2,
+    (
+        (0, (_u("floors"), _u("steps"))),
+        (1, (_u("step_rate"),)),
+        (2, (_u("average_step_rate"),)),
+        (3, (_u("elevation_gain"),)),
+        (4, _ENERGY),
+        (5, _HR),
+        (6, _MET),
+        (7, _ELAPSED),
+        (8, _REMAINING),
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,10 +292,11 @@ def parse_part(machine: Machine, data: bytes) -> Part:
             if raw != field.unavailable:
                 observations.append(field.observation(raw))
     if offset != len(data) and not flags & ~machine.known_bits:
-        raise DecodeError(f"FTMS {machine.name} data: {len(data) - offset} bytes after the "
-                          f"fields its flags {flags:#x} announce")
-    status = {name: (on if flags >> bit & 1 else off)
-              for bit, name, off, on in machine.flag_status}
+        raise DecodeError(
+            f"FTMS {machine.name} data: {len(data) - offset} bytes after the "
+            f"fields its flags {flags:#x} announce"
+        )
+    status = {name: (on if flags >> bit & 1 else off) for bit, name, off, on in machine.flag_status}
     return Part(bool(flags & 1), tuple(observations), status, bytes(data))
 
 
@@ -232,20 +306,51 @@ def merge(parts: list[Part], complete: bool) -> Reading:
         status.update(part.status)
     if not complete:
         status["record_complete"] = False
-    return Reading(observations=tuple(o for p in parts for o in p.observations),
-                   raw=b"".join(p.raw for p in parts), status=status)
+    return Reading(
+        observations=tuple(o for p in parts for o in p.observations),
+        raw=b"".join(p.raw for p in parts),
+        status=status,
+    )
 
 
 FITNESS_MACHINE_FEATURES = (
-    "average_speed", "cadence", "total_distance", "inclination", "elevation_gain", "pace",
-    "step_count", "resistance_level", "stride_count", "expended_energy",
-    "heart_rate_measurement", "metabolic_equivalent", "elapsed_time", "remaining_time",
-    "power_measurement", "force_on_belt_and_power_output", "user_data_retention")
+    "average_speed",
+    "cadence",
+    "total_distance",
+    "inclination",
+    "elevation_gain",
+    "pace",
+    "step_count",
+    "resistance_level",
+    "stride_count",
+    "expended_energy",
+    "heart_rate_measurement",
+    "metabolic_equivalent",
+    "elapsed_time",
+    "remaining_time",
+    "power_measurement",
+    "force_on_belt_and_power_output",
+    "user_data_retention",
+)
 TARGET_SETTING_FEATURES = (
-    "speed", "inclination", "resistance", "power", "heart_rate", "expended_energy", "steps",
-    "strides", "distance", "training_time", "time_in_two_heart_rate_zones",
-    "time_in_three_heart_rate_zones", "time_in_five_heart_rate_zones",
-    "indoor_bike_simulation", "wheel_circumference", "spin_down_control", "cadence")
+    "speed",
+    "inclination",
+    "resistance",
+    "power",
+    "heart_rate",
+    "expended_energy",
+    "steps",
+    "strides",
+    "distance",
+    "training_time",
+    "time_in_two_heart_rate_zones",
+    "time_in_three_heart_rate_zones",
+    "time_in_five_heart_rate_zones",
+    "indoor_bike_simulation",
+    "wheel_circumference",
+    "spin_down_control",
+    "cadence",
+)
 
 
 def decode_feature(data: bytes) -> Reading:
@@ -254,43 +359,72 @@ def decode_feature(data: bytes) -> Reading:
     machine, target = uint_from(data, 0, 4), uint_from(data, 4, 4)
     status: dict[str, StatusValue] = {
         f"{name}_supported": bool(machine >> bit & 1)
-        for bit, name in enumerate(FITNESS_MACHINE_FEATURES)}
-    status.update({f"target_{name}_supported": bool(target >> bit & 1)
-                   for bit, name in enumerate(TARGET_SETTING_FEATURES)})
+        for bit, name in enumerate(FITNESS_MACHINE_FEATURES)
+    }
+    status.update(
+        {
+            f"target_{name}_supported": bool(target >> bit & 1)
+            for bit, name in enumerate(TARGET_SETTING_FEATURES)
+        }
+    )
     return Reading(observations=(), raw=bytes(data), status=status)
 
 
 TRAINING_STATUS = (
-    "other", "idle", "warming_up", "low_intensity_interval", "high_intensity_interval",
-    "recovery_interval", "isometric", "heart_rate_control", "fitness_test",
-    "speed_outside_control_region_low", "speed_outside_control_region_high", "cool_down",
-    "watt_control", "manual_mode", "pre_workout", "post_workout")
+    "other",
+    "idle",
+    "warming_up",
+    "low_intensity_interval",
+    "high_intensity_interval",
+    "recovery_interval",
+    "isometric",
+    "heart_rate_control",
+    "fitness_test",
+    "speed_outside_control_region_low",
+    "speed_outside_control_region_high",
+    "cool_down",
+    "watt_control",
+    "manual_mode",
+    "pre_workout",
+    "post_workout",
+)
 
 
 def decode_training_status(data: bytes) -> Reading:
     """Training Status (0x2AD3): flags uint8, status uint8, then an optional UTF-8 string."""
     flags, code = uint_from(data, 0, 1), uint_from(data, 1, 1)
     status: dict[str, StatusValue] = {
-        "training_status": TRAINING_STATUS[code] if code < len(TRAINING_STATUS)
-        else f"reserved_{code:#04x}"}
+        "training_status": TRAINING_STATUS[code]
+        if code < len(TRAINING_STATUS)
+        else f"reserved_{code:#04x}"
+    }
     if flags & 0x01 and len(data) > 2:
         status["training_status_text"] = data[2:].decode("utf-8", errors="replace")
     return Reading(observations=(), raw=bytes(data), status=status)
 
 
 MACHINE_STATUS: Mapping[int, str] = {
-    0x01: "reset", 0x02: "stopped_or_paused_by_user", 0x03: "stopped_by_safety_key",
-    0x04: "started_or_resumed_by_user", 0x05: "target_speed_changed",
-    0x06: "target_incline_changed", 0x07: "target_resistance_level_changed",
-    0x08: "target_power_changed", 0x09: "target_heart_rate_changed",
-    0x0A: "targeted_expended_energy_changed", 0x0B: "targeted_number_of_steps_changed",
-    0x0C: "targeted_number_of_strides_changed", 0x0D: "targeted_distance_changed",
+    0x01: "reset",
+    0x02: "stopped_or_paused_by_user",
+    0x03: "stopped_by_safety_key",
+    0x04: "started_or_resumed_by_user",
+    0x05: "target_speed_changed",
+    0x06: "target_incline_changed",
+    0x07: "target_resistance_level_changed",
+    0x08: "target_power_changed",
+    0x09: "target_heart_rate_changed",
+    0x0A: "targeted_expended_energy_changed",
+    0x0B: "targeted_number_of_steps_changed",
+    0x0C: "targeted_number_of_strides_changed",
+    0x0D: "targeted_distance_changed",
     0x0E: "targeted_training_time_changed",
     0x0F: "targeted_time_in_two_heart_rate_zones_changed",
     0x10: "targeted_time_in_three_heart_rate_zones_changed",
     0x11: "targeted_time_in_five_heart_rate_zones_changed",
-    0x12: "indoor_bike_simulation_parameters_changed", 0x13: "wheel_circumference_changed",
-    0x14: "spin_down_status", 0x15: "targeted_cadence_changed",
+    0x12: "indoor_bike_simulation_parameters_changed",
+    0x13: "wheel_circumference_changed",
+    0x14: "spin_down_status",
+    0x15: "targeted_cadence_changed",
     0xFF: "control_permission_lost",
 }
 
@@ -316,7 +450,6 @@ CHARACTERISTICS: Mapping[str, Machine | Callable[[bytes], Reading]] = {
 # Enough for any real split (a record has at most 16 field groups); a machine that sets
 # "More Data" forever must not make the decoder hold its bytes forever.
 MAX_PARTS = 16
-
 
 
 class FtmsDecoder:
@@ -353,8 +486,7 @@ class FtmsDecoder:
         out: list[Reading] = []
         pending = self._pending.pop(key, [])
         held = {o.type for p in pending for o in p.observations}
-        if pending and (held & {o.type for o in part.observations}
-                        or len(pending) >= MAX_PARTS):
+        if pending and (held & {o.type for o in part.observations} or len(pending) >= MAX_PARTS):
             out.append(merge(pending, complete=False))
             pending = []
         pending.append(part)
@@ -374,7 +506,7 @@ class FtmsDriver:
         id=DRIVER_ID,
         version="1.0.0",
         description="Bluetooth Fitness Machine Service (bike, treadmill, rower, cross trainer, "
-                    "step climber), read only",
+        "step climber), read only",
         transport="ble",
         category="musculoskeletal",
         match=(BleMatch(service_uuid=uuid16(0x1826)),),

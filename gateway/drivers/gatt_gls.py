@@ -2,7 +2,7 @@
 
 What lives here: `decode_glucose_measurement` (0x2A18), `decode_measurement_context` (0x2A34),
 `decode_glucose_feature` (0x2A51), the per-connection decoder and `DRIVER`. Stored-record sync
-through the Record Access Control Point is the hub's job (gateway/records.py), not this
+through the Record Access Control Point is the hub's job (gateway/sessions/records.py), not this
 module's: it keys on the `sequence_number` each reading carries in its status. No I/O.
 
 Glucose Measurement, little-endian, optional fields in this order when their flag is set:
@@ -59,14 +59,23 @@ GLUCOSE_FEATURE = uuid16(0x2A51)
 # Flag bit 2: (UCUM unit, exponent shift from the SI unit on the wire).
 _UNITS: Mapping[int, tuple[str, int]] = {0: ("mg/dL", 5), 1: ("mmol/L", 3)}
 SAMPLE_TYPES: Mapping[int, str] = {
-    1: "capillary_whole_blood", 2: "capillary_plasma", 3: "venous_whole_blood",
-    4: "venous_plasma", 5: "arterial_whole_blood", 6: "arterial_plasma",
-    7: "undetermined_whole_blood", 8: "undetermined_plasma", 9: "interstitial_fluid",
+    1: "capillary_whole_blood",
+    2: "capillary_plasma",
+    3: "venous_whole_blood",
+    4: "venous_plasma",
+    5: "arterial_whole_blood",
+    6: "arterial_plasma",
+    7: "undetermined_whole_blood",
+    8: "undetermined_plasma",
+    9: "interstitial_fluid",
     10: "control_solution",
 }
 _GLUCOSE_MDC: Mapping[int, int] = {1: 160184, 2: 160188}
 SAMPLE_LOCATIONS: Mapping[int, str] = {
-    1: "finger", 2: "alternate_site_test", 3: "earlobe", 4: "control_solution",
+    1: "finger",
+    2: "alternate_site_test",
+    3: "earlobe",
+    4: "control_solution",
     15: "not_available",
 }
 _ANNUNCIATIONS: tuple[tuple[str, int], ...] = (
@@ -99,21 +108,41 @@ _FEATURES: tuple[tuple[str, int], ...] = (
 
 # Measurement Context tables.
 CARBOHYDRATES: Mapping[int, str] = {
-    1: "breakfast", 2: "lunch", 3: "dinner", 4: "snack", 5: "drink", 6: "supper", 7: "brunch",
+    1: "breakfast",
+    2: "lunch",
+    3: "dinner",
+    4: "snack",
+    5: "drink",
+    6: "supper",
+    7: "brunch",
 }
 MEALS: Mapping[int, str] = {
-    1: "preprandial", 2: "postprandial", 3: "fasting", 4: "casual", 5: "bedtime",
+    1: "preprandial",
+    2: "postprandial",
+    3: "fasting",
+    4: "casual",
+    5: "bedtime",
 }
 TESTERS: Mapping[int, str] = {
-    1: "self", 2: "health_care_professional", 3: "lab_test", 15: "not_available",
+    1: "self",
+    2: "health_care_professional",
+    3: "lab_test",
+    15: "not_available",
 }
 HEALTH: Mapping[int, str] = {
-    1: "minor_health_issues", 2: "major_health_issues", 3: "during_menses", 4: "under_stress",
-    5: "no_health_issues", 15: "not_available",
+    1: "minor_health_issues",
+    2: "major_health_issues",
+    3: "during_menses",
+    4: "under_stress",
+    5: "no_health_issues",
+    15: "not_available",
 }
 MEDICATIONS: Mapping[int, str] = {
-    1: "rapid_acting_insulin", 2: "short_acting_insulin", 3: "intermediate_acting_insulin",
-    4: "long_acting_insulin", 5: "pre_mixed_insulin",
+    1: "rapid_acting_insulin",
+    2: "short_acting_insulin",
+    3: "intermediate_acting_insulin",
+    4: "long_acting_insulin",
+    5: "pre_mixed_insulin",
 }
 
 
@@ -152,8 +181,16 @@ def decode_glucose_measurement(data: bytes) -> Reading:
         kind = uint_from(data, offset + 2, 1)
         status["sample_type"] = _name(SAMPLE_TYPES, kind & 0x0F)
         status["sample_location"] = _name(SAMPLE_LOCATIONS, kind >> 4)
-        observations = (Observation("glucose", concentration.value, unit,
-                                    _GLUCOSE_MDC.get(kind & 0x0F), None, concentration.absent),)
+        observations = (
+            Observation(
+                "glucose",
+                concentration.value,
+                unit,
+                _GLUCOSE_MDC.get(kind & 0x0F),
+                None,
+                concentration.absent,
+            ),
+        )
         offset += 3
     if flags & 0x08:
         bits = uint_from(data, offset, 2)
@@ -163,8 +200,9 @@ def decode_glucose_measurement(data: bytes) -> Reading:
     return Reading(observations, bytes(data), status, reading_time, clock)
 
 
-def _context_amount(data: bytes, offset: int, name: str, shift: int,
-                    status: dict[str, StatusValue]) -> None:
+def _context_amount(
+    data: bytes, offset: int, name: str, shift: int, status: dict[str, StatusValue]
+) -> None:
     """An SFLOAT amount into status under `name`, scaled by 10**shift; left out if special."""
     value = _shifted(sfloat_from(data, offset), shift).value
     if value is not None:
@@ -235,8 +273,9 @@ class GlsDriver:
         characteristics=(
             Characteristic(GLUCOSE_FEATURE, "glucose-feature", "read"),
             Characteristic(GLUCOSE_MEASUREMENT, "glucose-measurement", "notify"),
-            Characteristic(MEASUREMENT_CONTEXT, "glucose-measurement-context",
-                "notify", optional=True),
+            Characteristic(
+                MEASUREMENT_CONTEXT, "glucose-measurement-context", "notify", optional=True
+            ),
         ),
         produces=("glucose",),
     )

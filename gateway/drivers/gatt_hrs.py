@@ -34,9 +34,20 @@ ENERGY_EXPENDED_UNIT = "kJ"
 RR_INTERVAL_UNIT = "s"
 
 _SENSOR_CONTACT: Mapping[int, str] = {
-    0: "not-supported", 1: "not-supported", 2: "not-detected", 3: "detected"}
+    0: "not-supported",
+    1: "not-supported",
+    2: "not-detected",
+    3: "detected",
+}
 _LOCATIONS: Mapping[int, str] = {
-    0: "other", 1: "chest", 2: "wrist", 3: "finger", 4: "hand", 5: "ear_lobe", 6: "foot"}
+    0: "other",
+    1: "chest",
+    2: "wrist",
+    3: "finger",
+    4: "hand",
+    5: "ear_lobe",
+    6: "foot",
+}
 
 # Straps send 0 while they have no skin contact; no wearer has a heart rate of 0.
 _NO_HEART_RATE = Observation.known("heart_rate", None, absent="error")
@@ -50,15 +61,15 @@ def decode_measurement(data: bytes) -> Reading:
     offset = 1 + size
     observations = [Observation.known("heart_rate", rate) if rate else _NO_HEART_RATE]
     if flags & 0x08:
-        observations.append(Observation(
-            "energy", uint_from(data, offset, 2), ENERGY_EXPENDED_UNIT))
+        observations.append(Observation("energy", uint_from(data, offset, 2), ENERGY_EXPENDED_UNIT))
         offset += 2
     if flags & 0x10:
         if (len(data) - offset) % 2:
             raise DecodeError(f"RR intervals: {len(data) - offset} bytes is not whole uint16s")
         observations += [
             Observation("rr_interval", round(uint_from(data, at, 2) / 1024, 3), RR_INTERVAL_UNIT)
-            for at in range(offset, len(data), 2)]
+            for at in range(offset, len(data), 2)
+        ]
     status: dict[str, StatusValue] = {"sensor_contact": _SENSOR_CONTACT[flags >> 1 & 0x03]}
     return Reading(tuple(observations), bytes(data), status)
 

@@ -46,8 +46,15 @@ _MDC_TEMP_BODY = 150364
 _LOINC_BODY_TEMPERATURE = "8310-5"
 
 TEMPERATURE_TYPES: Mapping[int, str] = {
-    1: "armpit", 2: "body", 3: "ear", 4: "finger", 5: "gastrointestinal_tract", 6: "mouth",
-    7: "rectum", 8: "toe", 9: "tympanum",
+    1: "armpit",
+    2: "body",
+    3: "ear",
+    4: "finger",
+    5: "gastrointestinal_tract",
+    6: "mouth",
+    7: "rectum",
+    8: "toe",
+    9: "tympanum",
 }
 
 
@@ -67,8 +74,14 @@ def _measurement(data: bytes, *, intermediate: bool) -> Reading:
         offset += 7
     if flags & 0x04:
         status["temperature_type"] = _temperature_type(uint_from(data, offset, 1))
-    observation = Observation("body_temperature", temperature.value, _UNITS[flags & 0x01],
-                              _MDC_TEMP_BODY, _LOINC_BODY_TEMPERATURE, temperature.absent)
+    observation = Observation(
+        "body_temperature",
+        temperature.value,
+        _UNITS[flags & 0x01],
+        _MDC_TEMP_BODY,
+        _LOINC_BODY_TEMPERATURE,
+        temperature.absent,
+    )
     return Reading((observation,), bytes(data), status, reading_time, clock)
 
 
@@ -111,8 +124,9 @@ class HtsDriver:
         characteristics=(
             Characteristic(TEMPERATURE_TYPE, "temperature-type", "read", optional=True),
             Characteristic(TEMPERATURE_MEASUREMENT, "temperature-measurement", "indicate"),
-            Characteristic(INTERMEDIATE_TEMPERATURE, "intermediate-temperature",
-                "notify", optional=True),
+            Characteristic(
+                INTERMEDIATE_TEMPERATURE, "intermediate-temperature", "notify", optional=True
+            ),
         ),
         produces=("body_temperature",),
     )

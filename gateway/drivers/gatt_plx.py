@@ -46,8 +46,10 @@ FEATURES = uuid16(0x2A60)
 # unit and codes (the PHD IG marks the modality separately, not in the type code).
 _NEW_TYPES: Mapping[str, ObservationType] = {
     f"{base}_{speed}": ObservationType(f"{base}_{speed}", known.unit, known.mdc, known.loinc)
-    for base, known in (("spo2", OBSERVATION_TYPES["spo2"]),
-                        ("pulse_rate", OBSERVATION_TYPES["pulse_rate"]))
+    for base, known in (
+        ("spo2", OBSERVATION_TYPES["spo2"]),
+        ("pulse_rate", OBSERVATION_TYPES["pulse_rate"]),
+    )
     for speed in ("fast", "slow")
 }
 
@@ -98,8 +100,7 @@ _CLOCK_NOT_SET = 0x10
 
 def _observation(type_name: str, number: Float11073) -> Observation:
     known = OBSERVATION_TYPES.get(type_name) or _NEW_TYPES[type_name]
-    return Observation(type_name, number.value, known.unit, known.mdc, known.loinc,
-                       number.absent)
+    return Observation(type_name, number.value, known.unit, known.mdc, known.loinc, number.absent)
 
 
 def _bits(value: int, names: Mapping[int, str], prefix: str = "") -> dict[str, StatusValue]:
@@ -137,8 +138,10 @@ def decode_spot_check(data: bytes) -> Reading:
     """PLX Spot-check Measurement (0x2A5E). Raises `DecodeError` for a malformed value."""
     fields = _Fields(data)
     flags = fields.uint(1)
-    observations = [_observation("spo2", fields.sfloat()),
-                    _observation("pulse_rate", fields.sfloat())]
+    observations = [
+        _observation("spo2", fields.sfloat()),
+        _observation("pulse_rate", fields.sfloat()),
+    ]
     device_time = fields.date_time() if flags & 0x01 else None
     status: dict[str, StatusValue] = {}
     if flags & 0x02:
@@ -159,8 +162,10 @@ def decode_continuous(data: bytes) -> Reading:
     """PLX Continuous Measurement (0x2A5F). Raises `DecodeError` for a malformed value."""
     fields = _Fields(data)
     flags = fields.uint(1)
-    observations = [_observation("spo2", fields.sfloat()),
-                    _observation("pulse_rate", fields.sfloat())]
+    observations = [
+        _observation("spo2", fields.sfloat()),
+        _observation("pulse_rate", fields.sfloat()),
+    ]
     for bit, speed in ((0x01, "fast"), (0x02, "slow")):
         if flags & bit:
             observations.append(_observation(f"spo2_{speed}", fields.sfloat()))

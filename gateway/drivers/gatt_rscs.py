@@ -69,21 +69,29 @@ def decode_measurement(data: bytes) -> Reading:
         value = round(raw * resolution, decimals) if decimals else raw
         observations.append(_observation(type_, value))
     if offset != len(data) and not flags & ~_KNOWN_FLAGS:
-        raise DecodeError(f"RSC Measurement: {len(data) - offset} bytes after the fields its "
-                          f"flags {flags:#04x} announce")
+        raise DecodeError(
+            f"RSC Measurement: {len(data) - offset} bytes after the fields its "
+            f"flags {flags:#04x} announce"
+        )
     status: dict[str, StatusValue] = {"gait": "running" if flags & 0x04 else "walking"}
     return Reading(observations=tuple(observations), raw=bytes(data), status=status)
 
 
-RSC_FEATURES = ("stride_length", "total_distance", "walking_or_running_status",
-                "calibration_procedure", "multiple_sensor_locations")
+RSC_FEATURES = (
+    "stride_length",
+    "total_distance",
+    "walking_or_running_status",
+    "calibration_procedure",
+    "multiple_sensor_locations",
+)
 
 
 def decode_feature(data: bytes) -> Reading:
     """RSC Feature (0x2A54): uint16 bit field, as `<name>_supported` status flags."""
     bits = uint_from(data, 0, 2)
     status: dict[str, StatusValue] = {
-        f"{name}_supported": bool(bits >> bit & 1) for bit, name in enumerate(RSC_FEATURES)}
+        f"{name}_supported": bool(bits >> bit & 1) for bit, name in enumerate(RSC_FEATURES)
+    }
     return Reading(observations=(), raw=bytes(data), status=status)
 
 
@@ -91,7 +99,6 @@ CHARACTERISTICS: Mapping[str, Callable[[bytes], Reading]] = {
     uuid16(0x2A53): decode_measurement,
     uuid16(0x2A54): decode_feature,
 }
-
 
 
 class RscsDriver:

@@ -60,26 +60,38 @@ class _Quantity:
     loinc: str
 
     def observation(self, raw: int) -> Observation:
-        return Observation(self.type, round(raw * self.step, self.decimals), self.unit,
-                           self.mdc, self.loinc)
+        return Observation(
+            self.type, round(raw * self.step, self.decimals), self.unit, self.mdc, self.loinc
+        )
 
 
 _BMI = _Quantity("bmi", "kg/m2", 0.1, 1, 188752, "39156-5")
 # Flag bit 0: (weight, height) per unit system.
 _UNIT_SYSTEMS: Mapping[int, tuple[_Quantity, _Quantity]] = {
-    0: (_Quantity("body_weight", "kg", 0.005, 3, 188736, "29463-7"),
-        _Quantity("body_height", "m", 0.001, 3, 188740, "8302-2")),
-    1: (_Quantity("body_weight", "[lb_av]", 0.01, 2, 188736, "29463-7"),
-        _Quantity("body_height", "[in_i]", 0.1, 1, 188740, "8302-2")),
+    0: (
+        _Quantity("body_weight", "kg", 0.005, 3, 188736, "29463-7"),
+        _Quantity("body_height", "m", 0.001, 3, 188740, "8302-2"),
+    ),
+    1: (
+        _Quantity("body_weight", "[lb_av]", 0.01, 2, 188736, "29463-7"),
+        _Quantity("body_height", "[in_i]", 0.1, 1, 188740, "8302-2"),
+    ),
 }
 
 # Weight Scale Feature bits 3-6 and 7-9: resolution codes to (SI, imperial) steps.
 _WEIGHT_RESOLUTIONS: Mapping[int, tuple[float, float]] = {
-    1: (0.5, 1.0), 2: (0.2, 0.5), 3: (0.1, 0.2), 4: (0.05, 0.1), 5: (0.02, 0.05),
-    6: (0.01, 0.02), 7: (0.005, 0.01),
+    1: (0.5, 1.0),
+    2: (0.2, 0.5),
+    3: (0.1, 0.2),
+    4: (0.05, 0.1),
+    5: (0.02, 0.05),
+    6: (0.01, 0.02),
+    7: (0.005, 0.01),
 }
 _HEIGHT_RESOLUTIONS: Mapping[int, tuple[float, float]] = {
-    1: (0.01, 1.0), 2: (0.005, 0.5), 3: (0.001, 0.1),
+    1: (0.01, 1.0),
+    2: (0.005, 0.5),
+    3: (0.001, 0.1),
 }
 _FEATURE_FLAGS: tuple[tuple[str, int], ...] = (
     ("time_stamp_supported", 0x01),
@@ -105,8 +117,9 @@ def decode_weight_measurement(data: bytes) -> Reading:
         status.update({"user_unknown": True} if user == UNKNOWN_USER else {"user_id": user})
         offset += 1
     if raw_weight == UNSUCCESSFUL:
-        weight = Observation(weight_type.type, None, weight_type.unit, weight_type.mdc,
-                             weight_type.loinc, "error")
+        weight = Observation(
+            weight_type.type, None, weight_type.unit, weight_type.mdc, weight_type.loinc, "error"
+        )
     else:
         weight = weight_type.observation(raw_weight)
     observations = [weight]
@@ -122,8 +135,10 @@ def decode_weight_scale_feature(data: bytes) -> Reading:
         raise DecodeError(f"Weight Scale Feature must be 4 bytes, got {len(data)}")
     features = uint_from(data, 0, 4)
     status: dict[str, StatusValue] = dict(bit_names(features, _FEATURE_FLAGS))
-    for name, code, table in (("weight", (features >> 3) & 0x0F, _WEIGHT_RESOLUTIONS),
-                              ("height", (features >> 7) & 0x07, _HEIGHT_RESOLUTIONS)):
+    for name, code, table in (
+        ("weight", (features >> 3) & 0x0F, _WEIGHT_RESOLUTIONS),
+        ("height", (features >> 7) & 0x07, _HEIGHT_RESOLUTIONS),
+    ):
         steps = table.get(code)  # 0 is "not specified"; others are reserved
         if steps is not None:
             status[f"{name}_resolution_si"], status[f"{name}_resolution_imperial"] = steps

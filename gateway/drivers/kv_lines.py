@@ -83,7 +83,7 @@ def parse_options(options: Mapping[str, object]) -> KvOptions:
 
     time_key = options.get("time_key")
     if time_key is not None and (not isinstance(time_key, str) or not time_key):
-        raise OptionError("time_key", "must be the name of a key, e.g. \"t\"")
+        raise OptionError("time_key", 'must be the name of a key, e.g. "t"')
     if time_key in specs:
         raise OptionError("time_key", f"{time_key!r} is also listed in keys; list it once")
 
@@ -96,26 +96,28 @@ def parse_options(options: Mapping[str, object]) -> KvOptions:
 
 def _key_spec(path: str, spec: object) -> KeySpec:
     if not isinstance(spec, Mapping):
-        raise OptionError(path, "must be a table like {type = \"spo2\"}")
+        raise OptionError(path, 'must be a table like {type = "spo2"}')
     for name in spec:
         if name not in _KEY_FIELDS:
             raise OptionError(f"{path}.{name}", "unknown field; expected type and unit")
     type_name = spec.get("type")
     if not isinstance(type_name, str) or not _TYPE_NAME.fullmatch(type_name):
-        raise OptionError(f"{path}.type", "must be a snake_case observation type, e.g. \"spo2\"")
+        raise OptionError(f"{path}.type", 'must be a snake_case observation type, e.g. "spo2"')
     unit = spec.get("unit")
     if unit is not None and (not isinstance(unit, str) or not unit):
-        raise OptionError(f"{path}.unit", "must be a UCUM unit string, e.g. \"kg\"")
+        raise OptionError(f"{path}.unit", 'must be a UCUM unit string, e.g. "kg"')
     known = OBSERVATION_TYPES.get(type_name)
     if known is None:
         if unit is None:
-            raise OptionError(f"{path}.unit", f"{type_name!r} is not a well-known type: "
-                                              "give its UCUM unit")
+            raise OptionError(
+                f"{path}.unit", f"{type_name!r} is not a well-known type: give its UCUM unit"
+            )
         return KeySpec(type_name, unit)
     # Platforms key on the type name with its fixed unit; a second unit would mislead them.
     if unit is not None and unit != known.unit:
-        raise OptionError(f"{path}.unit", f"{type_name!r} is always in {known.unit!r}; "
-                                          "leave unit out")
+        raise OptionError(
+            f"{path}.unit", f"{type_name!r} is always in {known.unit!r}; leave unit out"
+        )
     return KeySpec(type_name, known.unit, known.mdc, known.loinc)
 
 
@@ -145,7 +147,8 @@ def decode_line(line: bytes, options: KvOptions) -> Reading:
         key, sep, value = (s.strip() for s in pair.partition("="))
         if not sep or not key:
             raise DecodeError(  # no content: it may hold a health value, and errors reach logs
-                f"expected key=value, got {len(pair)} characters without '='")
+                f"expected key=value, got {len(pair)} characters without '='"
+            )
         if key in seen:
             raise DecodeError(f"key {key!r} appears twice in one line")
         seen.add(key)
@@ -193,7 +196,7 @@ class KvLinesDecoder:
         self._buffer += data
         while (end := self._buffer.find(b"\n")) >= 0:
             line = bytes(self._buffer[:end])
-            del self._buffer[:end + 1]
+            del self._buffer[: end + 1]
             if self._discarding:
                 self._discarding = False
                 continue

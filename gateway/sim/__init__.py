@@ -40,13 +40,15 @@ SIMULATORS: dict[str, _Simulator] = {
 }
 
 
-def run_simulator(driver_id: str, link: Path, *, rate_hz: float | None = None,
-                  seconds: float | None = None) -> None:
+def run_simulator(
+    driver_id: str, link: Path, *, rate_hz: float | None = None, seconds: float | None = None
+) -> None:
     """Stream until `seconds` pass, or SIGTERM / Ctrl-C."""
     simulator = SIMULATORS.get(driver_id)
     if simulator is None:
-        raise SimulatorError(f"no simulator for {driver_id!r}; simulators exist for: "
-                             f"{', '.join(sorted(SIMULATORS))}")
+        raise SimulatorError(
+            f"no simulator for {driver_id!r}; simulators exist for: {', '.join(sorted(SIMULATORS))}"
+        )
     rate = simulator.default_rate_hz if rate_hz is None else rate_hz
     if rate <= 0:
         raise SimulatorError("--rate must be above 0")

@@ -50,6 +50,7 @@ _T = TypeVar("_T")
 
 # --- encoders ------------------------------------------------------------------------------
 
+
 def sfloat(mantissa: int, exponent: int = 0) -> bytes:
     """An IEEE 11073 SFLOAT, little-endian: 4-bit exponent over a 12-bit mantissa."""
     # +-2046..2047 and -2048 are the special values (NaN, NRes, +-INF, reserved).
@@ -61,7 +62,8 @@ def sfloat(mantissa: int, exponent: int = 0) -> bytes:
 def date_time(moment: datetime) -> bytes:
     """A GATT Date Time (0x2A08): year uint16, then month, day, hours, minutes, seconds."""
     return moment.year.to_bytes(2, "little") + bytes(
-        (moment.month, moment.day, moment.hour, moment.minute, moment.second))
+        (moment.month, moment.day, moment.hour, moment.minute, moment.second)
+    )
 
 
 def u16(value: int) -> bytes:
@@ -82,19 +84,22 @@ def att_error(code: int) -> DBusError:
 class Walk:
     """A bounded, mean-reverting random walk: vital signs drift, they do not jump."""
 
-    def __init__(self, rng: random.Random, mean: float, low: float, high: float,
-                 step: float) -> None:
+    def __init__(
+        self, rng: random.Random, mean: float, low: float, high: float, step: float
+    ) -> None:
         self._rng, self.mean, self.low, self.high, self.step = rng, mean, low, high, step
         self.value = rng.uniform(mean - step, mean + step)
 
     def next(self) -> float:
         pull = (self.mean - self.value) * 0.1
-        self.value = min(self.high, max(self.low, self.value + pull
-                                        + self._rng.gauss(0.0, self.step)))
+        self.value = min(
+            self.high, max(self.low, self.value + pull + self._rng.gauss(0.0, self.step))
+        )
         return self.value
 
 
 # --- the virtual BlueZ's view of a peripheral ----------------------------------------------
+
 
 def _link(peripheral: VirtualPeripheral) -> tuple[bool, frozenset[str]]:
     """(connected, UUIDs a central enabled notifications or indications on)."""
@@ -115,8 +120,9 @@ def run_on(bluez: BluezThread, coro: Coroutine[Any, Any, _T]) -> concurrent.futu
     return asyncio.run_coroutine_threadsafe(coro, bluez_loop(bluez))
 
 
-def start_device(bluez: BluezThread, device: SimulatedBleDevice, rate: float | None = None, *,
-                 add: bool = True) -> concurrent.futures.Future[None]:
+def start_device(
+    bluez: BluezThread, device: SimulatedBleDevice, rate: float | None = None, *, add: bool = True
+) -> concurrent.futures.Future[None]:
     """Host `device` on `bluez` (unless `add` is False: already hosted) and run its live loop
     at `rate` values a second (the device's default when None). Stop it with `stop_device`, or
     `future.cancel()` when waiting for the end does not matter."""
@@ -137,6 +143,7 @@ def stop_device(bluez: BluezThread, device: SimulatedBleDevice) -> concurrent.fu
 
 # --- the device ----------------------------------------------------------------------------
 
+
 class SimulatedBleDevice:
     """A virtual Bluetooth LE health device: `peripheral` (to add to a VirtualBluez) serving its
     profile, Device Information (manufacturer, model, serial) and Battery (read + notify).
@@ -153,8 +160,16 @@ class SimulatedBleDevice:
     """Live values a second a real device of this kind sends."""
     what: ClassVar[str] = ""
 
-    def __init__(self, *, address: str, name: str, serial: str, seed: int | None,
-                 profile: Mapping[str, CharSpec], battery_level: int = 90) -> None:
+    def __init__(
+        self,
+        *,
+        address: str,
+        name: str,
+        serial: str,
+        seed: int | None,
+        profile: Mapping[str, CharSpec],
+        battery_level: int = 90,
+    ) -> None:
         if not 0 <= battery_level <= 100:
             raise ValueError("battery_level must be 0..100")
         self.rng = random.Random(seed)  # noqa: S311  (a simulation, not cryptography)
@@ -175,7 +190,8 @@ class SimulatedBleDevice:
         self._run_task: asyncio.Task[Any] | None = None
         self._was_connected = False
         self.peripheral = VirtualPeripheral(
-            address, name,
+            address,
+            name,
             services={
                 self.service: profile,
                 DEVICE_INFORMATION: {
@@ -184,7 +200,8 @@ class SimulatedBleDevice:
                     SERIAL_NUMBER: CharSpec(("read",), serial.encode()),
                 },
                 BATTERY_SERVICE: {
-                    BATTERY_LEVEL: CharSpec(("read", "notify"), bytes((battery_level,)))},
+                    BATTERY_LEVEL: CharSpec(("read", "notify"), bytes((battery_level,)))
+                },
             },
             service_uuids=[self.service],
             on_write=self._on_write,
@@ -234,8 +251,12 @@ class SimulatedBleDevice:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            _LOGGER.error("simulated %s %s failed", self.driver_id, self.peripheral.address,
-                          exc_info=task.exception())
+            _LOGGER.error(
+                "simulated %s %s failed",
+                self.driver_id,
+                self.peripheral.address,
+                exc_info=task.exception(),
+            )
 
     # -- the live loop --
 
@@ -300,10 +321,13 @@ class SimulatedBleDevice:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def spread_times(rng: random.Random, end: datetime, count: int,
-                 spacing: timedelta) -> list[datetime]:
+def spread_times(
+    rng: random.Random, end: datetime, count: int, spacing: timedelta
+) -> list[datetime]:
     """`count` strictly increasing times about `spacing` apart, the last about `spacing` before
     `end` (each jittered by a third of it: the order holds and none is after `end`)."""
     jitter = spacing.total_seconds() / 3
-    return [end - spacing * (count - i) + timedelta(seconds=round(rng.uniform(-jitter, jitter)))
-            for i in range(count)]
+    return [
+        end - spacing * (count - i) + timedelta(seconds=round(rng.uniform(-jitter, jitter)))
+        for i in range(count)
+    ]

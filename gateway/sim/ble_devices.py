@@ -95,16 +95,28 @@ class HeartRateStrap(SimulatedBleDevice):
     model = "SIM-HRS-1"
     what = "a heart rate strap (heart rate, RR intervals, energy expended)"
 
-    def __init__(self, *, address: str = "C0:FF:EE:70:00:01", name: str = "Sim HR Strap",
-                 serial: str = "HRS-000001", seed: int | None = None, energy_every: int = 10,
-                 battery_level: int = 90) -> None:
+    def __init__(
+        self,
+        *,
+        address: str = "C0:FF:EE:70:00:01",
+        name: str = "Sim HR Strap",
+        serial: str = "HRS-000001",
+        seed: int | None = None,
+        energy_every: int = 10,
+        battery_level: int = 90,
+    ) -> None:
         super().__init__(
-            address=address, name=name, serial=serial, seed=seed, battery_level=battery_level,
+            address=address,
+            name=name,
+            serial=serial,
+            seed=seed,
+            battery_level=battery_level,
             profile={
                 HR_MEASUREMENT: CharSpec(("notify",)),
                 BODY_SENSOR_LOCATION: CharSpec(("read",), b"\x01"),
                 HR_CONTROL_POINT: CharSpec(("write",)),
-            })
+            },
+        )
         self.energy_every = energy_every
         self.energy_kj = 0.0
         self._rate = Walk(self.rng, 72, 60, 90, 1.5)
@@ -144,15 +156,23 @@ class IndoorBike(SimulatedBleDevice):
     model = "SIM-FTMS-BIKE-1"
     what = "an indoor bike (FTMS indoor bike data, split records sometimes)"
 
-    def __init__(self, *, address: str = "C0:FF:EE:80:00:01", name: str = "Sim Bike",
-                 serial: str = "FTM-000001", seed: int | None = None,
-                 split_probability: float = 0.25, machine_status: bool = True,
-                 battery_level: int = 90) -> None:
+    def __init__(
+        self,
+        *,
+        address: str = "C0:FF:EE:80:00:01",
+        name: str = "Sim Bike",
+        serial: str = "FTM-000001",
+        seed: int | None = None,
+        split_probability: float = 0.25,
+        machine_status: bool = True,
+        battery_level: int = 90,
+    ) -> None:
         profile = {
             # Cadence, distance, resistance, energy, elapsed time, power; targets: resistance,
             # power (so the two range characteristics below are mandatory).
-            FTMS_FEATURE: CharSpec(("read",), (0x5286).to_bytes(4, "little")
-                                   + (0x000C).to_bytes(4, "little")),
+            FTMS_FEATURE: CharSpec(
+                ("read",), (0x5286).to_bytes(4, "little") + (0x000C).to_bytes(4, "little")
+            ),
             INDOOR_BIKE_DATA: CharSpec(("notify",)),
             RESISTANCE_RANGE: CharSpec(("read",), _s16(10) + _s16(200) + u16(10)),
             POWER_RANGE: CharSpec(("read",), _s16(25) + _s16(800) + u16(5)),
@@ -160,8 +180,14 @@ class IndoorBike(SimulatedBleDevice):
         }
         if machine_status:
             profile[MACHINE_STATUS] = CharSpec(("notify",))
-        super().__init__(address=address, name=name, serial=serial, seed=seed,
-                         battery_level=battery_level, profile=profile)
+        super().__init__(
+            address=address,
+            name=name,
+            serial=serial,
+            seed=seed,
+            battery_level=battery_level,
+            profile=profile,
+        )
         self.split_probability = split_probability
         self.machine_status = machine_status
         self.elapsed = 0
@@ -222,16 +248,29 @@ class IndoorBike(SimulatedBleDevice):
         distance_b = int(self.distance_m).to_bytes(3, "little")
         resistance_b = _s16(self.resistance)
         power_b = _s16(power)
-        energy_b = (u16(min(0xFFFE, int(self.energy_kcal))) + u16(per_hour)
-                    + bytes((min(0xFE, round(per_hour / 60)),)))
+        energy_b = (
+            u16(min(0xFFFE, int(self.energy_kcal)))
+            + u16(per_hour)
+            + bytes((min(0xFE, round(per_hour / 60)),))
+        )
         elapsed_b = u16(self.elapsed)
         if rng.random() < self.split_probability:
             await self.send(INDOOR_BIKE_DATA, u16(0x0145) + cadence_b + power_b + energy_b)
-            await self.send(INDOOR_BIKE_DATA,
-                            u16(0x0830) + speed_b + distance_b + resistance_b + elapsed_b)
+            await self.send(
+                INDOOR_BIKE_DATA, u16(0x0830) + speed_b + distance_b + resistance_b + elapsed_b
+            )
         else:
-            await self.send(INDOOR_BIKE_DATA, u16(0x0974) + speed_b + cadence_b + distance_b
-                            + resistance_b + power_b + energy_b + elapsed_b)
+            await self.send(
+                INDOOR_BIKE_DATA,
+                u16(0x0974)
+                + speed_b
+                + cadence_b
+                + distance_b
+                + resistance_b
+                + power_b
+                + energy_b
+                + elapsed_b,
+            )
 
 
 def _s16(value: int) -> bytes:
@@ -239,7 +278,8 @@ def _s16(value: int) -> bytes:
 
 
 SIMULATORS: Mapping[str, type[SimulatedBleDevice]] = {
-    cls.driver_id: cls for cls in (PulseOximeter, GlucoseMeter, IndoorBike, HeartRateStrap)}
+    cls.driver_id: cls for cls in (PulseOximeter, GlucoseMeter, IndoorBike, HeartRateStrap)
+}
 """Simulated device class by driver id; each class has `default_rate` and `what`."""
 
 
@@ -259,12 +299,19 @@ def simulator_classes() -> dict[str, type[SimulatedBleDevice]]:
         try:
             cls = entry_point.load()
         except Exception as exc:  # a vendor package may fail in any way; the rest still work
-            _LOGGER.warning("simulator %r is skipped: it failed to load (%s: %s)",
-                          entry_point.name, type(exc).__name__, exc)
+            _LOGGER.warning(
+                "simulator %r is skipped: it failed to load (%s: %s)",
+                entry_point.name,
+                type(exc).__name__,
+                exc,
+            )
             continue
         if not (isinstance(cls, type) and issubclass(cls, SimulatedBleDevice)):
-            _LOGGER.warning("simulator %r is skipped: %r is not a SimulatedBleDevice subclass",
-                          entry_point.name, cls)
+            _LOGGER.warning(
+                "simulator %r is skipped: %r is not a SimulatedBleDevice subclass",
+                entry_point.name,
+                cls,
+            )
             continue
         found.setdefault(entry_point.name, cls)
     return found
@@ -275,6 +322,7 @@ def make_device(driver_id: str, **options: Any) -> SimulatedBleDevice:
     classes = simulator_classes()
     cls = classes.get(driver_id)
     if cls is None:
-        raise SimulatorError(f"no Bluetooth simulator for {driver_id!r}; there are: "
-                             f"{', '.join(sorted(classes))}")
+        raise SimulatorError(
+            f"no Bluetooth simulator for {driver_id!r}; there are: {', '.join(sorted(classes))}"
+        )
     return cls(**options)

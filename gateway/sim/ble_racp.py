@@ -70,8 +70,15 @@ class RecordStoreDevice(SimulatedBleDevice, Generic[_R]):
     with the operators in `operators`. Subclasses send a record in `send_record` and give its
     sequence number in `sequence` (needed by the <=, >= and range operators)."""
 
-    def __init__(self, *, stored: Sequence[_R], record_interval: float,
-                 operators: frozenset[int], supports_delete: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        stored: Sequence[_R],
+        record_interval: float,
+        operators: frozenset[int],
+        supports_delete: bool,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if record_interval < 0:
             raise ValueError("record_interval must not be negative")
@@ -174,8 +181,11 @@ class RecordStoreDevice(SimulatedBleDevice, Generic[_R]):
             if operand:
                 return Response.INVALID_OPERAND
             records = list(self.stored)
-            return {Operator.ALL: records, Operator.FIRST: records[:1],
-                    Operator.LAST: records[-1:]}[Operator(operator)]
+            return {
+                Operator.ALL: records,
+                Operator.FIRST: records[:1],
+                Operator.LAST: records[-1:],
+            }[Operator(operator)]
         bounds = _sequence_bounds(Operator(operator), operand)
         if isinstance(bounds, Response):
             return bounds
@@ -192,5 +202,6 @@ def _sequence_bounds(operator: Operator, operand: bytes) -> tuple[int, int] | Re
         return Response.INVALID_OPERAND
     first = int.from_bytes(operand[1:3], "little")
     low, high = {Operator.AT_MOST: (0, first), Operator.AT_LEAST: (first, 0xFFFF)}.get(
-        operator, (first, int.from_bytes(operand[3:5], "little")))
+        operator, (first, int.from_bytes(operand[3:5], "little"))
+    )
     return Response.INVALID_OPERAND if low > high else (low, high)

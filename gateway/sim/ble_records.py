@@ -69,6 +69,7 @@ class _Clock:
 
 # --- pulse oximeter -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class SpotCheck:
     """One spot-check measurement, as the oximeter stores it."""
@@ -79,8 +80,13 @@ class SpotCheck:
 
     def encode(self, *, stored: bool) -> bytes:
         status = _VALIDATED | (_FROM_STORAGE if stored else 0)
-        return (bytes((0x03,)) + sfloat(self.spo2) + sfloat(self.pulse_rate)
-                + date_time(self.time) + u16(status))
+        return (
+            bytes((0x03,))
+            + sfloat(self.spo2)
+            + sfloat(self.pulse_rate)
+            + date_time(self.time)
+            + u16(status)
+        )
 
 
 class PulseOximeter(RecordStoreDevice[SpotCheck]):
@@ -94,40 +100,65 @@ class PulseOximeter(RecordStoreDevice[SpotCheck]):
     model = "SIM-PLX-1"
     what = "a pulse oximeter (continuous, spot-check, stored spot-checks over RACP)"
 
-    def __init__(self, *, address: str = "C0:FF:EE:50:00:01", name: str = "Sim Oximeter",
-                 serial: str = "PLX-000001", seed: int | None = None, stored_records: int = 5,
-                 record_interval: float = 0.0, spot_check_every: int = 30,
-                 clock: datetime | None = None, battery_level: int = 90) -> None:
+    def __init__(
+        self,
+        *,
+        address: str = "C0:FF:EE:50:00:01",
+        name: str = "Sim Oximeter",
+        serial: str = "PLX-000001",
+        seed: int | None = None,
+        stored_records: int = 5,
+        record_interval: float = 0.0,
+        spot_check_every: int = 30,
+        clock: datetime | None = None,
+        battery_level: int = 90,
+    ) -> None:
         if stored_records < 0 or spot_check_every < 0:
             raise ValueError("stored_records and spot_check_every must not be negative")
         super().__init__(
-            address=address, name=name, serial=serial, seed=seed, battery_level=battery_level,
-            stored=(), record_interval=record_interval, operators=frozenset({Operator.ALL}),
+            address=address,
+            name=name,
+            serial=serial,
+            seed=seed,
+            battery_level=battery_level,
+            stored=(),
+            record_interval=record_interval,
+            operators=frozenset({Operator.ALL}),
             supports_delete=True,
             profile={
                 SPOT_CHECK: CharSpec(("indicate",)),
                 CONTINUOUS: CharSpec(("notify",)),
                 PLX_FEATURES: CharSpec(("read",), u16(0x004D) + u16(_VALIDATED | _FROM_STORAGE)),
                 RACP: CharSpec(_RACP_FLAGS),
-            })
+            },
+        )
         self.spot_check_every = spot_check_every
         self.clock = _Clock(clock)
         self._spo2 = Walk(self.rng, 97, 94, 99, 0.4)
         self._pulse = Walk(self.rng, 72, 60, 90, 1.5)
         self._pai = Walk(self.rng, 4.0, 1.0, 10.0, 0.2)
-        self.stored = [SpotCheck(time, *self._vitals()) for time in spread_times(
-            self.rng, self.clock.now(), stored_records, timedelta(hours=1))]
+        self.stored = [
+            SpotCheck(time, *self._vitals())
+            for time in spread_times(self.rng, self.clock.now(), stored_records, timedelta(hours=1))
+        ]
 
     def _vitals(self) -> tuple[int, int]:
         return round(self._spo2.next()), round(self._pulse.next())
 
     async def live(self, first: bool) -> None:
         spo2, pulse = self._vitals()
-        await self.send(CONTINUOUS, bytes((0x14,)) + sfloat(spo2) + sfloat(pulse)
-                        + u16(_VALIDATED) + sfloat(round(self._pai.next() * 10), -1))
+        await self.send(
+            CONTINUOUS,
+            bytes((0x14,))
+            + sfloat(spo2)
+            + sfloat(pulse)
+            + u16(_VALIDATED)
+            + sfloat(round(self._pai.next() * 10), -1),
+        )
         if self.spot_check_every and (self.ticks + 1) % self.spot_check_every == 0:
-            await self.send(SPOT_CHECK, SpotCheck(self.clock.now(), spo2, pulse).encode(
-                stored=False))
+            await self.send(
+                SPOT_CHECK, SpotCheck(self.clock.now(), spo2, pulse).encode(stored=False)
+            )
 
     async def add_record(self) -> SpotCheck:
         """Take a spot-check now: indicated live if a central listens (and no transfer runs),
@@ -144,6 +175,7 @@ class PulseOximeter(RecordStoreDevice[SpotCheck]):
 
 
 # --- glucose meter ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class GlucoseContext:
@@ -178,8 +210,14 @@ class GlucoseRecord:
     def measurement(self, *, with_context: bool = True) -> bytes:
         context = self.context is not None and with_context
         flags = 0x03 | (0x08 if self.sensor_status is not None else 0) | (0x10 if context else 0)
-        data = (bytes((flags,)) + u16(self.sequence) + date_time(self.time) + u16(0)
-                + sfloat(self.mg_dl, -5) + bytes((self.location << 4 | self.sample_type,)))
+        data = (
+            bytes((flags,))
+            + u16(self.sequence)
+            + date_time(self.time)
+            + u16(0)
+            + sfloat(self.mg_dl, -5)
+            + bytes((self.location << 4 | self.sample_type,))
+        )
         if self.sensor_status is not None:
             data += u16(self.sensor_status)
         return data
@@ -198,14 +236,26 @@ class GlucoseMeter(RecordStoreDevice[GlucoseRecord]):
     default_rate = 1 / 60
     what = "a glucose meter (stored records over RACP, a new measurement each period)"
     DEFAULT_OPERATORS: ClassVar[frozenset[int]] = frozenset(
-        {Operator.ALL, Operator.AT_LEAST, Operator.FIRST, Operator.LAST})
+        {Operator.ALL, Operator.AT_LEAST, Operator.FIRST, Operator.LAST}
+    )
 
-    def __init__(self, *, address: str = "C0:FF:EE:60:00:01", name: str = "Sim Glucose",
-                 serial: str = "GLS-000001", seed: int | None = None, records: int = 20,
-                 first_sequence: int = 1, record_interval: float = 0.0, context: bool = True,
-                 sensor_status: bool = True, operators: Collection[int] = DEFAULT_OPERATORS,
-                 supports_delete: bool = False, clock: datetime | None = None,
-                 battery_level: int = 90) -> None:
+    def __init__(
+        self,
+        *,
+        address: str = "C0:FF:EE:60:00:01",
+        name: str = "Sim Glucose",
+        serial: str = "GLS-000001",
+        seed: int | None = None,
+        records: int = 20,
+        first_sequence: int = 1,
+        record_interval: float = 0.0,
+        context: bool = True,
+        sensor_status: bool = True,
+        operators: Collection[int] = DEFAULT_OPERATORS,
+        supports_delete: bool = False,
+        clock: datetime | None = None,
+        battery_level: int = 90,
+    ) -> None:
         if records < 0 or not 0 <= first_sequence <= 0xFFFF - max(records - 1, 0):
             raise ValueError("records must be >= 0 and their sequence numbers fit in uint16")
         profile: dict[str, CharSpec] = {GLUCOSE_MEASUREMENT: CharSpec(("notify",))}
@@ -214,15 +264,25 @@ class GlucoseMeter(RecordStoreDevice[GlucoseRecord]):
         profile[GLUCOSE_FEATURE] = CharSpec(("read",), u16(0x002F))
         profile[RACP] = CharSpec(_RACP_FLAGS)
         super().__init__(
-            address=address, name=name, serial=serial, seed=seed, battery_level=battery_level,
-            stored=(), record_interval=record_interval, operators=frozenset(operators),
-            supports_delete=supports_delete, profile=profile)
+            address=address,
+            name=name,
+            serial=serial,
+            seed=seed,
+            battery_level=battery_level,
+            stored=(),
+            record_interval=record_interval,
+            operators=frozenset(operators),
+            supports_delete=supports_delete,
+            profile=profile,
+        )
         self.has_context = context
         self.has_sensor_status = sensor_status
         self.clock = _Clock(clock)
         self.next_sequence = first_sequence
-        self.stored = [self._measure(time) for time in spread_times(
-            self.rng, self.clock.now(), records, timedelta(hours=8))]
+        self.stored = [
+            self._measure(time)
+            for time in spread_times(self.rng, self.clock.now(), records, timedelta(hours=8))
+        ]
 
     def _measure(self, time: datetime, mg_dl: int | None = None) -> GlucoseRecord:
         if self.next_sequence > 0xFFFF:
@@ -234,14 +294,19 @@ class GlucoseMeter(RecordStoreDevice[GlucoseRecord]):
             context = GlucoseContext(
                 meal=2 if after_meal else 1,
                 carbohydrate_id=rng.choice((1, 2, 3, 4)) if after_meal else None,
-                carbohydrate_g=rng.randrange(20, 90, 5) if after_meal else None)
+                carbohydrate_g=rng.randrange(20, 90, 5) if after_meal else None,
+            )
         status = None
         if self.has_sensor_status and rng.random() < 0.1:
             status = rng.choice((0x0000, 0x0001))  # nothing to report, or battery low
         record = GlucoseRecord(
-            sequence=self.next_sequence, time=time,
+            sequence=self.next_sequence,
+            time=time,
             mg_dl=mg_dl if mg_dl is not None else round(min(280, max(60, rng.gauss(125, 30)))),
-            sample_type=2 if rng.random() < 0.1 else 1, sensor_status=status, context=context)
+            sample_type=2 if rng.random() < 0.1 else 1,
+            sensor_status=status,
+            context=context,
+        )
         self.next_sequence += 1
         return record
 

@@ -97,8 +97,14 @@ from gateway.sim.bluez_peripheral import (
     advertising_data,
 )
 
-__all__ = ["ABORT_BY_LOCAL", "BluezThread", "CharSpec", "VirtualBluez", "VirtualBluezError",
-           "VirtualPeripheral"]
+__all__ = [
+    "ABORT_BY_LOCAL",
+    "BluezThread",
+    "CharSpec",
+    "VirtualBluez",
+    "VirtualBluezError",
+    "VirtualPeripheral",
+]
 
 CALL_TIMEOUT = 5.0
 DEFAULT_MAX_CONNECTIONS = 5
@@ -132,9 +138,14 @@ class _Daemon:
 class VirtualBluez:
     """The `org.bluez` service with adapter `hci0`. Use it inside one event loop."""
 
-    def __init__(self, bus_address: str, adapter: str = "hci0",
-                 address: str = "00:00:5E:00:53:00", *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        bus_address: str,
+        adapter: str = "hci0",
+        address: str = "00:00:5E:00:53:00",
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._bus_address = bus_address
@@ -146,8 +157,9 @@ class VirtualBluez:
         self._muted = False
 
     @classmethod
-    async def start(cls, bus_address: str, *,
-                    max_connections: int = DEFAULT_MAX_CONNECTIONS) -> VirtualBluez:
+    async def start(
+        cls, bus_address: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    ) -> VirtualBluez:
         """Connect to the bus at `bus_address`, own `org.bluez` and export the adapter."""
         bluez = cls(bus_address, max_connections=max_connections)
         await bluez.start_daemon()
@@ -163,10 +175,19 @@ class VirtualBluez:
             daemon = _Daemon(bus, Adapter(self, self.adapter_path, self._address), Monitors(bus))
             self._daemon = daemon
             bus.add_message_handler(self._on_message)
-            await asyncio.wait_for(bus.call(Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                body=[_NAME_OWNER_CHANGED])), CALL_TIMEOUT)
+            await asyncio.wait_for(
+                bus.call(
+                    Message(
+                        destination="org.freedesktop.DBus",
+                        path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus",
+                        member="AddMatch",
+                        signature="s",
+                        body=[_NAME_OWNER_CHANGED],
+                    )
+                ),
+                CALL_TIMEOUT,
+            )
             await asyncio.wait_for(bus.request_name(BLUEZ), CALL_TIMEOUT)
         except BaseException:
             self._daemon = None
@@ -200,8 +221,7 @@ class VirtualBluez:
         await daemon.monitors.close()
         daemon.bus.disconnect()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                daemon.bus.wait_for_disconnect(), CALL_TIMEOUT)  # type: ignore[no-untyped-call]
+            await asyncio.wait_for(daemon.bus.wait_for_disconnect(), CALL_TIMEOUT)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         """Stop advertising, forget every device and leave the bus."""
@@ -236,11 +256,16 @@ class VirtualBluez:
         hosted.task = asyncio.create_task(self._advertise(hosted))
         self._hosted[peripheral.address] = hosted
 
-    def set_advertisement(self, peripheral: VirtualPeripheral, *, name: str | None = None,
-                          manufacturer_data: Mapping[int, bytes] | None = None,
-                          service_data: Mapping[str, bytes] | None = None,
-                          service_uuids: Sequence[str] | None = None,
-                          rssi: int | None = None) -> None:
+    def set_advertisement(
+        self,
+        peripheral: VirtualPeripheral,
+        *,
+        name: str | None = None,
+        manufacturer_data: Mapping[int, bytes] | None = None,
+        service_data: Mapping[str, bytes] | None = None,
+        service_uuids: Sequence[str] | None = None,
+        rssi: int | None = None,
+    ) -> None:
         """Advertise something else from the next tick on; arguments left None stay as they are.
 
         Scanners see it as bluetoothd reports it: PropertiesChanged with what changed (a new
@@ -275,11 +300,16 @@ class VirtualBluez:
     def link_state(self, peripheral: VirtualPeripheral) -> tuple[bool, frozenset[str]]:
         """(connected, UUIDs of the characteristics a central enabled notifications on)."""
         hosted = self._hosted.get(peripheral.address)
-        if (hosted is None or hosted.peripheral is not peripheral or hosted.device is None
-                or not hosted.device.props["Connected"]):
+        if (
+            hosted is None
+            or hosted.peripheral is not peripheral
+            or hosted.device is None
+            or not hosted.device.props["Connected"]
+        ):
             return False, frozenset()
-        return True, frozenset(str(obj.props["UUID"]) for obj in hosted.gatt
-                               if obj.props.get("Notifying"))
+        return True, frozenset(
+            str(obj.props["UUID"]) for obj in hosted.gatt if obj.props.get("Notifying")
+        )
 
     def set_powered(self, powered: bool) -> None:
         """Power the adapter on or off, as writing Adapter1.Powered does."""
@@ -341,13 +371,19 @@ class VirtualBluez:
             return
         hosted = self._hosted.get(peripheral.address)
         if hosted is None or hosted.device is not device:
-            raise DBusError("org.freedesktop.DBus.Error.UnknownObject",
-                            f"Unknown object '{device.path}'")
+            raise DBusError(
+                "org.freedesktop.DBus.Error.UnknownObject", f"Unknown object '{device.path}'"
+            )
         if hosted.pending_connect is not None:
             raise DBusError("org.bluez.Error.InProgress", "In Progress")
         # A link being set up holds a controller slot as much as an established one.
-        busy = sum(1 for h in self._hosted.values() if h is not hosted and h.device is not None
-                   and (h.device.props["Connected"] or h.pending_connect is not None))
+        busy = sum(
+            1
+            for h in self._hosted.values()
+            if h is not hosted
+            and h.device is not None
+            and (h.device.props["Connected"] or h.pending_connect is not None)
+        )
         if busy >= self.max_connections:
             raise DBusError("org.bluez.Error.Failed", NO_SLOTS)
         if peripheral.connect_delay > 0:
@@ -380,8 +416,9 @@ class VirtualBluez:
         if not self.powered:
             raise DBusError(*_NOT_READY)
         if self._hosted.get(device.peripheral.address) is not hosted or hosted.device is not device:
-            raise DBusError("org.freedesktop.DBus.Error.UnknownObject",
-                            f"Unknown object '{device.path}'")
+            raise DBusError(
+                "org.freedesktop.DBus.Error.UnknownObject", f"Unknown object '{device.path}'"
+            )
 
     def disconnect(self, device: Device) -> None:
         hosted = self._hosted.get(device.peripheral.address)
@@ -415,14 +452,18 @@ class VirtualBluez:
         daemon = self._daemon
         if daemon is None or self._muted or not daemon.adapter.props["Powered"]:
             return
-        monitors = (daemon.monitors.matching(advertising_data(hosted.peripheral))
-                    if daemon.monitors.active else [])
+        monitors = (
+            daemon.monitors.matching(advertising_data(hosted.peripheral))
+            if daemon.monitors.active
+            else []
+        )
         if not daemon.adapter.props["Discovering"] and not monitors:
             return
         if hosted.device is None:
             address = hosted.peripheral.address.upper().replace(":", "_")
-            hosted.device = Device(self, hosted.peripheral, f"{self.adapter_path}/dev_{address}",
-                                   self.adapter_path)
+            hosted.device = Device(
+                self, hosted.peripheral, f"{self.adapter_path}/dev_{address}", self.adapter_path
+            )
             daemon.bus.export(hosted.device.path, hosted.device)
         else:
             hosted.device.update(**hosted.device.heard(rssi))
@@ -435,18 +476,24 @@ class VirtualBluez:
         if msg.message_type is MessageType.SIGNAL:
             self._on_signal(daemon, msg)
             return False
-        if (msg.message_type is not MessageType.METHOD_CALL or msg.path != self.adapter_path
-                or msg.sender is None):
+        if (
+            msg.message_type is not MessageType.METHOD_CALL
+            or msg.path != self.adapter_path
+            or msg.sender is None
+        ):
             return False
         # Calls whose answer depends on who calls: dbus-fast's method handlers cannot see that.
         if msg.interface == ADAPTER1 and msg.member in ("StartDiscovery", "StopDiscovery"):
             self._on_discovery_call(daemon, msg.member, msg.sender)
             return Message.new_method_return(msg)
-        if msg.interface == MONITOR_MANAGER1 and msg.member in ("RegisterMonitor",
-                                                                "UnregisterMonitor"):
+        if msg.interface == MONITOR_MANAGER1 and msg.member in (
+            "RegisterMonitor",
+            "UnregisterMonitor",
+        ):
             if msg.signature != "o":
-                raise DBusError("org.bluez.Error.InvalidArguments",
-                                "Invalid arguments in method call")
+                raise DBusError(
+                    "org.bluez.Error.InvalidArguments", "Invalid arguments in method call"
+                )
             if msg.member == "RegisterMonitor":
                 daemon.monitors.register(msg.sender, msg.body[0])
             else:
@@ -493,22 +540,24 @@ class BluezThread:
     Every async method runs the `VirtualBluez` method of the same name on the service's loop.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
-                 bluez: VirtualBluez) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, thread: threading.Thread, bluez: VirtualBluez
+    ) -> None:
         self._loop = loop
         self._thread = thread
         self.bluez = bluez
 
     @classmethod
-    def start(cls, bus_address: str, *,
-              max_connections: int = DEFAULT_MAX_CONNECTIONS) -> BluezThread:
+    def start(
+        cls, bus_address: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    ) -> BluezThread:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="virtual-bluez", daemon=True)
         thread.start()
         try:
             bluez = asyncio.run_coroutine_threadsafe(
-                VirtualBluez.start(bus_address, max_connections=max_connections),
-                loop).result(CALL_TIMEOUT * 2)
+                VirtualBluez.start(bus_address, max_connections=max_connections), loop
+            ).result(CALL_TIMEOUT * 2)
         except BaseException:
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
@@ -548,14 +597,26 @@ class BluezThread:
         await asyncio.sleep(down_seconds)
         await self.start_daemon()
 
-    async def set_advertisement(self, peripheral: VirtualPeripheral, *, name: str | None = None,
-                                manufacturer_data: Mapping[int, bytes] | None = None,
-                                service_data: Mapping[str, bytes] | None = None,
-                                service_uuids: Sequence[str] | None = None,
-                                rssi: int | None = None) -> None:
-        await self._run(lambda: self.bluez.set_advertisement(
-            peripheral, name=name, manufacturer_data=manufacturer_data,
-            service_data=service_data, service_uuids=service_uuids, rssi=rssi))
+    async def set_advertisement(
+        self,
+        peripheral: VirtualPeripheral,
+        *,
+        name: str | None = None,
+        manufacturer_data: Mapping[int, bytes] | None = None,
+        service_data: Mapping[str, bytes] | None = None,
+        service_uuids: Sequence[str] | None = None,
+        rssi: int | None = None,
+    ) -> None:
+        await self._run(
+            lambda: self.bluez.set_advertisement(
+                peripheral,
+                name=name,
+                manufacturer_data=manufacturer_data,
+                service_data=service_data,
+                service_uuids=service_uuids,
+                rssi=rssi,
+            )
+        )
 
     async def mute_scanner(self) -> None:
         await self._run(self.bluez.mute_scanner)
@@ -567,7 +628,8 @@ class BluezThread:
             return
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self.bluez.close(), self._loop).result(
-                CALL_TIMEOUT * 2)
+                CALL_TIMEOUT * 2
+            )
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(CALL_TIMEOUT)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -58,9 +58,11 @@ def parse_patterns(value: Any) -> list[Pattern] | None:
 
 def matches(patterns: Iterable[Pattern], structures: Sequence[tuple[int, bytes]]) -> bool:
     """Whether any pattern is found in the AD structures (type, data), as bluetoothd matches."""
-    return any(ad_type == pattern_type and data[offset:offset + len(content)] == content
-               for offset, pattern_type, content in patterns
-               for ad_type, data in structures)
+    return any(
+        ad_type == pattern_type and data[offset : offset + len(content)] == content
+        for offset, pattern_type, content in patterns
+        for ad_type, data in structures
+    )
 
 
 @dataclass(eq=False, slots=True)
@@ -169,24 +171,42 @@ class Monitors:
 
     def _bus_driver(self, member: str, owner: str) -> None:
         if self._bus.connected:
-            self._bus.send(Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus", member=member, signature="s",
-                body=[f"type='signal',sender='{owner}',interface='{OBJECT_MANAGER}'"],
-                flags=MessageFlag.NO_REPLY_EXPECTED))
+            self._bus.send(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member=member,
+                    signature="s",
+                    body=[f"type='signal',sender='{owner}',interface='{OBJECT_MANAGER}'"],
+                    flags=MessageFlag.NO_REPLY_EXPECTED,
+                )
+            )
 
     async def _load(self, app: _App) -> None:
         try:
-            reply = await asyncio.wait_for(self._bus.call(Message(
-                destination=app.owner, path=app.root, interface=OBJECT_MANAGER,
-                member="GetManagedObjects")), CALL_TIMEOUT)
+            reply = await asyncio.wait_for(
+                self._bus.call(
+                    Message(
+                        destination=app.owner,
+                        path=app.root,
+                        interface=OBJECT_MANAGER,
+                        member="GetManagedObjects",
+                    )
+                ),
+                CALL_TIMEOUT,
+            )
         except Exception as exc:  # the bus or the client went away meanwhile
             _LOGGER.debug("cannot read monitors of %s at %s: %r", app.owner, app.root, exc)
             return
         if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
             # Not fatal for bluetoothd either: monitors exported later still arrive as signals.
-            _LOGGER.debug("GetManagedObjects on %s at %s failed: %s", app.owner, app.root,
-                          None if reply is None else reply.body)
+            _LOGGER.debug(
+                "GetManagedObjects on %s at %s failed: %s",
+                app.owner,
+                app.root,
+                None if reply is None else reply.body,
+            )
             return
         if app not in self._apps:
             return
@@ -209,10 +229,19 @@ class Monitors:
     def _notify(self, monitor: Monitor, member: str, device_path: str) -> None:
         self._send(monitor.owner, monitor.path, member, "o", [device_path])
 
-    def _send(self, owner: str, path: str, member: str, signature: str = "",
-              body: list[Any] | None = None) -> None:
+    def _send(
+        self, owner: str, path: str, member: str, signature: str = "", body: list[Any] | None = None
+    ) -> None:
         if not self._bus.connected:
             return
-        self._bus.send(Message(destination=owner, path=path, interface=MONITOR1, member=member,
-                               signature=signature, body=body or [],
-                               flags=MessageFlag.NO_REPLY_EXPECTED))
+        self._bus.send(
+            Message(
+                destination=owner,
+                path=path,
+                interface=MONITOR1,
+                member=member,
+                signature=signature,
+                body=body or [],
+                flags=MessageFlag.NO_REPLY_EXPECTED,
+            )
+        )

@@ -62,13 +62,15 @@ class BluezObject(ServiceInterface):
 
     def _show_present(self) -> None:
         ServiceInterface._get_properties(self)[:] = [
-            prop for prop in self._declared if prop.name in self.props]
+            prop for prop in self._declared if prop.name in self.props
+        ]
 
     def update(self, *, force: bool = False, **changes: Any) -> None:
         """Set properties (None removes one: PropertiesChanged lists it as invalidated)."""
         # bluetoothd signals only properties whose value changed.
-        changed = {k: v for k, v in changes.items()
-                   if v is not None and (force or self.props.get(k) != v)}
+        changed = {
+            k: v for k, v in changes.items() if v is not None and (force or self.props.get(k) != v)
+        }
         invalidated = [k for k, v in changes.items() if v is None and k in self.props]
         if not changed and not invalidated:
             return
@@ -81,11 +83,23 @@ class BluezObject(ServiceInterface):
 
 class Adapter(BluezObject):
     def __init__(self, owner: "VirtualBluez", path: str, address: str) -> None:
-        super().__init__(ADAPTER1, path, {
-            "Address": address, "AddressType": "public", "Name": "rtm-virtual",
-            "Alias": "rtm-virtual", "Powered": True, "PowerState": "on", "Discoverable": False,
-            "Pairable": True, "Discovering": False, "UUIDs": [],
-            "Roles": ["central", "peripheral"]})
+        super().__init__(
+            ADAPTER1,
+            path,
+            {
+                "Address": address,
+                "AddressType": "public",
+                "Name": "rtm-virtual",
+                "Alias": "rtm-virtual",
+                "Powered": True,
+                "PowerState": "on",
+                "Discoverable": False,
+                "Pairable": True,
+                "Discovering": False,
+                "UUIDs": [],
+                "Roles": ["central", "peripheral"],
+            },
+        )
         self._owner = owner
 
     # StartDiscovery and StopDiscovery are answered by VirtualBluez, which sees the caller's
@@ -102,8 +116,15 @@ class Adapter(BluezObject):
     def SetDiscoveryFilter(self, properties: DBusDict) -> None:
         if not self.props["Powered"]:
             raise DBusError("org.bluez.Error.NotReady", "Resource Not Ready")
-        unknown = set(properties) - {"UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData",
-                                     "Discoverable", "Pattern"}
+        unknown = set(properties) - {
+            "UUIDs",
+            "RSSI",
+            "Pathloss",
+            "Transport",
+            "DuplicateData",
+            "Discoverable",
+            "Pattern",
+        }
         if unknown:
             raise DBusError("org.bluez.Error.InvalidArguments", "Invalid arguments in method call")
 
@@ -165,8 +186,11 @@ class MonitorManager(BluezObject):
     """AdvertisementMonitorManager1 (bluetoothd --experimental) on the adapter's path."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(MONITOR_MANAGER1, path, {
-            "SupportedMonitorTypes": ["or_patterns"], "SupportedFeatures": []})
+        super().__init__(
+            MONITOR_MANAGER1,
+            path,
+            {"SupportedMonitorTypes": ["or_patterns"], "SupportedFeatures": []},
+        )
 
     # Answered by VirtualBluez, which needs the caller's bus name to read its monitor objects.
     @dbus_method()
@@ -191,14 +215,26 @@ class Device(BluezObject):
     kept; manufacturer data, service data and UUIDs update per key and are never dropped.
     Name, ManufacturerData, ServiceData and UUIDs are absent until heard."""
 
-    def __init__(self, owner: "VirtualBluez", peripheral: VirtualPeripheral, path: str,
-                 adapter: str) -> None:
-        super().__init__(DEVICE1, path, {
-            "Address": peripheral.address, "AddressType": peripheral.address_type,
-            "Alias": peripheral.address.replace(":", "-"),
-            "Paired": False, "Bonded": False, "Trusted": False, "Blocked": False,
-            "LegacyPairing": False, "Connected": False, "Adapter": adapter,
-            "ServicesResolved": False})
+    def __init__(
+        self, owner: "VirtualBluez", peripheral: VirtualPeripheral, path: str, adapter: str
+    ) -> None:
+        super().__init__(
+            DEVICE1,
+            path,
+            {
+                "Address": peripheral.address,
+                "AddressType": peripheral.address_type,
+                "Alias": peripheral.address.replace(":", "-"),
+                "Paired": False,
+                "Bonded": False,
+                "Trusted": False,
+                "Blocked": False,
+                "LegacyPairing": False,
+                "Connected": False,
+                "Adapter": adapter,
+                "ServicesResolved": False,
+            },
+        )
         self._owner = owner
         self.peripheral = peripheral
         self.props.update(self.heard(peripheral.rssi))
@@ -211,13 +247,15 @@ class Device(BluezObject):
         if peripheral.name is not None:
             heard["Name"] = heard["Alias"] = peripheral.name
         manufacturer = dict(self.props.get("ManufacturerData", {}))
-        manufacturer.update({k: Variant("ay", bytes(v))
-                             for k, v in peripheral.manufacturer_data.items()})
+        manufacturer.update(
+            {k: Variant("ay", bytes(v)) for k, v in peripheral.manufacturer_data.items()}
+        )
         if manufacturer:
             heard["ManufacturerData"] = manufacturer
         service_data = dict(self.props.get("ServiceData", {}))
-        service_data.update({k: Variant("ay", bytes(v))
-                             for k, v in peripheral.service_data.items()})
+        service_data.update(
+            {k: Variant("ay", bytes(v)) for k, v in peripheral.service_data.items()}
+        )
         if service_data:
             heard["ServiceData"] = service_data
         uuids = list(self.props.get("UUIDs", []))
@@ -312,8 +350,9 @@ class Device(BluezObject):
 
 class GattService(BluezObject):
     def __init__(self, path: str, uuid: str, device: str, *, handle: int) -> None:
-        super().__init__(GATT_SERVICE1, path, {
-            "Handle": handle, "UUID": uuid, "Primary": True, "Device": device})
+        super().__init__(
+            GATT_SERVICE1, path, {"Handle": handle, "UUID": uuid, "Primary": True, "Device": device}
+        )
 
     @dbus_property(PropertyAccess.READ)
     def Handle(self) -> UInt16:
@@ -333,11 +372,28 @@ class GattService(BluezObject):
 
 
 class GattCharacteristic(BluezObject):
-    def __init__(self, path: str, uuid: str, service: str, *, handle: int, spec: CharSpec,
-                 peripheral: VirtualPeripheral) -> None:
-        super().__init__(GATT_CHARACTERISTIC1, path, {
-            "Handle": handle, "UUID": uuid, "Service": service, "Value": spec.value,
-            "Notifying": False, "Flags": list(spec.flags)})
+    def __init__(
+        self,
+        path: str,
+        uuid: str,
+        service: str,
+        *,
+        handle: int,
+        spec: CharSpec,
+        peripheral: VirtualPeripheral,
+    ) -> None:
+        super().__init__(
+            GATT_CHARACTERISTIC1,
+            path,
+            {
+                "Handle": handle,
+                "UUID": uuid,
+                "Service": service,
+                "Value": spec.value,
+                "Notifying": False,
+                "Flags": list(spec.flags),
+            },
+        )
         self.peripheral = peripheral
 
     def _require(self, *flags: str) -> None:
@@ -396,9 +452,16 @@ class GattCharacteristic(BluezObject):
 
 class GattDescriptor(BluezObject):
     def __init__(self, path: str, uuid: str, characteristic: str, *, handle: int) -> None:
-        super().__init__(GATT_DESCRIPTOR1, path, {
-            "Handle": handle, "UUID": uuid, "Characteristic": characteristic,
-            "Value": b"\x00\x00"})
+        super().__init__(
+            GATT_DESCRIPTOR1,
+            path,
+            {
+                "Handle": handle,
+                "UUID": uuid,
+                "Characteristic": characteristic,
+                "Value": b"\x00\x00",
+            },
+        )
 
     @dbus_method()
     def ReadValue(self, options: DBusDict) -> DBusBytes:
@@ -441,12 +504,19 @@ def gatt_objects(device: Device) -> Iterator[BluezObject]:
             handle = next(handles)
             next(handles)  # the value attribute: no object of its own
             char_path = f"{service_path}/char{handle:04x}"
-            yield GattCharacteristic(char_path, char_uuid, service_path, handle=handle,
-                                     spec=spec, peripheral=device.peripheral)
+            yield GattCharacteristic(
+                char_path,
+                char_uuid,
+                service_path,
+                handle=handle,
+                spec=spec,
+                peripheral=device.peripheral,
+            )
             if {"notify", "indicate"} & set(spec.flags):
                 handle = next(handles)
-                yield GattDescriptor(f"{char_path}/desc{handle:04x}", CCCD_UUID, char_path,
-                                     handle=handle)
+                yield GattDescriptor(
+                    f"{char_path}/desc{handle:04x}", CCCD_UUID, char_path, handle=handle
+                )
 
 
 class BluezBus(MessageBus):
@@ -467,13 +537,23 @@ class BluezBus(MessageBus):
             if exc is not None:
                 _LOGGER.error("cannot read properties of %s at %s: %s", iface.name, path, exc)
                 return
-            self.send(Message.new_signal("/", OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",
-                                         [path, {iface.name: values}]))
+            self.send(
+                Message.new_signal(
+                    "/",
+                    OBJECT_MANAGER,
+                    "InterfacesAdded",
+                    "oa{sa{sv}}",
+                    [path, {iface.name: values}],
+                )
+            )
 
         if self.connected:
             ServiceInterface._get_all_property_values(interface, send)
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
         if self.connected:
-            self.send(Message.new_signal("/", OBJECT_MANAGER, "InterfacesRemoved", "oas",
-                                         [path, removed_interfaces]))
+            self.send(
+                Message.new_signal(
+                    "/", OBJECT_MANAGER, "InterfacesRemoved", "oas", [path, removed_interfaces]
+                )
+            )

@@ -68,11 +68,11 @@ class VirtualPeripheral:
     connect_calls: int = field(default=0, init=False)
     """How many Connect calls reached this peripheral, failed ones included."""
     _bluez: VirtualBluez | None = None
-    _connect_failures: list[tuple[str, str]] = field(default_factory=list, init=False,
-                                                     repr=False)
+    _connect_failures: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False)
 
-    def fail_connects(self, count: int, error: str = "org.bluez.Error.Failed",
-                      message: str = ABORT_BY_LOCAL) -> None:
+    def fail_connects(
+        self, count: int, error: str = "org.bluez.Error.Failed", message: str = ABORT_BY_LOCAL
+    ) -> None:
         """Make the next `count` Connect calls fail with D-Bus `error` and `message`."""
         if count < 0:
             raise ValueError("count must not be negative")
@@ -105,8 +105,7 @@ def advertising_data(peripheral: VirtualPeripheral) -> list[tuple[int, bytes]]:
             structures.append((ad_type, b"".join(by_size[size])))
     for service, data in peripheral.service_data.items():
         packed = _pack_uuid(service)
-        ad_type = {2: AD_SERVICE_DATA16, 4: AD_SERVICE_DATA32}.get(len(packed),
-                                                                    AD_SERVICE_DATA128)
+        ad_type = {2: AD_SERVICE_DATA16, 4: AD_SERVICE_DATA32}.get(len(packed), AD_SERVICE_DATA128)
         structures.append((ad_type, packed + bytes(data)))
     for company, data in peripheral.manufacturer_data.items():
         structures.append((AD_MANUFACTURER_DATA, company.to_bytes(2, "little") + bytes(data)))

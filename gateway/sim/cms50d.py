@@ -22,18 +22,36 @@ from gateway.sim.pty import PtyStats, PtyThread, serve_pty
 
 # field -> largest value its bits hold
 _LIMITS: Mapping[str, int] = {
-    "spo2": 127, "pulse_rate": 255, "pleth": 127, "signal": 15, "bargraph": 15,
+    "spo2": 127,
+    "pulse_rate": 255,
+    "pleth": 127,
+    "signal": 15,
+    "bargraph": 15,
 }
 
 
-def encode_frame(spo2: int = 97, pulse_rate: int = 72, *, pleth: int = 64, signal: int = 8,
-                 bargraph: int = 4, finger_out: bool = False, searching: bool = False,
-                 probe_error: bool = False, spo2_dropping: bool = False,
-                 beep: bool = False) -> bytes:
+def encode_frame(
+    spo2: int = 97,
+    pulse_rate: int = 72,
+    *,
+    pleth: int = 64,
+    signal: int = 8,
+    bargraph: int = 4,
+    finger_out: bool = False,
+    searching: bool = False,
+    probe_error: bool = False,
+    spo2_dropping: bool = False,
+    beep: bool = False,
+) -> bytes:
     """One 5-byte live frame with exactly these fields. Raises ValueError for a value that
     does not fit its bits."""
-    fields = {"spo2": spo2, "pulse_rate": pulse_rate, "pleth": pleth, "signal": signal,
-              "bargraph": bargraph}
+    fields = {
+        "spo2": spo2,
+        "pulse_rate": pulse_rate,
+        "pleth": pleth,
+        "signal": signal,
+        "bargraph": bargraph,
+    }
     for name, value in fields.items():
         if not 0 <= value <= _LIMITS[name]:
             raise ValueError(f"{name} must be 0..{_LIMITS[name]}, got {value}")
@@ -57,7 +75,8 @@ class Episode:
 # The device's "no value" encodings: all-ones with the finger out or a probe fault, zeros while
 # it searches for a pulse. Both kinds occur, so the simulator sends both.
 EPISODES: Mapping[str, Episode] = {
-    e.flag: e for e in (
+    e.flag: e
+    for e in (
         Episode("finger_out", (2.0, 6.0), spo2=127, pulse_rate=255, then="searching"),
         Episode("searching", (2.0, 5.0), spo2=0, pulse_rate=0),
         Episode("probe_error", (1.0, 3.0), spo2=127, pulse_rate=255, then="searching"),
@@ -135,9 +154,15 @@ class Cms50dSimulator:
                 self._begin(episode.then)
         noise = self._rng.randrange(0, 4) if episode.flag == "searching" else 0
         return encode_frame(
-            episode.spo2, episode.pulse_rate, pleth=noise, signal=noise, bargraph=0,
-            finger_out=episode.flag == "finger_out", searching=episode.flag == "searching",
-            probe_error=episode.flag == "probe_error")
+            episode.spo2,
+            episode.pulse_rate,
+            pleth=noise,
+            signal=noise,
+            bargraph=0,
+            finger_out=episode.flag == "finger_out",
+            searching=episode.flag == "searching",
+            probe_error=episode.flag == "probe_error",
+        )
 
     def _reading_frame(self) -> bytes:
         self._phase += self._pulse / 60.0 * self._dt
@@ -146,7 +171,8 @@ class Cms50dSimulator:
         shape = _pleth_shape(self._phase)
         spo2 = round(self._spo2)
         return encode_frame(
-            spo2, round(self._pulse),
+            spo2,
+            round(self._pulse),
             pleth=min(127, round(15 + 95 * shape + self._rng.uniform(-2.0, 2.0))),
             signal=self._rng.choice((7, 8, 8, 9)),
             bargraph=min(15, round(12 * shape)),
@@ -155,16 +181,22 @@ class Cms50dSimulator:
         )
 
 
-def run_pty(link: Path, rate_hz: float = 60.0, seconds: float | None = None, seed: int = 0,
-            stop: threading.Event | None = None) -> PtyStats:
+def run_pty(
+    link: Path,
+    rate_hz: float = 60.0,
+    seconds: float | None = None,
+    seed: int = 0,
+    stop: threading.Event | None = None,
+) -> PtyStats:
     """Stream a simulated CMS50D+ on a pty at `link` until `seconds` pass, `stop` is set, or
     Ctrl-C / SIGTERM. Blocking; use `start_pty` for a background thread."""
     frames = Cms50dSimulator(seed, rate_hz).frames()
     return serve_pty(link, frames, rate_hz, seconds, stop=stop)
 
 
-def start_pty(link: Path, rate_hz: float = 60.0, seed: int = 0,
-              episode_every: float = 90.0) -> PtyThread:
+def start_pty(
+    link: Path, rate_hz: float = 60.0, seed: int = 0, episode_every: float = 90.0
+) -> PtyThread:
     """A simulated CMS50D+ streaming in a background thread; call `.stop()` (or use `with`)."""
     frames = Cms50dSimulator(seed, rate_hz, episode_every).frames()
     thread = PtyThread(link, frames, rate_hz)

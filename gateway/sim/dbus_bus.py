@@ -64,9 +64,12 @@ def private_bus() -> Iterator[str]:
         config.write_text(_CONFIG.format(socket=Path(tmp) / "bus.socket"), encoding="utf-8")
         process = subprocess.Popen(  # noqa: S603 - a fixed program with our own config file
             [daemon, f"--config-file={config}", "--nofork", "--print-address=1"],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
             # Unprivileged, it always complains that it cannot raise its fd limit: harmless.
-            stderr=subprocess.DEVNULL)
+            stderr=subprocess.DEVNULL,
+        )
         try:
             address = _read_address(process)
             yield address
@@ -79,8 +82,10 @@ def _read_address(process: subprocess.Popen[str]) -> str:
     line = process.stdout.readline().strip() if process.stdout is not None else ""
     if not line:
         code = process.wait(timeout=START_TIMEOUT)
-        raise PrivateBusError(f"dbus-daemon exited with code {code} before listening; "
-                              "run it by hand with the same config to see why")
+        raise PrivateBusError(
+            f"dbus-daemon exited with code {code} before listening; "
+            "run it by hand with the same config to see why"
+        )
     return line
 
 

@@ -32,8 +32,9 @@ def lines(seed: int = 0, clock: Callable[[], float] = time.time) -> Iterator[byt
         yield f"pef={pef},fev1={fev1},t={int(clock() * 1000)},batt={battery}\r\n".encode()
 
 
-def run_pty(link: Path, rate_hz: float = 0.5, seconds: float | None = None,
-            seed: int = 0) -> PtyStats:
+def run_pty(
+    link: Path, rate_hz: float = 0.5, seconds: float | None = None, seed: int = 0
+) -> PtyStats:
     return serve_pty(link, lines(seed), rate_hz, seconds)
 
 

@@ -47,9 +47,15 @@ class _Counts:
     dropped: int = 0
 
 
-def serve_pty(link: Path, frames: Iterator[bytes], rate_hz: float, seconds: float | None = None,
-              *, stop: threading.Event | None = None,
-              ready: threading.Event | None = None) -> PtyStats:
+def serve_pty(
+    link: Path,
+    frames: Iterator[bytes],
+    rate_hz: float,
+    seconds: float | None = None,
+    *,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+) -> PtyStats:
     """Write `frames` at `rate_hz` to a new pty reachable at `link` until `seconds` pass, the
     frames run out, `stop` is set, or Ctrl-C / SIGTERM (in the main thread) arrives.
 
@@ -84,8 +90,15 @@ def serve_pty(link: Path, frames: Iterator[bytes], rate_hz: float, seconds: floa
     return PtyStats(counts.written, counts.dropped)
 
 
-def _pump(master: int, frames: Iterator[bytes], period: float, seconds: float | None,
-          *, stop: threading.Event, counts: _Counts) -> None:
+def _pump(
+    master: int,
+    frames: Iterator[bytes],
+    period: float,
+    seconds: float | None,
+    *,
+    stop: threading.Event,
+    counts: _Counts,
+) -> None:
     start = time.monotonic()
     end = None if seconds is None else start + seconds
     due = start
@@ -152,21 +165,26 @@ class PtyThread:
     Use it as a context manager in the demo and tests.
     """
 
-    def __init__(self, link: Path, frames: Iterator[bytes], rate_hz: float,
-                 seconds: float | None = None) -> None:
+    def __init__(
+        self, link: Path, frames: Iterator[bytes], rate_hz: float, seconds: float | None = None
+    ) -> None:
         self.link = link
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._stats: PtyStats | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(frames, rate_hz, seconds),
-            name=f"pty-sim {link.name}", daemon=True)
+            target=self._run,
+            args=(frames, rate_hz, seconds),
+            name=f"pty-sim {link.name}",
+            daemon=True,
+        )
 
     def _run(self, frames: Iterator[bytes], rate_hz: float, seconds: float | None) -> None:
         try:
-            self._stats = serve_pty(self.link, frames, rate_hz, seconds,
-                                    stop=self._stop, ready=self._ready)
+            self._stats = serve_pty(
+                self.link, frames, rate_hz, seconds, stop=self._stop, ready=self._ready
+            )
         except BaseException as exc:  # handed to the caller of start() / stop()
             self._error = exc
             self._ready.set()
@@ -197,6 +215,10 @@ class PtyThread:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

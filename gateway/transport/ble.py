@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 # Passive scanning reports only advertisements matching a monitor's patterns. These match the
 # Flags every connectable LE advertisement carries (LE general/limited discoverable, BR/EDR not
 # supported, with or without simultaneous LE + BR/EDR), so all devices are heard, as in active.
-_PASSIVE_PATTERNS: list[OrPatternLike] = [OrPattern(0, AdvertisementDataType.FLAGS, bytes((flags,)))
-                     for flags in (0x02, 0x06, 0x1A, 0x05)]
+_PASSIVE_PATTERNS: list[OrPatternLike] = [
+    OrPattern(0, AdvertisementDataType.FLAGS, bytes((flags,))) for flags in (0x02, 0x06, 0x1A, 0x05)
+]
 _RESTART_BACKOFF_MAX = 10.0
 
 
@@ -83,19 +84,31 @@ class Advert:
 
 
 def _advert(device: BLEDevice, data: AdvertisementData) -> Advert:
-    return Advert(device.address.upper(), data.local_name or device.name, data.rssi,
-                  tuple(u.lower() for u in data.service_uuids),
-                  {k: bytes(v) for k, v in data.manufacturer_data.items()},
-                  {k.lower(): bytes(v) for k, v in data.service_data.items()},
-                  time.monotonic(), device)
+    return Advert(
+        device.address.upper(),
+        data.local_name or device.name,
+        data.rssi,
+        tuple(u.lower() for u in data.service_uuids),
+        {k: bytes(v) for k, v in data.manufacturer_data.items()},
+        {k.lower(): bytes(v) for k, v in data.service_data.items()},
+        time.monotonic(),
+        device,
+    )
 
 
 class BleScanner:
     """The adapter's one scanner; `run` it as a task for as long as the hub runs."""
 
-    def __init__(self, adapter: str = "hci0", *, passive: bool = True,
-                 watchdog: float = 90.0, expire: float = 600.0,
-                 active_every: float = 300.0, active_window: float = 10.0) -> None:
+    def __init__(
+        self,
+        adapter: str = "hci0",
+        *,
+        passive: bool = True,
+        watchdog: float = 90.0,
+        expire: float = 600.0,
+        active_every: float = 300.0,
+        active_window: float = 10.0,
+    ) -> None:
         self.adapter = adapter
         self.passive = passive
         self.active_every = active_every
@@ -128,15 +141,17 @@ class BleScanner:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def wait_for(self, predicate: Callable[[Advert], bool],
-                       timeout: float | None = None) -> Advert:
+    async def wait_for(
+        self, predicate: Callable[[Advert], bool], timeout: float | None = None
+    ) -> Advert:
         """The newest advertisement for which `predicate` holds; waits for one to come."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while True:
                 now = time.monotonic()
-                found = [a for a in self.adverts.values()
-                         if now - a.seen < self.expire and predicate(a)]
+                found = [
+                    a for a in self.adverts.values() if now - a.seen < self.expire and predicate(a)
+                ]
                 if found:
                     return max(found, key=lambda a: a.seen)
                 waiter: asyncio.Future[None] = loop.create_future()
@@ -177,11 +192,16 @@ class BleScanner:
 
     def _scanner(self, passive: bool) -> BleakScanner:
         if passive:
-            return BleakScanner(self._on_advertisement, scanning_mode="passive",
-                                bluez={"adapter": self.adapter, "or_patterns": _PASSIVE_PATTERNS})
-        return BleakScanner(self._on_advertisement, scanning_mode="active",
-                            bluez={"adapter": self.adapter,
-                                   "filters": {"Transport": "le", "DuplicateData": True}})
+            return BleakScanner(
+                self._on_advertisement,
+                scanning_mode="passive",
+                bluez={"adapter": self.adapter, "or_patterns": _PASSIVE_PATTERNS},
+            )
+        return BleakScanner(
+            self._on_advertisement,
+            scanning_mode="active",
+            bluez={"adapter": self.adapter, "filters": {"Transport": "le", "DuplicateData": True}},
+        )
 
     async def _start(self, *, window: bool = False) -> BleakScanner:
         if self.passive and not window:
@@ -192,8 +212,9 @@ class BleScanner:
                 raise BleUnavailable(f"adapter {self.adapter} is not available ({exc})") from exc
             except (BleakError, BleakDBusError) as exc:
                 # BlueZ without experimental features has no advertisement monitors.
-                log.info("bluetooth: passive scanning is not available (%s); scanning actively",
-                         exc)
+                log.info(
+                    "bluetooth: passive scanning is not available (%s); scanning actively", exc
+                )
                 self.passive = False
             else:
                 self.mode = "passive"
@@ -216,8 +237,13 @@ class BleScanner:
         started = self._last_heard = time.monotonic()
         if window:
             self._last_window = started
-        log.log(logging.DEBUG if window else logging.INFO, "bluetooth: scanning on %s (%s%s)",
-                self.adapter, self.mode, ", a short window" if window else "")
+        log.log(
+            logging.DEBUG if window else logging.INFO,
+            "bluetooth: scanning on %s (%s%s)",
+            self.adapter,
+            self.mode,
+            ", a short window" if window else "",
+        )
         try:
             tick = min(self.watchdog / 4, 5.0, self.active_window)
             self._restart.clear()
@@ -225,8 +251,11 @@ class BleScanner:
                 now = time.monotonic()
                 if window and now - started >= self.active_window:
                     return False  # back to passive
-                if (not window and self.mode == "passive"
-                        and now - self._last_window >= self.active_every):
+                if (
+                    not window
+                    and self.mode == "passive"
+                    and now - self._last_window >= self.active_every
+                ):
                     return True
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(tick):
@@ -238,8 +267,12 @@ class BleScanner:
                 silent = time.monotonic() - self._last_heard
                 if silent >= self.watchdog:
                     self.restarts += 1
-                    log.warning("bluetooth: no advertisement for %.0f s; restarting the scanner "
-                                "(restart %d)", silent, self.restarts)
+                    log.warning(
+                        "bluetooth: no advertisement for %.0f s; restarting the scanner "
+                        "(restart %d)",
+                        silent,
+                        self.restarts,
+                    )
                     if self.restarts % 3 == 0:
                         await self._probe.power_cycle()
                     return False
@@ -248,8 +281,7 @@ class BleScanner:
                 self._expire_old()
         finally:
             self.scanning = False
-            with contextlib.suppress(BleakError, BleakDBusError, OSError, EOFError,
-                                     TimeoutError):
+            with contextlib.suppress(BleakError, BleakDBusError, OSError, EOFError, TimeoutError):
                 async with asyncio.timeout(5):
                     await scanner.stop()
 
@@ -262,8 +294,11 @@ class BleScanner:
             return False
         powered, discovering = state
         if not powered or (self.mode == "active" and not discovering):
-            log.warning("bluetooth: adapter %s stopped scanning (%s); restarting the scanner",
-                        self.adapter, "powered off" if not powered else "discovery ended")
+            log.warning(
+                "bluetooth: adapter %s stopped scanning (%s); restarting the scanner",
+                self.adapter,
+                "powered off" if not powered else "discovery ended",
+            )
             return False
         return True
 
@@ -311,8 +346,12 @@ class BluezWatch:
         from dbus_fast.aio import MessageBus
 
         def on_message(msg: Message) -> None:
-            if (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"
-                    and msg.body and msg.body[0] == "org.bluez"):
+            if (
+                msg.message_type is MessageType.SIGNAL
+                and msg.member == "NameOwnerChanged"
+                and msg.body
+                and msg.body[0] == "org.bluez"
+            ):
                 log.warning("bluetooth: bluetoothd %s", "started" if msg.body[2] else "went away")
                 # Gone: every object it had is gone too. Started: bleak may have read the bus
                 # while bluetoothd was half up; make it read afresh. (If it reads too early
@@ -326,11 +365,19 @@ class BluezWatch:
             try:
                 bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
                 bus.add_message_handler(on_message)
-                await bus.call(Message(
-                    destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                    body=["type='signal',sender='org.freedesktop.DBus',"
-                          "member='NameOwnerChanged',arg0='org.bluez'"]))
+                await bus.call(
+                    Message(
+                        destination="org.freedesktop.DBus",
+                        path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus",
+                        member="AddMatch",
+                        signature="s",
+                        body=[
+                            "type='signal',sender='org.freedesktop.DBus',"
+                            "member='NameOwnerChanged',arg0='org.bluez'"
+                        ],
+                    )
+                )
                 await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
             except (OSError, EOFError, ValueError) as exc:
                 log.debug("bluetooth: cannot watch bluetoothd on the system bus: %s", exc)
@@ -354,13 +401,20 @@ class AdapterProbe:
 
         if self._bus is None:
             self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        reply = await self._bus.call(Message(
-            destination="org.bluez", path=f"/org/bluez/{self.adapter}",
-            interface="org.freedesktop.DBus.Properties", member=member, signature=signature,
-            body=body))
+        reply = await self._bus.call(
+            Message(
+                destination="org.bluez",
+                path=f"/org/bluez/{self.adapter}",
+                interface="org.freedesktop.DBus.Properties",
+                member=member,
+                signature=signature,
+                body=body,
+            )
+        )
         if reply is None or reply.message_type is MessageType.ERROR:
-            raise BleUnavailable(f"adapter {self.adapter}: "
-                                 f"{reply.error_name if reply else 'no reply'}")
+            raise BleUnavailable(
+                f"adapter {self.adapter}: {reply.error_name if reply else 'no reply'}"
+            )
         return reply.body
 
     async def state(self) -> tuple[bool, bool] | None:
@@ -383,8 +437,9 @@ class AdapterProbe:
         try:
             for powered in (False, True):
                 async with asyncio.timeout(5):
-                    await self._call("Set", "ssv", ["org.bluez.Adapter1", "Powered",
-                                                    Variant("b", powered)])
+                    await self._call(
+                        "Set", "ssv", ["org.bluez.Adapter1", "Powered", Variant("b", powered)]
+                    )
                 await asyncio.sleep(0.2)
         except (BleUnavailable, OSError, EOFError, TimeoutError) as exc:
             log.warning("bluetooth: cannot power-cycle %s: %s", self.adapter, exc)
@@ -402,8 +457,7 @@ NotifyCallback = Callable[[bytes], None]
 class GattLink:
     """A connected device. `lost` is set when the link goes (or `close` ends it)."""
 
-    def __init__(self, client: BleakClient, address: str,
-                 release: Callable[[], None]) -> None:
+    def __init__(self, client: BleakClient, address: str, release: Callable[[], None]) -> None:
         self._client = client
         self.address = address
         self.lost = asyncio.Event()
@@ -413,7 +467,9 @@ class GattLink:
         self._orphaned = False
         self.characteristics: dict[str, tuple[str, ...]] = {
             char.uuid.lower(): tuple(char.properties)
-            for service in client.services for char in service.characteristics}
+            for service in client.services
+            for char in service.characteristics
+        }
         self.services = frozenset(service.uuid.lower() for service in client.services)
 
     def on_disconnect(self, _client: BleakClient) -> None:
@@ -437,13 +493,13 @@ class GattLink:
         async with asyncio.timeout(timeout):
             return bytes(await self._client.read_gatt_char(uuid))
 
-    async def write(self, uuid: str, data: bytes, timeout: float = 10.0, *,
-                    response: bool = True) -> None:
+    async def write(
+        self, uuid: str, data: bytes, timeout: float = 10.0, *, response: bool = True
+    ) -> None:
         async with asyncio.timeout(timeout):
             await self._client.write_gatt_char(uuid, data, response=response)
 
-    async def subscribe(self, uuid: str, callback: NotifyCallback,
-                        timeout: float = 10.0) -> None:
+    async def subscribe(self, uuid: str, callback: NotifyCallback, timeout: float = 10.0) -> None:
         def deliver(_char: BleakGATTCharacteristic, data: bytearray) -> None:
             callback(bytes(data))
 
@@ -463,8 +519,7 @@ class GattLink:
             self.lost_reason = "closed by the hub"
             self.lost.set()
         try:
-            with contextlib.suppress(BleakError, BleakDBusError, OSError, EOFError,
-                                     TimeoutError):
+            with contextlib.suppress(BleakError, BleakDBusError, OSError, EOFError, TimeoutError):
                 # A new bluetoothd never answers for a link the old one had: do not wait
                 # long (bleak still closes its own bus connection for the client).
                 async with asyncio.timeout(2 if self._orphaned else 10):
@@ -476,8 +531,14 @@ class GattLink:
 class BleConnector:
     """Makes connections on one adapter, never more than `max_connections` at once."""
 
-    def __init__(self, adapter: str = "hci0", *, max_connections: int = 5,
-                 connect_timeout: float = 20.0, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        adapter: str = "hci0",
+        *,
+        max_connections: int = 5,
+        connect_timeout: float = 20.0,
+        max_attempts: int = 3,
+    ) -> None:
         self.adapter = adapter
         self.max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
@@ -533,14 +594,20 @@ class BleConnector:
         try:
             async with asyncio.timeout(outer):
                 client = await establish_connection(
-                    BleakClient, advert.device, name, disconnected_callback=disconnected,
-                    max_attempts=self._max_attempts)
+                    BleakClient,
+                    advert.device,
+                    name,
+                    disconnected_callback=disconnected,
+                    max_attempts=self._max_attempts,
+                )
         except BleakOutOfConnectionSlotsError as exc:
             release()
             raise BleConnectError(
                 f"{advert.address}: the controller of {self.adapter} has no free connection "
                 f"slot, or the device stopped answering ({exc.__cause__ or exc}); lower "
-                "[ble] max_connections if this keeps happening", out_of_slots=True) from exc
+                "[ble] max_connections if this keeps happening",
+                out_of_slots=True,
+            ) from exc
         except TimeoutError as exc:
             release()
             raise BleConnectError(f"connecting took longer than {outer:.0f} s") from exc
@@ -553,6 +620,7 @@ class BleConnector:
         except BaseException:
             release()
             raise
+
         def release_link() -> None:
             self._links.discard(link)  # assigned just below, before any call
             release()

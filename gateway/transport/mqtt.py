@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.mqtt_url import MqttUrl, parse_mqtt_url
+from gateway.transport.mqtt_url import MqttUrl, parse_mqtt_url
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -38,15 +38,19 @@ def list_system_ports() -> list[PortInfo]:
     """The machine's serial ports with their USB ids (pyserial's `list_ports`)."""
     from serial.tools import list_ports
 
-    return [PortInfo(p.device, p.vid, p.pid, p.serial_number, p.product)
-            for p in list_ports.comports()]
+    return [
+        PortInfo(p.device, p.vid, p.pid, p.serial_number, p.product) for p in list_ports.comports()
+    ]
 
 
 def find_usb_port(lister: PortLister, vid: int, pid: int, serial_number: str | None) -> str | None:
     """The device path of the first port with this VID:PID (and serial number, when given)."""
     for port in sorted(lister(), key=lambda p: p.device):
-        if port.vid == vid and port.pid == pid and (
-                serial_number is None or port.serial_number == serial_number):
+        if (
+            port.vid == vid
+            and port.pid == pid
+            and (serial_number is None or port.serial_number == serial_number)
+        ):
             return port.device
     return None
 
@@ -54,8 +58,9 @@ def find_usb_port(lister: PortLister, vid: int, pid: int, serial_number: str | N
 class SerialByteStream:
     """An open serial port as a stream of byte chunks."""
 
-    def __init__(self, path: str, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.path = path
         self._reader = reader
         self._writer = writer
@@ -84,8 +89,9 @@ class SerialByteStream:
                 await self._writer.wait_closed()
 
 
-async def open_serial(path: str, settings: SerialSettings,
-                      timeout: float = 5.0) -> SerialByteStream:
+async def open_serial(
+    path: str, settings: SerialSettings, timeout: float = 5.0
+) -> SerialByteStream:
     """Open `path` with the driver's settings. Raises `SerialPortError` with the cause."""
     import serial
     import serial_asyncio_fast
@@ -99,9 +105,13 @@ async def open_serial(path: str, settings: SerialSettings,
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await serial_asyncio_fast.open_serial_connection(
-                url=path, baudrate=settings.baudrate, bytesize=settings.bytesize,
-                parity=parities[parity], stopbits=settings.stopbits,
-                xonxoff=settings.xonxoff)
+                url=path,
+                baudrate=settings.baudrate,
+                bytesize=settings.bytesize,
+                parity=parities[parity],
+                stopbits=settings.stopbits,
+                xonxoff=settings.xonxoff,
+            )
     except (OSError, TimeoutError, termios.error) as exc:
         raise SerialPortError(f"cannot open {path}: {exc}") from exc
     return SerialByteStream(path, reader, writer)

@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from gateway.conformance import BUILTIN_FIXTURES, fixture_problems
-from gateway.registry import AnyDriver, Registry
+from gateway.hub.registry import AnyDriver, Registry
+from gateway.kit.conformance import BUILTIN_FIXTURES, fixture_problems
 
 FIXTURES = BUILTIN_FIXTURES
 CASES = sorted(FIXTURES.glob("*/*.json"))
@@ -59,8 +59,9 @@ def test_fixture(path: Path) -> None:
 
 
 def test_decode_bytes_flushes_a_final_line() -> None:
-    result = REGISTRY.decode("generic.kv-lines", b"spo2=97\nspo2=0",
-                             {"keys": {"spo2": {"type": "spo2"}}})
+    result = REGISTRY.decode(
+        "generic.kv-lines", b"spo2=97\nspo2=0", {"keys": {"spo2": {"type": "spo2"}}}
+    )
     assert [r.observations[0].value for r in result.readings] == [97, 0]
     assert not result.errors
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import contec_cms50d, decode_bytes
-from gateway.registry import AnyDriver, Registry
+from gateway.hub.registry import AnyDriver, Registry
+from gateway.kit.conformance import BUILTIN_FIXTURES
 from gateway.sdk import DecodeError, Driver, FeedResult, Flushable, GattDriver, Reading
 
 FIXTURES = BUILTIN_FIXTURES
@@ -63,7 +63,8 @@ def test_chunking_does_not_change_the_result(driver: Driver, data: bytes, cut: i
     decoder = driver.decoder(options)
     first, second = decoder.feed(data[:cut]), decoder.feed(data[cut:])
     assert [r.wire() for r in first.readings + second.readings] == [
-        r.wire() for r in whole.readings]
+        r.wire() for r in whole.readings
+    ]
     assert len(first.errors) + len(second.errors) == len(whole.errors)
 
 
@@ -75,8 +76,9 @@ def test_gatt_values_never_raise(driver: GattDriver, data: st.DataObject) -> Non
     profiles keep state between values): only DecodeErrors in the results, within bounds."""
     decoder = driver.gatt_decoder(_options(driver))
     uuids = [c.uuid for c in driver.info.characteristics]
-    values = data.draw(st.lists(st.tuples(st.sampled_from(uuids), st.binary(max_size=40)),
-                                max_size=30))
+    values = data.draw(
+        st.lists(st.tuples(st.sampled_from(uuids), st.binary(max_size=40)), max_size=30)
+    )
     started = time.monotonic()
     for uuid, value in values:
         _check(decoder.value(uuid, value))
@@ -107,8 +109,10 @@ def test_decode_frame_raises_only_decode_error(frame: bytes) -> None:
 
 
 @FUZZ
-@given(body=st.lists(st.integers(min_value=0, max_value=0x7F), min_size=4, max_size=4),
-       head=st.integers(min_value=0x80, max_value=0xFF))
+@given(
+    body=st.lists(st.integers(min_value=0, max_value=0x7F), min_size=4, max_size=4),
+    head=st.integers(min_value=0x80, max_value=0xFF),
+)
 def test_every_well_formed_frame_decodes_without_fake_zeros(head: int, body: list[int]) -> None:
     reading = contec_cms50d.decode_frame(bytes([head, *body]))
     for observation in reading.observations:

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import gatt_bas, gatt_cts, gatt_dis, gatt_hrs, gatt_plx
+from gateway.kit.conformance import BUILTIN_FIXTURES
 from gateway.sdk import (
     OBSERVATION_TYPES,
     DecodeError,
@@ -65,8 +65,9 @@ def _check(result: FeedResult) -> list[dict[str, object]]:
     assert all(isinstance(e, DecodeError) for e in result.errors)
     assert len(result.readings) + len(result.errors) == 1
     # Through JSON without NaN, as the platform will see it.
-    wire: list[dict[str, object]] = json.loads(json.dumps(
-        [r.wire() for r in result.readings], allow_nan=False))
+    wire: list[dict[str, object]] = json.loads(
+        json.dumps([r.wire() for r in result.readings], allow_nan=False)
+    )
     return wire
 
 
@@ -117,8 +118,9 @@ def test_decode_functions_raise_only_decode_error(name: str, data: bytes) -> Non
         assert (observation.value is None) == (observation.absent is not None)
 
 
-@pytest.mark.parametrize(("driver", "uuid"), CHARACTERISTICS,
-                         ids=lambda x: x if isinstance(x, str) else x.info.id)
+@pytest.mark.parametrize(
+    ("driver", "uuid"), CHARACTERISTICS, ids=lambda x: x if isinstance(x, str) else x.info.id
+)
 @FUZZ
 @given(data=st.binary(max_size=40))
 def test_every_characteristic_never_raises(driver: GattDriver, uuid: str, data: bytes) -> None:
@@ -127,23 +129,39 @@ def test_every_characteristic_never_raises(driver: GattDriver, uuid: str, data: 
 
 def test_new_observation_types_are_snake_case_and_fast_slow_keep_the_codes() -> None:
     produced = {t for m in MODULES for t in m.DRIVER.info.produces}
-    assert produced == {"spo2", "pulse_rate", "perfusion_index", "spo2_fast", "pulse_rate_fast",
-                        "spo2_slow", "pulse_rate_slow", "heart_rate", "energy",
-                        "rr_interval", "battery_level"}
+    assert produced == {
+        "spo2",
+        "pulse_rate",
+        "perfusion_index",
+        "spo2_fast",
+        "pulse_rate_fast",
+        "spo2_slow",
+        "pulse_rate_slow",
+        "heart_rate",
+        "energy",
+        "rr_interval",
+        "battery_level",
+    }
     reading = gatt_plx.decode_continuous(bytes.fromhex("03 6100 4800 6200 4900 6000 4700"))
     for observation in reading.observations:
         known = OBSERVATION_TYPES[observation.type.removesuffix("_fast").removesuffix("_slow")]
         assert (observation.unit, observation.mdc, observation.loinc) == (
-            known.unit, known.mdc, known.loinc)
+            known.unit,
+            known.mdc,
+            known.loinc,
+        )
 
 
 # --- Current Time: encode for writing, decode what the device reports -------------------------
 
 # Naive bounds are what hypothesis wants; the zones come from `timezones`.
-MOMENTS = st.datetimes(min_value=datetime(1582, 1, 1),  # noqa: DTZ001
-                       max_value=datetime(9999, 12, 30),  # noqa: DTZ001
-                       timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)),
-                                                  timezone(timedelta(hours=5, minutes=45))]))
+MOMENTS = st.datetimes(
+    min_value=datetime(1582, 1, 1),  # noqa: DTZ001
+    max_value=datetime(9999, 12, 30),  # noqa: DTZ001
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=45))]
+    ),
+)
 
 
 @FUZZ
@@ -157,8 +175,10 @@ def test_current_time_round_trip(moment: datetime, reason: int) -> None:
     wall = moment.replace(tzinfo=None)
     assert timedelta(0) <= wall - reading.device_time < timedelta(seconds=1 / 256)
     assert reading.status["day_of_week"] == moment.isoweekday()
-    assert gatt_cts.encode_current_time(reading.device_time.replace(tzinfo=moment.tzinfo),
-                                        reason) == encoded
+    assert (
+        gatt_cts.encode_current_time(reading.device_time.replace(tzinfo=moment.tzinfo), reason)
+        == encoded
+    )
 
 
 def test_encode_current_time_example() -> None:
@@ -168,11 +188,14 @@ def test_encode_current_time_example() -> None:
     assert gatt_cts.encode_current_time(local, 0x01).hex(" ") == "ea 07 0b 1a 16 2d 1e 04 80 01"
 
 
-@pytest.mark.parametrize(("moment", "reason"), [
-    (datetime(2026, 1, 1), 2),  # noqa: DTZ001 (a naive moment is the point of the test)
-    (datetime(1500, 1, 1, tzinfo=UTC), 2),
-    (datetime(2026, 1, 1, tzinfo=UTC), 256),
-])
+@pytest.mark.parametrize(
+    ("moment", "reason"),
+    [
+        (datetime(2026, 1, 1), 2),  # noqa: DTZ001 (a naive moment is the point of the test)
+        (datetime(1500, 1, 1, tzinfo=UTC), 2),
+        (datetime(2026, 1, 1, tzinfo=UTC), 256),
+    ],
+)
 def test_encode_current_time_refuses(moment: datetime, reason: int) -> None:
     with pytest.raises(ValueError, match=r"aware|year|adjust"):
         gatt_cts.encode_current_time(moment, reason)

@@ -16,14 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import gatt_cscs, gatt_ftms, gatt_rscs
-from gateway.registry import characteristic_uuid
+from gateway.hub.registry import characteristic_uuid
+from gateway.kit.conformance import BUILTIN_FIXTURES
 from gateway.sdk import DecodeError, FeedResult, GattDriver, OptionError, Reading, parse_hex
 
 FIXTURES = BUILTIN_FIXTURES
 DRIVERS: dict[str, GattDriver] = {
-    d.info.id: d for d in (gatt_ftms.DRIVER, gatt_rscs.DRIVER, gatt_cscs.DRIVER)}
+    d.info.id: d for d in (gatt_ftms.DRIVER, gatt_rscs.DRIVER, gatt_cscs.DRIVER)
+}
 CASES = sorted(p for d in DRIVERS for p in (FIXTURES / d).glob("*.json"))
 FUZZ = settings(max_examples=300, deadline=1000, database=None)
 
@@ -74,8 +75,13 @@ def test_split_record_is_one_reading_with_every_field() -> None:
     _, readings = _ftms(["45 00 b4 00 c8 00", "01 02 8c", "00 08 c4 09 3c 00"])
     assert len(readings) == 1
     values = {o.type: o.value for o in readings[0].observations}
-    assert values == {"cadence": 90.0, "power": 200, "heart_rate": 140, "speed": 25.0,
-                      "elapsed_time": 60}
+    assert values == {
+        "cadence": 90.0,
+        "power": 200,
+        "heart_rate": 140,
+        "speed": 25.0,
+        "elapsed_time": 60,
+    }
     assert readings[0].raw == bytes.fromhex("4500b400c80001028c0008c4093c00")
 
 
@@ -105,8 +111,13 @@ def test_endless_more_data_does_not_grow_without_bound() -> None:
 
 
 def test_every_machine_table_is_ordered_and_typed() -> None:
-    for machine in (gatt_ftms.INDOOR_BIKE, gatt_ftms.TREADMILL, gatt_ftms.ROWER,
-                    gatt_ftms.CROSS_TRAINER, gatt_ftms.STEP_CLIMBER):
+    for machine in (
+        gatt_ftms.INDOOR_BIKE,
+        gatt_ftms.TREADMILL,
+        gatt_ftms.ROWER,
+        gatt_ftms.CROSS_TRAINER,
+        gatt_ftms.STEP_CLIMBER,
+    ):
         bits = [bit for bit, _ in machine.groups]
         assert bits == sorted(set(bits)) and bits[0] == 0, machine.name
         assert all(f.type in gatt_ftms.TYPES for _, fields in machine.groups for f in fields)
@@ -132,7 +143,9 @@ def test_cscs_rate_after_an_error_uses_the_last_good_measurement() -> None:
     assert decoder.value(uuid, bytes.fromhex("02 65")).errors
     result = decoder.value(uuid, bytes.fromhex("02 66 00 00 08"))
     assert [(o.type, o.value) for o in result.readings[0].observations] == [
-        ("crank_revolutions", 102), ("cadence", 120.0)]
+        ("crank_revolutions", 102),
+        ("cadence", 120.0),
+    ]
 
 
 # --- fuzz: arbitrary values on every characteristic may only give DecodeErrors ----------------
@@ -152,8 +165,9 @@ def _check(result: FeedResult) -> None:
         json.dumps(reading.wire(), allow_nan=False)
 
 
-@pytest.mark.parametrize(("driver", "uuid"), CHARACTERISTICS,
-                         ids=lambda x: x if isinstance(x, str) else x.info.id)
+@pytest.mark.parametrize(
+    ("driver", "uuid"), CHARACTERISTICS, ids=lambda x: x if isinstance(x, str) else x.info.id
+)
 @FUZZ
 @given(values=st.lists(st.binary(max_size=40), max_size=30))
 def test_arbitrary_values_never_raise(driver: GattDriver, uuid: str, values: list[bytes]) -> None:
@@ -166,11 +180,13 @@ def test_arbitrary_values_never_raise(driver: GattDriver, uuid: str, values: lis
 @FUZZ
 @given(data=st.data())
 def test_arbitrary_sequences_over_characteristics_never_raise(
-        driver: GattDriver, data: st.DataObject) -> None:
+    driver: GattDriver, data: st.DataObject
+) -> None:
     uuids = [c.uuid for c in driver.info.characteristics]
     decoder = driver.gatt_decoder(OPTIONS.get(driver.info.id, {}))
-    steps = data.draw(st.lists(st.tuples(st.sampled_from(uuids), st.binary(max_size=40)),
-                               max_size=40))
+    steps = data.draw(
+        st.lists(st.tuples(st.sampled_from(uuids), st.binary(max_size=40)), max_size=40)
+    )
     for uuid, value in steps:
         _check(decoder.value(uuid, value))
     flush = getattr(decoder, "flush", None)

@@ -14,21 +14,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.conformance import BUILTIN_FIXTURES
 from gateway.drivers import gatt_bps, gatt_gls, gatt_hts, gatt_wss
+from gateway.kit.conformance import BUILTIN_FIXTURES
 from gateway.sdk import DecodeError, GattDriver, OptionError, Reading, parse_hex, uuid16
 
 FIXTURES = BUILTIN_FIXTURES
 DRIVERS: dict[str, GattDriver] = {
-    d.info.id: d for d in (gatt_hts.DRIVER, gatt_wss.DRIVER, gatt_bps.DRIVER, gatt_gls.DRIVER)}
+    d.info.id: d for d in (gatt_hts.DRIVER, gatt_wss.DRIVER, gatt_bps.DRIVER, gatt_gls.DRIVER)
+}
 CASES = sorted(p for driver_id in DRIVERS for p in (FIXTURES / driver_id).glob("*.json"))
 DECODE_FUNCTIONS: list[Callable[[bytes], Reading]] = [
-    gatt_hts.decode_temperature_measurement, gatt_hts.decode_intermediate_temperature,
+    gatt_hts.decode_temperature_measurement,
+    gatt_hts.decode_intermediate_temperature,
     gatt_hts.decode_temperature_type,
-    gatt_wss.decode_weight_measurement, gatt_wss.decode_weight_scale_feature,
-    gatt_bps.decode_blood_pressure_measurement, gatt_bps.decode_intermediate_cuff_pressure,
+    gatt_wss.decode_weight_measurement,
+    gatt_wss.decode_weight_scale_feature,
+    gatt_bps.decode_blood_pressure_measurement,
+    gatt_bps.decode_intermediate_cuff_pressure,
     gatt_bps.decode_blood_pressure_feature,
-    gatt_gls.decode_glucose_measurement, gatt_gls.decode_measurement_context,
+    gatt_gls.decode_glucose_measurement,
+    gatt_gls.decode_measurement_context,
     gatt_gls.decode_glucose_feature,
 ]
 FUZZ = settings(max_examples=500, deadline=1000, database=None)
@@ -98,7 +103,8 @@ def test_decode_raises_only_decode_error(decode: Callable[[bytes], Reading], dat
 @FUZZ
 @given(flags=st.integers(0, 255), tail=st.binary(max_size=30))
 def test_decode_with_any_flags_raises_only_decode_error(
-        decode: Callable[[bytes], Reading], flags: int, tail: bytes) -> None:
+    decode: Callable[[bytes], Reading], flags: int, tail: bytes
+) -> None:
     # Valid-looking dates make the optional fields after the time stamp reachable.
     data = bytes([flags]) + tail[:2] + bytes.fromhex("e807030f070000") + tail[2:]
     with contextlib.suppress(DecodeError):

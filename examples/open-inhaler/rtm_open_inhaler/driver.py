@@ -64,8 +64,7 @@ _FROM_STORAGE = 0x08
 _RESERVED_FLAGS = 0xF0
 _FIXED_SIZE = 13  # flags, counter, Date Time, role
 
-MEDICATION_ROLES: Mapping[int, str] = {
-    1: "controller", 2: "rescue", 3: "controller_and_rescue"}
+MEDICATION_ROLES: Mapping[int, str] = {1: "controller", 2: "rescue", 3: "controller_and_rescue"}
 """Medication role codes; 0 is "unknown" and is left out of a reading's status."""
 
 _FEATURES: tuple[tuple[str, int], ...] = (
@@ -74,7 +73,10 @@ _FEATURES: tuple[tuple[str, int], ...] = (
     ("real_time_clock_supported", 0x0004),
 )
 _ROLE_BITS: tuple[tuple[str, int], ...] = (
-    ("role_controller", 0x01), ("role_rescue", 0x02), ("role_controller_and_rescue", 0x04))
+    ("role_controller", 0x01),
+    ("role_rescue", 0x02),
+    ("role_controller_and_rescue", 0x04),
+)
 
 # Record Control Point op codes and result codes.
 REPORT_AFTER = 0x01
@@ -86,22 +88,28 @@ NO_EVENTS = 0x02
 OP_CODE_NOT_SUPPORTED = 0x03
 INVALID_OPERAND = 0x04
 RESULT_NAMES: Mapping[int, str] = {
-    SUCCESS: "success", NO_EVENTS: "no events", OP_CODE_NOT_SUPPORTED: "op code not supported",
-    INVALID_OPERAND: "invalid operand"}
+    SUCCESS: "success",
+    NO_EVENTS: "no events",
+    OP_CODE_NOT_SUPPORTED: "op code not supported",
+    INVALID_OPERAND: "invalid operand",
+}
 MAX_COUNTER = 0xFFFFFFFF
 
 
 # --- Actuation Event and Sensor Features -----------------------------------------------------
 
+
 def decode_actuation_event(data: bytes) -> Reading:
     """One actuation: an `inhaler_actuation` observation (value 1), then the inhalation's peak
     flow and duration when the sensor measured them. Raises `DecodeError` for a malformed value."""
     flags = uint_from(data, 0, 1)
-    expected = (_FIXED_SIZE + (2 if flags & _FLOW_PRESENT else 0)
-                + (2 if flags & _DURATION_PRESENT else 0))
+    expected = (
+        _FIXED_SIZE + (2 if flags & _FLOW_PRESENT else 0) + (2 if flags & _DURATION_PRESENT else 0)
+    )
     if len(data) < expected or (len(data) > expected and not flags & _RESERVED_FLAGS):
-        raise DecodeError(f"Actuation Event with flags {flags:#04x} must be {expected} bytes, "
-                          f"got {len(data)}")
+        raise DecodeError(
+            f"Actuation Event with flags {flags:#04x} must be {expected} bytes, got {len(data)}"
+        )
     status: dict[str, StatusValue] = {"event_counter": uint_from(data, 1, 4)}
     role = uint_from(data, 12, 1)
     if role:
@@ -113,13 +121,17 @@ def decode_actuation_event(data: bytes) -> Reading:
     offset = _FIXED_SIZE
     if flags & _FLOW_PRESENT:
         flow = sfloat_from(data, offset)
-        observations.append(Observation("inhalation_peak_flow", flow.value, PEAK_FLOW_UNIT,
-                                        absent=flow.absent))
+        observations.append(
+            Observation("inhalation_peak_flow", flow.value, PEAK_FLOW_UNIT, absent=flow.absent)
+        )
         offset += 2
     if flags & _DURATION_PRESENT:
         # Milliseconds to seconds, keeping every millisecond and adding no float noise.
-        observations.append(Observation(
-            "inhalation_duration", round(uint_from(data, offset, 2) / 1000, 3), DURATION_UNIT))
+        observations.append(
+            Observation(
+                "inhalation_duration", round(uint_from(data, offset, 2) / 1000, 3), DURATION_UNIT
+            )
+        )
     return Reading(tuple(observations), bytes(data), status, moment, clock)
 
 
@@ -133,6 +145,7 @@ def decode_sensor_features(data: bytes) -> Reading:
 
 
 # --- the Record Control Point: what StoredRecords needs ----------------------------------------
+
 
 def request_events(last: int | None) -> bytes:
     """The request for the events after counter `last`; every stored event when None."""
@@ -190,7 +203,7 @@ class OpenInhalerDriver:
         id=DRIVER_ID,
         version="1.0.0",
         description="Open smart-inhaler sensor profile (rtm-gateway's own): actuations with "
-                    "inhalation peak flow and duration, stored events by counter",
+        "inhalation peak flow and duration, stored events by counter",
         transport="ble",
         match=(BleMatch(service_uuid=SERVICE),),
         service=SERVICE,
@@ -201,9 +214,15 @@ class OpenInhalerDriver:
         produces=("inhaler_actuation", "inhalation_peak_flow", "inhalation_duration"),
         sdk_version=(1, 2),
         category="respiratory",
-        ble_session=BleSession(stored=StoredRecords(
-            control=RECORD_CONTROL_POINT, records=ACTUATION_EVENT, request=request_events,
-            cursor=event_counter, done=transfer_done)),
+        ble_session=BleSession(
+            stored=StoredRecords(
+                control=RECORD_CONTROL_POINT,
+                records=ACTUATION_EVENT,
+                request=request_events,
+                cursor=event_counter,
+                done=transfer_done,
+            )
+        ),
     )
 
     def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:

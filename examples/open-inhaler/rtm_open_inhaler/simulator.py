@@ -60,9 +60,13 @@ _RESCUE = (15, 30, 90)
 # Peak inspiratory flow (L/min) and inhalation duration (ms): (mean, sd, low, high). A scheduled
 # dose is a slow, deep breath; a rescue use comes when breathless, weaker and shorter.
 _FLOW_LPM: Mapping[Purpose, tuple[float, float, float, float]] = {
-    "controller": (58, 9, 35, 85), "rescue": (42, 6, 30, 60)}
+    "controller": (58, 9, 35, 85),
+    "rescue": (42, 6, 30, 60),
+}
 _DURATION_MS: Mapping[Purpose, tuple[float, float, float, float]] = {
-    "controller": (2300, 350, 1500, 3000), "rescue": (1500, 250, 1000, 2200)}
+    "controller": (2300, 350, 1500, 3000),
+    "rescue": (1500, 250, 1000, 2200),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +89,18 @@ class Actuation:
 
     def encode(self, *, from_storage: bool) -> bytes:
         """The Actuation Event value: flags, counter, Date Time, role, then flow and duration."""
-        flags = ((_FLOW if self.flow_tenths is not None else 0)
-                 | (_DURATION if self.duration_ms is not None else 0)
-                 | (0 if self.clock_set else _CLOCK_NOT_SET)
-                 | (_FROM_STORAGE if from_storage else 0))
-        data = (bytes((flags,)) + self.counter.to_bytes(4, "little") + date_time(self.time)
-                + bytes((self.role,)))
+        flags = (
+            (_FLOW if self.flow_tenths is not None else 0)
+            | (_DURATION if self.duration_ms is not None else 0)
+            | (0 if self.clock_set else _CLOCK_NOT_SET)
+            | (_FROM_STORAGE if from_storage else 0)
+        )
+        data = (
+            bytes((flags,))
+            + self.counter.to_bytes(4, "little")
+            + date_time(self.time)
+            + bytes((self.role,))
+        )
         if self.flow_tenths is not None:
             data += sfloat(self.flow_tenths, -1)
         if self.duration_ms is not None:
@@ -113,16 +123,29 @@ class InhalerSensor(SimulatedBleDevice):
     service = SERVICE
     model = "OPEN-INHALER-SIM-1"
     default_rate = 1.0
-    what = ("a smart-inhaler sensor (open profile): a day of stored actuations over the Record "
-            "Control Point, new ones live")
+    what = (
+        "a smart-inhaler sensor (open profile): a day of stored actuations over the Record "
+        "Control Point, new ones live"
+    )
 
-    def __init__(self, *, address: str = "C0:FF:EE:B0:00:01", name: str = "Open Inhaler",
-                 serial: str = "INH-000001", seed: int | None = None,
-                 roles: Sequence[str] = ("controller", "rescue"),
-                 missed: Literal["morning", "evening"] | None = "evening", puffs: int = 2,
-                 first_counter: int = 137, measures_flow: bool = True, clock_set: bool = True,
-                 capacity: int = 500, record_interval: float = 0.0, actuate_every: int = 0,
-                 battery_level: int = 90) -> None:
+    def __init__(
+        self,
+        *,
+        address: str = "C0:FF:EE:B0:00:01",
+        name: str = "Open Inhaler",
+        serial: str = "INH-000001",
+        seed: int | None = None,
+        roles: Sequence[str] = ("controller", "rescue"),
+        missed: Literal["morning", "evening"] | None = "evening",
+        puffs: int = 2,
+        first_counter: int = 137,
+        measures_flow: bool = True,
+        clock_set: bool = True,
+        capacity: int = 500,
+        record_interval: float = 0.0,
+        actuate_every: int = 0,
+        battery_level: int = 90,
+    ) -> None:
         unknown = [r for r in roles if r not in ROLE_CODES]
         if not roles or unknown:
             raise ValueError(f"roles must be some of {', '.join(ROLE_CODES)}; got {roles!r}")
@@ -132,17 +155,22 @@ class InhalerSensor(SimulatedBleDevice):
             raise ValueError("puffs, first_counter and capacity must be at least 1")
         if record_interval < 0 or actuate_every < 0:
             raise ValueError("record_interval and actuate_every must not be negative")
-        features = (_FEATURE_CLOCK | (_FEATURE_FLOW | _FEATURE_DURATION if measures_flow else 0))
+        features = _FEATURE_CLOCK | (_FEATURE_FLOW | _FEATURE_DURATION if measures_flow else 0)
         role_mask = 0
         for role in roles:
             role_mask |= 1 << (ROLE_CODES[role] - 1)
         super().__init__(
-            address=address, name=name, serial=serial, seed=seed, battery_level=battery_level,
+            address=address,
+            name=name,
+            serial=serial,
+            seed=seed,
+            battery_level=battery_level,
             profile={
                 SENSOR_FEATURES: CharSpec(("read",), u16(features) + bytes((role_mask,))),
                 ACTUATION_EVENT: CharSpec(("notify",)),
                 RECORD_CONTROL_POINT: CharSpec(("write", "indicate")),
-            })
+            },
+        )
         self.roles = tuple(roles)
         self.missed = missed
         self.measures_flow = measures_flow
@@ -176,7 +204,9 @@ class InhalerSensor(SimulatedBleDevice):
         """(real time, purpose) of each actuation in the 24 hours before `now`, oldest first."""
         uses: list[tuple[datetime, Purpose]] = [
             (self._latest(now, hour, minute, jitter), "controller")
-            for name, hour, minute, jitter in _DOSES if name != self.missed]
+            for name, hour, minute, jitter in _DOSES
+            if name != self.missed
+        ]
         uses.append((self._latest(now, *_RESCUE), "rescue"))
         actuations: list[tuple[datetime, Purpose]] = []
         for start, purpose in uses:
@@ -191,7 +221,8 @@ class InhalerSensor(SimulatedBleDevice):
     def _latest(self, now: datetime, hour: int, minute: int, jitter: int) -> datetime:
         """The last time before `now` (and a few puffs' room) near hour:minute."""
         moment = now.replace(hour=hour, minute=minute, second=0) + timedelta(
-            seconds=self.rng.randint(-jitter * 60, jitter * 60))
+            seconds=self.rng.randint(-jitter * 60, jitter * 60)
+        )
         return moment - timedelta(days=1) if moment > now - timedelta(minutes=10) else moment
 
     def _role_for(self, purpose: Purpose) -> int | None:
@@ -210,10 +241,17 @@ class InhalerSensor(SimulatedBleDevice):
         if self.measures_flow:
             flow = round(self._gauss(_FLOW_LPM[purpose]) * 10)
             duration = round(self._gauss(_DURATION_MS[purpose]))
-        sensor_time = (real_time if self.clock_set
-                       else _UNSET_CLOCK_EPOCH + (real_time - self._power_on))
-        event = Actuation(self.next_counter, sensor_time.replace(microsecond=0), role, flow,
-                          duration, self.clock_set)
+        sensor_time = (
+            real_time if self.clock_set else _UNSET_CLOCK_EPOCH + (real_time - self._power_on)
+        )
+        event = Actuation(
+            self.next_counter,
+            sensor_time.replace(microsecond=0),
+            role,
+            flow,
+            duration,
+            self.clock_set,
+        )
         self.next_counter += 1
         return event
 
@@ -223,7 +261,7 @@ class InhalerSensor(SimulatedBleDevice):
 
     def _store(self, event: Actuation) -> None:
         self.stored.append(event)
-        del self.stored[:-self.capacity]
+        del self.stored[: -self.capacity]
 
     async def add_actuation(self, purpose: Purpose | None = None) -> Actuation:
         """The patient uses the inhaler now (a rescue use when the sensor serves one): stored,
@@ -232,8 +270,11 @@ class InhalerSensor(SimulatedBleDevice):
             purpose = "rescue" if self._role_for("rescue") is not None else "controller"
         event = self._actuation(local_now(), purpose)
         self._store(event)
-        if (not self._reporting and self._live_for == self.peripheral.connect_calls
-                and self.listening(ACTUATION_EVENT)):
+        if (
+            not self._reporting
+            and self._live_for == self.peripheral.connect_calls
+            and self.listening(ACTUATION_EVENT)
+        ):
             self.live_sent += 1
             await self.send(ACTUATION_EVENT, event.encode(from_storage=False))
         return event
@@ -271,8 +312,10 @@ class InhalerSensor(SimulatedBleDevice):
         elif op == _REPORT_AFTER and len(data) == 5:
             last = int.from_bytes(data[1:], "little")
         else:
-            await self._respond(op, _INVALID_OPERAND if op in (_REPORT_ALL, _REPORT_AFTER)
-                                else _OP_CODE_NOT_SUPPORTED)
+            await self._respond(
+                op,
+                _INVALID_OPERAND if op in (_REPORT_ALL, _REPORT_AFTER) else _OP_CODE_NOT_SUPPORTED,
+            )
             return
         sent = 0
         self._reporting = True

@@ -22,7 +22,7 @@ import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakGATTProtocolError, BleakGATTProtocolErrorCode
-from gateway.registry import Registry, characteristic_uuid, validate_driver
+from gateway.hub.registry import Registry, characteristic_uuid, validate_driver
 from gateway.sdk import SDK_VERSION, DecodeError, GattDriver, Reading, parse_hex
 from gateway.sim.ble_base import local_now, run_on, stop_device
 from gateway.sim.ble_devices import simulator_classes
@@ -63,6 +63,7 @@ def _decode(values: Iterable[tuple[str, bytes]]) -> tuple[list[Reading], list[De
 
 # --- the declaration ---------------------------------------------------------------------------
 
+
 def test_the_hub_accepts_the_driver_and_finds_both_entry_points() -> None:
     assert validate_driver(DRIVER) is DRIVER
     assert isinstance(DRIVER, GattDriver)
@@ -82,6 +83,7 @@ def test_the_hub_accepts_the_driver_and_finds_both_entry_points() -> None:
 
 # --- fixtures ---------------------------------------------------------------------------------
 
+
 def test_there_are_fixtures() -> None:
     assert 5 <= len(CASES) <= 8
 
@@ -89,8 +91,9 @@ def test_there_are_fixtures() -> None:
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
 def test_fixture(path: Path) -> None:
     case: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    readings, errors = _decode((characteristic_uuid(v["char"]), parse_hex(v["hex"]))
-                               for v in case["values"])
+    readings, errors = _decode(
+        (characteristic_uuid(v["char"]), parse_hex(v["hex"])) for v in case["values"]
+    )
     # Through JSON, as the platform will see it.
     assert json.loads(json.dumps([r.wire() for r in readings])) == case["readings"]
     assert len(errors) == case["errors"], [str(e) for e in errors]
@@ -98,6 +101,7 @@ def test_fixture(path: Path) -> None:
 
 
 # --- the Record Control Point functions the hub runs -------------------------------------------
+
 
 def test_request_asks_for_all_or_for_the_events_after_the_last_stored() -> None:
     assert request_events(None) == b"\x02"
@@ -110,28 +114,35 @@ def test_request_asks_for_all_or_for_the_events_after_the_last_stored() -> None:
 
 
 def test_cursor_is_the_event_counter_and_none_for_features() -> None:
-    readings, errors = _decode([
-        (ACTUATION_EVENT, bytes.fromhex("00 2a000000 ea07 03 0e 08 02 25 01")),
-        (SENSOR_FEATURES, bytes.fromhex("07 00 03"))])
+    readings, errors = _decode(
+        [
+            (ACTUATION_EVENT, bytes.fromhex("00 2a000000 ea07 03 0e 08 02 25 01")),
+            (SENSOR_FEATURES, bytes.fromhex("07 00 03")),
+        ]
+    )
     assert not errors
     assert [event_counter(r) for r in readings] == [42, None]
     assert event_counter(Reading((), b"", {"event_counter": True})) is None
 
 
-@pytest.mark.parametrize(("value", "done", "response"), [
-    ("80 02 01", True, Response(0x02, 0x01)),   # report all: success
-    ("80 01 02", True, Response(0x01, 0x02)),   # report after N: no events
-    ("80 01 04", True, Response(0x01, 0x04)),   # refused: invalid operand, still the end
-    ("80 03 01", True, Response(0x03, 0x01)),   # abort answered
-    ("80 07 03", False, Response(0x07, 0x03)),  # a request the hub never makes
-    ("80 02", False, None),
-    ("80 02 01 00", False, None),
-    ("06 00 01 01", False, None),               # an RACP-shaped value is not ours
-    ("", False, None),
-    ("0b 8a000000 ea07 03 0e 0f 29 09 02 abf1 c805", False, None),  # an event never ends it
-])
+@pytest.mark.parametrize(
+    ("value", "done", "response"),
+    [
+        ("80 02 01", True, Response(0x02, 0x01)),  # report all: success
+        ("80 01 02", True, Response(0x01, 0x02)),  # report after N: no events
+        ("80 01 04", True, Response(0x01, 0x04)),  # refused: invalid operand, still the end
+        ("80 03 01", True, Response(0x03, 0x01)),  # abort answered
+        ("80 07 03", False, Response(0x07, 0x03)),  # a request the hub never makes
+        ("80 02", False, None),
+        ("80 02 01 00", False, None),
+        ("06 00 01 01", False, None),  # an RACP-shaped value is not ours
+        ("", False, None),
+        ("0b 8a000000 ea07 03 0e 0f 29 09 02 abf1 c805", False, None),  # an event never ends it
+    ],
+)
 def test_done_is_the_response_to_a_report_or_an_abort(
-        value: str, done: bool, response: Response | None) -> None:
+    value: str, done: bool, response: Response | None
+) -> None:
     assert transfer_done(parse_hex(value)) is done
     assert parse_response(parse_hex(value)) == response
 
@@ -143,11 +154,17 @@ def test_response_describes_its_result() -> None:
 
 # --- fuzz -------------------------------------------------------------------------------------
 
+
 def _mutations(rng: random.Random, count: int) -> Iterator[tuple[str, bytes]]:
     """Random bytes, and valid values cut, lengthened and bit-flipped."""
-    valid = [bytes.fromhex(h) for h in (
-        "0b 8a000000 ea07 03 0e 0f 29 09 02 abf1 c805", "00 2a000000 ea07 03 0e 08 02 25 01",
-        "07 00 03")]
+    valid = [
+        bytes.fromhex(h)
+        for h in (
+            "0b 8a000000 ea07 03 0e 0f 29 09 02 abf1 c805",
+            "00 2a000000 ea07 03 0e 08 02 25 01",
+            "07 00 03",
+        )
+    ]
     uuids = (ACTUATION_EVENT, SENSOR_FEATURES, RECORD_CONTROL_POINT)
     for _ in range(count):
         if rng.random() < 0.4:
@@ -180,11 +197,13 @@ def test_fuzz_gives_readings_or_decode_errors_and_never_raises() -> None:
 
 # --- the simulated sensor's day, without a radio ------------------------------------------------
 
+
 def test_the_default_day_is_a_morning_dose_a_missed_evening_and_a_rescue_use() -> None:
     now = local_now()
     sensor = InhalerSensor(seed=11)
     readings, errors = _decode(
-        (ACTUATION_EVENT, e.encode(from_storage=True)) for e in sensor.stored)
+        (ACTUATION_EVENT, e.encode(from_storage=True)) for e in sensor.stored
+    )
     assert not errors
     assert [event_counter(r) for r in readings] == [137, 138, 139, 140]
     roles = [r.status["medication_role"] for r in readings]
@@ -209,10 +228,18 @@ def test_the_default_day_is_a_morning_dose_a_missed_evening_and_a_rescue_use() -
 
 
 def test_sensor_options_change_the_day() -> None:
-    clip_on = InhalerSensor(seed=1, roles=("controller",), missed=None, puffs=1,
-                            first_counter=5, measures_flow=False, clock_set=False)
+    clip_on = InhalerSensor(
+        seed=1,
+        roles=("controller",),
+        missed=None,
+        puffs=1,
+        first_counter=5,
+        measures_flow=False,
+        clock_set=False,
+    )
     readings, errors = _decode(
-        (ACTUATION_EVENT, e.encode(from_storage=False)) for e in clip_on.stored)
+        (ACTUATION_EVENT, e.encode(from_storage=False)) for e in clip_on.stored
+    )
     assert not errors
     assert [event_counter(r) for r in readings] == [5, 6]
     assert {r.status["medication_role"] for r in readings} == {"controller"}
@@ -226,6 +253,7 @@ def test_sensor_options_change_the_day() -> None:
 
 
 # --- the simulated sensor through the real bleak -----------------------------------------------
+
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[BluezThread]:
@@ -256,15 +284,19 @@ class Inbox:
 
 
 @asynccontextmanager
-async def _connected(lab: BluezThread, sensor: InhalerSensor, subscribe: Iterable[str] = (
-        ACTUATION_EVENT, RECORD_CONTROL_POINT)) -> AsyncIterator[tuple[BleakClient, Inbox]]:
+async def _connected(
+    lab: BluezThread,
+    sensor: InhalerSensor,
+    subscribe: Iterable[str] = (ACTUATION_EVENT, RECORD_CONTROL_POINT),
+) -> AsyncIterator[tuple[BleakClient, Inbox]]:
     """Host `sensor`, find it by its service UUID as the hub does, connect and subscribe."""
     inbox = Inbox()
     async with bleak_session():
         await lab.add_peripheral(sensor.peripheral)
         try:
             found = await BleakScanner.find_device_by_filter(
-                lambda _d, adv: SERVICE in adv.service_uuids, timeout=5)
+                lambda _d, adv: SERVICE in adv.service_uuids, timeout=5
+            )
             assert found is not None
             async with BleakClient(found, timeout=5) as client:
                 for uuid in subscribe:
@@ -274,16 +306,23 @@ async def _connected(lab: BluezThread, sensor: InhalerSensor, subscribe: Iterabl
             await asyncio.wrap_future(stop_device(lab, sensor))
 
 
-async def _transfer(client: BleakClient, inbox: Inbox,
-                    request: bytes) -> tuple[list[bytes], Response | None]:
+async def _transfer(
+    client: BleakClient, inbox: Inbox, request: bytes
+) -> tuple[list[bytes], Response | None]:
     """Write `request` to the Record Control Point; the events that arrived before the value
     that ends the transfer (by the driver's `done`), and that response."""
     start = len(inbox.values)
     await client.write_gatt_char(RECORD_CONTROL_POINT, request, response=True)
 
     def ended() -> int | None:
-        return next((i for i, (u, d) in enumerate(inbox.values[start:], start)
-                     if u == RECORD_CONTROL_POINT and transfer_done(d)), None)
+        return next(
+            (
+                i
+                for i, (u, d) in enumerate(inbox.values[start:], start)
+                if u == RECORD_CONTROL_POINT and transfer_done(d)
+            ),
+            None,
+        )
 
     await inbox.wait(lambda: ended() is not None)
     end = ended()
@@ -313,8 +352,7 @@ def _hub_keeps(readings: Iterable[Reading], position: int | None) -> list[int]:
 
 
 @needs_dbus
-def test_a_hub_fetches_the_day_then_nothing_then_gets_new_actuations_live(
-        lab: BluezThread) -> None:
+def test_a_hub_fetches_the_day_then_nothing_then_gets_new_actuations_live(lab: BluezThread) -> None:
     sensor = InhalerSensor(seed=5)
     day = [e.encode(from_storage=True) for e in sensor.stored]
 
@@ -336,8 +374,9 @@ def test_a_hub_fetches_the_day_then_nothing_then_gets_new_actuations_live(
     assert out["after_last"] == ([], Response(0x01, 0x02))  # after 140: no events
     assert sensor.requests == [b"\x02", bytes.fromhex("01 8c000000")]
 
-    readings, errors = _decode([(SENSOR_FEATURES, out["features"])]
-                               + [(ACTUATION_EVENT, d) for d in events + out["live"]])
+    readings, errors = _decode(
+        [(SENSOR_FEATURES, out["features"])] + [(ACTUATION_EVENT, d) for d in events + out["live"]]
+    )
     assert not errors
     features, *actuations = readings
     assert features.status["role_controller"] is True
@@ -345,7 +384,12 @@ def test_a_hub_fetches_the_day_then_nothing_then_gets_new_actuations_live(
     assert _hub_keeps(actuations, None) == [137, 138, 139, 140, 141]
     assert [r.status["from_storage"] for r in actuations] == [True] * 4 + [False]
     assert [r.status["medication_role"] for r in actuations] == [
-        "controller", "controller", "rescue", "rescue", "rescue"]
+        "controller",
+        "controller",
+        "rescue",
+        "rescue",
+        "rescue",
+    ]
     assert all(r.device_clock == "set" for r in actuations)
 
 
@@ -376,18 +420,19 @@ def test_an_actuation_before_the_first_request_waits_for_the_report(lab: BluezTh
 
 @needs_dbus
 def test_abort_ends_a_report_and_the_next_request_resumes_after_the_last_counter(
-        lab: BluezThread) -> None:
+    lab: BluezThread,
+) -> None:
     sensor = InhalerSensor(seed=7, puffs=10, record_interval=0.05)  # 20 events, slowly
     total = len(sensor.stored)
 
     async def run() -> tuple[list[bytes], Response | None, list[bytes], Response | None]:
         async with _connected(lab, sensor) as (client, inbox):
-            await client.write_gatt_char(RECORD_CONTROL_POINT, request_events(None),
-                                            response=True)
+            await client.write_gatt_char(RECORD_CONTROL_POINT, request_events(None), response=True)
             await inbox.wait(lambda: len(inbox.of(ACTUATION_EVENT)) >= 3)
             with pytest.raises(BleakGATTProtocolError) as busy:  # one procedure at a time
-                await client.write_gatt_char(RECORD_CONTROL_POINT, request_events(None),
-                                            response=True)
+                await client.write_gatt_char(
+                    RECORD_CONTROL_POINT, request_events(None), response=True
+                )
             assert busy.value.code == BleakGATTProtocolErrorCode.PROCEDURE_ALREADY_IN_PROGRESS
             _, aborted = await _transfer(client, inbox, b"\x03")
             first = inbox.of(ACTUATION_EVENT)
@@ -412,15 +457,24 @@ def test_the_control_point_refuses_what_the_profile_does_not_define(lab: BluezTh
     async def run() -> tuple[int, list[Response | None]]:
         async with _connected(lab, sensor, subscribe=[ACTUATION_EVENT]) as (client, inbox):
             with pytest.raises(BleakGATTProtocolError) as refused:  # indications still off
-                await client.write_gatt_char(RECORD_CONTROL_POINT, request_events(None),
-                                            response=True)
+                await client.write_gatt_char(
+                    RECORD_CONTROL_POINT, request_events(None), response=True
+                )
             await client.start_notify(RECORD_CONTROL_POINT, inbox)
-            answers = [await _answer(client, inbox, parse_hex(request)) for request in (
-                "01 01", "01 0100000000", "02 00", "07", "03 00", "03")]
+            answers = [
+                await _answer(client, inbox, parse_hex(request))
+                for request in ("01 01", "01 0100000000", "02 00", "07", "03 00", "03")
+            ]
             return refused.value.code, answers
 
     refused, answers = asyncio.run(run())
     assert refused == BleakGATTProtocolErrorCode.CCCD_IMPROPERLY_CONFIGURED
-    assert answers == [Response(0x01, 0x04), Response(0x01, 0x04), Response(0x02, 0x04),
-                       Response(0x07, 0x03), Response(0x03, 0x04), Response(0x03, 0x01)]
+    assert answers == [
+        Response(0x01, 0x04),
+        Response(0x01, 0x04),
+        Response(0x02, 0x04),
+        Response(0x07, 0x03),
+        Response(0x03, 0x04),
+        Response(0x03, 0x01),
+    ]
     assert sensor.events_sent == 0

@@ -101,6 +101,7 @@ MAX_MIN_DURATION_S = 60.0
 
 # --- the codec -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One weight sample: force in kgf and the device's time in us since measuring started."""
@@ -116,8 +117,9 @@ def split_tlv(data: bytes) -> tuple[int, bytes]:
         raise DecodeError(f"{DRIVER_ID}: a record needs tag and length, got {len(data)} bytes")
     tag, length = data[0], data[1]
     if len(data) - 2 != length:
-        raise DecodeError(f"{DRIVER_ID}: tag {tag:#04x} says {length} bytes of value, "
-                          f"{len(data) - 2} follow")
+        raise DecodeError(
+            f"{DRIVER_ID}: tag {tag:#04x} says {length} bytes of value, {len(data) - 2} follow"
+        )
     return tag, bytes(data[2:])
 
 
@@ -125,16 +127,21 @@ def parse_samples(value: bytes) -> tuple[Sample, ...]:
     """The samples of a weight measurement value (8 bytes each). Raises `DecodeError` for a
     partial sample, or a weight that is not a number or not one a load cell could report."""
     if len(value) % _SAMPLE.size:
-        raise DecodeError(f"{DRIVER_ID}: weight measurement of {len(value)} bytes is not whole "
-                          f"{_SAMPLE.size}-byte samples")
+        raise DecodeError(
+            f"{DRIVER_ID}: weight measurement of {len(value)} bytes is not whole "
+            f"{_SAMPLE.size}-byte samples"
+        )
     samples = tuple(Sample(kgf, time_us) for kgf, time_us in _SAMPLE.iter_unpack(value))
     if not all(abs(s.kgf) <= MAX_SAMPLE_KGF for s in samples):  # False for NaN too
-        raise DecodeError(f"{DRIVER_ID}: a weight sample is not a number from "
-                          f"-{MAX_SAMPLE_KGF:g} to {MAX_SAMPLE_KGF:g} kgf")
+        raise DecodeError(
+            f"{DRIVER_ID}: a weight sample is not a number from "
+            f"-{MAX_SAMPLE_KGF:g} to {MAX_SAMPLE_KGF:g} kgf"
+        )
     return samples
 
 
 # --- options -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -150,34 +157,59 @@ class Settings:
         names = cls.__dataclass_fields__
         for key in options:
             if key not in names:
-                raise OptionError(key, f"unknown option; {DRIVER_ID} takes "
-                                       f"{', '.join(names)}")
+                raise OptionError(key, f"unknown option; {DRIVER_ID} takes {', '.join(names)}")
         defaults = cls()
-        start = _number(options, "start_threshold_kgf", defaults.start_threshold_kgf,
-                        low=0.0, high=MAX_FORCE_KGF, what="a force in kgf")
+        start = _number(
+            options,
+            "start_threshold_kgf",
+            defaults.start_threshold_kgf,
+            low=0.0,
+            high=MAX_FORCE_KGF,
+            what="a force in kgf",
+        )
         if start == 0:
             raise OptionError("start_threshold_kgf", "must be above 0 kgf")
         # Left out, the stop threshold follows a low start threshold down (half of it).
-        stop = _number(options, "stop_threshold_kgf", min(defaults.stop_threshold_kgf, start / 2),
-                       low=0.0, high=MAX_FORCE_KGF, what="a force in kgf")
+        stop = _number(
+            options,
+            "stop_threshold_kgf",
+            min(defaults.stop_threshold_kgf, start / 2),
+            low=0.0,
+            high=MAX_FORCE_KGF,
+            what="a force in kgf",
+        )
         if stop >= start:
-            raise OptionError("stop_threshold_kgf", f"must be below start_threshold_kgf "
-                                                    f"({start:g}): the gap is the hysteresis")
-        duration = _number(options, "min_duration_s", defaults.min_duration_s,
-                           low=0.0, high=MAX_MIN_DURATION_S, what="a duration in seconds")
+            raise OptionError(
+                "stop_threshold_kgf",
+                f"must be below start_threshold_kgf ({start:g}): the gap is the hysteresis",
+            )
+        duration = _number(
+            options,
+            "min_duration_s",
+            defaults.min_duration_s,
+            low=0.0,
+            high=MAX_MIN_DURATION_S,
+            what="a duration in seconds",
+        )
         return cls(start, stop, duration)
 
 
-def _number(options: Mapping[str, object], name: str, default: float, *, low: float,
-            high: float, what: str) -> float:
+def _number(
+    options: Mapping[str, object], name: str, default: float, *, low: float, high: float, what: str
+) -> float:
     value = options.get(name, default)
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or not low <= value <= high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise OptionError(name, f"must be {what}, a number from {low:g} to {high:g}")
     return float(value)
 
 
 # --- the repetition detector ---------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class _Repetition:
@@ -238,12 +270,15 @@ class ProgressorDecoder:
         if tag == TAG_RESPONSE:
             if len(value) != 4:
                 return []
-            return [Reading((_observation("battery_voltage", int.from_bytes(value, "little")),),
-                            data)]
+            return [
+                Reading((_observation("battery_voltage", int.from_bytes(value, "little")),), data)
+            ]
         if tag == TAG_LOW_POWER:
             return [Reading((), data, {"low_power_warning": True})]
-        raise DecodeError(f"{DRIVER_ID}: tag {tag:#04x} is not one this driver reads "
-                          "(0x00 response, 0x01 weight, 0x04 low power)")
+        raise DecodeError(
+            f"{DRIVER_ID}: tag {tag:#04x} is not one this driver reads "
+            "(0x00 response, 0x01 weight, 0x04 low power)"
+        )
 
     def flush(self) -> FeedResult:
         """The link ended: a repetition in progress ends at its last sample, incomplete."""
@@ -265,8 +300,14 @@ class ProgressorDecoder:
             rep = self._rep
             if rep is None:
                 if sample.kgf >= settings.start_threshold_kgf:
-                    self._rep = rep = _Repetition(self._clock, sample.time_us, self._clock,
-                                                  sample.time_us, sample.kgf, sample.kgf)
+                    self._rep = rep = _Repetition(
+                        self._clock,
+                        sample.time_us,
+                        self._clock,
+                        sample.time_us,
+                        sample.kgf,
+                        sample.kgf,
+                    )
                     rep.add_part(self._notifications, data)
             elif sample.kgf < settings.stop_threshold_kgf:
                 rep.add_part(self._notifications, data)
@@ -279,8 +320,9 @@ class ProgressorDecoder:
                 rep.samples += 1
         return out
 
-    def _end(self, *, complete: bool, end: int | None = None,
-             end_us: int | None = None) -> list[Reading]:
+    def _end(
+        self, *, complete: bool, end: int | None = None, end_us: int | None = None
+    ) -> list[Reading]:
         rep, self._rep = self._rep, None
         if rep is None:
             return []
@@ -291,8 +333,11 @@ class ProgressorDecoder:
             return []
         self._repetitions += 1
         status: dict[str, StatusValue] = {
-            "repetition": self._repetitions, "samples": rep.samples,
-            "start_us": rep.start_us, "end_us": end_us}
+            "repetition": self._repetitions,
+            "samples": rep.samples,
+            "start_us": rep.start_us,
+            "end_us": end_us,
+        }
         if not complete:
             status["repetition_complete"] = False
         if rep.raw_truncated:
@@ -319,7 +364,7 @@ class ProgressorDriver:
         id=DRIVER_ID,
         version="1.0.0",
         description="Tindeq Progressor dynamometer: pulls summarised into repetitions (peak and "
-                    "mean force, time under tension), battery voltage",
+        "mean force, time under tension), battery voltage",
         transport="ble",
         # By name too: apps find Progressors by it, and a device that puts its service UUID
         # only in the scan response is not heard by that UUID in a passive scan.
@@ -334,8 +379,10 @@ class ProgressorDriver:
         category="musculoskeletal",
         ble_session=BleSession(
             # The voltage first: its answer arrives before the samples start.
-            on_connect=(GattWrite(CONTROL, CMD_BATTERY_VOLTAGE),
-                        GattWrite(CONTROL, CMD_START_WEIGHT)),
+            on_connect=(
+                GattWrite(CONTROL, CMD_BATTERY_VOLTAGE),
+                GattWrite(CONTROL, CMD_START_WEIGHT),
+            ),
             on_disconnect=(GattWrite(CONTROL, CMD_STOP_WEIGHT),),
         ),
     )

@@ -52,11 +52,11 @@ def exercise(rng: random.Random, step_s: float) -> Iterator[float]:
     while True:
         target = rng.uniform(15.0, 30.0)
         for rep in range(REPS_PER_SET):
-            yield from _pull(rng, target * rng.uniform(0.95, 1.05), rng.uniform(3.0, 5.0),
-                             step_s)
+            yield from _pull(rng, target * rng.uniform(0.95, 1.05), rng.uniform(3.0, 5.0), step_s)
             last = rep == REPS_PER_SET - 1
-            yield from _hold(0.0, rng.uniform(20.0, 30.0) if last else rng.uniform(2.0, 4.0),
-                             step_s)
+            yield from _hold(
+                0.0, rng.uniform(20.0, 30.0) if last else rng.uniform(2.0, 4.0), step_s
+            )
 
 
 def _hold(kgf: float, seconds: float, step_s: float) -> Iterator[float]:
@@ -86,16 +86,28 @@ class Progressor(SimulatedBleDevice):
     what = "a Tindeq Progressor dynamometer (sets of 5 pulls at 15-30 kgf once 0x65 starts it)"
     default_rate = 1_000_000 / (SAMPLE_PERIOD_US * SAMPLES_PER_NOTIFICATION)
 
-    def __init__(self, *, address: str = "C0:FF:EE:A0:00:01", name: str = "Progressor_0001",
-                 serial: str = "PRG-000001", seed: int | None = None,
-                 battery_level: int = 90, handle_kgf: float = 0.3,
-                 noise_kgf: float = 0.04) -> None:
+    def __init__(
+        self,
+        *,
+        address: str = "C0:FF:EE:A0:00:01",
+        name: str = "Progressor_0001",
+        serial: str = "PRG-000001",
+        seed: int | None = None,
+        battery_level: int = 90,
+        handle_kgf: float = 0.3,
+        noise_kgf: float = 0.04,
+    ) -> None:
         super().__init__(
-            address=address, name=name, serial=serial, seed=seed, battery_level=battery_level,
+            address=address,
+            name=name,
+            serial=serial,
+            seed=seed,
+            battery_level=battery_level,
             profile={
                 DATA: CharSpec(("notify",)),
                 CONTROL: CharSpec(("write", "write-without-response")),
-            })
+            },
+        )
         self.handle_kgf = handle_kgf
         self.noise_kgf = noise_kgf
         self.streaming = False
@@ -134,8 +146,7 @@ class Progressor(SimulatedBleDevice):
             return
         samples = b""
         for _ in range(SAMPLES_PER_NOTIFICATION):
-            self._load = (next(self._patient) + self.handle_kgf
-                          + self.rng.gauss(0.0, self.noise_kgf))
+            self._load = next(self._patient) + self.handle_kgf + self.rng.gauss(0.0, self.noise_kgf)
             samples += struct.pack("<fI", self._load - self.tare_kgf, self._time_us)
             self._time_us = (self._time_us + SAMPLE_PERIOD_US) % (1 << 32)
         if await self.send(DATA, bytes((0x01, len(samples))) + samples):

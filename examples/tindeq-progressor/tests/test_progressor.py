@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from gateway.registry import Registry, characteristic_uuid
+from gateway.hub.registry import Registry, characteristic_uuid
 from gateway.sdk import (
     DecodeError,
     FeedResult,
@@ -65,7 +65,7 @@ def _pull(start_us: int, kgf: Iterable[float]) -> list[tuple[float, int]]:
 
 
 def _notifications(samples: list[tuple[float, int]], per: int = 4) -> list[tuple[str, bytes]]:
-    return [(DATA, _weight(samples[i:i + per])) for i in range(0, len(samples), per)]
+    return [(DATA, _weight(samples[i : i + per])) for i in range(0, len(samples), per)]
 
 
 def _values(reading: Reading) -> dict[str, object]:
@@ -73,6 +73,7 @@ def _values(reading: Reading) -> dict[str, object]:
 
 
 # --- the recorded fixtures ----------------------------------------------------------------
+
 
 def test_the_package_ships_its_fixtures() -> None:
     assert len(CASES) >= 5, f"fixtures missing under {FIXTURES}"
@@ -87,8 +88,10 @@ def test_fixture(path: Path) -> None:
             DRIVER.gatt_decoder(options)
         assert excinfo.value.path == case["option_error"]
         return
-    result = _feed(DRIVER.gatt_decoder(options),
-                   [(characteristic_uuid(v["char"]), parse_hex(v["hex"])) for v in case["values"]])
+    result = _feed(
+        DRIVER.gatt_decoder(options),
+        [(characteristic_uuid(v["char"]), parse_hex(v["hex"])) for v in case["values"]],
+    )
     # Through JSON, as the platform will see it.
     assert json.loads(json.dumps([r.wire() for r in result.readings])) == case["readings"]
     assert len(result.errors) == case["errors"], [str(e) for e in result.errors]
@@ -96,6 +99,7 @@ def test_fixture(path: Path) -> None:
 
 
 # --- the declaration and the plugin entry points -------------------------------------------
+
 
 def test_the_hub_loads_the_driver_and_the_simulator_from_the_entry_points() -> None:
     registry = Registry.load()
@@ -114,35 +118,44 @@ def test_the_declaration() -> None:
     assert info.ble_session is not None
     assert info.ble_session.on_connect == (GattWrite(CONTROL, b"\x6f"), GattWrite(CONTROL, b"\x65"))
     assert info.ble_session.on_disconnect == (GattWrite(CONTROL, b"\x66"),)
-    assert set(info.produces) == {"peak_force", "mean_force", "time_under_tension",
-                                  "battery_voltage"}
+    assert set(info.produces) == {
+        "peak_force",
+        "mean_force",
+        "time_under_tension",
+        "battery_voltage",
+    }
     assert not info.continuous
 
 
 # --- options ------------------------------------------------------------------------------
 
+
 def test_options_default_and_given() -> None:
     assert Settings.from_options({}) == Settings(2.0, 1.0, 0.5)
-    assert Settings.from_options({"start_threshold_kgf": 10, "stop_threshold_kgf": 4.5,
-                                  "min_duration_s": 1}) == Settings(10.0, 4.5, 1.0)
+    assert Settings.from_options(
+        {"start_threshold_kgf": 10, "stop_threshold_kgf": 4.5, "min_duration_s": 1}
+    ) == Settings(10.0, 4.5, 1.0)
     # Left out, the stop threshold follows a low start threshold down.
     assert Settings.from_options({"start_threshold_kgf": 1.2}) == Settings(1.2, 0.6, 0.5)
 
 
-@pytest.mark.parametrize(("options", "path"), [
-    ({"threshold": 2}, "threshold"),
-    ({"start_threshold_kgf": True}, "start_threshold_kgf"),
-    ({"start_threshold_kgf": "2"}, "start_threshold_kgf"),
-    ({"start_threshold_kgf": math.nan}, "start_threshold_kgf"),
-    ({"start_threshold_kgf": 0}, "start_threshold_kgf"),
-    ({"start_threshold_kgf": 501}, "start_threshold_kgf"),
-    ({"stop_threshold_kgf": -1}, "stop_threshold_kgf"),
-    ({"stop_threshold_kgf": 2}, "stop_threshold_kgf"),
-    ({"start_threshold_kgf": 3, "stop_threshold_kgf": 4}, "stop_threshold_kgf"),
-    ({"min_duration_s": -0.1}, "min_duration_s"),
-    ({"min_duration_s": 61}, "min_duration_s"),
-    ({"min_duration_s": math.inf}, "min_duration_s"),
-])
+@pytest.mark.parametrize(
+    ("options", "path"),
+    [
+        ({"threshold": 2}, "threshold"),
+        ({"start_threshold_kgf": True}, "start_threshold_kgf"),
+        ({"start_threshold_kgf": "2"}, "start_threshold_kgf"),
+        ({"start_threshold_kgf": math.nan}, "start_threshold_kgf"),
+        ({"start_threshold_kgf": 0}, "start_threshold_kgf"),
+        ({"start_threshold_kgf": 501}, "start_threshold_kgf"),
+        ({"stop_threshold_kgf": -1}, "stop_threshold_kgf"),
+        ({"stop_threshold_kgf": 2}, "stop_threshold_kgf"),
+        ({"start_threshold_kgf": 3, "stop_threshold_kgf": 4}, "stop_threshold_kgf"),
+        ({"min_duration_s": -0.1}, "min_duration_s"),
+        ({"min_duration_s": 61}, "min_duration_s"),
+        ({"min_duration_s": math.inf}, "min_duration_s"),
+    ],
+)
 def test_bad_options_are_refused_by_name(options: Mapping[str, object], path: str) -> None:
     with pytest.raises(OptionError) as excinfo:
         DRIVER.gatt_decoder(options)
@@ -150,6 +163,7 @@ def test_bad_options_are_refused_by_name(options: Mapping[str, object], path: st
 
 
 # --- the repetition detector --------------------------------------------------------------
+
 
 def test_a_realistic_pull_at_80_samples_a_second() -> None:
     rest = [0.02, -0.03, 0.05, 0.0] * 10
@@ -172,8 +186,13 @@ def test_flush_ends_a_repetition_in_progress_as_incomplete() -> None:
     decoder = DRIVER.gatt_decoder({})
     assert _feed(decoder, _notifications(_pull(500_000, [10.0] * 60))).readings == []
     [rep] = decoder.flush().readings
-    assert rep.status == {"repetition": 1, "samples": 60, "start_us": 500_000,
-                          "end_us": 500_000 + 59 * PERIOD_US, "repetition_complete": False}
+    assert rep.status == {
+        "repetition": 1,
+        "samples": 60,
+        "start_us": 500_000,
+        "end_us": 500_000 + 59 * PERIOD_US,
+        "repetition_complete": False,
+    }
     # 59 x 12.5 ms: to the last sample, as no sample below the stop threshold came.
     assert _values(rep)["time_under_tension"] == round(59 * PERIOD_US / 1e6, 3)
     assert decoder.flush().readings == []
@@ -213,6 +232,7 @@ def test_thresholds_from_the_options() -> None:
 
 # --- robustness ---------------------------------------------------------------------------
 
+
 def _random_value(rng: random.Random) -> bytes:
     kind = rng.random()
     if kind < 0.4:  # well-framed weight records, any sample bytes (NaN, huge, negative)
@@ -231,8 +251,10 @@ def test_the_decoder_never_raises_on_random_bytes() -> None:
     rng = random.Random(20240611)
     for _ in range(20):
         decoder = DRIVER.gatt_decoder({})
-        results = [decoder.value(rng.choice((DATA, DATA, DATA, CONTROL)), _random_value(rng))
-                   for _ in range(200)]
+        results = [
+            decoder.value(rng.choice((DATA, DATA, DATA, CONTROL)), _random_value(rng))
+            for _ in range(200)
+        ]
         results.append(decoder.flush())
         for result in results:
             assert all(isinstance(e, DecodeError) for e in result.errors)
@@ -272,8 +294,7 @@ class Inbox:
 
 
 @needs_dbus
-def test_the_simulator_streams_pulls_the_driver_counts_as_repetitions(
-        lab: BluezThread) -> None:
+def test_the_simulator_streams_pulls_the_driver_counts_as_repetitions(lab: BluezThread) -> None:
     device = Progressor(seed=11)
     # Read now: the base class drains the battery by live values, and these come fast.
     millivolts = device.millivolts
@@ -283,7 +304,8 @@ def test_the_simulator_streams_pulls_the_driver_counts_as_repetitions(
         inbox = Inbox()
         async with bleak_session():
             found = await BleakScanner.find_device_by_filter(
-                lambda d, _adv: (d.name or "").startswith("Progressor"), timeout=5)
+                lambda d, _adv: (d.name or "").startswith("Progressor"), timeout=5
+            )
             assert found is not None
             async with BleakClient(found, timeout=5) as client:
                 await client.start_notify(DATA, inbox)
@@ -332,7 +354,7 @@ def test_the_simulator_streams_pulls_the_driver_counts_as_repetitions(
 
 @needs_dbus
 def test_rtm_gateway_scan_names_the_driver(lab: BluezThread) -> None:
-    from gateway.scan import scan
+    from gateway.tools.scan import scan
 
     device = Progressor(seed=1)
     running = start_device(lab, device)

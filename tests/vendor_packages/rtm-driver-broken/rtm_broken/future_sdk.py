@@ -11,8 +11,7 @@ class _Decoder:
 
 
 class _Driver:
-    info = DriverInfo("broken.future", "0.0.1", "needs SDK 1.99", "serial",
-                      sdk_version=(1, 99))
+    info = DriverInfo("broken.future", "0.0.1", "needs SDK 1.99", "serial", sdk_version=(1, 99))
 
     def decoder(self, options: Mapping[str, object]) -> _Decoder:
         no_options("broken.future", options)

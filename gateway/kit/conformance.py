@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from gateway.drivers import serial_settings_for
-from gateway.registry import (
+from gateway.hub.registry import (
     AmbiguousMatchError,
     AnyDriver,
     InvalidDriverError,
@@ -42,6 +42,7 @@ from gateway.registry import (
     characteristic_uuid,
     validate_driver,
 )
+from gateway.kit.ucum import ucum_error
 from gateway.sdk import (
     SDK_VERSION,
     BleMatch,
@@ -54,9 +55,8 @@ from gateway.sdk import (
     UsbMatch,
     parse_hex,
 )
-from gateway.ucum import ucum_error
 
-BUILTIN_FIXTURES = Path(__file__).parent / "drivers" / "fixtures"
+BUILTIN_FIXTURES = Path(__file__).parent.parent / "drivers" / "fixtures"
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _LOINC = re.compile(r"^([0-9]{1,7})-([0-9])$")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*([a-z0-9.+-]*)$")
@@ -85,9 +85,15 @@ class Report:
         return all(check.ok for check in self.checks)
 
     def as_dict(self) -> dict[str, object]:
-        return {"driver": self.driver_id, "source": self.source, "ok": self.ok,
-                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail,
-                            "problems": list(c.problems)} for c in self.checks]}
+        return {
+            "driver": self.driver_id,
+            "source": self.source,
+            "ok": self.ok,
+            "checks": [
+                {"name": c.name, "ok": c.ok, "detail": c.detail, "problems": list(c.problems)}
+                for c in self.checks
+            ],
+        }
 
     def render(self) -> str:
         lines = [f"driver check: {self.driver_id} ({self.source})"]
@@ -101,6 +107,7 @@ class Report:
 
 
 # --- finding the driver ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _Found:
@@ -118,20 +125,27 @@ def _find(target: str, registry: Registry) -> _Found:
         return _Found(driver, source, _fixtures_beside(type(driver).__module__, target))
     module_name, _, attribute = target.partition(":")
     if not re.fullmatch(r"[A-Za-z_][\w.]*", module_name):
-        raise ConformanceError(f"{target!r} is neither an installed driver id "
-                               "(rtm-gateway drivers lists them) nor a module name")
+        raise ConformanceError(
+            f"{target!r} is neither an installed driver id "
+            "(rtm-gateway drivers lists them) nor a module name"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # a driver module may fail to import in any way
-        raise ConformanceError(f"no installed driver {target!r}, and importing module "
-                               f"{module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise ConformanceError(
+            f"no installed driver {target!r}, and importing module "
+            f"{module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     candidate: object = getattr(module, attribute or "DRIVER", None)
     if candidate is None:
         raise ConformanceError(f"module {module_name!r} has no {attribute or 'DRIVER'!r}")
     info = getattr(candidate, "info", None)
     driver_id = getattr(info, "id", "")
-    return _Found(candidate, f"module {module_name}",
-                  _fixtures_beside(module_name, driver_id if isinstance(driver_id, str) else ""))
+    return _Found(
+        candidate,
+        f"module {module_name}",
+        _fixtures_beside(module_name, driver_id if isinstance(driver_id, str) else ""),
+    )
 
 
 def _fixtures_beside(module_name: str, driver_id: str) -> Path | None:
@@ -144,8 +158,15 @@ def _fixtures_beside(module_name: str, driver_id: str) -> Path | None:
 
 # --- the checks --------------------------------------------------------------------------------
 
-def check_driver(target: str, *, registry: Registry | None = None, fuzz_inputs: int = 3000,
-                 seed: int = 0, time_limit: float = 0.05) -> Report:
+
+def check_driver(
+    target: str,
+    *,
+    registry: Registry | None = None,
+    fuzz_inputs: int = 3000,
+    seed: int = 0,
+    time_limit: float = 0.05,
+) -> Report:
     """Run every check on the driver named by id (installed) or module (`pkg.mod[:ATTR]`)."""
     registry = registry or Registry.load()
     found = _find(target, registry)
@@ -155,8 +176,9 @@ def check_driver(target: str, *, registry: Registry | None = None, fuzz_inputs: 
     try:
         driver: AnyDriver = validate_driver(found.driver)
     except Exception as exc:  # a broken declaration may raise anything
-        reason = str(exc) if isinstance(exc, InvalidDriverError) else (
-            f"{type(exc).__name__}: {exc}")
+        reason = (
+            str(exc) if isinstance(exc, InvalidDriverError) else (f"{type(exc).__name__}: {exc}")
+        )
         report.checks.append(Check("declaration", False, reason))
         return report
     report.checks.append(_declaration(driver))
@@ -164,8 +186,7 @@ def check_driver(target: str, *, registry: Registry | None = None, fuzz_inputs: 
     fixtures_check, observations = _fixtures(driver, cases, found.fixtures)
     report.checks.append(fixtures_check)
     report.checks.append(_units(driver, observations))
-    report.checks.append(_fuzz(driver, _fuzz_options(driver, cases), fuzz_inputs, seed,
-                               time_limit))
+    report.checks.append(_fuzz(driver, _fuzz_options(driver, cases), fuzz_inputs, seed, time_limit))
     if driver.info.id not in registry or registry.get(driver.info.id) is not driver:
         # Checked before installing (or against an older installed copy): as if this one
         # were the installed one.
@@ -195,16 +216,21 @@ def _declaration(driver: AnyDriver) -> Check:
             except DecodeError as exc:
                 problems.append(str(exc))
             if uuid != uuid.lower():
-                problems.append(f"UUID {uuid} must be written in lower case, as BlueZ and "
-                                "`rtm-gateway decode --char` give them")
-    detail = (f"{info.transport} driver {info.id} {info.version}, category {info.category}, "
-              f"SDK {info.sdk_version[0]}.{info.sdk_version[1]} (hub has "
-              f"{SDK_VERSION[0]}.{SDK_VERSION[1]})")
+                problems.append(
+                    f"UUID {uuid} must be written in lower case, as BlueZ and "
+                    "`rtm-gateway decode --char` give them"
+                )
+    detail = (
+        f"{info.transport} driver {info.id} {info.version}, category {info.category}, "
+        f"SDK {info.sdk_version[0]}.{info.sdk_version[1]} (hub has "
+        f"{SDK_VERSION[0]}.{SDK_VERSION[1]})"
+    )
     return Check("declaration", not problems, detail, tuple(problems))
 
 
-def fixture_problems(driver: AnyDriver, case: Mapping[str, Any], *,
-                     seed: str = "") -> tuple[list[str], list[dict[str, Any]]]:
+def fixture_problems(
+    driver: AnyDriver, case: Mapping[str, Any], *, seed: str = ""
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Run one fixture case. Returns (what is wrong, the observations it produced)."""
     options = case.get("options", {})
     if "option_error" in case:
@@ -214,52 +240,66 @@ def fixture_problems(driver: AnyDriver, case: Mapping[str, Any], *,
             if exc.path != case["option_error"]:
                 return [f"options refused at {exc.path!r}, expected {case['option_error']!r}"], []
             return [], []
-        return [f"options {options} were accepted; expected a refusal at "
-                f"{case['option_error']!r}"], []
+        return [
+            f"options {options} were accepted; expected a refusal at {case['option_error']!r}"
+        ], []
     if isinstance(driver, Driver):
         return _serial_case(driver, options, case, seed)
     return _gatt_case(driver, options, case)
 
 
-def _compare(got: list[dict[str, Any]], errors: Sequence[object],
-             case: Mapping[str, Any], how: str) -> list[str]:
+def _compare(
+    got: list[dict[str, Any]], errors: Sequence[object], case: Mapping[str, Any], how: str
+) -> list[str]:
     problems = []
     expected = case.get("readings", [])
     if got != expected:
-        index = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
-                     min(len(got), len(expected)))
+        index = next(
+            (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+            min(len(got), len(expected)),
+        )
         mine = json.dumps(got[index])[:300] if index < len(got) else "(none)"
         theirs = json.dumps(expected[index])[:300] if index < len(expected) else "(none)"
-        problems.append(f"{how}: {len(got)} reading(s), the fixture has {len(expected)}; "
-                        f"reading {index} differs: got {mine}, expected {theirs}")
+        problems.append(
+            f"{how}: {len(got)} reading(s), the fixture has {len(expected)}; "
+            f"reading {index} differs: got {mine}, expected {theirs}"
+        )
     if len(errors) != case.get("errors", 0):
-        problems.append(f"{how}: {len(errors)} decode errors, expected "
-                        f"{case.get('errors', 0)}: {[str(e) for e in errors][:3]}")
+        problems.append(
+            f"{how}: {len(errors)} decode errors, expected "
+            f"{case.get('errors', 0)}: {[str(e) for e in errors][:3]}"
+        )
     if any(not isinstance(e, DecodeError) for e in errors):
         problems.append(f"{how}: an error in the result is not a DecodeError")
     return problems
 
 
-def _serial_case(driver: Driver, options: Mapping[str, object], case: Mapping[str, Any],
-                 seed: str) -> tuple[list[str], list[dict[str, Any]]]:
+def _serial_case(
+    driver: Driver, options: Mapping[str, object], case: Mapping[str, Any], seed: str
+) -> tuple[list[str], list[dict[str, Any]]]:
     problems = []
     if "serial" in case and serial_settings_for(driver, options).describe() != case["serial"]:
-        problems.append(f"serial settings {serial_settings_for(driver, options).describe()!r}, "
-                        f"expected {case['serial']!r}")
+        problems.append(
+            f"serial settings {serial_settings_for(driver, options).describe()!r}, "
+            f"expected {case['serial']!r}"
+        )
     data = parse_hex(case["hex"])
     flush = bool(case.get("flush", False))
     got, errors = _feed(driver, options, [data], flush=flush)
     problems += _compare(got, errors, case, "fed whole")
     rng = random.Random(seed)  # noqa: S311  # reproducible splits, not secrets
-    for how, chunks in [("byte by byte", [data[i:i + 1] for i in range(len(data))]),
-                        *((f"in random chunks ({n})", _chunks(data, rng)) for n in range(5))]:
+    for how, chunks in [
+        ("byte by byte", [data[i : i + 1] for i in range(len(data))]),
+        *((f"in random chunks ({n})", _chunks(data, rng)) for n in range(5)),
+    ]:
         again, again_errors = _feed(driver, options, chunks, flush=flush)
         problems += _compare(again, again_errors, case, how)
     return problems, [o for r in got for o in r.get("observations", [])]
 
 
-def _feed(driver: Driver, options: Mapping[str, object], chunks: Sequence[bytes], *,
-          flush: bool) -> tuple[list[dict[str, Any]], list[object]]:
+def _feed(
+    driver: Driver, options: Mapping[str, object], chunks: Sequence[bytes], *, flush: bool
+) -> tuple[list[dict[str, Any]], list[object]]:
     decoder = driver.decoder(options)
     readings: list[object] = []
     errors: list[object] = []
@@ -278,13 +318,14 @@ def _chunks(data: bytes, rng: random.Random) -> list[bytes]:
     chunks, start = [], 0
     while start < len(data):
         size = rng.randint(1, 7)
-        chunks.append(data[start:start + size])
+        chunks.append(data[start : start + size])
         start += size
     return chunks
 
 
-def _gatt_case(driver: GattDriver, options: Mapping[str, object],
-               case: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+def _gatt_case(
+    driver: GattDriver, options: Mapping[str, object], case: Mapping[str, Any]
+) -> tuple[list[str], list[dict[str, Any]]]:
     decoder = driver.gatt_decoder(options)
     readings: list[object] = []
     errors: list[object] = []
@@ -298,15 +339,21 @@ def _gatt_case(driver: GattDriver, options: Mapping[str, object],
         errors += result.errors
     got = json.loads(json.dumps(readings))
     return _compare(got, errors, case, "values in order"), [
-        o for r in got for o in r.get("observations", [])]
+        o for r in got for o in r.get("observations", [])
+    ]
 
 
-def _fixtures(driver: AnyDriver, cases: list[Path],
-              where: Path | None) -> tuple[Check, list[dict[str, Any]]]:
+def _fixtures(
+    driver: AnyDriver, cases: list[Path], where: Path | None
+) -> tuple[Check, list[dict[str, Any]]]:
     if not cases:
-        return Check("fixtures", False, f"no fixtures in {where or 'the driver package'}: a "
-                     "driver ships recorded bytes with the readings they must give "
-                     "(fixtures/<driver id>/*.json beside the driver module)"), []
+        return Check(
+            "fixtures",
+            False,
+            f"no fixtures in {where or 'the driver package'}: a "
+            "driver ships recorded bytes with the readings they must give "
+            "(fixtures/<driver id>/*.json beside the driver module)",
+        ), []
     problems: list[str] = []
     observations: list[dict[str, Any]] = []
     for path in cases:
@@ -345,17 +392,18 @@ def _units(driver: AnyDriver, observations: list[dict[str, Any]]) -> Check:
         if (reason := ucum_error(unit)) is not None:  # type: ignore[arg-type]
             problems.add(f"{type_name}: unit {unit!r} is not valid UCUM: {reason}")
         mdc = observation.get("mdc")
-        if mdc is not None and not (isinstance(mdc, int) and 0 < mdc < 2 ** 32):
+        if mdc is not None and not (isinstance(mdc, int) and 0 < mdc < 2**32):
             problems.add(f"{type_name}: MDC code {mdc!r} is not a 32-bit code")
         loinc = observation.get("loinc")
         if loinc is not None and not (isinstance(loinc, str) and loinc_ok(loinc)):
-            problems.add(f"{type_name}: LOINC code {loinc!r} is malformed or fails its "
-                         "check digit")
+            problems.add(f"{type_name}: LOINC code {loinc!r} is malformed or fails its check digit")
         if type_name not in driver.info.produces and driver.info.produces:
             problems.add(f"{type_name} is produced but not declared in `produces`")
     units = sorted({str(o.get("unit")) for o in observations})
-    detail = (f"{len(observations)} observation(s) from the fixtures, units "
-              f"{', '.join(units) or '(none)'}")
+    detail = (
+        f"{len(observations)} observation(s) from the fixtures, units "
+        f"{', '.join(units) or '(none)'}"
+    )
     return Check("units and codes", not problems, detail, tuple(sorted(problems)))
 
 
@@ -376,8 +424,9 @@ def _fuzz_options(driver: AnyDriver, cases: list[Path]) -> Mapping[str, object]:
     return {}
 
 
-def _entry_points(driver: AnyDriver, options: Mapping[str, object]
-                  ) -> Iterator[tuple[str, Callable[[bytes], object]]]:
+def _entry_points(
+    driver: AnyDriver, options: Mapping[str, object]
+) -> Iterator[tuple[str, Callable[[bytes], object]]]:
     """(name, a function of one input) for each way bytes reach the driver."""
     if isinstance(driver, Driver):
         decoder = driver.decoder(options)
@@ -402,13 +451,18 @@ def _value(decoder: Any, uuid: str, data: bytes) -> object:
     return decoder.value(uuid, data)
 
 
-def _fuzz(driver: AnyDriver, options: Mapping[str, object], inputs: int, seed: int,
-          time_limit: float) -> Check:
+def _fuzz(
+    driver: AnyDriver, options: Mapping[str, object], inputs: int, seed: int, time_limit: float
+) -> Check:
     try:
         points = list(_entry_points(driver, options))
     except OptionError as exc:
-        return Check("fuzz", False, f"the driver refuses empty options ({exc}) and no fixture "
-                     "gives options it accepts: add a fixture with options")
+        return Check(
+            "fuzz",
+            False,
+            f"the driver refuses empty options ({exc}) and no fixture "
+            "gives options it accepts: add a fixture with options",
+        )
     rng = random.Random(seed)  # noqa: S311  # reproducible fuzz, not secrets
     problems: list[str] = []
     slowest = 0.0
@@ -420,23 +474,29 @@ def _fuzz(driver: AnyDriver, options: Mapping[str, object], inputs: int, seed: i
             try:
                 result = call(data)
             except Exception as exc:  # exactly what the check is for
-                problems.append(f"{name} raised {type(exc).__name__}: {exc} on "
-                                f"{data.hex() or '(no bytes)'}")
+                problems.append(
+                    f"{name} raised {type(exc).__name__}: {exc} on {data.hex() or '(no bytes)'}"
+                )
                 break
             took = time.perf_counter() - started
             slowest = max(slowest, took)
             if took > time_limit:
-                problems.append(f"{name} took {took * 1000:.0f} ms on {len(data)} bytes "
-                                f"({data.hex()[:60]}); the limit is {time_limit * 1000:.0f} ms")
+                problems.append(
+                    f"{name} took {took * 1000:.0f} ms on {len(data)} bytes "
+                    f"({data.hex()[:60]}); the limit is {time_limit * 1000:.0f} ms"
+                )
                 break
             errors = getattr(result, "errors", None)
-            if not isinstance(errors, list) or not all(isinstance(e, DecodeError)
-                                                       for e in errors):
-                problems.append(f"{name} returned {type(result).__name__} without a list of "
-                                f"DecodeErrors on {data.hex()}")
+            if not isinstance(errors, list) or not all(isinstance(e, DecodeError) for e in errors):
+                problems.append(
+                    f"{name} returned {type(result).__name__} without a list of "
+                    f"DecodeErrors on {data.hex()}"
+                )
                 break
-    detail = (f"{inputs} random inputs into each of {', '.join(n for n, _ in points)}; "
-              f"slowest {slowest * 1000:.2f} ms")
+    detail = (
+        f"{inputs} random inputs into each of {', '.join(n for n, _ in points)}; "
+        f"slowest {slowest * 1000:.2f} ms"
+    )
     return Check("fuzz", not problems, detail, tuple(problems))
 
 
@@ -470,9 +530,14 @@ def _ble_winner(registry: Registry, rule: BleMatch) -> str:
     try:
         winner = registry.match_ble(
             service_uuids=[rule.service_uuid] if rule.service_uuid else [],
-            manufacturer_data=({rule.manufacturer_id: rule.data_prefix}
-                               if rule.manufacturer_id is not None else None),
-            local_name=name, connectable=rule.connectable)
+            manufacturer_data=(
+                {rule.manufacturer_id: rule.data_prefix}
+                if rule.manufacturer_id is not None
+                else None
+            ),
+            local_name=name,
+            connectable=rule.connectable,
+        )
     except AmbiguousMatchError as exc:
         return f"ties with {', '.join(exc.driver_ids)}: make the rule more specific"
     if winner is None:

@@ -26,9 +26,15 @@ RESPONSE = 0x06
 SUCCESS = 0x01
 NO_RECORDS = 0x06
 RESPONSE_NAMES = {
-    0x01: "success", 0x02: "op code not supported", 0x03: "invalid operator",
-    0x04: "operator not supported", 0x05: "invalid operand", 0x06: "no records found",
-    0x07: "abort unsuccessful", 0x08: "procedure not completed", 0x09: "operand not supported",
+    0x01: "success",
+    0x02: "op code not supported",
+    0x03: "invalid operator",
+    0x04: "operator not supported",
+    0x05: "invalid operand",
+    0x06: "no records found",
+    0x07: "abort unsuccessful",
+    0x08: "procedure not completed",
+    0x09: "operand not supported",
 }
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from gateway.mqtt_url import parse_mqtt_url
 from gateway.sdk import OptionError
+from gateway.transport.mqtt_url import parse_mqtt_url
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DRIVER_ID = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$")
@@ -141,6 +141,7 @@ class Config:
 
 # --- reading typed values out of the TOML tree --------------------------------------------------
 
+
 class _Table:
     """A TOML table plus where it sits, so every error can name the key path."""
 
@@ -168,8 +169,14 @@ class _Table:
             raise self.error(key, f"expected a table, got {_kind(value)}")
         return _Table(self.file, self._key(key), value)
 
-    def text(self, key: str, default: str | None = None, *, pattern: re.Pattern[str] | None = None,
-            hint: str = "") -> str:
+    def text(
+        self,
+        key: str,
+        default: str | None = None,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        hint: str = "",
+    ) -> str:
         value = self.optional_str(key)
         if value is None:
             if default is None:
@@ -214,12 +221,19 @@ class _Table:
 
 
 def _kind(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "an array", dict: "a table"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
     return names.get(type(value), type(value).__name__)
 
 
 # --- the sections -------------------------------------------------------------------------------
+
 
 def load_config(path: Path | str) -> Config:
     """Read and validate a configuration file. Raises `ConfigError` naming file and key path."""
@@ -254,15 +268,18 @@ def parse_config(data: Mapping[str, object], file: Path) -> Config:
     log_table.check_known({"level"})
     level = log_table.text("level", "INFO").upper()
     if level not in {"TRACE", "DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ConfigError(file, "log.level",
-                          f"{level!r} is not a log level; expected TRACE, DEBUG, INFO, WARNING "
-                          "or ERROR")
+        raise ConfigError(
+            file,
+            "log.level",
+            f"{level!r} is not a log level; expected TRACE, DEBUG, INFO, WARNING or ERROR",
+        )
     return Config(file, hub, mqtt, devices, outbox, level, _ble(root.table("ble")))
 
 
 def _ble(table: _Table) -> BleConfig:
-    table.check_known({"adapter", "max_connections", "passive", "scanner_watchdog",
-                       "connect_timeout"})
+    table.check_known(
+        {"adapter", "max_connections", "passive", "scanner_watchdog", "connect_timeout"}
+    )
     passive = table.data.get("passive", True)
     if not isinstance(passive, bool):
         raise table.error("passive", f"expected true or false, got {_kind(passive)}")
@@ -283,24 +300,39 @@ def _hub(table: _Table, base: Path) -> HubConfig:
 
 
 def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
-    table.check_known({"url", "topic_prefix", "protocol", "ca_file", "cert_file", "key_file",
-                       "username", "password_file", "client_id", "keepalive", "batch_size",
-                       "window", "reconnect_max"})
+    table.check_known(
+        {
+            "url",
+            "topic_prefix",
+            "protocol",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "username",
+            "password_file",
+            "client_id",
+            "keepalive",
+            "batch_size",
+            "window",
+            "reconnect_max",
+        }
+    )
     url = table.text("url", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
     try:
         parts = parse_mqtt_url(url)
     except ValueError as exc:
-        raise table.error("url", f"{exc}; expected mqtt://HOST:PORT or mqtts://HOST:PORT"
-                          ) from exc
+        raise table.error("url", f"{exc}; expected mqtt://HOST:PORT or mqtts://HOST:PORT") from exc
     tls = parts.tls
     protocol = table.text("protocol", "5")
     if protocol not in {"5", "3.1.1"}:
-        raise table.error("protocol", f"{protocol!r} is not supported; expected \"5\" or \"3.1.1\"")
+        raise table.error("protocol", f'{protocol!r} is not supported; expected "5" or "3.1.1"')
     cert_file = table.file_path("cert_file", base)
     key_file = table.file_path("key_file", base)
     if (cert_file is None) != (key_file is None):
-        raise table.error("key_file" if key_file is None else "cert_file",
-                          "mutual TLS needs both cert_file and key_file")
+        raise table.error(
+            "key_file" if key_file is None else "cert_file",
+            "mutual TLS needs both cert_file and key_file",
+        )
     ca_file = table.file_path("ca_file", base)
     if not tls and (ca_file or cert_file):
         raise table.error("url", "ca_file/cert_file are set but the url is not mqtts://")
@@ -315,12 +347,22 @@ def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
     if password is not None and username is None:
         raise table.error("username", "password_file is set but username is missing")
     return MqttConfig(
-        url=url, host=parts.host, port=parts.port, tls=tls,
-        topic_prefix=table.text("topic_prefix", "rtm/v1", pattern=_TOPIC_PREFIX,
-                               hint="a topic prefix without '+', '#' or a trailing '/'"),
+        url=url,
+        host=parts.host,
+        port=parts.port,
+        tls=tls,
+        topic_prefix=table.text(
+            "topic_prefix",
+            "rtm/v1",
+            pattern=_TOPIC_PREFIX,
+            hint="a topic prefix without '+', '#' or a trailing '/'",
+        ),
         protocol="5" if protocol == "5" else "3.1.1",
-        ca_file=ca_file, cert_file=cert_file, key_file=key_file,
-        username=username, password=password,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        username=username,
+        password=password,
         client_id=table.optional_str("client_id") or f"rtm-gateway-{hub_id}",
         keepalive=table.integer("keepalive", 60, 5, 3600),
         batch_size=table.integer("batch_size", 100, 1, 10_000),
@@ -341,52 +383,67 @@ def _devices(root: _Table, file: Path) -> tuple[DeviceConfig, ...]:
             raise ConfigError(file, path, f"expected a table, got {_kind(item)}")
         device = _device(_Table(file, path, item), index)
         if device.id in seen:
-            raise ConfigError(file, f"{path}.id",
-                              f"{device.id!r} is already used by {seen[device.id]}")
+            raise ConfigError(
+                file, f"{path}.id", f"{device.id!r} is already used by {seen[device.id]}"
+            )
         seen[device.id] = path
         devices.append(device)
     return tuple(devices)
 
 
 def _device(table: _Table, index: int) -> DeviceConfig:
-    table.check_known({"id", "driver", "patient", "options", "summary_interval",
-                       *_TRANSPORT_KEYS})
+    table.check_known({"id", "driver", "patient", "options", "summary_interval", *_TRANSPORT_KEYS})
     driver = table.text("driver", pattern=_DRIVER_ID, hint="a driver id such as contec.cms50d")
-    patient = table.text("patient", pattern=_ID,
-                        hint="a pseudonymous id: letters, digits, '.', '_' or '-' (never a name)")
+    patient = table.text(
+        "patient",
+        pattern=_ID,
+        hint="a pseudonymous id: letters, digits, '.', '_' or '-' (never a name)",
+    )
     given = {key: table.optional_str(key) for key in _TRANSPORT_KEYS}
     present = [key for key, value in given.items() if value is not None]
     if len(present) != 1:
-        raise table.error(present[1] if len(present) > 1 else "port",
-                          "set exactly one of port = \"/dev/...\" or usb = \"VID:PID\" (serial "
-                          "devices), address = \"AA:BB:CC:DD:EE:FF\" or serial = \"...\" (BLE)")
+        raise table.error(
+            present[1] if len(present) > 1 else "port",
+            'set exactly one of port = "/dev/..." or usb = "VID:PID" (serial '
+            'devices), address = "AA:BB:CC:DD:EE:FF" or serial = "..." (BLE)',
+        )
     usb = None
     if (usb_text := given["usb"]) is not None:
         match = _USB.match(usb_text)
         if not match:
-            raise table.error("usb", f"{usb_text!r} is not valid; expected VID:PID in hex, "
-                              "optionally :SERIAL (e.g. \"10c4:ea60\")")
+            raise table.error(
+                "usb",
+                f"{usb_text!r} is not valid; expected VID:PID in hex, "
+                'optionally :SERIAL (e.g. "10c4:ea60")',
+            )
         usb = UsbSelector(int(match[1], 16), int(match[2], 16), match[3])
     address = given["address"]
     if address is not None and not _BLE_ADDRESS.match(address):
-        raise table.error("address", f"{address!r} is not a Bluetooth address; expected six "
-                          "hex pairs such as \"C0:FF:EE:00:00:01\" (rtm-gateway scan lists them)")
+        raise table.error(
+            "address",
+            f"{address!r} is not a Bluetooth address; expected six "
+            'hex pairs such as "C0:FF:EE:00:00:01" (rtm-gateway scan lists them)',
+        )
     serial = given["serial"]
     if serial is not None and not serial.strip():
         raise table.error("serial", "must not be empty")
     options = table.table("options")
     return DeviceConfig(
-        id=table.text("id", f"{driver}-{index}", pattern=_ID,
-                     hint="letters, digits, '.', '_' or '-'"),
-        driver=driver, patient=patient, port=given["port"], usb=usb,
-        address=address.upper() if address else None, serial=serial,
+        id=table.text(
+            "id", f"{driver}-{index}", pattern=_ID, hint="letters, digits, '.', '_' or '-'"
+        ),
+        driver=driver,
+        patient=patient,
+        port=given["port"],
+        usb=usb,
+        address=address.upper() if address else None,
+        serial=serial,
         options=MappingProxyType(dict(options.data)),
         summary_interval=table.number("summary_interval", 1.0, 0.01, 3600.0),
     )
 
 
-def check_driver_options(config: Config,
-                         check: Callable[[DeviceConfig], None]) -> None:
+def check_driver_options(config: Config, check: Callable[[DeviceConfig], None]) -> None:
     """Run each device's driver option check; turn `OptionError` and unknown drivers into a
     `ConfigError` that points at `devices[i].options.<key>` or `devices[i].driver`."""
     for index, device in enumerate(config.devices):
@@ -396,5 +453,6 @@ def check_driver_options(config: Config,
             where = f"devices[{index}].options" + (f".{exc.path}" if exc.path else "")
             raise ConfigError(config.file, where, exc.message) from exc
         except LookupError as exc:
-            raise ConfigError(config.file, f"devices[{index}].driver", str(exc.args[0])
-                              if exc.args else str(exc)) from exc
+            raise ConfigError(
+                config.file, f"devices[{index}].driver", str(exc.args[0]) if exc.args else str(exc)
+            ) from exc

@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.clock import rfc3339
-from gateway.config import Config
-from gateway.outbox import OutboxError, OutboxNotFoundError, read_status
+from gateway.hub.clock import rfc3339
+from gateway.hub.config import Config
+from gateway.hub.outbox import OutboxError, OutboxNotFoundError, read_status
 
 
 class StatusError(Exception):
@@ -32,14 +32,18 @@ def collect_status(config: Config, now: float | None = None) -> dict[str, Any]:
     devices = []
     for device in config.devices:
         seen = snapshot.devices.get(device.id)
-        devices.append({
-            "id": device.id, "driver": device.driver, "where": device.where,
-            "readings": seen.readings if seen else 0,
-            "decode_errors": seen.decode_errors if seen else 0,
-            "last_reading": _time(seen.last_reading if seen else None),
-            "last_reading_age_s": _age(seen.last_reading if seen else None, now),
-            "last_error": seen.last_error if seen else None,
-        })
+        devices.append(
+            {
+                "id": device.id,
+                "driver": device.driver,
+                "where": device.where,
+                "readings": seen.readings if seen else 0,
+                "decode_errors": seen.decode_errors if seen else 0,
+                "last_reading": _time(seen.last_reading if seen else None),
+                "last_reading_age_s": _age(seen.last_reading if seen else None, now),
+                "last_error": seen.last_error if seen else None,
+            }
+        )
     return {
         "hub": config.hub.id,
         "state_dir": str(config.hub.state_dir),
@@ -67,15 +71,38 @@ def collect_status(config: Config, now: float | None = None) -> dict[str, Any]:
 def _never_run(config: Config) -> dict[str, Any]:
     """Before the first start there is nothing stored: say so, with zeros, not an error."""
     return {
-        "hub": config.hub.id, "state_dir": str(config.hub.state_dir),
-        "daemon_running": False, "daemon_pid": None, "never_run": True,
-        "outbox": {"depth": 0, "oldest": None, "oldest_age_s": None, "last_seq": 0,
-                   "db_bytes": 0, "wal_bytes": 0},
-        "uplink": {"broker": config.mqtt.url, "last_publish": None, "last_ack": None,
-                   "last_ack_age_s": None},
-        "devices": [{"id": d.id, "driver": d.driver, "where": d.where, "readings": 0,
-                     "decode_errors": 0, "last_reading": None, "last_reading_age_s": None,
-                     "last_error": None} for d in config.devices],
+        "hub": config.hub.id,
+        "state_dir": str(config.hub.state_dir),
+        "daemon_running": False,
+        "daemon_pid": None,
+        "never_run": True,
+        "outbox": {
+            "depth": 0,
+            "oldest": None,
+            "oldest_age_s": None,
+            "last_seq": 0,
+            "db_bytes": 0,
+            "wal_bytes": 0,
+        },
+        "uplink": {
+            "broker": config.mqtt.url,
+            "last_publish": None,
+            "last_ack": None,
+            "last_ack_age_s": None,
+        },
+        "devices": [
+            {
+                "id": d.id,
+                "driver": d.driver,
+                "where": d.where,
+                "readings": 0,
+                "decode_errors": 0,
+                "last_reading": None,
+                "last_reading_age_s": None,
+                "last_error": None,
+            }
+            for d in config.devices
+        ],
     }
 
 
@@ -89,24 +116,28 @@ def _age(epoch: float | None, now: float) -> float | None:
 
 def render_status(report: dict[str, Any]) -> str:
     outbox, uplink = report["outbox"], report["uplink"]
-    running = (f"running (pid {report['daemon_pid']})" if report["daemon_running"]
-               else "not running")
+    running = f"running (pid {report['daemon_pid']})" if report["daemon_running"] else "not running"
     lines = [
         f"hub {report['hub']}: daemon {running}"
         + ("; it has never run with this state dir" if report.get("never_run") else ""),
         f"outbox: {outbox['depth']} waiting"
-        + (f", oldest {_ago(outbox['oldest_age_s'])}" if outbox["oldest_age_s"] is not None
-           else "") + f"; last seq {outbox['last_seq']}",
+        + (f", oldest {_ago(outbox['oldest_age_s'])}" if outbox["oldest_age_s"] is not None else "")
+        + f"; last seq {outbox['last_seq']}",
         f"uplink: {uplink['broker']}; last acknowledged publish "
         + (_ago(uplink["last_ack_age_s"]) if uplink["last_ack_age_s"] is not None else "never"),
         "devices:",
     ]
     for device in report["devices"]:
-        last = (_ago(device["last_reading_age_s"]) if device["last_reading_age_s"] is not None
-                else "never")
-        lines.append(f"  {device['id']} ({device['driver']} on {device['where']}): "
-                     f"{device['readings']} readings, last {last}; "
-                     f"{device['decode_errors']} decode errors")
+        last = (
+            _ago(device["last_reading_age_s"])
+            if device["last_reading_age_s"] is not None
+            else "never"
+        )
+        lines.append(
+            f"  {device['id']} ({device['driver']} on {device['where']}): "
+            f"{device['readings']} readings, last {last}; "
+            f"{device['decode_errors']} decode errors"
+        )
     if not report["devices"]:
         lines.append("  (none configured)")
     return "\n".join(lines)

@@ -28,15 +28,13 @@ from datetime import datetime
 from functools import partial
 from typing import Protocol, TypeVar
 
-from gateway import racp
-from gateway.clock import HubClock, clock_state
-from gateway.config import DeviceConfig
 from gateway.drivers.gatt_bas import BATTERY_LEVEL, decode_battery_level
 from gateway.drivers.gatt_bas import DRIVER as BAS_DRIVER
 from gateway.drivers.gatt_cts import CURRENT_TIME, encode_current_time
-from gateway.outbox import MetaValue, Outbox
-from gateway.pipeline import DeviceUnavailable, Journal
-from gateway.records import Cursor, RecordSync, record_sync_for
+from gateway.hub.clock import HubClock, clock_state
+from gateway.hub.config import DeviceConfig
+from gateway.hub.journal import Journal
+from gateway.hub.outbox import MetaValue, Outbox
 from gateway.sdk import (
     TRACE,
     DecodeError,
@@ -46,6 +44,9 @@ from gateway.sdk import (
     Reading,
     uuid16,
 )
+from gateway.sessions import racp
+from gateway.sessions.core import DeviceUnavailable
+from gateway.sessions.records import Cursor, RecordSync, record_sync_for
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -57,6 +58,7 @@ RECORD_TIMEOUT = 30.0
 
 
 # --- what the session needs of the BLE transport -----------------------------------------------
+
 
 class Advertisement(Protocol):
     @property
@@ -73,10 +75,12 @@ class Link(Protocol):
 
     def has(self, uuid: str, *properties: str) -> bool: ...
     async def read(self, uuid: str, timeout: float = ...) -> bytes: ...
-    async def write(self, uuid: str, data: bytes, timeout: float = ..., *,
-                    response: bool = ...) -> None: ...
-    async def subscribe(self, uuid: str, callback: Callable[[bytes], None],
-                        timeout: float = ...) -> None: ...
+    async def write(
+        self, uuid: str, data: bytes, timeout: float = ..., *, response: bool = ...
+    ) -> None: ...
+    async def subscribe(
+        self, uuid: str, callback: Callable[[bytes], None], timeout: float = ...
+    ) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -101,15 +105,23 @@ class Unavailable(DeviceUnavailable):
 
 # --- the session ----------------------------------------------------------------------------------
 
+
 class BleDeviceSession:
     """One configured BLE device, reconnected whenever it comes back."""
 
-    def __init__(self, device: DeviceConfig, driver: GattDriver, radio: Radio,
-                 journal: Journal, outbox: Outbox, *,
-                 claims: Callable[[Advertisement], bool] | None = None,
-                 clock: Callable[[], HubClock] = clock_state,
-                 record_timeout: float = RECORD_TIMEOUT,
-                 max_backoff: float = 30.0) -> None:
+    def __init__(
+        self,
+        device: DeviceConfig,
+        driver: GattDriver,
+        radio: Radio,
+        journal: Journal,
+        outbox: Outbox,
+        *,
+        claims: Callable[[Advertisement], bool] | None = None,
+        clock: Callable[[], HubClock] = clock_state,
+        record_timeout: float = RECORD_TIMEOUT,
+        max_backoff: float = 30.0,
+    ) -> None:
         self.device = device
         self._driver = driver
         self._radio = radio
@@ -120,7 +132,10 @@ class BleDeviceSession:
         self._record_timeout = record_timeout
         self._max_backoff = max_backoff
         self._identity: dict[str, object] = {
-            "id": device.id, "driver": driver.info.id, "driver_version": driver.info.version}
+            "id": device.id,
+            "driver": driver.info.id,
+            "driver_version": driver.info.version,
+        }
         self._rejected: dict[str, float] = {}  # address -> until when (serial did not match)
         self._next_due: dict[str, float] = {}
         self._decoder: GattDecoder | None = None
@@ -154,11 +169,19 @@ class BleDeviceSession:
                 link = await self._radio.connect(advert, self.device.id)
             except DeviceUnavailable as exc:
                 failures += 1
-                delay = max(getattr(exc, "retry_after", 0.0),
-                            min(self._max_backoff, 0.5 * 2 ** min(failures, 6)))
+                delay = max(
+                    getattr(exc, "retry_after", 0.0),
+                    min(self._max_backoff, 0.5 * 2 ** min(failures, 6)),
+                )
                 level = logging.WARNING if failures in (1, 10) else logging.DEBUG
-                log.log(level, "device %s: cannot connect to %s (%s); retrying in %.1f s",
-                        self.device.id, advert.address, exc, delay)
+                log.log(
+                    level,
+                    "device %s: cannot connect to %s (%s); retrying in %.1f s",
+                    self.device.id,
+                    advert.address,
+                    exc,
+                    delay,
+                )
                 self._radio.forget(advert.address)  # wait for a fresh advertisement
                 await asyncio.sleep(delay)
                 continue
@@ -199,8 +222,11 @@ class BleDeviceSession:
 
     def _lost(self, reason: str) -> None:
         if self._announced:
-            log.warning("device %s: lost (%s); it will be reconnected when it returns",
-                        self.device.id, reason)
+            log.warning(
+                "device %s: lost (%s); it will be reconnected when it returns",
+                self.device.id,
+                reason,
+            )
             self._journal.event("device-lost", {"device": self.device.id, "reason": reason})
         else:
             log.warning("device %s: connection set-up failed (%s)", self.device.id, reason)
@@ -213,15 +239,15 @@ class BleDeviceSession:
         self.connects += 1
         self.address = link.address
         log.info("device %s: connected (%s)", self.device.id, link.address)
-        self._journal.event("device-connected", {"device": self.device.id,
-                                                 "address": link.address})
+        self._journal.event("device-connected", {"device": self.device.id, "address": link.address})
         self._announced = True
         await self._set_clock(link)
         await self._read_battery(link)
         self._decoder = self._driver.gatt_decoder(self.device.options)
         self._link = link
-        self._sync = sync = record_sync_for(self._driver, link.has, self.device.id,
-                                            self._outbox.get_meta)
+        self._sync = sync = record_sync_for(
+            self._driver, link.has, self.device.id, self._outbox.get_meta
+        )
         subscribed: set[str] = set()
         for char in self._driver.info.characteristics:
             if not link.has(char.uuid):
@@ -229,8 +255,9 @@ class BleDeviceSession:
             if char.mode == "read":
                 self._on_value(char.uuid, await self._call(link.read(char.uuid), link))
             else:
-                await self._call(link.subscribe(char.uuid, partial(self._on_value, char.uuid)),
-                                 link)
+                await self._call(
+                    link.subscribe(char.uuid, partial(self._on_value, char.uuid)), link
+                )
                 subscribed.add(char.uuid.lower())
         if sync is not None:  # the answers of a control point no decoder reads
             for uuid in sync.done_on - subscribed:
@@ -252,8 +279,7 @@ class BleDeviceSession:
         try:
             return await operation
         except (TimeoutError, OSError, EOFError) as exc:
-            raise DeviceUnavailable(f"GATT operation failed: {exc or type(exc).__name__}"
-                                    ) from exc
+            raise DeviceUnavailable(f"GATT operation failed: {exc or type(exc).__name__}") from exc
         except Exception as exc:  # bleak's errors (BleakError, BleakDBusError)
             if link.lost.is_set():
                 raise DeviceUnavailable(link.lost_reason or "link lost") from exc
@@ -263,14 +289,14 @@ class BleDeviceSession:
         """The driver's service and required characteristics must be there; if they are not,
         BlueZ's service cache is stale (or this is the wrong device): clear it and retry."""
         info = self._driver.info
-        missing = [c.name for c in info.characteristics
-                   if not c.optional and not link.has(c.uuid)]
+        missing = [c.name for c in info.characteristics if not c.optional and not link.has(c.uuid)]
         if (info.service and info.service not in link.services) or missing:
             what = ", ".join(missing) or f"service {info.service}"
             await self._radio.clear_cache(link.address)
             self._radio.forget(link.address)
-            raise Unavailable(f"the device lacks {what}; its cached service table was "
-                              "cleared", retry_after=2.0)
+            raise Unavailable(
+                f"the device lacks {what}; its cached service table was cleared", retry_after=2.0
+            )
 
     async def _identify(self, link: Link) -> None:
         identity = dict(self._identity, address=link.address)
@@ -285,8 +311,10 @@ class BleDeviceSession:
             # A neighbour's device of the same kind, or a rotated address of another one.
             self._rejected[link.address] = time.monotonic() + 600.0
             self._radio.forget(link.address)
-            raise DeviceUnavailable(f"{link.address} has serial {identity.get('serial')!r}, "
-                                    f"not {wanted!r}; looking further")
+            raise DeviceUnavailable(
+                f"{link.address} has serial {identity.get('serial')!r}, "
+                f"not {wanted!r}; looking further"
+            )
         self._identity = identity
 
     async def _set_clock(self, link: Link) -> None:
@@ -294,8 +322,9 @@ class BleDeviceSession:
         if not link.has(CURRENT_TIME, "write") or self._clock() != "synced":
             return
         try:
-            await self._call(link.write(CURRENT_TIME, encode_current_time(
-                datetime.now().astimezone())), link)
+            await self._call(
+                link.write(CURRENT_TIME, encode_current_time(datetime.now().astimezone())), link
+            )
             log.info("device %s: clock set from the hub", self.device.id)
         except DeviceUnavailable as exc:
             if link.lost.is_set():
@@ -311,8 +340,9 @@ class BleDeviceSession:
         except DecodeError as exc:
             self._count_error(exc)
             return
-        identity = dict(self._identity, driver=BAS_DRIVER.info.id,
-                        driver_version=BAS_DRIVER.info.version)
+        identity = dict(
+            self._identity, driver=BAS_DRIVER.info.id, driver_version=BAS_DRIVER.info.version
+        )
         self._submit(identity, reading, None)
 
     # --- values -------------------------------------------------------------------------------
@@ -333,9 +363,13 @@ class BleDeviceSession:
             result = decoder.value(uuid, data)
         except Exception as exc:  # a driver bug must not stop the hub or other devices
             # No traceback above TRACE: the exception's text may carry the device's values.
-            log.error("device %s: driver %s raised %s instead of DecodeError; the value is "  # noqa: TRY400
-                      "counted as a decode error. Report this to the driver's maintainer.",
-                      self.device.id, self._driver.info.id, type(exc).__name__)
+            log.error(  # noqa: TRY400
+                "device %s: driver %s raised %s instead of DecodeError; the value is "
+                "counted as a decode error. Report this to the driver's maintainer.",
+                self.device.id,
+                self._driver.info.id,
+                type(exc).__name__,
+            )
             log.log(TRACE, "device %s: driver failure: %r", self.device.id, exc)
             self._count_error(DecodeError(f"driver failed: {type(exc).__name__}"))
             self._decoder = self._driver.gatt_decoder(self.device.options)
@@ -372,8 +406,12 @@ class BleDeviceSession:
         try:
             result = decoder.flush()
         except Exception as exc:  # a driver bug must not stop the session
-            log.error("device %s: driver %s failed to flush: %s", self.device.id,  # noqa: TRY400
-                      self._driver.info.id, type(exc).__name__)
+            log.error(  # noqa: TRY400
+                "device %s: driver %s failed to flush: %s",
+                self.device.id,
+                self._driver.info.id,
+                type(exc).__name__,
+            )
             return
         for error in result.errors:
             self._count_error(error)
@@ -383,11 +421,13 @@ class BleDeviceSession:
     def _is_stream(self, uuid: str) -> bool:
         return any(c.uuid == uuid and c.mode == "notify" for c in self._driver.info.characteristics)
 
-    def _submit(self, identity: Mapping[str, object], reading: Reading,
-                cursor: Cursor | None) -> None:
+    def _submit(
+        self, identity: Mapping[str, object], reading: Reading, cursor: Cursor | None
+    ) -> None:
         self.readings += 1
-        self._journal.submit(identity, self.device.id, self.device.patient, reading,
-                             time.time(), cursor=cursor)
+        self._journal.submit(
+            identity, self.device.id, self.device.patient, reading, time.time(), cursor=cursor
+        )
 
     def _count_error(self, error: DecodeError) -> None:
         self.decode_errors += 1
@@ -396,8 +436,9 @@ class BleDeviceSession:
 
     # --- stored-record transfers (the session is the strategies' `Transfer`) --------------
 
-    async def request(self, control: str, data: bytes, done: Callable[[bytes], bool],
-                      done_on: frozenset[str]) -> bytes | None:
+    async def request(
+        self, control: str, data: bytes, done: Callable[[bytes], bool], done_on: frozenset[str]
+    ) -> bytes | None:
         """Write a request to `control` and wait for the value that ends it. While records
         flow, the timeout counts from the last record; a transfer that stalls is given up
         (aborted, for an RACP). None on a timeout."""
@@ -414,9 +455,12 @@ class BleDeviceSession:
         while True:
             left = self._transfer_activity + self._record_timeout - time.monotonic()
             if left <= 0:
-                log.warning("device %s: no answer to a stored-record request for %.1f s; "
-                            "giving up on it (the rest comes on the next connection)",
-                            self.device.id, self._record_timeout)
+                log.warning(
+                    "device %s: no answer to a stored-record request for %.1f s; "
+                    "giving up on it (the rest comes on the next connection)",
+                    self.device.id,
+                    self._record_timeout,
+                )
                 if control == racp.RACP:
                     with contextlib.suppress(DeviceUnavailable):
                         await self._call(link.write(racp.RACP, racp.abort()), link)

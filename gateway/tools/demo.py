@@ -23,10 +23,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from gateway.config import Config, load_config
-from gateway.signing import HubIdentity
+from gateway.hub.config import Config, load_config
+from gateway.hub.signing import HubIdentity
 from gateway.sim.kv_lines import KV_OPTIONS
-from gateway.verify import VerifyReport, run_verify
+from gateway.tools.verify import VerifyReport, run_verify
 
 if TYPE_CHECKING:
     from gateway.sim.ble_base import SimulatedBleDevice
@@ -58,7 +58,8 @@ def local_broker(workdir: Path, kind: str = "auto") -> Iterator[tuple[str, str, 
     """A broker on a free loopback port: (url, protocol, description)."""
     port = _free_port()
     mosquitto = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if kind == "mosquitto" and mosquitto is None:
         raise DemoError("mosquitto is not installed; use --broker embedded or auto")
     if mosquitto and kind != "embedded":
@@ -66,8 +67,11 @@ def local_broker(workdir: Path, kind: str = "auto") -> Iterator[tuple[str, str, 
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         with (workdir / "mosquitto.log").open("wb") as log:
             # The machine's own mosquitto, with a config this function just wrote.
-            process = subprocess.Popen([mosquitto, "-c", str(conf)],  # noqa: S603
-                                       stdout=log, stderr=log)
+            process = subprocess.Popen(  # noqa: S603
+                [mosquitto, "-c", str(conf)],
+                stdout=log,
+                stderr=log,
+            )
         try:
             if not _wait_for_port(port, 10):
                 raise DemoError(f"mosquitto did not start; see {workdir / 'mosquitto.log'}")
@@ -85,16 +89,23 @@ def _amqtt_broker(port: int) -> Iterator[None]:
     try:
         from amqtt.broker import Broker
     except ImportError as exc:
-        raise DemoError("no broker: install the demo extra (pip install 'rtm-gateway[demo]'), "
-                        "install mosquitto, or pass --url") from exc
+        raise DemoError(
+            "no broker: install the demo extra (pip install 'rtm-gateway[demo]'), "
+            "install mosquitto, or pass --url"
+        ) from exc
     ready = threading.Event()
     stop: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
     failure: list[BaseException] = []
 
     async def serve() -> None:
-        broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-                         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                                     {"allow_anonymous": True}}})
+        broker = Broker(
+            {
+                "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                "plugins": {
+                    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+                },
+            }
+        )
         stopped = asyncio.Event()
         stop.append((asyncio.get_running_loop(), stopped))
         await broker.start()
@@ -138,7 +149,8 @@ def _ble_lab() -> Iterator[dict[str, SimulatedBleDevice]]:
 
     devices: dict[str, SimulatedBleDevice] = {
         "bike": IndoorBike(seed=1),
-        "ble-oximeter": PulseOximeter(stored_records=5, spot_check_every=10, seed=1)}
+        "ble-oximeter": PulseOximeter(stored_records=5, spot_check_every=10, seed=1),
+    }
     saved = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
     with private_bus() as bus:
         # bleak talks to the system bus only; in this process, that is now the lab's bus.
@@ -191,9 +203,17 @@ class _Receiver:
 
     def _run(self) -> None:
         try:
-            self._result.append(run_verify(
-                self._url, hub=HUB_ID, jwk_path=self._jwk_file, protocol=self._protocol,
-                on_entry=self.on_entry, on_ready=self._ready.set, stop=self._stop))
+            self._result.append(
+                run_verify(
+                    self._url,
+                    hub=HUB_ID,
+                    jwk_path=self._jwk_file,
+                    protocol=self._protocol,
+                    on_entry=self.on_entry,
+                    on_ready=self._ready.set,
+                    stop=self._stop,
+                )
+            )
         except Exception as exc:  # handed to the demo's thread by start()/stop()
             self._result.append(exc)
             self._ready.set()
@@ -206,31 +226,42 @@ class _Receiver:
                 device = payload["device"]["id"]
                 values = ", ".join(
                     f"{o['type']} {o['value'] if o['value'] is not None else '—'} {o['unit']}"
-                    for o in payload["observations"])
+                    for o in payload["observations"]
+                )
                 self.last[device] = values or "(no values)"
 
 
 def _ble_devices_toml(ble: Mapping[str, SimulatedBleDevice]) -> str:
-    blocks = [f'''
+    blocks = [
+        f'''
 [[devices]]
 id = "{device_id}"
 driver = "{device.driver_id}"
 address = "{device.peripheral.address}"
 patient = "pt-demo-0001"
 summary_interval = 0.5
-''' for device_id, device in ble.items()]
+'''
+        for device_id, device in ble.items()
+    ]
     if ble:
         blocks.append("\n[ble]\npassive = false\n")
     return "".join(blocks)
 
 
-def _demo_config(workdir: Path, url: str, protocol: str, oximeter: Path,
-                 spirometer: Path, *, ble: Mapping[str, SimulatedBleDevice]) -> Config:
+def _demo_config(
+    workdir: Path,
+    url: str,
+    protocol: str,
+    oximeter: Path,
+    spirometer: Path,
+    *,
+    ble: Mapping[str, SimulatedBleDevice],
+) -> Config:
     path = workdir / "demo.toml"
     path.write_text(f"""
 [hub]
 id = "{HUB_ID}"
-state_dir = "{workdir / 'state'}"
+state_dir = "{workdir / "state"}"
 
 [mqtt]
 url = "{url}"
@@ -261,6 +292,7 @@ patient = "pt-demo-0001"
 
 def _toml_table(options: Mapping[str, object]) -> str:
     """The simulator's options as TOML lines (inline tables for nested mappings)."""
+
     def value(v: object) -> str:
         if isinstance(v, Mapping):
             return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
@@ -269,8 +301,13 @@ def _toml_table(options: Mapping[str, object]) -> str:
     return "\n".join(f"{key} = {value(v)}" for key, v in options.items())
 
 
-def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None = None,
-             broker: str = "auto", out: TextIO = sys.stdout) -> int:
+def run_demo(
+    seconds: float = 20.0,
+    url: str | None = None,
+    protocol: str | None = None,
+    broker: str = "auto",
+    out: TextIO = sys.stdout,
+) -> int:
     from gateway.sim import cms50d, kv_lines
 
     with tempfile.TemporaryDirectory(prefix="rtm-demo-") as tmp:
@@ -278,13 +315,13 @@ def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None
         with contextlib.ExitStack() as stack:
             if url is None:
                 url, default_protocol, broker_name = stack.enter_context(
-                    local_broker(workdir, broker))
+                    local_broker(workdir, broker)
+                )
             else:
                 default_protocol, broker_name = "5", url
             protocol = protocol or default_protocol
             oximeter, spirometer = workdir / "ttyCMS50D", workdir / "ttyPeakFlow"
-            stack.enter_context(cms50d.start_pty(oximeter, rate_hz=60.0, seed=1,
-                                                 episode_every=8.0))
+            stack.enter_context(cms50d.start_pty(oximeter, rate_hz=60.0, seed=1, episode_every=8.0))
             stack.enter_context(kv_lines.start_pty(spirometer, rate_hz=0.5, seed=1))
             ble = stack.enter_context(_ble_lab())
             config = _demo_config(workdir, url, protocol, oximeter, spirometer, ble=ble)
@@ -294,14 +331,19 @@ def run_demo(seconds: float = 20.0, url: str | None = None, protocol: str | None
             receiver = _Receiver(url, protocol, jwk_file)
             receiver.start()
             stack.callback(receiver.stop)
-            print(f"rtm-gateway demo: broker {broker_name} at {url}\n"
-                  f"  simulated CMS50D+ pulse oximeter on {oximeter}\n"
-                  f"  simulated peak-flow meter on {spirometer}\n"
-                  + "".join(f"  simulated {d.what} over Bluetooth LE at "
-                            f"{d.peripheral.address} (virtual BlueZ)\n" for d in ble.values())
-                  + ("" if ble else "  (no Bluetooth devices: dbus-daemon is not installed)\n")
-                  + f"  running {seconds:.0f} s; every entry is verified on arrival\n",
-                  file=out)
+            print(
+                f"rtm-gateway demo: broker {broker_name} at {url}\n"
+                f"  simulated CMS50D+ pulse oximeter on {oximeter}\n"
+                f"  simulated peak-flow meter on {spirometer}\n"
+                + "".join(
+                    f"  simulated {d.what} over Bluetooth LE at "
+                    f"{d.peripheral.address} (virtual BlueZ)\n"
+                    for d in ble.values()
+                )
+                + ("" if ble else "  (no Bluetooth devices: dbus-daemon is not installed)\n")
+                + f"  running {seconds:.0f} s; every entry is verified on arrival\n",
+                file=out,
+            )
             sent = asyncio.run(_run_hub(config, seconds, receiver, out))
             deadline = time.monotonic() + 10
             while receiver.received < sent and time.monotonic() < deadline:
@@ -326,7 +368,7 @@ async def _run_hub(config: Config, seconds: float, receiver: _Receiver, out: Tex
         hub.stop_event.set()
         await task
         live.close()
-    from gateway.outbox import read_status
+    from gateway.hub.outbox import read_status
 
     return read_status(config.hub.outbox_path).stats.newest_seq
 

@@ -21,12 +21,12 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway import racp
 from gateway.drivers.gatt_gls import GLUCOSE_MEASUREMENT
 from gateway.drivers.gatt_gls import MEASUREMENT_CONTEXT as GLUCOSE_CONTEXT
 from gateway.drivers.gatt_plx import SPOT_CHECK as PLX_SPOT_CHECK
-from gateway.outbox import MetaValue
+from gateway.hub.outbox import MetaValue
 from gateway.sdk import GattDriver, Reading, StoredRecords, uuid16
+from gateway.sessions import racp
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class Transfer(Protocol):
 
     device_id: str
 
-    async def request(self, control: str, data: bytes, done: Callable[[bytes], bool],
-                      done_on: frozenset[str]) -> bytes | None:
+    async def request(
+        self, control: str, data: bytes, done: Callable[[bytes], bool], done_on: frozenset[str]
+    ) -> bytes | None:
         """Write `data` to `control`; the first value on a `done_on` characteristic for which
         `done` holds, or None when the device stopped answering."""
         ...
@@ -68,6 +69,7 @@ class RecordSync(Protocol):
     def accept(self, uuid: str, reading: Reading) -> tuple[bool, Cursor | None]:
         """(sign and store it?, the cursor to store with it)."""
         ...
+
     async def finish(self, transfer: Transfer, final: bytes) -> None:
         """The transfer ended with `final` (the value `done` accepted)."""
         ...
@@ -93,8 +95,11 @@ class _Racp:
             log.info("device %s: no new stored records", transfer.device_id)
             return True
         if response.code != racp.SUCCESS:
-            log.warning("device %s: the device refused the stored-record request (%s)",
-                        transfer.device_id, response.describe())
+            log.warning(
+                "device %s: the device refused the stored-record request (%s)",
+                transfer.device_id,
+                response.describe(),
+            )
             return True
         log.info("device %s: stored records received", transfer.device_id)
         return False
@@ -164,8 +169,11 @@ class DigestSync(_Racp):
             return
         expected = json.dumps(self.digests, separators=(",", ":"))
         if self.digests and not await transfer.stored(self.key, expected):
-            log.warning("device %s: stored records not yet committed; they stay on the "
-                        "device until the next connection", transfer.device_id)
+            log.warning(
+                "device %s: stored records not yet committed; they stay on the "
+                "device until the next connection",
+                transfer.device_id,
+            )
             return
 
         def deleted(value: bytes) -> bool:
@@ -218,17 +226,25 @@ class DeclaredSync:
         log.info("device %s: stored-record transfer finished", transfer.device_id)
 
 
-def record_sync_for(driver: GattDriver, has: Callable[..., bool], device_id: str,
-                    stored: Callable[[str], MetaValue | None]) -> RecordSync | None:
+def record_sync_for(
+    driver: GattDriver,
+    has: Callable[..., bool],
+    device_id: str,
+    stored: Callable[[str], MetaValue | None],
+) -> RecordSync | None:
     """The strategy for this device, if it keeps records and offers what fetching them takes.
     `has(uuid, *properties)` tells whether the connected device has a characteristic."""
     info = driver.info
     declared = info.ble_session.stored if info.ble_session else None
     if declared is not None:
         if not has(declared.control, "write", "write-without-response") or not has(
-                declared.records):
-            log.warning("device %s: it lacks the characteristics its stored records need; "
-                        "only live values are read", device_id)
+            declared.records
+        ):
+            log.warning(
+                "device %s: it lacks the characteristics its stored records need; "
+                "only live values are read",
+                device_id,
+            )
             return None
         key = f"ble.cursor:{device_id}"
         return DeclaredSync(declared, key, stored(key))

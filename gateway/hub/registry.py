@@ -50,8 +50,10 @@ class UnknownDriverError(RegistryError, KeyError):
     def __init__(self, driver_id: str, installed: Iterable[str]) -> None:
         self.driver_id = driver_id
         self.installed = tuple(installed)
-        super().__init__(f"no driver {driver_id!r} is installed; installed drivers: "
-                         f"{', '.join(self.installed) or 'none'} (see `rtm-gateway drivers`)")
+        super().__init__(
+            f"no driver {driver_id!r} is installed; installed drivers: "
+            f"{', '.join(self.installed) or 'none'} (see `rtm-gateway drivers`)"
+        )
 
     def __str__(self) -> str:  # KeyError's own __str__ would quote the message
         return str(self.args[0])
@@ -65,7 +67,8 @@ class AmbiguousMatchError(RegistryError):
         self.driver_ids = tuple(driver_ids)
         super().__init__(
             f"{device} is claimed by drivers {', '.join(self.driver_ids)}: name the driver for "
-            "this device in its configuration, or uninstall the plugin that should not claim it")
+            "this device in its configuration, or uninstall the plugin that should not claim it"
+        )
 
 
 class DriverTransportError(RegistryError, LookupError):
@@ -119,11 +122,18 @@ class DriverDescription:
     def as_dict(self) -> dict[str, object]:
         """The `--json` shape."""
         return {
-            "id": self.id, "version": self.version, "description": self.description,
-            "transport": self.transport, "match": list(self.match), "serial": self.serial,
-            "produces": list(self.produces), "continuous": self.continuous,
-            "source": self.source, "characteristics": list(self.characteristics),
-            "category": self.category, "sdk_version": self.sdk_version,
+            "id": self.id,
+            "version": self.version,
+            "description": self.description,
+            "transport": self.transport,
+            "match": list(self.match),
+            "serial": self.serial,
+            "produces": list(self.produces),
+            "continuous": self.continuous,
+            "source": self.source,
+            "characteristics": list(self.characteristics),
+            "category": self.category,
+            "sdk_version": self.sdk_version,
             "session": list(self.session),
         }
 
@@ -144,29 +154,36 @@ def validate_driver(candidate: object) -> AnyDriver:
     else:
         raise InvalidDriverError(
             f"{type(candidate).__name__} is not a driver (needs `info` and `decoder(options)`, "
-            "or `gatt_decoder(options)` for Bluetooth LE)")
+            "or `gatt_decoder(options)` for Bluetooth LE)"
+        )
     info = driver.info
     if not isinstance(info, DriverInfo):
         raise InvalidDriverError("its `info` is not a gateway.sdk.DriverInfo")
     if not isinstance(info.id, str) or not _ID.fullmatch(info.id):
-        raise InvalidDriverError(
-            f"id {info.id!r} is not dotted lower-case like 'vendor.model'")
+        raise InvalidDriverError(f"id {info.id!r} is not dotted lower-case like 'vendor.model'")
     version = info.sdk_version
-    if not (isinstance(version, tuple) and len(version) == 2
-            and all(isinstance(part, int) for part in version)):
+    if not (
+        isinstance(version, tuple)
+        and len(version) == 2
+        and all(isinstance(part, int) for part in version)
+    ):
         raise InvalidDriverError(f"sdk_version {version!r} is not a (major, minor) pair")
     if version[0] != SDK_VERSION[0] or version[1] > SDK_VERSION[1]:
         raise InvalidDriverError(
             f"it needs driver SDK {version[0]}.{version[1]}, this hub has "
-            f"{SDK_VERSION[0]}.{SDK_VERSION[1]}")
+            f"{SDK_VERSION[0]}.{SDK_VERSION[1]}"
+        )
     if info.transport != expected:
         raise InvalidDriverError(
-            f"it declares transport {info.transport!r} but implements a {expected} driver")
+            f"it declares transport {info.transport!r} but implements a {expected} driver"
+        )
     rule_type = UsbMatch if expected == "serial" else BleMatch
     for rule in info.match:
         if not isinstance(rule, rule_type):
-            raise InvalidDriverError(f"match rule {rule!r} is not a gateway.sdk "
-                                     f"{rule_type.__name__} for a {expected} driver")
+            raise InvalidDriverError(
+                f"match rule {rule!r} is not a gateway.sdk "
+                f"{rule_type.__name__} for a {expected} driver"
+            )
     if expected == "ble" and not info.characteristics:
         raise InvalidDriverError("a Bluetooth LE driver must declare its characteristics")
     return driver
@@ -175,12 +192,15 @@ def validate_driver(candidate: object) -> AnyDriver:
 def _session_lines(info: DriverInfo) -> tuple[str, ...]:
     lines = []
     if info.ble_session is not None:
-        for when, steps in (("on connect", info.ble_session.on_connect),
-                            ("on disconnect", info.ble_session.on_disconnect)):
+        for when, steps in (
+            ("on connect", info.ble_session.on_connect),
+            ("on disconnect", info.ble_session.on_disconnect),
+        ):
             lines += [f"{when}: write {step.data.hex()} to {step.uuid}" for step in steps]
         if (stored := info.ble_session.stored) is not None:
-            lines.append(f"stored records: requested on {stored.control}, "
-                         f"arriving on {stored.records}")
+            lines.append(
+                f"stored records: requested on {stored.control}, arriving on {stored.records}"
+            )
     if info.serial_session is not None:
         lines += [f"on open: send {data!r}" for data in info.serial_session.on_open]
     return tuple(lines)
@@ -196,8 +216,13 @@ def characteristic_uuid(text: str) -> str:
     raise DecodeError(f"{text!r} is not a characteristic UUID (16-bit like 2A37, or full)")
 
 
-def _ble_rank(rule: BleMatch, uuids: set[str], data: Mapping[int, bytes],
-              local_name: str | None, connectable: bool | None) -> int:
+def _ble_rank(
+    rule: BleMatch,
+    uuids: set[str],
+    data: Mapping[int, bytes],
+    local_name: str | None,
+    connectable: bool | None,
+) -> int:
     """How specifically `rule` matches the advertisement: 0 for no match, else the number of
     things it checked."""
     rank = 0
@@ -221,13 +246,20 @@ def _ble_rank(rule: BleMatch, uuids: set[str], data: Mapping[int, bytes],
     return rank
 
 
-def ble_claims(driver: AnyDriver, *, service_uuids: Iterable[str] = (),
-               manufacturer_data: Mapping[int, bytes] | None = None,
-               local_name: str | None = None) -> bool:
+def ble_claims(
+    driver: AnyDriver,
+    *,
+    service_uuids: Iterable[str] = (),
+    manufacturer_data: Mapping[int, bytes] | None = None,
+    local_name: str | None = None,
+) -> bool:
     """Whether any of the driver's BLE match rules matches this advertisement."""
     uuids = {uuid.lower() for uuid in service_uuids}
-    return any(_ble_rank(rule, uuids, manufacturer_data or {}, local_name, None)
-               for rule in driver.info.match if isinstance(rule, BleMatch))
+    return any(
+        _ble_rank(rule, uuids, manufacturer_data or {}, local_name, None)
+        for rule in driver.info.match
+        if isinstance(rule, BleMatch)
+    )
 
 
 def _installed_entry_points() -> Iterable[EntryPointLike]:
@@ -243,8 +275,13 @@ def _distribution(entry_point: EntryPointLike) -> str:
 
 
 def _skip(problems: list[PluginProblem], problem: PluginProblem, advice: str) -> None:
-    logger.error("Driver plugin %r from %s is skipped: %s; %s",
-                 problem.name, problem.source, problem.reason, advice)
+    logger.error(
+        "Driver plugin %r from %s is skipped: %s; %s",
+        problem.name,
+        problem.source,
+        problem.reason,
+        advice,
+    )
     problems.append(problem)
 
 
@@ -256,8 +293,11 @@ class Registry:
     cannot take over a built-in id.
     """
 
-    def __init__(self, builtins: Iterable[AnyDriver] | None = None,
-                 entry_points: Iterable[EntryPointLike] | None = None) -> None:
+    def __init__(
+        self,
+        builtins: Iterable[AnyDriver] | None = None,
+        entry_points: Iterable[EntryPointLike] | None = None,
+    ) -> None:
         self._entries: dict[str, _Entry] = {}
         self._usb: dict[tuple[int, int], list[tuple[UsbMatch, str]]] = {}
         problems: list[PluginProblem] = []
@@ -281,20 +321,29 @@ class Registry:
             # The whole traceback only at TRACE: the log line below names the cause, and
             # `rtm-gateway driver check MODULE` shows the rest to the driver's author.
             logger.log(TRACE, "Traceback of driver plugin %r", entry_point.name, exc_info=True)
-            _skip(problems, PluginProblem(entry_point.name, source,
-                                          f"failed to load ({type(exc).__name__}: {exc})"),
-                  f"upgrade or reinstall {source}, or uninstall it")
+            _skip(
+                problems,
+                PluginProblem(
+                    entry_point.name, source, f"failed to load ({type(exc).__name__}: {exc})"
+                ),
+                f"upgrade or reinstall {source}, or uninstall it",
+            )
             return
         try:
             driver = validate_driver(candidate)
         except Exception as exc:  # a hostile `info` property may raise anything
-            reason = str(exc) if isinstance(exc, InvalidDriverError) else (
-                f"its declaration fails ({type(exc).__name__}: {exc})")
-            advice = (f"install a version of {source} built for driver SDK "
-                      f"{SDK_VERSION[0]}.{SDK_VERSION[1]}, or uninstall it"
-                      if "driver SDK" in reason else
-                      f"report it to the maintainers of {source} (`rtm-gateway driver check "
-                      f"{entry_point.value}` shows what is wrong), or uninstall it")
+            reason = (
+                str(exc)
+                if isinstance(exc, InvalidDriverError)
+                else (f"its declaration fails ({type(exc).__name__}: {exc})")
+            )
+            advice = (
+                f"install a version of {source} built for driver SDK "
+                f"{SDK_VERSION[0]}.{SDK_VERSION[1]}, or uninstall it"
+                if "driver SDK" in reason
+                else f"report it to the maintainers of {source} (`rtm-gateway driver check "
+                f"{entry_point.value}` shows what is wrong), or uninstall it"
+            )
             _skip(problems, PluginProblem(entry_point.name, source, reason), advice)
             return
         self._add(driver, source, problems)
@@ -303,19 +352,27 @@ class Registry:
         driver_id = driver.info.id
         first = self._entries.get(driver_id)
         if first is not None:
-            _skip(problems, PluginProblem(
-                driver_id, source, f"its id is already provided by {first.source}"),
-                "uninstall one of the two")
+            _skip(
+                problems,
+                PluginProblem(driver_id, source, f"its id is already provided by {first.source}"),
+                "uninstall one of the two",
+            )
             return
         if source != BUILTIN:
             for rule in driver.info.match:
                 for other_id, other in self._entries.items():
                     if rule in other.driver.info.match:
-                        _skip(problems, PluginProblem(
-                            driver_id, source, f"its match rule ({rule.describe()}) is already "
-                            f"claimed by {other_id} from {other.source}"),
+                        _skip(
+                            problems,
+                            PluginProblem(
+                                driver_id,
+                                source,
+                                f"its match rule ({rule.describe()}) is already "
+                                f"claimed by {other_id} from {other.source}",
+                            ),
                             "make the rule more specific (a name pattern, manufacturer data), "
-                            "or uninstall one of the two")
+                            "or uninstall one of the two",
+                        )
                         return
         self._entries[driver_id] = _Entry(driver, source)
         for rule in driver.info.match:
@@ -357,9 +414,10 @@ class Registry:
         driver = self.get(driver_id)
         if not isinstance(driver, Driver):
             raise DriverTransportError(
-                f"{driver_id} is a Bluetooth LE driver: give the device address = \"AA:BB:...\" "
-                "or serial = \"...\" instead of a serial port (rtm-gateway scan lists nearby "
-                "devices)")
+                f'{driver_id} is a Bluetooth LE driver: give the device address = "AA:BB:..." '
+                'or serial = "..." instead of a serial port (rtm-gateway scan lists nearby '
+                "devices)"
+            )
         return driver
 
     def get_ble(self, driver_id: str) -> GattDriver:
@@ -367,8 +425,9 @@ class Registry:
         driver = self.get(driver_id)
         if isinstance(driver, Driver):
             raise DriverTransportError(
-                f"{driver_id} is a serial driver: give the device port = \"/dev/...\" or "
-                "usb = \"VID:PID\" instead of a Bluetooth address or serial number")
+                f'{driver_id} is a serial driver: give the device port = "/dev/..." or '
+                'usb = "VID:PID" instead of a Bluetooth address or serial number'
+            )
         return driver
 
     def get_for(self, driver_id: str, *, ble: bool) -> AnyDriver:
@@ -387,8 +446,9 @@ class Registry:
         """How to open the port for a device with these options. May raise `OptionError`."""
         return serial_settings_for(self.get_serial(driver_id), options)
 
-    def decode(self, driver_id: str, data: bytes, options: Mapping[str, object],
-               char: str | None = None) -> FeedResult:
+    def decode(
+        self, driver_id: str, data: bytes, options: Mapping[str, object], char: str | None = None
+    ) -> FeedResult:
         """A one-shot decode of recorded bytes (`rtm-gateway decode`): for a serial driver
         feed, then flush; for a BLE driver, one value of characteristic `char`."""
         driver = self.get(driver_id)
@@ -398,16 +458,19 @@ class Registry:
             return decode_bytes(driver, data, options)
         uuids = [c.uuid for c in driver.info.characteristics]
         if char is None:
-            raise InvalidDriverError(f"{driver_id} is a Bluetooth LE driver: say which "
-                                     f"characteristic with --char (one of {', '.join(uuids)})")
+            raise InvalidDriverError(
+                f"{driver_id} is a Bluetooth LE driver: say which "
+                f"characteristic with --char (one of {', '.join(uuids)})"
+            )
         uuid = characteristic_uuid(char)
         if uuid not in uuids:
-            raise InvalidDriverError(f"{driver_id} does not use characteristic {char}; "
-                                     f"it uses {', '.join(uuids)}")
+            raise InvalidDriverError(
+                f"{driver_id} does not use characteristic {char}; it uses {', '.join(uuids)}"
+            )
         return driver.gatt_decoder(options).value(uuid, data)
 
     def source(self, driver_id: str) -> str:
-        """"builtin", or the distribution that provided the driver."""
+        """ "builtin", or the distribution that provided the driver."""
         self.get(driver_id)
         return self._entries[driver_id].source
 
@@ -433,10 +496,14 @@ class Registry:
             raise AmbiguousMatchError(device, sorted(best))
         return self._entries[best.pop()].driver if best else None
 
-    def match_ble(self, *, service_uuids: Iterable[str] = (),
-                  manufacturer_data: Mapping[int, bytes] | None = None,
-                  local_name: str | None = None,
-                  connectable: bool | None = None) -> AnyDriver | None:
+    def match_ble(
+        self,
+        *,
+        service_uuids: Iterable[str] = (),
+        manufacturer_data: Mapping[int, bytes] | None = None,
+        local_name: str | None = None,
+        connectable: bool | None = None,
+    ) -> AnyDriver | None:
         """The driver for a BLE advertisement, or None if no driver claims it.
 
         The most specific rule wins (each field a rule names counts); two drivers with equally
@@ -466,15 +533,24 @@ class Registry:
         for driver_id in self.ids():
             entry = self._entries[driver_id]
             info = entry.driver.info
-            rows.append(DriverDescription(
-                id=info.id, version=info.version, description=info.description,
-                transport=info.transport, match=tuple(rule.describe() for rule in info.match),
-                serial=info.serial.describe() if info.transport == "serial" else "",
-                produces=tuple(info.produces), continuous=info.continuous, source=entry.source,
-                characteristics=tuple(
-                    f"{c.uuid} {c.name} ({c.mode}{', optional' if c.optional else ''})"
-                    for c in info.characteristics),
-                category=info.category,
-                sdk_version=f"{info.sdk_version[0]}.{info.sdk_version[1]}",
-                session=_session_lines(info)))
+            rows.append(
+                DriverDescription(
+                    id=info.id,
+                    version=info.version,
+                    description=info.description,
+                    transport=info.transport,
+                    match=tuple(rule.describe() for rule in info.match),
+                    serial=info.serial.describe() if info.transport == "serial" else "",
+                    produces=tuple(info.produces),
+                    continuous=info.continuous,
+                    source=entry.source,
+                    characteristics=tuple(
+                        f"{c.uuid} {c.name} ({c.mode}{', optional' if c.optional else ''})"
+                        for c in info.characteristics
+                    ),
+                    category=info.category,
+                    sdk_version=f"{info.sdk_version[0]}.{info.sdk_version[1]}",
+                    session=_session_lines(info),
+                )
+            )
         return tuple(rows)

@@ -24,7 +24,7 @@ from pathlib import Path
 from string import Template
 from typing import Literal
 
-from gateway.scaffold_templates import (
+from gateway.kit.scaffold_templates import (
     _BLE_FIELDS,
     _DRIVER_BLE,
     _DRIVER_SERIAL,
@@ -68,9 +68,14 @@ class _Names:
 
     def fields(self) -> dict[str, str]:
         return {
-            "name": self.name, "dist": self.dist, "pkg": self.pkg, "camel": self.camel,
-            "service": self.service, "measurement": self.measurement,
-            "address": self.address, "model": self.camel.upper()[:24] + "-SIM",
+            "name": self.name,
+            "dist": self.dist,
+            "pkg": self.pkg,
+            "camel": self.camel,
+            "service": self.service,
+            "measurement": self.measurement,
+            "address": self.address,
+            "model": self.camel.upper()[:24] + "-SIM",
             "device_name": f"Sim {self.camel}"[:20],
             "fixtures": f"{self.pkg}/fixtures/{self.name}",
         }
@@ -80,14 +85,15 @@ def _names(name: str) -> _Names:
     if not _NAME.fullmatch(name):
         raise ScaffoldError(
             f"driver name {name!r} must be dotted lower-case like 'acme.spirometer' (vendor, "
-            "then model: letters a-z, digits, '_' and '-', parts joined by '.')")
+            "then model: letters a-z, digits, '_' and '-', parts joined by '.')"
+        )
     if len(name) > MAX_NAME:
         raise ScaffoldError(f"driver name {name!r} is longer than {MAX_NAME} characters")
     # Made up, but stable for a name: a UUID whose digits 5-8 are 0001 for the service and count
     # on for its characteristics, as vendors number theirs.
     base = uuid.uuid5(uuid.NAMESPACE_URL, f"rtm-gateway:driver:{name}").hex
     service, measurement = (str(uuid.UUID(base[:4] + f"{n:04x}" + base[8:])) for n in (1, 2))
-    address = "C0:FF:EE:" + ":".join(base[i:i + 2].upper() for i in (26, 28, 30))
+    address = "C0:FF:EE:" + ":".join(base[i : i + 2].upper() for i in (26, 28, 30))
     return _Names(
         name=name,
         dist="rtm-driver-" + name.replace(".", "-"),
@@ -111,8 +117,10 @@ def new_driver_package(name: str, dest: Path, *, transport: Transport = "ble") -
         raise ScaffoldError(f"transport {transport!r} is not 'ble' or 'serial'")
     target = dest / names.dist
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-        raise ScaffoldError(f"{target} already exists and is not an empty directory: choose "
-                            "another --dir, or move it away first")
+        raise ScaffoldError(
+            f"{target} already exists and is not an empty directory: choose "
+            "another --dir, or move it away first"
+        )
     _write_tree(target, _files(names, transport))
     return target
 
@@ -160,15 +168,21 @@ def _write_tree(target: Path, files: Mapping[str, str]) -> None:
 
 # --- fixtures: the expected results, written out by hand ------------------------------------
 
-def _wire(raw: bytes, value: float | None, status: Mapping[str, object],
-          absent: str | None = None) -> dict[str, object]:
+
+def _wire(
+    raw: bytes, value: float | None, status: Mapping[str, object], absent: str | None = None
+) -> dict[str, object]:
     """A reading as `Reading.wire()` gives it: one placeholder observation, no device time."""
     observation: dict[str, object] = {"type": OBSERVATION_TYPE, "value": value, "unit": UNIT}
     if absent is not None:
         observation["absent"] = absent
-    return {"observations": [observation], "status": dict(status),
-            "raw": base64.b64encode(raw).decode("ascii"), "device_time": None,
-            "device_clock": "unknown"}
+    return {
+        "observations": [observation],
+        "status": dict(status),
+        "raw": base64.b64encode(raw).decode("ascii"),
+        "device_time": None,
+        "device_clock": "unknown",
+    }
 
 
 def _ble_cases(char: str) -> dict[str, dict[str, object]]:
@@ -178,17 +192,20 @@ def _ble_cases(char: str) -> dict[str, dict[str, object]]:
     return {
         "measurements": {
             "description": "42.5 deg (SFLOAT mantissa 425, exponent -1), then 120 deg "
-                           "(exponent 0) with the low battery flag set",
+            "(exponent 0) with the low battery flag set",
             "values": values("00 a9f1", "01 7800"),
-            "readings": [_wire(bytes.fromhex("00a9f1"), 42.5, {"low_battery": False}),
-                         _wire(bytes.fromhex("017800"), 120, {"low_battery": True})],
+            "readings": [
+                _wire(bytes.fromhex("00a9f1"), 42.5, {"low_battery": False}),
+                _wire(bytes.fromhex("017800"), 120, {"low_battery": True}),
+            ],
             "errors": 0,
         },
         "not-a-number": {
             "description": "SFLOAT NaN (0x07FF): the observation stays, with value null and why",
             "values": values("00 ff07"),
-            "readings": [_wire(bytes.fromhex("00ff07"), None, {"low_battery": False},
-                               absent="not-a-number")],
+            "readings": [
+                _wire(bytes.fromhex("00ff07"), None, {"low_battery": False}, absent="not-a-number")
+            ],
             "errors": 0,
         },
         "malformed": {
@@ -214,14 +231,14 @@ def _serial_cases() -> dict[str, dict[str, object]]:
         },
         "garbage-line": {
             "description": "A line of noise between two good ones: one DecodeError, and the "
-                           "next line decodes",
+            "next line decodes",
             "hex": garbage.hex(" "),
             "readings": [_wire(b"M 42.5", 42.5, {}), _wire(b"M 43.1", 43.1, {})],
             "errors": 1,
         },
         "malformed": {
             "description": "Not a number, no value, and a line longer than MAX_LINE: one "
-                           "DecodeError each",
+            "DecodeError each",
             "hex": malformed.hex(" "),
             "readings": [],
             "errors": 3,

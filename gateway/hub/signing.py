@@ -5,7 +5,7 @@ What lives here: the hub's private key on disk (`HubIdentity`), its public JWK a
 the flattened JSON serialization (RFC 7515 §7.2.2), alg "Ed25519" (RFC 9864) — linked to the
 previous entry by `prev`, and the checks a receiver makes on a single entry (`parse_jws`,
 `verify_entry`, `chain_hash`). Bookkeeping over many entries (sequence, duplicates, gaps) lives
-in `gateway.verify`; docs/protocol.md describes the wire format.
+in `gateway.tools.verify`; docs/protocol.md describes the wire format.
 
 What may not: MQTT, the outbox, logging of payloads. Only the standard library and the Ed25519
 part of `cryptography` are imported at start-up, because the daemon imports this module on a
@@ -50,8 +50,9 @@ _PEM_END: Final = "-----END PRIVATE KEY-----"
 # One encoder built once: json.dumps would build a new one with these options on every call.
 # No cycle check (it costs ~1 us an entry): bodies are trees built from Reading.wire(), and a
 # cycle still fails, as a RecursionError.
-_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                                   check_circular=False)
+_ENCODER: Final = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
+)
 
 
 def _encode_stdlib(payload: Mapping[str, object], checked: bool = False) -> bytes:
@@ -67,8 +68,11 @@ except ImportError:  # pragma: no cover - orjson is a dependency; stay correct w
 if orjson is not None:
     # Only dicts, lists, str, int, float, bool and None: everything else (datetimes,
     # dataclasses, subclasses...) goes to the stdlib encoder, which refuses it as before.
-    _ORJSON_OPTIONS: Final = (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-                              | orjson.OPT_PASSTHROUGH_SUBCLASS)
+    _ORJSON_OPTIONS: Final = (
+        orjson.OPT_PASSTHROUGH_DATETIME
+        | orjson.OPT_PASSTHROUGH_DATACLASS
+        | orjson.OPT_PASSTHROUGH_SUBCLASS
+    )
     _orjson_dumps = orjson.dumps
     _OrjsonError: type[Exception] = orjson.JSONEncodeError
 
@@ -106,8 +110,10 @@ def _finite(value: object) -> bool:
 
 
 PAYLOAD_ENCODERS: Final[Mapping[str, Callable[[Mapping[str, object], bool], bytes]]] = (
-    {"stdlib json": _encode_stdlib, "orjson": _encode_orjson} if orjson is not None
-    else {"stdlib json": _encode_stdlib})
+    {"stdlib json": _encode_stdlib, "orjson": _encode_orjson}
+    if orjson is not None
+    else {"stdlib json": _encode_stdlib}
+)
 """The payload encoders available, the default last. Both produce valid compact JSON; the
 bytes may differ (float spelling), which is fine: the signature covers the bytes sent."""
 _encode_payload = list(PAYLOAD_ENCODERS.values())[-1]
@@ -153,6 +159,7 @@ def jwk_thumbprint(x: str) -> str:
 
 # --- keys ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class PublicKey:
     """An Ed25519 public key with its JWK `x` and RFC 7638 `kid`. Equal when `x` is equal."""
@@ -170,8 +177,10 @@ class PublicKey:
     def from_jwk(cls, jwk: Mapping[str, object]) -> PublicKey:
         """From an OKP/Ed25519 JWK. A `kid` in it, if any, must be the RFC 7638 thumbprint."""
         if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
-            raise IdentityError(f"not an Ed25519 public JWK (kty={jwk.get('kty')!r}, "
-                                f"crv={jwk.get('crv')!r}); expected kty 'OKP', crv 'Ed25519'")
+            raise IdentityError(
+                f"not an Ed25519 public JWK (kty={jwk.get('kty')!r}, "
+                f"crv={jwk.get('crv')!r}); expected kty 'OKP', crv 'Ed25519'"
+            )
         x = jwk.get("x")
         try:
             if not isinstance(x, str):
@@ -181,18 +190,27 @@ class PublicKey:
                 raise ValueError("not 32 bytes")  # noqa: TRY301
             key = Ed25519PublicKey.from_public_bytes(raw)
         except ValueError as exc:
-            raise IdentityError(f"the JWK's 'x' is not a 32-byte base64url Ed25519 key ({exc})"
-                                ) from exc
+            raise IdentityError(
+                f"the JWK's 'x' is not a 32-byte base64url Ed25519 key ({exc})"
+            ) from exc
         public = cls(key, x, jwk_thumbprint(x))
         kid = jwk.get("kid")
         if kid is not None and kid != public.kid:
-            raise IdentityError(f"the JWK's kid {kid!r} is not its RFC 7638 thumbprint "
-                                f"{public.kid!r}; the file was edited or belongs to another key")
+            raise IdentityError(
+                f"the JWK's kid {kid!r} is not its RFC 7638 thumbprint "
+                f"{public.kid!r}; the file was edited or belongs to another key"
+            )
         return public
 
     def jwk(self) -> dict[str, str]:
-        return {"kty": "OKP", "crv": "Ed25519", "x": self.x, "kid": self.kid, "alg": ALG,
-                "use": "sig"}
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": self.x,
+            "kid": self.kid,
+            "alg": ALG,
+            "use": "sig",
+        }
 
 
 def load_public_jwk(source: Path | str | Mapping[str, object]) -> PublicKey:
@@ -205,9 +223,10 @@ def load_public_jwk(source: Path | str | Mapping[str, object]) -> PublicKey:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
-            raise IdentityError(f"public key file {path} does not exist; export it on the hub "
-                                "with the hub's public JWK (its status message carries it)"
-                                ) from exc
+            raise IdentityError(
+                f"public key file {path} does not exist; export it on the hub "
+                "with the hub's public JWK (its status message carries it)"
+            ) from exc
         except OSError as exc:
             raise IdentityError(f"cannot read public key file {path}: {exc.strerror}") from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -270,8 +289,10 @@ def _read_key(path: Path) -> Ed25519PrivateKey:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise IdentityError(f"cannot read the hub key {path}: {exc.strerror}; run rtm-gateway "
-                            "as the user that owns it, or fix its ownership") from exc
+        raise IdentityError(
+            f"cannot read the hub key {path}: {exc.strerror}; run rtm-gateway "
+            "as the user that owns it, or fix its ownership"
+        ) from exc
     with os.fdopen(fd, "rb") as file:
         mode = os.fstat(file.fileno()).st_mode
         if mode & 0o077:
@@ -280,20 +301,24 @@ def _read_key(path: Path) -> Ed25519PrivateKey:
                 f"the hub key {path} is accessible to group or others "
                 f"({stat.filemode(mode)}); anyone who can read it can sign as this hub. Run "
                 f"'chmod 600 {path}', and if it may have been copied, move it away, restart to "
-                "create a new key and register the new public key with the platform")
+                "create a new key and register the new public key with the platform"
+            )
         data = file.read(64 * 1024)
     return _parse_private_pem(data, path)
 
 
 def _parse_private_pem(data: bytes, path: Path) -> Ed25519PrivateKey:
-    corrupt = (f"the hub key {path} is not an Ed25519 private key (PEM PKCS#8). Restore it "
-               "from backup; only if this hub was never registered with the platform, move it "
-               "away and restart to create a new one")
+    corrupt = (
+        f"the hub key {path} is not an Ed25519 private key (PEM PKCS#8). Restore it "
+        "from backup; only if this hub was never registered with the platform, move it "
+        "away and restart to create a new one"
+    )
     try:
         text = data.decode("ascii").strip()
         if text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END):
-            der = base64.b64decode("".join(text[len(_PEM_BEGIN):-len(_PEM_END)].split()),
-                                   validate=True)
+            der = base64.b64decode(
+                "".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split()), validate=True
+            )
             if len(der) == 48 and der.startswith(_PKCS8_ED25519_PREFIX):
                 return Ed25519PrivateKey.from_private_bytes(der[16:])
         # Some other valid encoding (e.g. PKCS#8 v2 from another tool): let cryptography parse.
@@ -317,8 +342,10 @@ def _create_key(path: Path) -> Ed25519PrivateKey:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise IdentityError(f"cannot create the state directory {path.parent}: "
-                            f"{exc.strerror}; check the service's StateDirectory") from exc
+        raise IdentityError(
+            f"cannot create the state directory {path.parent}: "
+            f"{exc.strerror}; check the service's StateDirectory"
+        ) from exc
     key = Ed25519PrivateKey.generate()
     der = _PKCS8_ED25519_PREFIX + key.private_bytes_raw()
     pem = f"{_PEM_BEGIN}\n{base64.b64encode(der).decode('ascii')}\n{_PEM_END}\n".encode("ascii")
@@ -334,8 +361,10 @@ def _create_key(path: Path) -> Ed25519PrivateKey:
     except FileExistsError:
         raise
     except OSError as exc:
-        raise IdentityError(f"cannot write the hub key {path}: {exc.strerror}; check that "
-                            "the state directory is writable and the disk is not full") from exc
+        raise IdentityError(
+            f"cannot write the hub key {path}: {exc.strerror}; check that "
+            "the state directory is writable and the disk is not full"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -347,6 +376,7 @@ def _create_key(path: Path) -> Ed25519PrivateKey:
 
 
 # --- signing ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class ChainHead:
@@ -391,8 +421,7 @@ class Signer:
 
     __slots__ = ("_hash", "_hub", "_json_start", "_protected", "_seq", "_sign")
 
-    def __init__(self, identity: HubIdentity, hub_id: str, head: ChainHead = ChainHead()
-                 ) -> None:
+    def __init__(self, identity: HubIdentity, hub_id: str, head: ChainHead = ChainHead()) -> None:
         self._hub = hub_id
         self.head = head
         header = json.dumps({"alg": ALG, "kid": identity.kid}, separators=(",", ":"))
@@ -409,8 +438,9 @@ class Signer:
     @head.setter
     def head(self, head: ChainHead) -> None:
         if head.seq < 0 or (head.seq == 0) != (head.hash == ""):
-            raise SigningError(f"inconsistent chain head {head}: seq 0 has no hash, "
-                               "a later seq always has one")
+            raise SigningError(
+                f"inconsistent chain head {head}: seq 0 has no hash, a later seq always has one"
+            )
         self._seq = head.seq
         self._hash = head.hash
 
@@ -420,8 +450,7 @@ class Signer:
         prepared = self.prepare(body)
         return self.finish(prepared, self._sign(prepared.signing_input))
 
-    def prepare(self, body: Mapping[str, object], *, floats_checked: bool = False
-                ) -> PreparedEntry:
+    def prepare(self, body: Mapping[str, object], *, floats_checked: bool = False) -> PreparedEntry:
         """The first half of `sign`: encode the payload and advance the head (the chain hash
         covers the signing input, not the signature). Pass the result's `signing_input` to
         `signatures` (which may run in a worker thread) and then to `finish`, in order.
@@ -432,11 +461,16 @@ class Signer:
         if not isinstance(kind, str) or kind not in KINDS:
             raise SigningError(f"body kind must be 'reading' or 'event', not {kind!r}")
         if not _RESERVED.isdisjoint(body):
-            raise SigningError(f"body must not set {sorted(_RESERVED.intersection(body))}: "
-                               "the signer owns them")
+            raise SigningError(
+                f"body must not set {sorted(_RESERVED.intersection(body))}: the signer owns them"
+            )
         seq = self._seq + 1
-        payload: dict[str, object] = {"v": PAYLOAD_VERSION, "hub": self._hub, "seq": seq,
-                                      "prev": self._hash}
+        payload: dict[str, object] = {
+            "v": PAYLOAD_VERSION,
+            "hub": self._hub,
+            "seq": seq,
+            "prev": self._hash,
+        }
         payload.update(body)
         try:
             text = _encode_payload(payload, floats_checked)
@@ -457,14 +491,20 @@ class Signer:
 
     def finish(self, prepared: PreparedEntry, signature: bytes) -> SignedEntry:
         """The second half of `sign`: the JWS text from a prepared entry and its signature."""
-        return SignedEntry(prepared.seq, prepared.kind, self.jws(prepared, signature),
-                           prepared.hash)
+        return SignedEntry(
+            prepared.seq, prepared.kind, self.jws(prepared, signature), prepared.hash
+        )
 
     def jws(self, prepared: PreparedEntry, signature: bytes) -> bytes:
         """Just the JWS text of `finish` (the compact JSON of the flattened JWS object)."""
         # Plain concatenation is exact JSON: base64url text needs no escaping.
-        return (self._json_start + prepared.payload_b64 + b'","signature":"'
-                + _b64url_bytes(signature) + b'"}')
+        return (
+            self._json_start
+            + prepared.payload_b64
+            + b'","signature":"'
+            + _b64url_bytes(signature)
+            + b'"}'
+        )
 
 
 _sha256 = hashlib.sha256
@@ -481,6 +521,7 @@ def _b64url_str(data: bytes) -> str:
 
 
 # --- checking one entry -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class JWSEntry:
@@ -510,8 +551,9 @@ class JWSEntry:
         if alg not in ACCEPTED_ALGS:
             raise SignatureError(f"alg {alg!r} is not accepted (only 'Ed25519' or 'EdDSA')")
         if "crit" in self.header:
-            raise SignatureError("the header lists critical extensions ('crit'); none are "
-                                 "understood here")
+            raise SignatureError(
+                "the header lists critical extensions ('crit'); none are understood here"
+            )
         kid = self.header.get("kid")
         if kid is not None and kid != key.kid:
             raise SignatureError(f"signed with key {kid!r}, not with key {key.kid!r}")
@@ -519,8 +561,9 @@ class JWSEntry:
             signature = b64url_decode(self.signature)
             key.key.verify(signature, self.signing_input())
         except (ValueError, InvalidSignature) as exc:
-            raise SignatureError("the signature does not verify: the entry was altered or "
-                                 "signed by another key") from exc
+            raise SignatureError(
+                "the signature does not verify: the entry was altered or signed by another key"
+            ) from exc
         try:
             payload = json.loads(b64url_decode(self.payload), parse_constant=_no_constant)
         except ValueError as exc:  # includes UnicodeDecodeError and JSONDecodeError
@@ -553,8 +596,9 @@ def parse_jws(jws: Mapping[str, object] | bytes | str) -> JWSEntry:
         raise SignatureError("general JWS JSON serialization; expected the flattened one")
     parts = [obj.get(name) for name in ("protected", "payload", "signature")]
     if not all(isinstance(part, str) and _B64URL.fullmatch(part) for part in parts):
-        raise SignatureError("not a flattened JWS: 'protected', 'payload' and 'signature' must "
-                             "be base64url strings")
+        raise SignatureError(
+            "not a flattened JWS: 'protected', 'payload' and 'signature' must be base64url strings"
+        )
     protected, payload, signature = (str(part) for part in parts)
     try:
         header = json.loads(b64url_decode(protected))
@@ -565,8 +609,9 @@ def parse_jws(jws: Mapping[str, object] | bytes | str) -> JWSEntry:
     return JWSEntry(protected, payload, signature, header)
 
 
-def verify_entry(jws: Mapping[str, object] | bytes | str,
-                 public_key: PublicKey | Ed25519PublicKey) -> dict[str, object]:
+def verify_entry(
+    jws: Mapping[str, object] | bytes | str, public_key: PublicKey | Ed25519PublicKey
+) -> dict[str, object]:
     """Verify one entry (alg Ed25519 or EdDSA, kid if present) and return its payload."""
     return parse_jws(jws).verify(public_key)
 

@@ -1,16 +1,10 @@
-"""Device events to signed entries in the outbox.
+"""The journal: the single writer of the hub's signed log.
 
-`DeviceSession` owns one configured device: it opens it through a `StreamOpener` (the app hands
-in the real serial transport), feeds the bytes to the driver's decoder, summarises continuous
-streams and hands readings to the `Journal`. When the device goes away it reopens it with
-backoff, for as long as the daemon runs.
-
-`Journal` is the single writer of the signed log: it stamps hub time, signs readings and hub
-events in order (sequence number and hash chain) and commits them to the outbox in small groups
-(one fsync per group). When the outbox is full it drops the oldest entries and signs a `gap`
-event for them in the same transaction, so nothing disappears silently.
-
-No transport is imported here: devices are seen through the small protocols below.
+`Journal` stamps hub time, signs readings and hub events in order (sequence number and hash
+chain) and commits them to the outbox in small groups (one fsync per group). When the outbox is
+full it drops the oldest entries and signs a `gap` event for them in the same transaction, so
+nothing disappears silently. Sessions hand it readings (`submit`), events (`event`) and decode
+errors (`count_error`); no device or transport code lives here.
 """
 
 from __future__ import annotations
@@ -23,13 +17,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
-
-from gateway.clock import HubClock, clock_state, rfc3339
-from gateway.config import DeviceConfig
-from gateway.outbox import (
+from gateway.hub.clock import HubClock, clock_state, rfc3339
+from gateway.hub.outbox import (
     DeviceDelta,
     Entry,
     MetaValue,
@@ -37,32 +27,10 @@ from gateway.outbox import (
     OutboxError,
     OutboxSequenceError,
 )
-from gateway.sdk import TRACE, DecodeError, Driver, FeedResult, Reading, SerialSettings
-from gateway.signing import ChainHead, PreparedEntry, Signer, SigningError
+from gateway.hub.signing import ChainHead, PreparedEntry, Signer, SigningError
+from gateway.sdk import Reading
 
 log = logging.getLogger(__name__)
-
-
-class DeviceUnavailable(Exception):
-    """The device could not be opened, or went away. The session retries with backoff."""
-
-
-class ByteStream(Protocol):
-    async def write(self, data: bytes) -> None:
-        """Send bytes to the device (a start command)."""
-        ...
-
-    async def read(self) -> bytes:
-        """The next chunk; raises `DeviceUnavailable` when the device goes away."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class StreamOpener(Protocol):
-    async def __call__(self, device: DeviceConfig, settings: SerialSettings) -> ByteStream:
-        """Open the device; raises `DeviceUnavailable` with the cause."""
-        ...
 
 
 # Not frozen: one is made per reading, and a frozen dataclass's __init__ costs ~3x as much.
@@ -95,11 +63,19 @@ class _DeviceCounters:
 class Journal:
     """The single writer of the hub's signed log (readings and hub events share one chain)."""
 
-    def __init__(self, outbox: Outbox, signer: Signer, *, on_commit: Callable[[], None],
-                 commit_interval: float = 0.005, max_batch: int = 2000,
-                 max_pending: int = 50_000, error_summary_interval: float = 60.0,
-                 clock: Callable[[], HubClock] = clock_state,
-                 sign_in_thread: bool = False) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        signer: Signer,
+        *,
+        on_commit: Callable[[], None],
+        commit_interval: float = 0.005,
+        max_batch: int = 2000,
+        max_pending: int = 50_000,
+        error_summary_interval: float = 60.0,
+        clock: Callable[[], HubClock] = clock_state,
+        sign_in_thread: bool = False,
+    ) -> None:
         self._outbox = outbox
         self._sign_in_thread = sign_in_thread
         self._signer = signer
@@ -123,9 +99,16 @@ class Journal:
 
     # --- producers ---------------------------------------------------------------------------
 
-    def submit(self, device: Mapping[str, object], device_id: str, patient: str,
-               reading: Reading, hub_time: float, *,
-               cursor: tuple[str, MetaValue] | None = None) -> None:
+    def submit(
+        self,
+        device: Mapping[str, object],
+        device_id: str,
+        patient: str,
+        reading: Reading,
+        hub_time: float,
+        *,
+        cursor: tuple[str, MetaValue] | None = None,
+    ) -> None:
         """Queue a reading for signing and storing. `cursor` (key, value) is stored in the
         outbox's meta table in the same transaction as the reading, so a position kept with it
         (the last stored-record sequence number a device sent) never runs ahead of what is
@@ -216,22 +199,29 @@ class Journal:
             return self._store_batch(batch, saved_head, hub_clock, prepared, [])
         try:
             signatures = await asyncio.to_thread(
-                self._signer.signatures, [p.signing_input for p in prepared])
+                self._signer.signatures, [p.signing_input for p in prepared]
+            )
         except BaseException:  # cancelled (the thread's result is dropped) or failed
             self._unprepare(batch, saved_head)
             raise
         return self._store_batch(batch, saved_head, hub_clock, prepared, signatures)
 
-    def _prepare_batch(self) -> tuple[list[_Captured | _HubEvent], ChainHead, HubClock,
-                                      list[PreparedEntry]]:
+    def _prepare_batch(
+        self,
+    ) -> tuple[list[_Captured | _HubEvent], ChainHead, HubClock, list[PreparedEntry]]:
         """Take up to one batch off the queue and encode and chain it (no signatures yet).
 
         The batch leaves `_pending` at once, so producers may go on appending meanwhile; it is
         put back in front if it is not committed."""
         if self._lost_unsigned:
             lost, self._lost_unsigned = self._lost_unsigned, 0
-            self._pending.appendleft(_HubEvent("readings-lost", {
-                "count": lost, "reason": "the outbox refused writes for too long"}, time.time()))
+            self._pending.appendleft(
+                _HubEvent(
+                    "readings-lost",
+                    {"count": lost, "reason": "the outbox refused writes for too long"},
+                    time.time(),
+                )
+            )
         pending = self._pending
         batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
         self._in_flight = len(batch)
@@ -240,8 +230,12 @@ class Journal:
         if hub_clock != self._last_clock:
             if self._last_clock is not None:
                 log.info("hub clock: %s -> %s", self._last_clock, hub_clock)
-                batch.insert(0, _HubEvent("clock-changed", {
-                    "from": self._last_clock, "to": hub_clock}, time.time()))
+                batch.insert(
+                    0,
+                    _HubEvent(
+                        "clock-changed", {"from": self._last_clock, "to": hub_clock}, time.time()
+                    ),
+                )
             self._last_clock = hub_clock
         try:
             prepare = self._signer.prepare
@@ -250,14 +244,25 @@ class Journal:
                 event = item
                 if type(item) is _Captured:
                     try:
-                        prepared.append(prepare(_reading_body(item, hub_clock),
-                                                floats_checked=_floats_checked(item.reading)))
+                        prepared.append(
+                            prepare(
+                                _reading_body(item, hub_clock),
+                                floats_checked=_floats_checked(item.reading),
+                            )
+                        )
                         continue
                     except SigningError as exc:
                         batch[index] = event = self._rejected(item, exc)
-                prepared.append(prepare(_event_body(
-                    event.name, event.detail, event.hub_time,  # type: ignore[union-attr]
-                    hub_clock)))
+                prepared.append(
+                    prepare(
+                        _event_body(
+                            event.name,  # type: ignore[union-attr]
+                            event.detail,  # type: ignore[union-attr]
+                            event.hub_time,
+                            hub_clock,
+                        )
+                    )
+                )
         except BaseException:
             self._unprepare(batch, saved_head)
             raise
@@ -267,38 +272,57 @@ class Journal:
     def _rejected(item: _Captured, exc: SigningError) -> _HubEvent:
         """A reading JSON cannot carry (a plugin driver's NaN, say) must not stop the hub:
         it becomes a signed event that says so, and the raw bytes stay in it."""
-        log.error("device %s: a reading could not be encoded (%s); a reading-rejected event "
-                  "keeps its raw bytes. The driver should report such values as absent.",
-                  item.device_id, exc)
-        return _HubEvent("reading-rejected", {
-            "device": item.device_id, "reason": str(exc),
-            "raw": item.reading.wire()["raw"]}, item.hub_time)
+        log.error(
+            "device %s: a reading could not be encoded (%s); a reading-rejected event "
+            "keeps its raw bytes. The driver should report such values as absent.",
+            item.device_id,
+            exc,
+        )
+        return _HubEvent(
+            "reading-rejected",
+            {"device": item.device_id, "reason": str(exc), "raw": item.reading.wire()["raw"]},
+            item.hub_time,
+        )
 
     def _unprepare(self, batch: list[_Captured | _HubEvent], saved_head: ChainHead) -> None:
         self._signer.head = saved_head  # nothing was committed: reuse the same seqs
         self._pending.extendleft(reversed(batch))
         self._in_flight = 0
 
-    def _store_batch(self, batch: list[_Captured | _HubEvent], saved_head: ChainHead,
-                     hub_clock: HubClock, prepared: list[PreparedEntry],
-                     signatures: list[bytes]) -> bool:
+    def _store_batch(
+        self,
+        batch: list[_Captured | _HubEvent],
+        saved_head: ChainHead,
+        hub_clock: HubClock,
+        prepared: list[PreparedEntry],
+        signatures: list[bytes],
+    ) -> bool:
         jws = self._signer.jws
-        entries = [Entry(ready.seq, "reading" if type(item) is _Captured else "event",
-                         jws(ready, signature), item.hub_time)
-                   for item, ready, signature in zip(batch, prepared, signatures, strict=True)]
+        entries = [
+            Entry(
+                ready.seq,
+                "reading" if type(item) is _Captured else "event",
+                jws(ready, signature),
+                item.hub_time,
+            )
+            for item, ready, signature in zip(batch, prepared, signatures, strict=True)
+        ]
         try:
             drop_through = self._make_room(entries, hub_clock)
         except BaseException:
             self._unprepare(batch, saved_head)
             raise
-        deltas = {device_id: DeviceDelta(d.readings, d.decode_errors, d.last_reading,
-                                         d.last_error)
-                  for device_id, d in self._deltas.items()}
-        cursors = {item.cursor[0]: item.cursor[1] for item in batch
-                   if type(item) is _Captured and item.cursor is not None}
+        deltas = {
+            device_id: DeviceDelta(d.readings, d.decode_errors, d.last_reading, d.last_error)
+            for device_id, d in self._deltas.items()
+        }
+        cursors = {
+            item.cursor[0]: item.cursor[1]
+            for item in batch
+            if type(item) is _Captured and item.cursor is not None
+        }
         try:
-            self._outbox.append(entries, self._signer.head.hash, drop_through, deltas,
-                                meta=cursors)
+            self._outbox.append(entries, self._signer.head.hash, drop_through, deltas, meta=cursors)
         except OutboxSequenceError:
             self._unprepare(batch, saved_head)
             raise  # a bug, not a full disk: retrying would loop forever
@@ -322,8 +346,11 @@ class Journal:
     def _refused(self, reason: str) -> None:
         self.commit_failures += 1
         if self.last_error != reason:  # once per distinct cause, not once per retry
-            log.error("cannot store readings (%d kept in memory; the write is retried): %s",
-                      len(self._pending), reason)
+            log.error(
+                "cannot store readings (%d kept in memory; the write is retried): %s",
+                len(self._pending),
+                reason,
+            )
         self.last_error = reason
 
     def _make_room(self, entries: list[Entry], hub_clock: HubClock) -> int | None:
@@ -340,26 +367,45 @@ class Journal:
         if oldest is None:
             return None
         first, last, count = oldest
-        log.warning("outbox full (%d entries): dropping the oldest %d (seq %d..%d) and "
-                    "signing a gap event; check the uplink (broker reachable?)",
-                    self._outbox.max_rows, count, first, last)
+        log.warning(
+            "outbox full (%d entries): dropping the oldest %d (seq %d..%d) and "
+            "signing a gap event; check the uplink (broker reachable?)",
+            self._outbox.max_rows,
+            count,
+            first,
+            last,
+        )
         entries.append(Entry(0, "event", b"", 0.0))  # placeholder, replaced below
         now = time.time()
-        signed = self._signer.sign(_event_body("gap", {
-            "first_seq": first, "last_seq": last, "count": count, "reason": "outbox-cap"},
-            now, hub_clock))
+        signed = self._signer.sign(
+            _event_body(
+                "gap",
+                {"first_seq": first, "last_seq": last, "count": count, "reason": "outbox-cap"},
+                now,
+                hub_clock,
+            )
+        )
         entries[-1] = Entry(signed.seq, "event", signed.jws, now)
         return last
 
     def _summarise_errors(self) -> None:
         for device_id, counters in self._devices.items():
             if counters.errors_unreported:
-                log.warning("device %s: %d malformed frames in the last %.0f s; check the cable "
-                            "and the driver's serial settings", device_id,
-                            counters.errors_unreported, self._error_summary_interval)
-                self.event("decode-errors", {"device": device_id,
-                                             "count": counters.errors_unreported,
-                                             "interval_s": self._error_summary_interval})
+                log.warning(
+                    "device %s: %d malformed frames in the last %.0f s; check the cable "
+                    "and the driver's serial settings",
+                    device_id,
+                    counters.errors_unreported,
+                    self._error_summary_interval,
+                )
+                self.event(
+                    "decode-errors",
+                    {
+                        "device": device_id,
+                        "count": counters.errors_unreported,
+                        "interval_s": self._error_summary_interval,
+                    },
+                )
                 counters.errors_unreported = 0
 
     async def drain(self, timeout: float = 5.0) -> None:
@@ -372,8 +418,11 @@ class Journal:
         while self._pending or self._deltas:
             if not self.commit_once():
                 if time.monotonic() > deadline:
-                    log.error("stopping with %d readings not stored: %s", len(self._pending),
-                              self.last_error)
+                    log.error(
+                        "stopping with %d readings not stored: %s",
+                        len(self._pending),
+                        self.last_error,
+                    )
                     return
                 await asyncio.sleep(0.2)
 
@@ -402,128 +451,24 @@ def _reading_body(item: _Captured, hub_clock: HubClock) -> dict[str, object]:
         "kind": "reading",
         "patient": item.patient,
         "device": item.device,
-        "time": {"hub": rfc3339(item.hub_time), "hub_clock": hub_clock,
-                 "device": wire["device_time"], "device_clock": wire["device_clock"]},
+        "time": {
+            "hub": rfc3339(item.hub_time),
+            "hub_clock": hub_clock,
+            "device": wire["device_time"],
+            "device_clock": wire["device_clock"],
+        },
         "observations": wire["observations"],
         "status": wire["status"],
         "raw": wire["raw"],
     }
 
 
-def _event_body(name: str, detail: Mapping[str, object], hub_time: float,
-                hub_clock: HubClock) -> dict[str, object]:
-    return {"kind": "event", "event": name,
-            "time": {"hub": rfc3339(hub_time), "hub_clock": hub_clock},
-            "detail": dict(detail)}
-
-
-class DeviceSession:
-    """One configured device, from open to readings, reopened whenever it comes back."""
-
-    def __init__(self, device: DeviceConfig, driver: Driver, settings: SerialSettings,
-                 opener: StreamOpener, journal: Journal, *, max_backoff: float = 30.0) -> None:
-        self.device = device
-        self._driver = driver
-        self._settings = settings
-        self._opener = opener
-        self._journal = journal
-        self._max_backoff = max_backoff
-        self._identity: Mapping[str, object] = {
-            "id": device.id, "driver": driver.info.id, "driver_version": driver.info.version,
-            "address": device.port or f"usb:{device.usb.describe() if device.usb else '?'}",
-        }
-        self._next_due = 0.0
-        self.connected = False
-        self.readings = 0
-        self.decode_errors = 0
-
-    async def run(self) -> None:
-        while True:
-            stream = await self._open()
-            session = self._driver.info.serial_session
-            try:
-                for command in session.on_open if session else ():
-                    await stream.write(command)
-            except DeviceUnavailable as exc:
-                log.warning("device %s: cannot send its start command (%s); reopening",
-                            self.device.id, exc)
-                await stream.close()
-                continue
-            self.connected = True
-            log.info("device %s: connected on %s", self.device.id, self.device.where)
-            self._journal.event("device-connected", {"device": self.device.id})
-            try:
-                await self._stream(stream)
-            except DeviceUnavailable as exc:
-                log.warning("device %s: lost (%s); it will be reopened when it returns",
-                            self.device.id, exc)
-                self._journal.event("device-lost", {"device": self.device.id,
-                                                    "reason": str(exc)})
-            finally:
-                self.connected = False
-                await stream.close()
-
-    async def _open(self) -> ByteStream:
-        attempts = 0
-
-        def before_sleep(_: object) -> None:
-            nonlocal attempts
-            attempts += 1
-            if attempts == 1:
-                log.warning("device %s: cannot open %s; retrying with backoff until it appears "
-                            "(is it plugged in, and is the port right?)", self.device.id,
-                            self.device.where)
-
-        retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.2, max=self._max_backoff),
-            retry=retry_if_exception_type(DeviceUnavailable), reraise=True,
-            before_sleep=before_sleep)
-        async for attempt in retrying:
-            with attempt:
-                return await self._opener(self.device, self._settings)
-        raise AssertionError("unreachable: the retry loop never stops")  # pragma: no cover
-
-    def _driver_failed(self, exc: Exception) -> FeedResult:
-        # No traceback above TRACE: the exception's text may carry the device's values.
-        name = self._driver.info.id
-        log.error("device %s: driver %s raised %s instead of DecodeError; the bytes are counted "
-                  "as a decode error and the decoder restarted. Report this to the driver's "
-                  "maintainer.", self.device.id, name, type(exc).__name__)
-        log.log(TRACE, "device %s: driver failure: %r", self.device.id, exc)
-        return FeedResult(errors=[DecodeError(f"driver {name} failed: {type(exc).__name__}")])
-
-    async def _stream(self, stream: ByteStream) -> None:
-        decoder = self._driver.decoder(self.device.options)
-        continuous = self._driver.info.continuous
-        interval = self.device.summary_interval
-        while True:
-            data = await stream.read()
-            log.log(TRACE, "device %s: %d bytes %s", self.device.id, len(data), data.hex())
-            try:
-                result = decoder.feed(data)
-            except Exception as exc:  # a driver bug must not stop the hub or other devices
-                result = self._driver_failed(exc)
-                decoder = self._driver.decoder(self.device.options)
-            for error in result.errors:
-                self.decode_errors += 1
-                self._journal.count_error(self.device.id, str(error))
-                log.log(TRACE, "device %s: decode error: %s", self.device.id, error)
-            if not result.readings:
-                continue
-            now = time.time()
-            if continuous:
-                # ~60 frames a second would be 60 signed readings; keep the values at the
-                # moment each interval comes due instead.
-                mono = time.monotonic()
-                if mono < self._next_due:
-                    continue
-                self._next_due += interval
-                if self._next_due <= mono:  # first reading, or the stream paused
-                    self._next_due = mono + interval
-                readings = result.readings[-1:]
-            else:
-                readings = result.readings
-            for reading in readings:
-                self.readings += 1
-                self._journal.submit(self._identity, self.device.id, self.device.patient,
-                                     reading, now)
+def _event_body(
+    name: str, detail: Mapping[str, object], hub_time: float, hub_clock: HubClock
+) -> dict[str, object]:
+    return {
+        "kind": "event",
+        "event": name,
+        "time": {"hub": rfc3339(hub_time), "hub_clock": hub_clock},
+        "detail": dict(detail),
+    }

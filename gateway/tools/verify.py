@@ -27,8 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from gateway.mqtt_url import MqttUrl, parse_mqtt_url
-from gateway.signing import (
+from gateway.hub.signing import (
     IdentityError,
     JWSEntry,
     PublicKey,
@@ -36,6 +35,7 @@ from gateway.signing import (
     load_public_jwk,
     parse_jws,
 )
+from gateway.transport.mqtt_url import MqttUrl, parse_mqtt_url
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
@@ -63,6 +63,7 @@ class ConnectError(VerifyError):
 
 
 # --- the report ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -101,23 +102,33 @@ class HubReport:
     def ok(self) -> bool:
         """Nothing forged, altered or contradictory was seen. Gaps and duplicates are
         reported, but they are what QoS 1 and a full outbox may honestly produce."""
-        return not (self.bad_signatures or self.malformed or self.conflicts
-                    or self.chain_breaks)
+        return not (self.bad_signatures or self.malformed or self.conflicts or self.chain_breaks)
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "hub": self.hub, "ok": self.ok, "received": self.received,
-            "verified": self.verified, "readings": self.readings, "events": self.events,
-            "bad_signatures": self.bad_signatures, "malformed": self.malformed,
-            "duplicates": self.duplicates, "conflicts": self.conflicts,
-            "chain_breaks": self.chain_breaks, "out_of_order": self.out_of_order,
-            "schema_errors": self.schema_errors, "first_seq": self.first_seq,
-            "last_seq": self.last_seq, "gaps": [list(r) for r in self.gaps],
+            "hub": self.hub,
+            "ok": self.ok,
+            "received": self.received,
+            "verified": self.verified,
+            "readings": self.readings,
+            "events": self.events,
+            "bad_signatures": self.bad_signatures,
+            "malformed": self.malformed,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "chain_breaks": self.chain_breaks,
+            "out_of_order": self.out_of_order,
+            "schema_errors": self.schema_errors,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "gaps": [list(r) for r in self.gaps],
             "announced_gaps": [list(r) for r in self.announced_gaps],
             "key_source": self.key_source,
             "status": dict(self.status) if self.status is not None else None,
-            "problems": [{"kind": p.kind, "seq": p.seq, "topic": p.topic, "reason": p.reason}
-                         for p in self.problems],
+            "problems": [
+                {"kind": p.kind, "seq": p.seq, "topic": p.topic, "reason": p.reason}
+                for p in self.problems
+            ],
         }
 
 
@@ -140,35 +151,51 @@ class VerifyReport:
         return sum(hub.received for hub in self.hubs)
 
     def to_dict(self) -> dict[str, object]:
-        return {"ok": self.ok, "received": self.received, "key_pinned": self.key_pinned,
-                "stopped_by": self.stopped_by or None, "notes": list(self.notes),
-                "hubs": [hub.to_dict() for hub in self.hubs]}
+        return {
+            "ok": self.ok,
+            "received": self.received,
+            "key_pinned": self.key_pinned,
+            "stopped_by": self.stopped_by or None,
+            "notes": list(self.notes),
+            "hubs": [hub.to_dict() for hub in self.hubs],
+        }
 
     def render(self) -> str:
         """A short human rendering for the terminal."""
-        lines = [f"{'OK' if self.ok else 'FAILED'}: {self.received} entries from "
-                 f"{len(self.hubs)} hub(s)" + (f", stopped by {self.stopped_by}"
-                                               if self.stopped_by else "")]
+        lines = [
+            f"{'OK' if self.ok else 'FAILED'}: {self.received} entries from "
+            f"{len(self.hubs)} hub(s)"
+            + (f", stopped by {self.stopped_by}" if self.stopped_by else "")
+        ]
         for hub in self.hubs:
-            seqs = (f"seq {hub.first_seq}..{hub.last_seq}" if hub.first_seq is not None
-                    else "no seq")
-            lines.append(f"hub {hub.hub}: {'ok' if hub.ok else 'FAILED'}, {seqs}, "
-                         f"{hub.verified}/{hub.received} verified ({hub.readings} readings, "
-                         f"{hub.events} events), key {hub.key_source}")
-            counts = [(hub.bad_signatures, "bad signatures"), (hub.malformed, "malformed"),
-                      (hub.conflicts, "CONFLICTS"), (hub.chain_breaks, "chain breaks"),
-                      (hub.duplicates, "duplicates"), (hub.out_of_order, "out of order"),
-                      (hub.schema_errors, "schema errors")]
+            seqs = f"seq {hub.first_seq}..{hub.last_seq}" if hub.first_seq is not None else "no seq"
+            lines.append(
+                f"hub {hub.hub}: {'ok' if hub.ok else 'FAILED'}, {seqs}, "
+                f"{hub.verified}/{hub.received} verified ({hub.readings} readings, "
+                f"{hub.events} events), key {hub.key_source}"
+            )
+            counts = [
+                (hub.bad_signatures, "bad signatures"),
+                (hub.malformed, "malformed"),
+                (hub.conflicts, "CONFLICTS"),
+                (hub.chain_breaks, "chain breaks"),
+                (hub.duplicates, "duplicates"),
+                (hub.out_of_order, "out of order"),
+                (hub.schema_errors, "schema errors"),
+            ]
             shown = [f"{n} {label}" for n, label in counts if n]
             if shown:
                 lines.append("  " + ", ".join(shown))
             if hub.gaps:
                 lines.append("  gaps (missing, unexplained): " + _ranges(hub.gaps))
             if hub.announced_gaps:
-                lines.append("  announced gaps (dropped by the hub): "
-                             + _ranges(hub.announced_gaps))
-            lines.extend(f"  {p.kind} at seq {p.seq if p.seq is not None else '?'}: {p.reason}"
-                         for p in hub.problems[:10])
+                lines.append(
+                    "  announced gaps (dropped by the hub): " + _ranges(hub.announced_gaps)
+                )
+            lines.extend(
+                f"  {p.kind} at seq {p.seq if p.seq is not None else '?'}: {p.reason}"
+                for p in hub.problems[:10]
+            )
             if len(hub.problems) > 10:
                 lines.append(f"  ... {len(hub.problems) - 10} more problems (see --json)")
         lines.extend(f"note: {note}" for note in self.notes)
@@ -180,6 +207,7 @@ def _ranges(ranges: tuple[SeqRange, ...]) -> str:
 
 
 # --- the verifier -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _Seen:
@@ -227,10 +255,15 @@ class Verifier:
     jsonschema is installed".
     """
 
-    def __init__(self, public_keys: Mapping[str, PublicKey] | PublicKey | None = None,
-                 hub: str | None = None, *, topic_prefix: str = DEFAULT_PREFIX,
-                 check_schema: bool | None = None, on_entry: EntryCallback | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        public_keys: Mapping[str, PublicKey] | PublicKey | None = None,
+        hub: str | None = None,
+        *,
+        topic_prefix: str = DEFAULT_PREFIX,
+        check_schema: bool | None = None,
+        on_entry: EntryCallback | None = None,
+    ) -> None:
         if isinstance(public_keys, PublicKey):
             public_keys = {public_keys.kid: public_keys}
         self._pinned = {key.kid: key for key in (public_keys or {}).values()}
@@ -253,7 +286,7 @@ class Verifier:
         are ignored."""
         if not topic.startswith(self._prefix):
             return
-        hub, _, leaf = topic[len(self._prefix):].partition("/")
+        hub, _, leaf = topic[len(self._prefix) :].partition("/")
         if not hub or (self._hub is not None and hub != self._hub):
             return
         with self._lock:
@@ -262,15 +295,16 @@ class Verifier:
             elif leaf in ("readings", "events"):
                 self._batch(self._log(hub), topic, payload)
 
-    def report(self, stopped_by: Literal["count", "time", "interrupted", ""] = ""
-               ) -> VerifyReport:
+    def report(self, stopped_by: Literal["count", "time", "interrupted", ""] = "") -> VerifyReport:
         with self._lock:
             hubs = tuple(self._hub_report(self._logs[hub]) for hub in sorted(self._logs))
             notes = list(self._notes)
             if not self._pinned and any(h.key_source == "status" for h in hubs):
-                notes.append("keys were taken from the hubs' retained status messages, not "
-                             "pinned: anyone allowed to publish there could forge them; pin "
-                             "each hub's public JWK (--jwk) to be sure")
+                notes.append(
+                    "keys were taken from the hubs' retained status messages, not "
+                    "pinned: anyone allowed to publish there could forge them; pin "
+                    "each hub's public JWK (--jwk) to be sure"
+                )
             return VerifyReport(hubs, bool(self._pinned), tuple(notes), stopped_by)
 
     # --- per message ----------------------------------------------------------------------------
@@ -302,8 +336,10 @@ class Verifier:
             hub_log.problem("malformed", None, topic, f"the status message's jwk: {exc}")
             return
         if self._pinned:
-            note = (f"hub {hub_log.hub} announces key {key.kid} in its status, which is not "
-                    "the pinned key")
+            note = (
+                f"hub {hub_log.hub} announces key {key.kid} in its status, which is not "
+                "the pinned key"
+            )
             if key.kid not in self._pinned and note not in self._notes:  # retained: repeats
                 self._notes.append(note)
             return
@@ -318,8 +354,9 @@ class Verifier:
         except ValueError:
             batch = None
         if not isinstance(batch, list):
-            hub_log.problem("malformed", None, topic,
-                            "the message is not a JSON array of JWS objects")
+            hub_log.problem(
+                "malformed", None, topic, "the message is not a JSON array of JWS objects"
+            )
             hub_log.malformed += 1
             return
         for item in batch:
@@ -340,13 +377,18 @@ class Verifier:
     def _entry(self, hub_log: _HubLog, topic: str, entry: JWSEntry) -> None:
         keys = self._pinned or hub_log.keys
         kid = entry.kid
-        key = keys.get(kid) if kid is not None else (
-            next(iter(keys.values())) if len(keys) == 1 else None)
+        key = (
+            keys.get(kid)
+            if kid is not None
+            else (next(iter(keys.values())) if len(keys) == 1 else None)
+        )
         try:
             if key is None:
                 raise SignatureError(  # noqa: TRY301 - reported like any other bad signature
-                    f"no key with kid {kid!r}" if kid is not None
-                    else "no kid in the header and more than one key to choose from")
+                    f"no key with kid {kid!r}"
+                    if kid is not None
+                    else "no kid in the header and more than one key to choose from"
+                )
             payload = entry.verify(key)
         except SignatureError as exc:
             hub_log.bad_signatures += 1
@@ -374,20 +416,25 @@ class Verifier:
         expected_kind = "reading" if topic.endswith("/readings") else "event"
         if kind != expected_kind:
             hub_log.malformed += 1
-            hub_log.problem("malformed", seq, topic, f"kind {kind!r} on a {expected_kind}s "
-                            "topic")
+            hub_log.problem("malformed", seq, topic, f"kind {kind!r} on a {expected_kind}s topic")
         self._link(hub_log, topic, seq, _Seen(entry.chain_hash(), prev), payload)
 
-    def _link(self, hub_log: _HubLog, topic: str, seq: int, seen: _Seen,
-              payload: Mapping[str, object]) -> None:
+    def _link(
+        self, hub_log: _HubLog, topic: str, seq: int, seen: _Seen, payload: Mapping[str, object]
+    ) -> None:
         known = hub_log.entries.get(seq)
         if known is not None:
             if known.hash == seen.hash:
                 hub_log.duplicates += 1
             else:
                 hub_log.conflicts += 1
-                hub_log.problem("conflict", seq, topic, "two different entries signed with the "
-                                "same seq: the hub reused a sequence number")
+                hub_log.problem(
+                    "conflict",
+                    seq,
+                    topic,
+                    "two different entries signed with the "
+                    "same seq: the hub reused a sequence number",
+                )
             return
         if seq < hub_log.max_seq:
             hub_log.out_of_order += 1
@@ -420,8 +467,9 @@ class Verifier:
             hub_log.problem("chain-break", seq, topic, "the first entry's prev is not empty")
         elif before is None and seq > 1 and not seen.prev:
             hub_log.chain_breaks += 1
-            hub_log.problem("chain-break", seq, topic, "empty prev after seq 1: the hub's "
-                            "log was restarted")
+            hub_log.problem(
+                "chain-break", seq, topic, "empty prev after seq 1: the hub's log was restarted"
+            )
         after = hub_log.entries.get(seq + 1)
         if after is not None and after.prev != seen.hash:
             hub_log.chain_breaks += 1
@@ -431,12 +479,16 @@ class Verifier:
     def _announce(hub_log: _HubLog, topic: str, seq: int, detail: object) -> None:
         first = detail.get("first_seq") if isinstance(detail, Mapping) else None
         last = detail.get("last_seq") if isinstance(detail, Mapping) else None
-        if (isinstance(first, int) and isinstance(last, int) and 1 <= first <= last < seq):
+        if isinstance(first, int) and isinstance(last, int) and 1 <= first <= last < seq:
             hub_log.announced.append((first, last))
         else:
             hub_log.malformed += 1
-            hub_log.problem("malformed", seq, topic, "gap event without a valid "
-                            "first_seq..last_seq before its own seq")
+            hub_log.problem(
+                "malformed",
+                seq,
+                topic,
+                "gap event without a valid first_seq..last_seq before its own seq",
+            )
 
     # --- the summary ------------------------------------------------------------------------
 
@@ -447,22 +499,39 @@ class Verifier:
         unverified = len(hub_log.pending)
         problems = list(hub_log.problems)
         if unverified:
-            problems.append(Problem("bad-signature", None, f"{hub_log.hub}",
-                                    f"{unverified} entries could not be checked: no pinned key "
-                                    "and no key in the hub's status message"))
+            problems.append(
+                Problem(
+                    "bad-signature",
+                    None,
+                    f"{hub_log.hub}",
+                    f"{unverified} entries could not be checked: no pinned key "
+                    "and no key in the hub's status message",
+                )
+            )
         source: Literal["pinned", "status", "none"] = (
-            "pinned" if self._pinned else "status" if hub_log.keys else "none")
+            "pinned" if self._pinned else "status" if hub_log.keys else "none"
+        )
         return HubReport(
-            hub=hub_log.hub, received=hub_log.received, verified=hub_log.verified,
-            readings=hub_log.readings, events=hub_log.events,
-            bad_signatures=hub_log.bad_signatures + unverified, malformed=hub_log.malformed,
-            duplicates=hub_log.duplicates, conflicts=hub_log.conflicts,
-            chain_breaks=hub_log.chain_breaks, out_of_order=hub_log.out_of_order,
+            hub=hub_log.hub,
+            received=hub_log.received,
+            verified=hub_log.verified,
+            readings=hub_log.readings,
+            events=hub_log.events,
+            bad_signatures=hub_log.bad_signatures + unverified,
+            malformed=hub_log.malformed,
+            duplicates=hub_log.duplicates,
+            conflicts=hub_log.conflicts,
+            chain_breaks=hub_log.chain_breaks,
+            out_of_order=hub_log.out_of_order,
             schema_errors=hub_log.schema_errors,
             first_seq=min(hub_log.entries, default=None),
             last_seq=max(hub_log.entries, default=None),
-            gaps=gaps, announced_gaps=tuple(announced), key_source=source,
-            status=hub_log.status, problems=tuple(problems))
+            gaps=gaps,
+            announced_gaps=tuple(announced),
+            key_source=source,
+            status=hub_log.status,
+            problems=tuple(problems),
+        )
 
 
 def _missing(seqs: list[int]) -> list[SeqRange]:
@@ -483,9 +552,12 @@ def _subtract(gap: SeqRange, announced: list[SeqRange]) -> list[SeqRange]:
     """The parts of `gap` no announced range covers."""
     left = [gap]
     for first, last in announced:
-        left = [piece for a, b in left
-                for piece in ((a, min(b, first - 1)), (max(a, last + 1), b))
-                if piece[0] <= piece[1]]
+        left = [
+            piece
+            for a, b in left
+            for piece in ((a, min(b, first - 1)), (max(a, last + 1), b))
+            if piece[0] <= piece[1]
+        ]
     return left
 
 
@@ -504,8 +576,9 @@ def _schema_validator(check: bool | None, notes: list[str]) -> Any:
         jsonschema = importlib.import_module("jsonschema")
     except ImportError:
         if check:
-            notes.append("payloads were not checked against the schema: jsonschema is not "
-                         "installed")
+            notes.append(
+                "payloads were not checked against the schema: jsonschema is not installed"
+            )
         return None
     cls = jsonschema.Draft202012Validator
     return cls(load_schema(), format_checker=cls.FORMAT_CHECKER)
@@ -513,14 +586,25 @@ def _schema_validator(check: bool | None, notes: list[str]) -> Any:
 
 # --- against a broker ---------------------------------------------------------------------------
 
-def run_verify(url: str, *, hub: str | None = None, jwk_path: Path | None = None,
-               count: int | None = None, seconds: float | None = None,
-               ca_file: Path | None = None, cert_file: Path | None = None,
-               key_file: Path | None = None, username: str | None = None,
-               password: str | None = None, protocol: Literal["5", "3.1.1"] = "5",
-               topic_prefix: str = DEFAULT_PREFIX, on_entry: EntryCallback | None = None,
-               on_ready: Callable[[], None] | None = None,
-               stop: threading.Event | None = None) -> VerifyReport:
+
+def run_verify(
+    url: str,
+    *,
+    hub: str | None = None,
+    jwk_path: Path | None = None,
+    count: int | None = None,
+    seconds: float | None = None,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    protocol: Literal["5", "3.1.1"] = "5",
+    topic_prefix: str = DEFAULT_PREFIX,
+    on_entry: EntryCallback | None = None,
+    on_ready: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
+) -> VerifyReport:
     """Subscribe to `{prefix}/{hub or +}/#` (QoS 1) and verify until `count` entries were
     received or `seconds` passed (or Ctrl-C, if neither is given), or `stop` is set from
     another thread (the demo's receiver ends this way).
@@ -574,8 +658,9 @@ def run_verify(url: str, *, hub: str | None = None, jwk_path: Path | None = None
 class _Session:
     """paho's callbacks for one `run_verify`; they run on paho's network thread."""
 
-    def __init__(self, verifier: Verifier, topic: str, count: int | None,
-                 on_ready: Callable[[], None] | None) -> None:
+    def __init__(
+        self, verifier: Verifier, topic: str, count: int | None, on_ready: Callable[[], None] | None
+    ) -> None:
         self.verifier = verifier
         self.topic = topic
         self.count = count
@@ -588,30 +673,48 @@ class _Session:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-        version = (MQTTProtocolVersion.MQTTv5 if protocol == "5"
-                   else MQTTProtocolVersion.MQTTv311)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                             client_id=f"rtm-verify-{secrets.token_hex(4)}", protocol=version)
+        version = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"rtm-verify-{secrets.token_hex(4)}",
+            protocol=version,
+        )
         client.on_connect = self.on_connect
         client.on_subscribe = self.on_subscribe
         client.on_message = self.on_message
         client.on_disconnect = self.on_disconnect
         return client
 
-    def on_connect(self, client: Client, _userdata: object, _flags: ConnectFlags,
-                   reason: ReasonCode, _properties: Properties | None) -> None:
+    def on_connect(
+        self,
+        client: Client,
+        _userdata: object,
+        _flags: ConnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
         if reason.is_failure:
-            self.failures.append(f"the broker refused the connection: {reason}; check the "
-                                 "user name, password and the broker's ACL")
+            self.failures.append(
+                f"the broker refused the connection: {reason}; check the "
+                "user name, password and the broker's ACL"
+            )
             self.done.set()
             return
         client.subscribe(self.topic, qos=1)  # here, so that a reconnect subscribes again
 
-    def on_subscribe(self, _client: Client, _userdata: object, _mid: int,
-                     reasons: list[ReasonCode], _properties: Properties | None) -> None:
+    def on_subscribe(
+        self,
+        _client: Client,
+        _userdata: object,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
         if any(r.is_failure for r in reasons):
-            self.failures.append(f"the broker refused the subscription to {self.topic}: "
-                                 f"{', '.join(map(str, reasons))}; check its ACL")
+            self.failures.append(
+                f"the broker refused the subscription to {self.topic}: "
+                f"{', '.join(map(str, reasons))}; check its ACL"
+            )
             self.done.set()
         elif self.on_ready is not None:
             self.on_ready()
@@ -626,8 +729,14 @@ class _Session:
         if self.count is not None and self.verifier.received >= self.count:
             self.done.set()
 
-    def on_disconnect(self, _client: Client, _userdata: object, _flags: DisconnectFlags,
-                      reason: ReasonCode, _properties: Properties | None) -> None:
+    def on_disconnect(
+        self,
+        _client: Client,
+        _userdata: object,
+        _flags: DisconnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
         if reason.is_failure and not self.done.is_set():
             log.warning("lost the broker (%s); reconnecting", reason)
 
@@ -644,16 +753,18 @@ class _ClosingSSLSocket(ssl.SSLSocket):
             raise
 
 
-def _tls_context(ca_file: Path | None, cert_file: Path | None, key_file: Path | None
-                 ) -> ssl.SSLContext:
+def _tls_context(
+    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext:
     """Verifies the broker's certificate and host name (system CAs unless `ca_file`)."""
     try:
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         if cert_file is not None:
             context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise VerifyError(f"cannot load the TLS files: {exc}; check --ca-file, --cert-file "
-                          "and --key-file") from exc
+        raise VerifyError(
+            f"cannot load the TLS files: {exc}; check --ca-file, --cert-file and --key-file"
+        ) from exc
     context.sslsocket_class = _ClosingSSLSocket
     return context
 
@@ -663,18 +774,23 @@ def _connect(client: Client, target: MqttUrl) -> None:
     try:
         client.connect(target.host, target.port, keepalive=30)
     except ssl.SSLCertVerificationError as exc:
-        raise ConnectError(f"TLS: the certificate of {where} was not accepted "
-                           f"({exc.verify_message}); give --ca-file with the CA that signed it "
-                           "and connect by the host name in the certificate") from exc
+        raise ConnectError(
+            f"TLS: the certificate of {where} was not accepted "
+            f"({exc.verify_message}); give --ca-file with the CA that signed it "
+            "and connect by the host name in the certificate"
+        ) from exc
     except (ssl.SSLError, ConnectionResetError) as exc:
         if not target.tls:
             raise ConnectError(f"cannot connect to {where}: {exc}") from exc
         # A plain MQTT port answers a TLS hello by closing: a reset, not an SSLError.
         reason = exc.reason if isinstance(exc, ssl.SSLError) else "connection reset"
-        raise ConnectError(f"TLS handshake with {where} failed ({reason}); is it a TLS "
-                           "port, and does it want a client certificate?") from exc
+        raise ConnectError(
+            f"TLS handshake with {where} failed ({reason}); is it a TLS "
+            "port, and does it want a client certificate?"
+        ) from exc
     except ConnectionRefusedError as exc:
-        raise ConnectError(f"connection to {where} refused: is the broker running and "
-                           "listening there?") from exc
+        raise ConnectError(
+            f"connection to {where} refused: is the broker running and listening there?"
+        ) from exc
     except OSError as exc:
         raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from exc

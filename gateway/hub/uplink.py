@@ -4,7 +4,7 @@ What lives here: `Uplink` (connect with full-jitter backoff, retained status wit
 last will, batched QoS 1 publishing under a bounded in-flight window, acks to the store, clean
 stop), the small protocols it needs (`Publisher`, `PublisherFactory`, `EntryStore`) and
 `UplinkStats`. What may not: any concrete transport or store. This module never imports
-`gateway.transport` or `gateway.outbox`; the app wires a real MQTT client and outbox in, and
+`gateway.transport` or `gateway.hub.outbox`; the app wires a real MQTT client and outbox in, and
 tests may hand it the same against a local broker.
 
 Delivery is at-least-once: after a reconnect everything not yet acknowledged is leased again from

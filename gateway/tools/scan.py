@@ -13,8 +13,8 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from gateway.config import DeviceConfig
-from gateway.registry import AmbiguousMatchError, Registry, ble_claims
+from gateway.hub.config import DeviceConfig
+from gateway.hub.registry import AmbiguousMatchError, Registry, ble_claims
 from gateway.transport.ble import Advert, BleScanner
 
 
@@ -39,9 +39,11 @@ class ScanRow:
 
 def _driver_for(registry: Registry, advert: Advert) -> str | None:
     try:
-        driver = registry.match_ble(service_uuids=advert.service_uuids,
-                                    manufacturer_data=advert.manufacturer_data,
-                                    local_name=advert.name)
+        driver = registry.match_ble(
+            service_uuids=advert.service_uuids,
+            manufacturer_data=advert.manufacturer_data,
+            local_name=advert.name,
+        )
     except AmbiguousMatchError as exc:
         return f"ambiguous: {', '.join(exc.driver_ids)}"
     return driver.info.id if driver else None
@@ -53,15 +55,28 @@ def _paired(registry: Registry, advert: Advert, devices: Sequence[DeviceConfig])
             return device.id
     # A device named by its DIS serial can only be told apart by connecting; say which
     # configured devices it could be.
-    maybe = [device.id for device in devices if device.serial is not None
-             and device.driver in registry and ble_claims(
-                 registry.get(device.driver), service_uuids=advert.service_uuids,
-                 manufacturer_data=advert.manufacturer_data, local_name=advert.name)]
+    maybe = [
+        device.id
+        for device in devices
+        if device.serial is not None
+        and device.driver in registry
+        and ble_claims(
+            registry.get(device.driver),
+            service_uuids=advert.service_uuids,
+            manufacturer_data=advert.manufacturer_data,
+            local_name=advert.name,
+        )
+    ]
     return f"maybe {', '.join(maybe)} (by serial)" if maybe else None
 
 
-async def scan(seconds: float, *, adapter: str = "hci0", registry: Registry | None = None,
-               devices: Sequence[DeviceConfig] = ()) -> list[ScanRow]:
+async def scan(
+    seconds: float,
+    *,
+    adapter: str = "hci0",
+    registry: Registry | None = None,
+    devices: Sequence[DeviceConfig] = (),
+) -> list[ScanRow]:
     """Listen for `seconds`; the devices heard, strongest signal first."""
     registry = registry or Registry.load()
     scanner = BleScanner(adapter, passive=False, watchdog=max(seconds * 2, 10.0))
@@ -73,11 +88,21 @@ async def scan(seconds: float, *, adapter: str = "hci0", registry: Registry | No
         with contextlib.suppress(asyncio.CancelledError):
             await task
     if scanner.mode is None:
-        raise ScanError(f"could not scan on {adapter}: {scanner.last_error or 'no adapter'}. "
-                        "Is Bluetooth on (bluetoothctl show) and bluetoothd running?")
-    rows = [ScanRow(a.address, a.name, a.rssi, _driver_for(registry, a),
-                    _paired(registry, a, devices), a.service_uuids)
-            for a in scanner.adverts.values()]
+        raise ScanError(
+            f"could not scan on {adapter}: {scanner.last_error or 'no adapter'}. "
+            "Is Bluetooth on (bluetoothctl show) and bluetoothd running?"
+        )
+    rows = [
+        ScanRow(
+            a.address,
+            a.name,
+            a.rssi,
+            _driver_for(registry, a),
+            _paired(registry, a, devices),
+            a.service_uuids,
+        )
+        for a in scanner.adverts.values()
+    ]
     return sorted(rows, key=lambda row: (-row.rssi, row.address))
 
 
@@ -87,6 +112,8 @@ def render(rows: Sequence[ScanRow]) -> str:
     width = max(14, *(len(row.driver or "-") for row in rows))  # ids are never cut
     lines = [f"{'ADDRESS':17}  {'RSSI':>4}  {'NAME':20}  {'DRIVER':{width}}  PAIRED"]
     for row in rows:
-        lines.append(f"{row.address:17}  {row.rssi:>4}  {(row.name or '(no name)')[:20]:20}  "
-                     f"{row.driver or '-':{width}}  {row.paired or 'no'}")
+        lines.append(
+            f"{row.address:17}  {row.rssi:>4}  {(row.name or '(no name)')[:20]:20}  "
+            f"{row.driver or '-':{width}}  {row.paired or 'no'}"
+        )
     return "\n".join(lines)

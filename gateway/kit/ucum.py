@@ -14,27 +14,183 @@ from __future__ import annotations
 
 import re
 
-PREFIXES = ("da", "Y", "Z", "E", "P", "T", "G", "M", "k", "h", "d", "c", "m", "u", "n", "p",
-            "f", "a", "z", "y", "Ki", "Mi", "Gi", "Ti")
+PREFIXES = (
+    "da",
+    "Y",
+    "Z",
+    "E",
+    "P",
+    "T",
+    "G",
+    "M",
+    "k",
+    "h",
+    "d",
+    "c",
+    "m",
+    "u",
+    "n",
+    "p",
+    "f",
+    "a",
+    "z",
+    "y",
+    "Ki",
+    "Mi",
+    "Gi",
+    "Ti",
+)
 
 # Atoms that take prefixes (UCUM "metric" atoms).
-METRIC_ATOMS = frozenset({
-    "m", "s", "g", "rad", "K", "C", "cd", "mol", "sr", "Hz", "N", "Pa", "J", "W", "A", "V", "F",
-    "Ohm", "S", "Wb", "Cel", "T", "H", "lm", "lx", "Bq", "Gy", "Sv", "l", "L", "ar", "t", "bar",
-    "u", "eV", "pc", "cal", "dyn", "erg", "P", "St", "G", "Ci", "R", "kat", "U", "[iU]", "[IU]",
-    "eq", "osm", "g%", "m[Hg]", "m[H2O]", "B", "B[SPL]", "B[V]", "B[mV]", "B[W]", "bit", "By",
-    "Bd", "mho", "Np", "[pH]", "gf"})
+METRIC_ATOMS = frozenset(
+    {
+        "m",
+        "s",
+        "g",
+        "rad",
+        "K",
+        "C",
+        "cd",
+        "mol",
+        "sr",
+        "Hz",
+        "N",
+        "Pa",
+        "J",
+        "W",
+        "A",
+        "V",
+        "F",
+        "Ohm",
+        "S",
+        "Wb",
+        "Cel",
+        "T",
+        "H",
+        "lm",
+        "lx",
+        "Bq",
+        "Gy",
+        "Sv",
+        "l",
+        "L",
+        "ar",
+        "t",
+        "bar",
+        "u",
+        "eV",
+        "pc",
+        "cal",
+        "dyn",
+        "erg",
+        "P",
+        "St",
+        "G",
+        "Ci",
+        "R",
+        "kat",
+        "U",
+        "[iU]",
+        "[IU]",
+        "eq",
+        "osm",
+        "g%",
+        "m[Hg]",
+        "m[H2O]",
+        "B",
+        "B[SPL]",
+        "B[V]",
+        "B[mV]",
+        "B[W]",
+        "bit",
+        "By",
+        "Bd",
+        "mho",
+        "Np",
+        "[pH]",
+        "gf",
+    }
+)
 
 # Atoms that take no prefix.
-PLAIN_ATOMS = frozenset({
-    "10*", "10^", "[pi]", "%", "[ppth]", "[ppm]", "[ppb]", "[pptr]", "min", "h", "d", "wk",
-    "mo", "mo_j", "mo_g", "a", "a_j", "a_g", "deg", "'", "''", "gon", "[degF]", "[degR]",
-    "[in_i]", "[ft_i]", "[yd_i]", "[mi_i]", "[lb_av]", "[oz_av]", "[stone_av]", "[gr]",
-    "[Cal]", "[cal_IT]", "[cal_th]", "[HP]", "[psi]", "atm", "[drp]", "[fth_i]", "[nmi_i]",
-    "[kn_i]", "[sft_i]", "[cft_i]", "[gal_us]", "[qt_us]", "[pt_us]", "[foz_us]", "[cup_us]",
-    "[tbs_us]", "[tsp_us]", "[mesh_i]", "[S]", "[HPF]", "[LPF]", "[CFU]", "[arb'U]",
-    "[mi_us]", "[ft_us]", "[in_us]", "[yd_us]", "[lbf_av]", "[Btu]", "[car_m]", "[car_Au]",
-    "[hnsf'U]", "[Ch]", "[diop]", "[p'diop]", "[g]", "[c]", "[h]", "[k]", "[e]"})
+PLAIN_ATOMS = frozenset(
+    {
+        "10*",
+        "10^",
+        "[pi]",
+        "%",
+        "[ppth]",
+        "[ppm]",
+        "[ppb]",
+        "[pptr]",
+        "min",
+        "h",
+        "d",
+        "wk",
+        "mo",
+        "mo_j",
+        "mo_g",
+        "a",
+        "a_j",
+        "a_g",
+        "deg",
+        "'",
+        "''",
+        "gon",
+        "[degF]",
+        "[degR]",
+        "[in_i]",
+        "[ft_i]",
+        "[yd_i]",
+        "[mi_i]",
+        "[lb_av]",
+        "[oz_av]",
+        "[stone_av]",
+        "[gr]",
+        "[Cal]",
+        "[cal_IT]",
+        "[cal_th]",
+        "[HP]",
+        "[psi]",
+        "atm",
+        "[drp]",
+        "[fth_i]",
+        "[nmi_i]",
+        "[kn_i]",
+        "[sft_i]",
+        "[cft_i]",
+        "[gal_us]",
+        "[qt_us]",
+        "[pt_us]",
+        "[foz_us]",
+        "[cup_us]",
+        "[tbs_us]",
+        "[tsp_us]",
+        "[mesh_i]",
+        "[S]",
+        "[HPF]",
+        "[LPF]",
+        "[CFU]",
+        "[arb'U]",
+        "[mi_us]",
+        "[ft_us]",
+        "[in_us]",
+        "[yd_us]",
+        "[lbf_av]",
+        "[Btu]",
+        "[car_m]",
+        "[car_Au]",
+        "[hnsf'U]",
+        "[Ch]",
+        "[diop]",
+        "[p'diop]",
+        "[g]",
+        "[c]",
+        "[h]",
+        "[k]",
+        "[e]",
+    }
+)
 
 _ANNOTATION = re.compile(r"\{[!-z|~]*\}")  # printable ASCII but curly braces
 _FACTOR = re.compile(r"[0-9]+")
@@ -95,7 +251,7 @@ class _Parser:
     def simple_unit(self) -> None:
         # The longest atom (with or without a prefix) that the text starts with; an exponent
         # or an operator must follow it.
-        rest = self.text[self.pos:]
+        rest = self.text[self.pos :]
         best = 0
         for length in range(min(len(rest), 16), 0, -1):
             candidate = rest[:length]
@@ -115,7 +271,7 @@ def _is_unit(symbol: str) -> bool:
     if symbol in METRIC_ATOMS or symbol in PLAIN_ATOMS:
         return True
     for prefix in PREFIXES:
-        if symbol.startswith(prefix) and symbol[len(prefix):] in METRIC_ATOMS:
+        if symbol.startswith(prefix) and symbol[len(prefix) :] in METRIC_ATOMS:
             return True
     return False
 
@@ -123,7 +279,7 @@ def _is_unit(symbol: str) -> bool:
 def ucum_error(text: str) -> str | None:
     """None when `text` is a valid UCUM (c/s) unit expression, else what is wrong with it."""
     if not isinstance(text, str) or not text:
-        return "the unit is empty (use \"1\" for a dimensionless number)"
+        return 'the unit is empty (use "1" for a dimensionless number)'
     if text != text.strip() or " " in text:
         return f"{text!r} contains spaces"
     parser = _Parser(text)

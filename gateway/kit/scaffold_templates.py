@@ -1,4 +1,4 @@
-"""The text of the files `rtm-gateway driver new` writes (see gateway/scaffold.py): string
+"""The text of the files `rtm-gateway driver new` writes (see gateway/kit/scaffold.py): string
 templates, filled with the names derived from the driver id. No logic lives here.
 """
 
@@ -15,24 +15,24 @@ def _code(text: str) -> Template:
 
 _BLE_FIELDS: Mapping[str, str] = {
     "edit_what": "UUIDs, value layout, observation type",
-    "case_keys": 'values        the characteristic values one connection received, in order, '
-                 'each\n                  {"char": "<full UUID, or 16-bit like 2a19>", '
-                 '"hex": "..."}',
+    "case_keys": "values        the characteristic values one connection received, in order, "
+    'each\n                  {"char": "<full UUID, or 16-bit like 2a19>", '
+    '"hex": "..."}',
     "sdk_imports": ", uuid16",
     "try_it": 'rtm-gateway decode $name "00 a9f1" --char $measurement\n'
-              "rtm-gateway simulate $name --ble   # a virtual Bluetooth lab with the device\n",
+    "rtm-gateway simulate $name --ble   # a virtual Bluetooth lab with the device\n",
 }
 _SERIAL_FIELDS: Mapping[str, str] = {
     "edit_what": "port settings, USB match, framing, observation type",
     "case_keys": "hex           the bytes as received\n"
-                 "    serial        optional: the expected `SerialSettings.describe()`",
+    "    serial        optional: the expected `SerialSettings.describe()`",
     "sdk_imports": "",
     "try_it": 'rtm-gateway decode $name "4d 20 34 32 2e 35 0a"   # the line "M 42.5"\n',
     "simulator_entry_point": "",
     "simulator": "",
 }
 
-_PYPROJECT = Template('''\
+_PYPROJECT = Template("""\
 [build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -68,14 +68,14 @@ filterwarnings = ["error"]
 strict = true
 python_version = "3.11"
 packages = ["$pkg"]
-''')
+""")
 
-_SIMULATOR_ENTRY_POINT = Template('''
+_SIMULATOR_ENTRY_POINT = Template("""
 [project.entry-points."rtm_gateway.simulators"]
 "$name" = "$pkg.simulator:Simulated$camel"
-''')
+""")
 
-_README = Template('''\
+_README = Template("""\
 # $dist
 
 The rtm-gateway driver for `$name`, made by `rtm-gateway driver new`. It works as it is,
@@ -109,7 +109,7 @@ python -m twine upload dist/*   # to PyPI, or your own index
 
 A hub then needs only `pip install $dist`: the entry points in `pyproject.toml` make the
 driver known to it, and devices name it with `driver = "$name"`.
-''')
+""")
 
 _INIT_BLE = Template('''\
 """rtm-gateway driver package (made by `rtm-gateway driver new`).
@@ -431,7 +431,9 @@ def test_there_are_fixtures() -> None:
 
 '''
 
-_TEST_BLE = Template(_TEST_HEAD + '''
+_TEST_BLE = Template(
+    _TEST_HEAD
+    + '''
 def _uuid(text: str) -> str:
     return uuid16(int(text, 16)) if len(text) == 4 else text.lower()
 
@@ -466,9 +468,12 @@ def test_cut_short_values_are_decode_errors(path: Path) -> None:
         data = parse_hex(value["hex"])
         for end in range(len(data)):
             driver.DRIVER.gatt_decoder({}).value(_uuid(value["char"]), data[:end])
-''')
+'''
+)
 
-_TEST_SERIAL = Template(_TEST_HEAD + '''
+_TEST_SERIAL = Template(
+    _TEST_HEAD
+    + """
 def _decode(chunks: list[bytes], options: dict[str, Any]) -> tuple[list[object], int]:
     decoder = driver.DRIVER.decoder(options)
     readings: list[object] = []
@@ -508,4 +513,5 @@ def test_fixture(path: Path) -> None:
     # Bytes arrive in any pieces: byte by byte and unevenly must give the same result.
     assert _decode(_chunks(data, (1,)), options) == expected
     assert _decode(_chunks(data, (2, 7, 3, 5)), options) == expected
-''')
+"""
+)

@@ -18,8 +18,9 @@ class Notifier:
         watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
         watchdog_pid = os.environ.get("WATCHDOG_PID", "")
         mine = not watchdog_pid or watchdog_pid == str(os.getpid())
-        self.watchdog_interval = (int(watchdog_usec) / 1e6 / 2
-                                  if watchdog_usec.isdigit() and mine else None)
+        self.watchdog_interval = (
+            int(watchdog_usec) / 1e6 / 2 if watchdog_usec.isdigit() and mine else None
+        )
 
     @property
     def enabled(self) -> bool:
@@ -29,8 +30,7 @@ class Notifier:
         if not self._address:
             return
         # If systemd went away there is nothing useful to do, and the service must go on.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, \
-                contextlib.suppress(OSError):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
             sock.sendto("\n".join(fields).encode(), self._address)
 
     def ready(self, status: str = "") -> None:

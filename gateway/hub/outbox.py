@@ -182,8 +182,14 @@ def _translate(exc: BaseException, path: Path, doing: str) -> OutboxError:
         corrupt, busy = code in (11, 26), code in (5, 6)  # CORRUPT, NOTADB; BUSY, LOCKED
     elif isinstance(exc, OSError):
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        readonly = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                                 errno.EISDIR, errno.ENOENT)
+        readonly = exc.errno in (
+            errno.EROFS,
+            errno.EACCES,
+            errno.EPERM,
+            errno.ENOTDIR,
+            errno.EISDIR,
+            errno.ENOENT,
+        )
         corrupt = busy = False
     else:
         full = readonly = corrupt = busy = False
@@ -284,8 +290,11 @@ class Outbox:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as exc:  # the data is committed; a checkpoint can wait
-                log.warning("outbox %s: final checkpoint failed (%s); it will run next start",
-                            self._path, exc)
+                log.warning(
+                    "outbox %s: final checkpoint failed (%s); it will run next start",
+                    self._path,
+                    exc,
+                )
         finally:
             self._conn.close()
             with contextlib.suppress(OSError):  # the pid is only a hint for `status`
@@ -335,14 +344,14 @@ class Outbox:
         with self._guard("read from"):
             first, last, count = self._conn.execute(
                 "SELECT min(seq), max(seq), count(*) FROM "
-                "(SELECT seq FROM outbox WHERE kind = 0 ORDER BY seq LIMIT ?)", (n,)
+                "(SELECT seq FROM outbox WHERE kind = 0 ORDER BY seq LIMIT ?)",
+                (n,),
             ).fetchone()
         return None if count == 0 else (first, last, count)
 
     def stats(self) -> OutboxStats:
         with self._guard("read from"):
-            row = self._conn.execute(
-                "SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            row = self._conn.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
             last_ack = self.get_meta("last_ack")
         return OutboxStats(
             depth=self._depth,
@@ -391,8 +400,7 @@ class Outbox:
                     f"{expected + i} (the stored sequence ends at {self._last_seq})"
                 )
         if not entries and last_hash != self._last_hash:
-            raise OutboxSequenceError(
-                f"outbox {self._path}: last_hash changed without new entries")
+            raise OutboxSequenceError(f"outbox {self._path}: last_hash changed without new entries")
         if drop_through is not None and drop_through > self._last_seq:
             raise OutboxSequenceError(
                 f"outbox {self._path}: drop_through={drop_through} would drop entries not yet "
@@ -410,16 +418,21 @@ class Outbox:
             delta = len(entries)
             if drop_through is not None:
                 cur = self._conn.execute(
-                    "DELETE FROM outbox WHERE seq <= ? AND kind = 0", (drop_through,))
+                    "DELETE FROM outbox WHERE seq <= ? AND kind = 0", (drop_through,)
+                )
                 delta -= cur.rowcount
             if devices:
-                self._conn.executemany(_DEVICE_SQL, [
-                    (dev, d.readings, d.decode_errors, d.last_reading, d.last_error)
-                    for dev, d in devices.items()
-                ])
+                self._conn.executemany(
+                    _DEVICE_SQL,
+                    [
+                        (dev, d.readings, d.decode_errors, d.last_reading, d.last_error)
+                        for dev, d in devices.items()
+                    ],
+                )
             if meta:
-                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                       list(meta.items()))
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items())
+                )
             if entries:
                 self._conn.executemany(
                     "UPDATE meta SET value = ? WHERE key = ?",
@@ -516,8 +529,7 @@ class Outbox:
 
     def _delete_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
         for first, last in ranges:
-            cur = self._conn.execute(
-                "DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last))
+            cur = self._conn.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last))
             self._depth -= cur.rowcount
 
     def _set_meta_in_txn(self, key: str, value: MetaValue) -> None:
@@ -526,8 +538,10 @@ class Outbox:
 
     def _housekeeping(self) -> None:
         """Bound the WAL and give freed pages back; failures here lose nothing, so only log."""
-        if (self._in_txn or (self._commits_since_ckpt < CHECKPOINT_EVERY_COMMITS
-                             and self._rows_since_ckpt < CHECKPOINT_EVERY_ROWS)):
+        if self._in_txn or (
+            self._commits_since_ckpt < CHECKPOINT_EVERY_COMMITS
+            and self._rows_since_ckpt < CHECKPOINT_EVERY_ROWS
+        ):
             return
         try:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -540,17 +554,24 @@ class Outbox:
         except sqlite3.Error as exc:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            log.warning("outbox %s: checkpoint/vacuum failed (%s); will retry later",
-                        self._path, exc)
+            log.warning(
+                "outbox %s: checkpoint/vacuum failed (%s); will retry later", self._path, exc
+            )
 
     def _load_head(self) -> tuple[int, str]:
-        meta = dict(self._conn.execute(
-            "SELECT key, value FROM meta WHERE key IN ('last_seq', 'last_hash')").fetchall())
+        meta = dict(
+            self._conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('last_seq', 'last_hash')"
+            ).fetchall()
+        )
         max_seq = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()[0]
         last_seq, last_hash = meta.get("last_seq"), meta.get("last_hash")
         # Rows and head are written in one transaction, so a mismatch means outside damage.
-        if (not isinstance(last_seq, int) or not isinstance(last_hash, str)
-                or (max_seq is not None and max_seq > last_seq)):
+        if (
+            not isinstance(last_seq, int)
+            or not isinstance(last_hash, str)
+            or (max_seq is not None and max_seq > last_seq)
+        ):
             raise OutboxCorruptError(
                 f"outbox {self._path}: the stored head (last_seq={last_seq!r}) does not match "
                 f"the rows (max seq {max_seq}); the file was changed outside rtm-gateway. Move "
@@ -562,8 +583,7 @@ class Outbox:
         """Write at every start, after the reads: a read-only file fails here rather than at the
         first reading, and a damaged file is never written to."""
         try:
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('opened', ?)",
-                               (time.time(),))
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('opened', ?)", (time.time(),))
         except sqlite3.Error as exc:
             if (exc.sqlite_errorcode & 0xFF) != _SQLITE_FULL:
                 raise
@@ -586,8 +606,9 @@ class _Guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> None:
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         if exc is None:
             return
         if self._rollback:
@@ -631,8 +652,7 @@ def _take_lock(path: Path) -> int:
 def _connect(path: Path) -> sqlite3.Connection:
     """Connect, configure and create or migrate the schema. Also proves the file is writable."""
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                               timeout=0.2)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.2)
     except sqlite3.Error as exc:
         raise _translate(exc, path, "open the outbox") from exc
     try:
@@ -658,7 +678,8 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
         raise OutboxNotWritableError(
-            f"cannot put {path} in WAL mode; make the state directory writable")
+            f"cannot put {path} in WAL mode; make the state directory writable"
+        )
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
@@ -678,8 +699,10 @@ def _create_or_migrate(conn: sqlite3.Connection, path: Path, version: int) -> No
     if version == 0:
         for ddl in _SCHEMA_V1:
             conn.execute(ddl)
-        conn.executemany("INSERT INTO meta VALUES (?, ?)",
-                         [("last_seq", 0), ("last_hash", ""), ("created", time.time())])
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("last_seq", 0), ("last_hash", ""), ("created", time.time())],
+        )
         version = 1
     if version > SCHEMA_VERSION:
         raise OutboxError(
@@ -702,9 +725,12 @@ def _meta_value(raw: object) -> MetaValue:
 
 def _read_devices(conn: sqlite3.Connection) -> dict[str, DeviceStats]:
     rows = conn.execute(
-        "SELECT id, readings, decode_errors, last_reading, last_error FROM devices").fetchall()
-    return {dev: DeviceStats(readings, errors, last_reading, last_error)
-            for dev, readings, errors, last_reading, last_error in rows}
+        "SELECT id, readings, decode_errors, last_reading, last_error FROM devices"
+    ).fetchall()
+    return {
+        dev: DeviceStats(readings, errors, last_reading, last_error)
+        for dev, readings, errors, last_reading, last_error in rows
+    }
 
 
 def _writer_pid(path: Path) -> int | None:
@@ -730,7 +756,8 @@ def read_status(path: Path) -> StatusSnapshot:
     path = Path(path)
     if not path.exists():
         raise OutboxNotFoundError(
-            f"no outbox yet at {path}: the daemon has not run with this state dir")
+            f"no outbox yet at {path}: the daemon has not run with this state dir"
+        )
     # With no WAL file there is nothing uncommitted to merge, and opening read-only in WAL mode
     # would leave -wal/-shm files behind, owned by whoever ran `status` (often root): the daemon
     # could then not open its own database. `immutable` creates nothing.
@@ -742,8 +769,10 @@ def read_status(path: Path) -> StatusSnapshot:
         raise _translate(exc, path, "read") from exc
     try:
         conn.execute("BEGIN")  # one snapshot for all the queries below
-        meta = {key: _meta_value(value)
-                for key, value in conn.execute("SELECT key, value FROM meta").fetchall()}
+        meta = {
+            key: _meta_value(value)
+            for key, value in conn.execute("SELECT key, value FROM meta").fetchall()
+        }
         depth, oldest = conn.execute(
             "SELECT count(*), (SELECT created FROM outbox ORDER BY seq LIMIT 1) FROM outbox"
         ).fetchone()
@@ -762,5 +791,11 @@ def read_status(path: Path) -> StatusSnapshot:
         db_bytes=_file_size(path),
         wal_bytes=_file_size(path.with_name(path.name + "-wal")),
     )
-    return StatusSnapshot(path=path, stats=stats, last_hash=str(meta.get("last_hash", "")),
-                          devices=devices, meta=meta, writer_pid=_writer_pid(path))
+    return StatusSnapshot(
+        path=path,
+        stats=stats,
+        last_hash=str(meta.get("last_hash", "")),
+        devices=devices,
+        meta=meta,
+        writer_pid=_writer_pid(path),
+    )

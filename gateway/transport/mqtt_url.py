@@ -33,6 +33,10 @@ def parse_mqtt_url(url: str) -> MqttUrl:
     except ValueError as exc:
         raise ValueError(f"{url!r} has an invalid port") from exc
     tls = parts.scheme == "mqtts"
-    return MqttUrl(parts.hostname, port or (8883 if tls else 1883), tls,
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None)
+    return MqttUrl(
+        parts.hostname,
+        port or (8883 if tls else 1883),
+        tls,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+    )
