@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
-import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -68,7 +67,3 @@ def rfc3339(epoch: float) -> str:
 
 _last_second = math.nan
 _last_prefix = ""
-
-
-def now() -> float:
-    return time.time()
