@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 from gateway import __version__
 from gateway.hub.clock import clock_state
 from gateway.hub.config import Config, DeviceConfig
+from gateway.hub.identity import HubIdentity, IdentityError
 from gateway.hub.journal import Journal
 from gateway.hub.outbox import Outbox, OutboxError
 from gateway.hub.registry import AnyDriver, Registry
-from gateway.hub.signing import ChainHead, HubIdentity, IdentityError, Signer
+from gateway.hub.signer import ChainHead, Signer
 from gateway.hub.systemd import Notifier
 from gateway.hub.uplink import Uplink
 from gateway.sdk import SerialSettings

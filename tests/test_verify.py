@@ -21,7 +21,8 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.hub.signing import ChainHead, HubIdentity, SignedEntry, Signer, b64url
+from gateway.hub.identity import HubIdentity, b64url
+from gateway.hub.signer import ChainHead, SignedEntry, Signer
 from gateway.tools.verify import ConnectError, Verifier, VerifyError, VerifyReport, run_verify
 from tests.test_signing import event_body, reading_body
 

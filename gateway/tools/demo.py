@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from gateway.hub.config import Config, load_config
-from gateway.hub.signing import HubIdentity
+from gateway.hub.identity import HubIdentity
 from gateway.sim.kv_lines import KV_OPTIONS
 from gateway.tools.verify import VerifyReport, run_verify
 

@@ -27,14 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from gateway.hub.signing import (
-    IdentityError,
-    JWSEntry,
-    PublicKey,
-    SignatureError,
-    load_public_jwk,
-    parse_jws,
-)
+from gateway.hub.identity import IdentityError, PublicKey, load_public_jwk
+from gateway.hub.jws import JWSEntry, SignatureError, parse_jws
 from gateway.transport.mqtt_url import MqttUrl, parse_mqtt_url
 
 if TYPE_CHECKING:
