@@ -62,7 +62,8 @@ from gateway.hub.journal import Journal
 from gateway.hub.outbox import Outbox
 from gateway.hub.signer import ChainHead, Signer
 from gateway.hub.uplink import Uplink
-from gateway.transport.mqtt import MqttClient, MqttSettings, publisher_factory
+from gateway.transport.mqtt import MqttClient, publisher_factory
+from gateway.transport.mqtt_connect import MqttSettings
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 BROKER_INFLIGHT = 1000

@@ -30,7 +30,8 @@ from gateway.hub.uplink import Uplink
 from gateway.sdk import SerialSettings
 from gateway.sessions.core import DeviceUnavailable
 from gateway.sessions.serial import ByteStream, DeviceSession
-from gateway.transport.mqtt import MqttSettings, publisher_factory
+from gateway.transport.mqtt import publisher_factory
+from gateway.transport.mqtt_connect import MqttSettings
 from gateway.transport.serial import (
     PortLister,
     SerialByteStream,
