@@ -20,16 +20,18 @@ from typing import TYPE_CHECKING
 from gateway import __version__
 from gateway.hub.clock import clock_state
 from gateway.hub.config import Config, DeviceConfig
+from gateway.hub.identity import HubIdentity, IdentityError
 from gateway.hub.journal import Journal
 from gateway.hub.outbox import Outbox, OutboxError
 from gateway.hub.registry import AnyDriver, Registry
-from gateway.hub.signing import ChainHead, HubIdentity, IdentityError, Signer
+from gateway.hub.signer import ChainHead, Signer
 from gateway.hub.systemd import Notifier
 from gateway.hub.uplink import Uplink
 from gateway.sdk import SerialSettings
 from gateway.sessions.core import DeviceUnavailable
 from gateway.sessions.serial import ByteStream, DeviceSession
-from gateway.transport.mqtt import MqttSettings, publisher_factory
+from gateway.transport.mqtt import publisher_factory
+from gateway.transport.mqtt_connect import MqttSettings
 from gateway.transport.serial import (
     PortLister,
     SerialByteStream,

@@ -443,7 +443,7 @@ def _cmd_driver(args: argparse.Namespace) -> int:
 
 def _cmd_identity(args: argparse.Namespace) -> int:
     from gateway.hub.config import ConfigError, load_config
-    from gateway.hub.signing import HubIdentity, IdentityError
+    from gateway.hub.identity import HubIdentity, IdentityError
 
     try:
         config = load_config(args.config)

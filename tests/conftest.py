@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.transport.mqtt import MqttSettings
+from gateway.transport.mqtt_connect import MqttSettings
 from tests.blelab import bluez  # noqa: F401  (a fixture, shared by the BLE tests)
 from tests.certs import TestPki, make_pki
 

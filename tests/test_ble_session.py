@@ -17,10 +17,12 @@ import pytest
 from gateway.app import BleRadio
 from gateway.drivers.gatt_cts import decode_current_time
 from gateway.hub.config import BleConfig, DeviceConfig
+from gateway.hub.identity import HubIdentity, load_public_jwk
 from gateway.hub.journal import Journal
+from gateway.hub.jws import verify_entry
 from gateway.hub.outbox import Outbox
 from gateway.hub.registry import Registry
-from gateway.hub.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
+from gateway.hub.signer import ChainHead, Signer
 from gateway.sdk import uuid16
 from gateway.sessions.ble import BleDeviceSession
 from gateway.sim.ble_devices import GlucoseMeter, PulseOximeter, run_on, start_device, stop_device

@@ -8,18 +8,17 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.transport.mqtt import (
+from gateway.transport.mqtt import MqttClient
+from gateway.transport.mqtt_connect import (
     MqttAuthError,
-    MqttClient,
     MqttConnectError,
     MqttDisconnected,
     MqttSettings,
     MqttTlsError,
     MqttUnreachable,
-    MqttUrl,
     MqttWill,
-    parse_mqtt_url,
 )
+from gateway.transport.mqtt_url import MqttUrl, parse_mqtt_url
 from tests.certs import TestPki
 from tests.conftest import Broker, BrokerFactory, Subscriber
 

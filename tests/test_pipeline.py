@@ -18,9 +18,11 @@ import pytest
 from gateway.app import SerialOpener
 from gateway.drivers import contec_cms50d
 from gateway.hub.config import DeviceConfig
+from gateway.hub.identity import HubIdentity, load_public_jwk
 from gateway.hub.journal import Journal
+from gateway.hub.jws import verify_entry
 from gateway.hub.outbox import Outbox
-from gateway.hub.signing import ChainHead, HubIdentity, Signer, load_public_jwk, verify_entry
+from gateway.hub.signer import ChainHead, Signer
 from gateway.sdk import DriverInfo, FeedResult, Observation, Reading, SerialSession
 from gateway.sessions.serial import DeviceSession
 from gateway.sim.cms50d import encode_frame

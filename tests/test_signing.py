@@ -24,20 +24,9 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 from jsonschema import Draft202012Validator
 
-from gateway.hub.signing import (
-    ChainHead,
-    HubIdentity,
-    IdentityError,
-    PublicKey,
-    SignatureError,
-    Signer,
-    SigningError,
-    b64url,
-    chain_hash,
-    load_public_jwk,
-    parse_jws,
-    verify_entry,
-)
+from gateway.hub.identity import HubIdentity, IdentityError, PublicKey, b64url, load_public_jwk
+from gateway.hub.jws import SignatureError, chain_hash, parse_jws, verify_entry
+from gateway.hub.signer import ChainHead, Signer, SigningError
 from gateway.sdk import Observation
 
 ROOT = Path(__file__).resolve().parent.parent

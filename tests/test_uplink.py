@@ -20,7 +20,8 @@ import pytest
 
 from gateway.hub.outbox import Entry, Outbox
 from gateway.hub.uplink import Publisher, Uplink, make_batches
-from gateway.transport.mqtt import MqttClient, MqttUnreachable, MqttWill, publisher_factory
+from gateway.transport.mqtt import MqttClient, publisher_factory
+from gateway.transport.mqtt_connect import MqttUnreachable, MqttWill
 from tests.conftest import Broker, BrokerFactory, Received, Subscriber
 
 T = TypeVar("T")
@@ -208,7 +209,8 @@ def test_broker_outage_loses_nothing_and_deletes_only_after_puback(
 _KILLED_HUB = """
 import asyncio, sys
 from gateway.hub.outbox import Outbox
-from gateway.transport.mqtt import MqttSettings, publisher_factory
+from gateway.transport.mqtt import publisher_factory
+from gateway.transport.mqtt_connect import MqttSettings
 from gateway.hub.uplink import Uplink
 
 port, path = int(sys.argv[1]), sys.argv[2]

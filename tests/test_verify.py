@@ -21,8 +21,13 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.hub.signing import ChainHead, HubIdentity, SignedEntry, Signer, b64url
-from gateway.tools.verify import ConnectError, Verifier, VerifyError, VerifyReport, run_verify
+from gateway.hub.identity import HubIdentity, b64url
+from gateway.hub.signer import ChainHead, SignedEntry, Signer
+from gateway.tools.verifier import Verifier
+from gateway.tools.verify import ConnectError, VerifyError, run_verify
+from gateway.tools.verify_report import VerifyReport
+from tests.certs import TestPki
+from tests.conftest import BrokerFactory
 from tests.test_signing import event_body, reading_body
 
 HUB = "hub-0001"
@@ -388,3 +393,18 @@ def test_run_verify_refused_connection_is_a_clear_error() -> None:
         run_verify(f"mqtt://127.0.0.1:{_free_port()}", seconds=0.1)
     with pytest.raises(VerifyError, match="mqtt:// or mqtts://"):
         run_verify("http://127.0.0.1:1883", seconds=0.1)
+
+
+@pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed")
+def test_run_verify_over_mutual_tls_and_its_tls_errors_name_the_flags(
+    mosquitto: BrokerFactory, pki: TestPki
+) -> None:
+    broker = mosquitto("mtls")
+    url = f"mqtts://localhost:{broker.port}"
+    client = {"cert_file": pki.client_cert, "key_file": pki.client_key}
+    report = run_verify(url, ca_file=pki.ca_file, seconds=0.3, **client)
+    assert (report.received, report.stopped_by, report.ok) == (0, "time", True)
+    with pytest.raises(ConnectError, match="--ca-file"):
+        run_verify(url, ca_file=pki.other_ca_file, seconds=5, **client)
+    with pytest.raises(ConnectError, match="--cert-file"):  # the broker wants a client cert
+        run_verify(url, ca_file=pki.ca_file, seconds=5)

@@ -27,7 +27,7 @@ from gateway.hub.outbox import (
     OutboxError,
     OutboxSequenceError,
 )
-from gateway.hub.signing import ChainHead, PreparedEntry, Signer, SigningError
+from gateway.hub.signer import ChainHead, PreparedEntry, Signer, SigningError
 from gateway.sdk import Reading
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,8 @@ class Journal:
         max_pending: int = 50_000,
         error_summary_interval: float = 60.0,
         clock: Callable[[], HubClock] = clock_state,
-        sign_in_thread: bool = False,
     ) -> None:
         self._outbox = outbox
-        self._sign_in_thread = sign_in_thread
         self._signer = signer
         self._on_commit = on_commit
         self._commit_interval = commit_interval
@@ -151,10 +149,7 @@ class Journal:
 
     async def run(self) -> None:
         """Commit what is pending every few milliseconds; summarise decode errors now and then.
-
-        With `sign_in_thread`, each batch's Ed25519 signatures are made in a worker thread (the
-        signing releases the GIL). Off by default: on the 2-core bench machine it did not raise
-        throughput and cost 15-25 us more CPU per reading (bench/pipeline_bench.py)."""
+        Signs on the loop thread: a worker thread cost more CPU and gained no throughput."""
         next_summary = time.monotonic() + self._error_summary_interval
         retry_delay = 0.0
         while True:
@@ -172,7 +167,7 @@ class Journal:
                 await asyncio.sleep(self._commit_interval)  # let a group gather
             while self._pending or self._deltas:
                 async with self._lock:
-                    committed = await self._commit_threaded()
+                    committed = self.commit_once()
                 if not committed:
                     retry_delay = min(max(retry_delay * 2, 0.5), 30.0)
                     self._wake.set()
@@ -180,28 +175,11 @@ class Journal:
                 retry_delay = 0.0
 
     def commit_once(self) -> bool:
-        """Sign and commit up to one batch. False when the outbox refused it (kept for later).
-
-        Signs on the calling thread; `run` signs in a worker thread instead."""
+        """Sign and commit up to one batch. False when the outbox refused it (kept for later)."""
         batch, saved_head, hub_clock, prepared = self._prepare_batch()
         try:
             signatures = self._signer.signatures([p.signing_input for p in prepared])
         except BaseException:
-            self._unprepare(batch, saved_head)
-            raise
-        return self._store_batch(batch, saved_head, hub_clock, prepared, signatures)
-
-    async def _commit_threaded(self) -> bool:
-        if not self._sign_in_thread:
-            return self.commit_once()
-        batch, saved_head, hub_clock, prepared = self._prepare_batch()
-        if not prepared:
-            return self._store_batch(batch, saved_head, hub_clock, prepared, [])
-        try:
-            signatures = await asyncio.to_thread(
-                self._signer.signatures, [p.signing_input for p in prepared]
-            )
-        except BaseException:  # cancelled (the thread's result is dropped) or failed
             self._unprepare(batch, saved_head)
             raise
         return self._store_batch(batch, saved_head, hub_clock, prepared, signatures)
@@ -244,12 +222,8 @@ class Journal:
                 event = item
                 if type(item) is _Captured:
                     try:
-                        prepared.append(
-                            prepare(
-                                _reading_body(item, hub_clock),
-                                floats_checked=_floats_checked(item.reading),
-                            )
-                        )
+                        body = _reading_body(item, hub_clock)
+                        prepared.append(prepare(body, floats_finite=_floats_finite(item.reading)))
                         continue
                     except SigningError as exc:
                         batch[index] = event = self._rejected(item, exc)
@@ -430,10 +404,10 @@ class Journal:
 _PLAIN_TYPES = frozenset({str, int, bool, type(None)})
 
 
-def _floats_checked(reading: Reading) -> bool:
+def _floats_finite(reading: Reading) -> bool:
     """True when every value the driver supplied is a plain scalar and no float is NaN or
-    infinite (then the signer skips its own walk); raises SigningError for a non-finite float;
-    False for anything else (a subclass, a list), which the signer then checks the slow way."""
+    infinite: the only floats in a reading body, so the signer may skip its own walk. Raises
+    SigningError for a non-finite float; False for anything else (a subclass, a list)."""
     for values in ([o.value for o in reading.observations], reading.status.values()):
         for value in values:
             kind = type(value)

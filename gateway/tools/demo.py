@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from gateway.hub.config import Config, load_config
-from gateway.hub.signing import HubIdentity
+from gateway.hub.identity import HubIdentity
 from gateway.sim.kv_lines import KV_OPTIONS
-from gateway.tools.verify import VerifyReport, run_verify
+from gateway.tools.verify import run_verify
+from gateway.tools.verify_report import VerifyReport
 
 if TYPE_CHECKING:
     from gateway.sim.ble_base import SimulatedBleDevice

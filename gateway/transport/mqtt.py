@@ -10,8 +10,10 @@ connection drops first its future fails with `MqttDisconnected`. Nothing is queu
 connections: the caller's durable store is the source of truth, and it republishes after a
 reconnect (duplicates are allowed, loss is not).
 
-This module imports only the standard library, paho and `gateway.sdk`; it never imports drivers,
-the registry, the pipeline, the outbox, signing, the uplink or config (import-linter checks it).
+Settings, TLS, the blocking connect and the meaning of each failure live in
+`gateway.transport.mqtt_connect`, shared with the verify command's subscriber. This module
+imports only the standard library, paho and that module; never drivers, the hub core or the
+tools (import-linter checks it).
 """
 
 from __future__ import annotations
@@ -19,135 +21,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
-import ssl
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
+from dataclasses import replace
+from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.transport.mqtt_url import MqttUrl, parse_mqtt_url
+from gateway.transport.mqtt_connect import (
+    MqttConnectError,
+    MqttDisconnected,
+    MqttError,
+    MqttPublishRejected,
+    MqttSettings,
+    MqttUnreachable,
+    MqttWill,
+    close_quietly,
+    connack_error,
+    early_close_error,
+    open_connection,
+    paho_client,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
-__all__ = ["MqttUrl", "parse_mqtt_url"]  # re-exported: the transport's URL helpers
-
-ProtocolName = Literal["5", "3.1.1"]
-ErrorKind = Literal["auth", "tls", "unreachable", "protocol", "disconnected", "rejected"]
-
-# paho's own window is set far above ours: the caller bounds what is in flight, and a second,
-# smaller limit inside paho would silently queue messages in memory instead.
-_PAHO_MAX_INFLIGHT = 65535
-_PAHO_MAX_QUEUED = 65535
 _MISC_INTERVAL = 1.0
-# CONNACK reason codes (MQTT 5 numbering; paho maps 3.1.1 return codes onto them).
-# Bad credentials, not authorised, banned, bad authentication method:
-_AUTH_REASONS = frozenset({0x86, 0x87, 0x8A, 0x8C})
-_BUSY_REASONS = frozenset({0x88, 0x89, 0x9F})  # server unavailable, busy, connection rate exceeded
 _DISCONNECT_WITH_WILL = 0x04
-
-
-class MqttError(Exception):
-    """Base of every error this module raises. `kind` lets callers pick a retry policy."""
-
-    kind: ClassVar[ErrorKind] = "protocol"
-
-
-class MqttConnectError(MqttError):
-    """The connection could not be established."""
-
-
-class MqttAuthError(MqttConnectError):
-    """The broker refused the credentials. Retrying with the same ones will not help."""
-
-    kind: ClassVar[ErrorKind] = "auth"
-
-
-class MqttTlsError(MqttConnectError):
-    """A certificate or TLS problem: wrong CA, expired or missing client certificate, bad files."""
-
-    kind: ClassVar[ErrorKind] = "tls"
-
-
-class MqttUnreachable(MqttConnectError):
-    """The broker refused the TCP connection, did not answer in time, or is unavailable."""
-
-    kind: ClassVar[ErrorKind] = "unreachable"
-
-
-class MqttDisconnected(MqttError):
-    """The connection is gone (or was never up) before the operation completed."""
-
-    kind: ClassVar[ErrorKind] = "disconnected"
-
-
-class MqttPublishRejected(MqttError):
-    """The broker answered a publish with a failure reason code (MQTT 5), e.g. not authorised."""
-
-    kind: ClassVar[ErrorKind] = "rejected"
-
-
-@dataclass(frozen=True, slots=True)
-class MqttWill:
-    """The last will: published by the broker if the connection dies without a DISCONNECT."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class MqttSettings:
-    """Everything needed to open one MQTT connection."""
-
-    host: str
-    port: int = 1883
-    tls: bool = False
-    ca_file: str | os.PathLike[str] | None = None
-    cert_file: str | os.PathLike[str] | None = None
-    key_file: str | os.PathLike[str] | None = None
-    username: str | None = None
-    password: str | None = None
-    client_id: str = ""
-    protocol: ProtocolName = "5"
-    keepalive: int = 60
-    will: MqttWill | None = None
-
-
-class _TlsContext(ssl.SSLContext):
-    """Remembers the sockets it wraps: paho drops one whose handshake fails without closing it."""
-
-    wrapped: list[ssl.SSLSocket]
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        sock = super().wrap_socket(*args, **kwargs)
-        self.wrapped.append(sock)
-        return sock
-
-
-def _tls_context(settings: MqttSettings) -> _TlsContext:
-    context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and host name
-    context.wrapped = []
-    try:
-        if settings.ca_file:
-            context.load_verify_locations(cafile=settings.ca_file)
-        else:
-            context.load_default_certs()
-        if settings.cert_file:
-            context.load_cert_chain(settings.cert_file, settings.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise MqttTlsError(
-            f"cannot load TLS files ({exc}): check mqtt ca_file, cert_file and key_file"
-        ) from exc
-    return context
 
 
 class MqttClient:
@@ -231,7 +135,7 @@ class MqttClient:
             raise
         if reason.is_failure:
             self._teardown()
-            raise _connack_error(reason, self._where())
+            raise connack_error(reason, self._settings)
         self._connected = True
         self._disconnected.clear()
         _LOGGER.info("mqtt connected to %s (MQTT %s)", self._where(), self._settings.protocol)
@@ -297,22 +201,7 @@ class MqttClient:
     # -- connection set-up -------------------------------------------------------------------
 
     def _make_paho(self, timeout: float) -> paho.Client:
-        s = self._settings
-        v5 = s.protocol == "5"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else True,
-            reconnect_on_failure=False,
-        )
-        client.connect_timeout = timeout
-        client.max_inflight_messages = _PAHO_MAX_INFLIGHT
-        client.max_queued_messages = _PAHO_MAX_QUEUED
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.will is not None:
-            client.will_set(s.will.topic, s.will.payload, qos=s.will.qos, retain=s.will.retain)
+        client = paho_client(self._settings, timeout)
         # Only the log callback is set now: it may run on the connect thread and just stores a
         # string. The others touch asyncio objects and are set on the loop thread in _attach().
         client.on_log = self._on_log
@@ -323,36 +212,19 @@ class MqttClient:
         # If we are cancelled or time out meanwhile, the thread closes what it opened itself.
         lock = threading.Lock()
         abandoned = False
-        # paho accepts only its default for MQTT 3.1.1 (where clean_session already says it).
-        clean_start = True if self._settings.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
 
         def blocking_connect() -> None:
-            context = _tls_context(self._settings) if self._settings.tls else None
-            if context is not None:
-                client.tls_set_context(context)
-            try:
-                client.connect(
-                    self._settings.host,
-                    self._settings.port,
-                    keepalive=self._settings.keepalive,
-                    clean_start=clean_start,
-                )
-            except BaseException:
-                for sock in context.wrapped if context is not None else ():
-                    _close_quietly(sock)
-                raise
+            open_connection(client, self._settings)  # raises MqttConnectError, closes its socket
             with lock:
                 if abandoned:
-                    _close_quietly(client.socket())
+                    close_quietly(client.socket())
 
         try:
             await loop.run_in_executor(None, blocking_connect)
-        except BaseException as exc:
+        except BaseException:
             with lock:
                 abandoned = True
-            if isinstance(exc, MqttError | asyncio.CancelledError | TimeoutError):
-                raise
-            raise _socket_error(exc, self._where()) from exc
+            raise
 
     def _attach(self, loop: asyncio.AbstractEventLoop, client: paho.Client) -> None:
         sock = client.socket()
@@ -375,7 +247,7 @@ class MqttClient:
         self._misc_timer = loop.call_later(_MISC_INTERVAL, self._misc)
 
     def _where(self) -> str:
-        return f"{self._settings.host}:{self._settings.port}"
+        return self._settings.where
 
     # -- loop plumbing (all on the event loop thread) -----------------------------------------
 
@@ -476,17 +348,7 @@ class MqttClient:
         self._lost(MqttDisconnected(f"connection to {self._where()} lost"))
 
     def _early_close_error(self) -> MqttConnectError:
-        detail = self._last_error or "connection closed before CONNACK"
-        lowered = detail.lower()
-        if self._settings.tls and any(w in lowered for w in ("ssl", "tls", "certificate", "alert")):
-            return MqttTlsError(
-                f"broker {self._where()} ended the TLS session ({detail}):"
-                " check mqtt cert_file/key_file and that the broker trusts their CA"
-            )
-        return MqttUnreachable(
-            f"broker {self._where()} closed the connection before CONNACK ({detail}):"
-            " check the broker's log"
-        )
+        return early_close_error(self._settings, self._last_error)
 
     # -- teardown ---------------------------------------------------------------------------
 
@@ -511,7 +373,7 @@ class MqttClient:
         if client is not None:
             for name in ("on_connect", "on_disconnect", "on_publish", "on_socket_close"):
                 setattr(client, name, None)
-            _close_quietly(client.socket())
+            close_quietly(client.socket())
         if self._connack is not None and not self._connack.done():
             self._connack.cancel()
         self._connack = None
@@ -536,37 +398,3 @@ def publisher_factory(
 
 def _zero() -> int:
     return 0
-
-
-def _close_quietly(sock: Any) -> None:
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-
-
-def _socket_error(exc: BaseException, where: str) -> MqttConnectError:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return MqttTlsError(
-            f"broker {where} certificate not trusted ({exc.verify_message}):"
-            " check mqtt ca_file and the hub's clock"
-        )
-    if isinstance(exc, ssl.SSLError):
-        return MqttTlsError(f"TLS handshake with {where} failed ({exc}): check the TLS settings")
-    if isinstance(exc, socket.gaierror):
-        return MqttUnreachable(f"cannot resolve {where} ({exc}): check the broker host and DNS")
-    if isinstance(exc, OSError):
-        return MqttUnreachable(f"cannot reach {where} ({exc}): check the broker address, network")
-    return MqttConnectError(f"connecting to {where} failed ({exc!r})")
-
-
-def _connack_error(reason: ReasonCode, where: str) -> MqttConnectError:
-    if reason.value in _AUTH_REASONS:
-        return MqttAuthError(
-            f"broker {where} refused the login ({reason.getName()}):"
-            " check mqtt username/password_file (or the client certificate's identity)"
-        )
-    if reason.value in _BUSY_REASONS:
-        return MqttUnreachable(f"broker {where} is unavailable ({reason.getName()}); retry later")
-    return MqttConnectError(
-        f"broker {where} refused the connection ({reason.getName()}): check the broker's log"
-    )

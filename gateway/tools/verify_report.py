@@ -1,0 +1,157 @@
+"""What `rtm-gateway verify` found: per hub and over all hubs, as data, JSON and text.
+
+What lives here: `Problem`, `HubReport` and `VerifyReport` with their `to_dict` and `render`.
+The checks that fill them are in `gateway.tools.verifier`. Health values may appear in a report,
+never in log lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+ProblemKind = Literal["bad-signature", "malformed", "conflict", "chain-break", "schema"]
+SeqRange = tuple[int, int]
+StoppedBy = Literal["count", "time", "interrupted", ""]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: ProblemKind
+    seq: int | None
+    topic: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HubReport:
+    """What was seen from one hub. `gaps` are inclusive seq ranges nobody explained;
+    `announced_gaps` are ranges the hub itself reported dropped in signed gap events."""
+
+    hub: str
+    received: int
+    verified: int
+    readings: int
+    events: int
+    bad_signatures: int
+    malformed: int
+    duplicates: int
+    conflicts: int
+    chain_breaks: int
+    out_of_order: int
+    schema_errors: int
+    first_seq: int | None
+    last_seq: int | None
+    gaps: tuple[SeqRange, ...]
+    announced_gaps: tuple[SeqRange, ...]
+    key_source: Literal["pinned", "status", "none"]
+    status: Mapping[str, object] | None
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing forged, altered or contradictory was seen. Gaps and duplicates are
+        reported, but they are what QoS 1 and a full outbox may honestly produce."""
+        return not (self.bad_signatures or self.malformed or self.conflicts or self.chain_breaks)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "hub": self.hub,
+            "ok": self.ok,
+            "received": self.received,
+            "verified": self.verified,
+            "readings": self.readings,
+            "events": self.events,
+            "bad_signatures": self.bad_signatures,
+            "malformed": self.malformed,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "chain_breaks": self.chain_breaks,
+            "out_of_order": self.out_of_order,
+            "schema_errors": self.schema_errors,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "gaps": [list(r) for r in self.gaps],
+            "announced_gaps": [list(r) for r in self.announced_gaps],
+            "key_source": self.key_source,
+            "status": dict(self.status) if self.status is not None else None,
+            "problems": [
+                {"kind": p.kind, "seq": p.seq, "topic": p.topic, "reason": p.reason}
+                for p in self.problems
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The result over all hubs. `ok` means nothing wrong was seen — check `received` too:
+    a report of nothing is ok. `key_pinned` is False when keys came from status messages."""
+
+    hubs: tuple[HubReport, ...]
+    key_pinned: bool
+    notes: tuple[str, ...] = ()
+    stopped_by: StoppedBy = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(hub.ok for hub in self.hubs)
+
+    @property
+    def received(self) -> int:
+        return sum(hub.received for hub in self.hubs)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "received": self.received,
+            "key_pinned": self.key_pinned,
+            "stopped_by": self.stopped_by or None,
+            "notes": list(self.notes),
+            "hubs": [hub.to_dict() for hub in self.hubs],
+        }
+
+    def render(self) -> str:
+        """A short human rendering for the terminal."""
+        lines = [
+            f"{'OK' if self.ok else 'FAILED'}: {self.received} entries from "
+            f"{len(self.hubs)} hub(s)"
+            + (f", stopped by {self.stopped_by}" if self.stopped_by else "")
+        ]
+        for hub in self.hubs:
+            seqs = f"seq {hub.first_seq}..{hub.last_seq}" if hub.first_seq is not None else "no seq"
+            lines.append(
+                f"hub {hub.hub}: {'ok' if hub.ok else 'FAILED'}, {seqs}, "
+                f"{hub.verified}/{hub.received} verified ({hub.readings} readings, "
+                f"{hub.events} events), key {hub.key_source}"
+            )
+            counts = [
+                (hub.bad_signatures, "bad signatures"),
+                (hub.malformed, "malformed"),
+                (hub.conflicts, "CONFLICTS"),
+                (hub.chain_breaks, "chain breaks"),
+                (hub.duplicates, "duplicates"),
+                (hub.out_of_order, "out of order"),
+                (hub.schema_errors, "schema errors"),
+            ]
+            shown = [f"{n} {label}" for n, label in counts if n]
+            if shown:
+                lines.append("  " + ", ".join(shown))
+            if hub.gaps:
+                lines.append("  gaps (missing, unexplained): " + _ranges(hub.gaps))
+            if hub.announced_gaps:
+                lines.append(
+                    "  announced gaps (dropped by the hub): " + _ranges(hub.announced_gaps)
+                )
+            lines.extend(
+                f"  {p.kind} at seq {p.seq if p.seq is not None else '?'}: {p.reason}"
+                for p in hub.problems[:10]
+            )
+            if len(hub.problems) > 10:
+                lines.append(f"  ... {len(hub.problems) - 10} more problems (see --json)")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def _ranges(ranges: tuple[SeqRange, ...]) -> str:
+    return ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in ranges)
