@@ -361,8 +361,7 @@ device that tests it.
 
 from __future__ import annotations
 
-from gateway.sim.ble_base import SimulatedBleDevice, Walk, sfloat
-from gateway.sim.bluez import CharSpec
+from gateway.kit.vendor import CharSpec, SimulatedBleDevice, Walk, sfloat
 
 from .driver import DRIVER_ID, MEASUREMENT, SERVICE
 
