@@ -322,20 +322,13 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from gateway.hub.registry import Registry, RegistryError
-    from gateway.sdk import parse_hex
+    from gateway.hub.registry import Registry
+    from gateway.tools.decode import DecodeRequestError, decode_recording, parse_options
 
     try:
-        options = json.loads(args.options)
-    except ValueError as exc:
-        return _fail(f"--options is not JSON: {exc}", EXIT_CONFIG)
-    if not isinstance(options, dict):
-        return _fail("--options must be a JSON object", EXIT_CONFIG)
-    try:
-        data = parse_hex(args.hex)
-        registry = Registry.load()
-        result = registry.decode(args.driver, data, options, char=args.char)
-    except (ValueError, TypeError, RegistryError) as exc:  # bad hex, bad options, no driver
+        options = parse_options(args.options)
+        result = decode_recording(Registry.load(), args.driver, args.hex, options, args.char)
+    except DecodeRequestError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     readings = [r.wire() for r in result.readings]
     errors = [str(e) for e in result.errors]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from gateway.hub.config import Config, load_config
 from gateway.hub.signing import HubIdentity
 from gateway.sim.kv_lines import KV_OPTIONS
+from gateway.tools.readout import observation_text
 from gateway.tools.verify import VerifyReport, run_verify
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ class _Receiver:
             if payload.get("kind") == "reading":
                 device = payload["device"]["id"]
                 values = ", ".join(
-                    f"{o['type']} {o['value'] if o['value'] is not None else '—'} {o['unit']}"
+                    observation_text(o["type"], o["value"], o["unit"])
                     for o in payload["observations"]
                 )
                 self.last[device] = values or "(no values)"
