@@ -2,14 +2,15 @@
 installed driver, as a technician or a vendor checks what a device sent.
 
 What lives here: `decode_recording` (the one-shot decode: the input is all there is, so the
-decoder hands over what it holds at its end) and `DecodeRequestError` for arguments that cannot
-be decoded at all (bad options, bad hex, no such driver or characteristic). Printing stays in
-the command line.
+decoder hands over what it holds at its end), `DecodeRequestError` for arguments that cannot be
+decoded at all (bad options, bad hex, no such driver or characteristic), and `print_decoded`,
+the command's output and exit status.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 
 from gateway.hub.registry import Registry, RegistryError, characteristic_uuid
@@ -59,3 +60,20 @@ def decode_recording(
         result.readings.extend(held.readings)
         result.errors.extend(held.errors)
     return result
+
+
+def print_decoded(result: FeedResult, *, as_json: bool) -> int:
+    """Readings on stdout (one JSON object a line, or one JSON document), errors on stderr; exit
+    0 only for a clean decode, so scripts can tell good bytes from bad."""
+    readings = [r.wire() for r in result.readings]
+    errors = [str(e) for e in result.errors]
+    if as_json:
+        print(json.dumps({"readings": readings, "errors": errors}, indent=2))
+    else:
+        for reading in readings:
+            print(json.dumps(reading))
+        for error in errors:
+            print(f"decode error: {error}", file=sys.stderr)
+        if not readings and not errors:
+            print("no complete frame in the input", file=sys.stderr)
+    return 0 if readings and not errors else 1
