@@ -8,10 +8,11 @@ What a vendor's package finds here:
 - The hub's view of a driver: `Registry` (`Registry.load()` finds installed drivers through
   the entry points, as the daemon does), `validate_driver` (the checks the hub makes when it
   loads one) and `characteristic_uuid` (a fixture's "2a19" or full UUID as the hub spells it).
-- A simulated device for the virtual Bluetooth lab: subclass `SimulatedBleDevice`, declare
-  characteristics with `CharSpec`, encode values with `sfloat`, `u16`, `date_time`, refuse
-  writes with `att_error(ATT_...)`, wander with `Walk`; `local_now()` is the device's clock.
-  `simulator_classes()` lists the simulators installed through `rtm_gateway.simulators`.
+- A simulated device for the virtual Bluetooth lab: subclass `SimulatedBleDevice` (or host a
+  bare `VirtualPeripheral`), declare characteristics with `CharSpec`, encode values with
+  `sfloat`, `u16`, `date_time`, refuse writes with `att_error(ATT_...)`, wander with `Walk`;
+  `local_now()` is the device's clock. `simulator_classes()` lists the simulators installed
+  through `rtm_gateway.simulators`.
 - The lab itself, for tests: `virtual_lab()` (a private D-Bus bus with the virtual BlueZ, a
   `BluezThread`), `bleak_session()`, `lab_available()`, and `start_device` / `stop_device` /
   `run_on` to run a device, or code beside it, on the lab's event loop.
@@ -40,7 +41,7 @@ from gateway.sim.ble_base import (
     u16,
 )
 from gateway.sim.ble_devices import simulator_classes
-from gateway.sim.bluez import BluezThread, CharSpec
+from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from gateway.sim.lab import bleak_session, lab_available, virtual_lab
 from gateway.sim.pty import PtyThread, serve_pty
 
@@ -52,6 +53,7 @@ __all__ = [
     "PtyThread",
     "Registry",
     "SimulatedBleDevice",
+    "VirtualPeripheral",
     "Walk",
     "att_error",
     "bleak_session",
