@@ -1,4 +1,6 @@
-"""The `rtm-gateway` command line: parse, call, print. Nothing else lives here.
+"""The `rtm-gateway` command line: parse, call, print. Nothing else lives here: the vendor
+kit's `driver` subcommand is `gateway.kit.commands`, and longer output is laid out by its tool
+(`gateway.tools.decode`, `gateway.tools.drivers`, ...).
 
 Each command imports what it needs when it runs, so `rtm-gateway --help` and the light
 commands stay fast on a small hub.
@@ -12,9 +14,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway import __version__
+from gateway.kit.commands import add_driver_command, run_driver_command
 
 if TYPE_CHECKING:
     from gateway.hub.config import Config, DeviceConfig
@@ -73,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drivers", help="list installed drivers and how each matches devices")
     p.add_argument("--json", action="store_true")
 
-    _driver_arguments(sub)
+    add_driver_command(sub)
 
     p = sub.add_parser("decode", help="decode bytes (or a BLE characteristic value) with a driver")
     p.add_argument("driver", help="driver id, e.g. contec.cms50d")
@@ -184,39 +187,6 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _driver_arguments(sub: Any) -> None:
-    p = sub.add_parser("driver", help="for driver authors: check a driver, or start a new one")
-    driver_sub = p.add_subparsers(dest="driver_command", metavar="SUBCOMMAND", required=True)
-    d = driver_sub.add_parser(
-        "check",
-        help="the conformance kit: fixtures, fuzz, units and "
-        "codes, match rules; exit 0 only when everything passes",
-    )
-    d.add_argument(
-        "target",
-        help="an installed driver id (acme.spirometer) or a module "
-        "(acme_rtm.driver, or acme_rtm.driver:DRIVER)",
-    )
-    d.add_argument(
-        "--inputs",
-        type=int,
-        default=3000,
-        help="random inputs per decode entry point (default 3000)",
-    )
-    d.add_argument("--json", action="store_true")
-    d = driver_sub.add_parser(
-        "new", help="scaffold a vendor driver package that passes `driver check` as generated"
-    )
-    d.add_argument("name", help="the driver id, vendor.model (e.g. acme.spirometer)")
-    d.add_argument(
-        "--dir",
-        type=Path,
-        default=Path("."),
-        help="where to create the package folder (default: here)",
-    )
-    d.add_argument("--transport", choices=["ble", "serial"], default="ble")
-
-
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
     print(f"rtm-gateway: {message}", file=sys.stderr)
     return code
@@ -295,61 +265,31 @@ def _setup_logging(level: str) -> None:
 
 def _cmd_drivers(args: argparse.Namespace) -> int:
     from gateway.hub.registry import Registry
+    from gateway.tools.drivers import render_drivers
 
-    registry = Registry.load()
-    descriptions = registry.describe()
+    descriptions = Registry.load().describe()
     if args.json:
         print(json.dumps([d.as_dict() for d in descriptions], indent=2))
-        return EXIT_OK
-    for row in descriptions:
-        print(f"{row.id} {row.version}  ({row.source}; {row.category}; SDK {row.sdk_version})")
-        print(f"    {row.description}")
-        unmatched = (
-            "(no automatic match: name the port in the config)"
-            if row.transport == "serial"
-            else "(no advertisement rule: give the device's address or serial in the config)"
-        )
-        for rule in row.match or (unmatched,):
-            print(f"    matches: {rule}")
-        if row.serial:
-            print(f"    serial: {row.serial}")
-        for characteristic in row.characteristics:
-            print(f"    characteristic: {characteristic}")
-        for step in row.session:
-            print(f"    {step}")
-        print(f"    produces: {', '.join(row.produces) or '(set by the device options)'}")
+    elif descriptions:
+        print(render_drivers(descriptions))
     return EXIT_OK
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from gateway.hub.registry import Registry, RegistryError
-    from gateway.sdk import parse_hex
+    from gateway.hub.registry import Registry
+    from gateway.tools.decode import (
+        DecodeRequestError,
+        decode_recording,
+        parse_options,
+        print_decoded,
+    )
 
     try:
-        options = json.loads(args.options)
-    except ValueError as exc:
-        return _fail(f"--options is not JSON: {exc}", EXIT_CONFIG)
-    if not isinstance(options, dict):
-        return _fail("--options must be a JSON object", EXIT_CONFIG)
-    try:
-        data = parse_hex(args.hex)
-        registry = Registry.load()
-        result = registry.decode(args.driver, data, options, char=args.char)
-    except (ValueError, TypeError, RegistryError) as exc:  # bad hex, bad options, no driver
+        options = parse_options(args.options)
+        result = decode_recording(Registry.load(), args.driver, args.hex, options, args.char)
+    except DecodeRequestError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    readings = [r.wire() for r in result.readings]
-    errors = [str(e) for e in result.errors]
-    if args.json:
-        print(json.dumps({"readings": readings, "errors": errors}, indent=2))
-    else:
-        for reading in readings:
-            print(json.dumps(reading))
-        for error in errors:
-            print(f"decode error: {error}", file=sys.stderr)
-        if not readings and not errors:
-            print("no complete frame in the input", file=sys.stderr)
-    # Exit 0 only for a clean decode, so scripts can tell good bytes from bad.
-    return EXIT_OK if readings and not errors else EXIT_FAILED
+    return print_decoded(result, as_json=args.json)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -410,35 +350,6 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(json.dumps([row.as_dict() for row in rows], indent=2) if args.json else render(rows))
     return EXIT_OK
-
-
-def _cmd_driver(args: argparse.Namespace) -> int:
-    if args.driver_command == "new":
-        from gateway.kit.scaffold import ScaffoldError, new_driver_package
-
-        try:
-            path = new_driver_package(args.name, args.dir, transport=args.transport)
-        except ScaffoldError as exc:
-            return _fail(str(exc), EXIT_CONFIG)
-        print(
-            f"created {path}\nnext: pip install -e {path} && rtm-gateway driver check "
-            f"{args.name}  (see {path / 'README.md'})"
-        )
-        return EXIT_OK
-    from gateway.kit.conformance import ConformanceError, check_driver
-
-    if args.inputs < 1:
-        return _fail("--inputs must be at least 1", EXIT_CONFIG)
-    # As `python -m` would: a package being written here is importable by module name.
-    sys.path.insert(0, str(Path.cwd()))
-    if not args.json:
-        print(f"checking {args.target} ...", file=sys.stderr)
-    try:
-        report = check_driver(args.target, fuzz_inputs=args.inputs)
-    except ConformanceError as exc:
-        return _fail(str(exc), EXIT_CONFIG)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
-    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _cmd_identity(args: argparse.Namespace) -> int:
@@ -521,7 +432,7 @@ _COMMANDS = {
     "decode": _cmd_decode,
     "simulate": _cmd_simulate,
     "scan": _cmd_scan,
-    "driver": _cmd_driver,
+    "driver": run_driver_command,
     "identity": _cmd_identity,
     "status": _cmd_status,
     "verify": _cmd_verify,

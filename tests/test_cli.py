@@ -65,6 +65,21 @@ def test_decode_errors_are_clear() -> None:
     assert "Traceback" not in garbage.stderr
 
 
+def test_decode_flushes_a_record_held_open_at_the_end_of_its_input() -> None:
+    # Indoor Bike Data with More Data set: cadence, power and elapsed time, the rest to follow.
+    result = run_cli("decode", "gatt.ftms", "4508AA0096005802", "--char", "2ad2", "--json")
+    assert result.returncode == 0, result.stderr
+    decoded = json.loads(result.stdout)
+    assert decoded["errors"] == []
+    (reading,) = decoded["readings"]
+    values = {o["type"]: o["value"] for o in reading["observations"]}
+    assert values == {"cadence": 85.0, "power": 150, "elapsed_time": 600}
+    assert reading["status"]["record_complete"] is False
+    text = run_cli("decode", "gatt.ftms", "45 08 aa 00 96 00 58 02", "--char", "2AD2")
+    assert text.returncode == 0, text.stderr
+    assert json.loads(text.stdout)["observations"] == reading["observations"]
+
+
 def test_identity_is_created_once_and_kept(tmp_path: Path, mosquitto) -> None:
     config = write_config(tmp_path, mosquitto("plain"))
     first = hub_jwk(config)
@@ -98,6 +113,30 @@ def test_demo_runs_on_the_embedded_broker() -> None:
     verified = int(re.search(r"signatures verified\s*: (\d+)", result.stdout)[1])
     assert sent > 5
     assert verified == sent
+
+
+def test_the_demo_live_view_writes_dimensionless_units_as_people_do(tmp_path: Path) -> None:
+    from gateway.tools.demo import _Receiver
+    from gateway.tools.readout import observation_text, unit_text
+
+    assert [unit_text(u) for u in ("1", "{floors}", "W", "/min", "%", "{beats}/min")] == [
+        "",
+        "floors",
+        "W",
+        "/min",
+        "%",
+        "{beats}/min",
+    ]
+    assert observation_text("spo2", None, "%") == "spo2 — %"
+    receiver = _Receiver("mqtt://127.0.0.1:1", "5", tmp_path / "hub.jwk")  # never started
+    observations = [
+        {"type": "resistance_level", "value": 7, "unit": "1"},
+        {"type": "power", "value": 150, "unit": "W"},
+        {"type": "stride_count", "value": 12, "unit": "{strides}"},
+    ]
+    entry = {"kind": "reading", "device": {"id": "bike"}, "observations": observations}
+    receiver.on_entry("t", entry)
+    assert receiver.last == {"bike": "resistance_level 7, power 150 W, stride_count 12 strides"}
 
 
 def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto) -> None:

@@ -29,7 +29,7 @@ import pytest
 
 from gateway.hub.registry import AnyDriver, Registry, ble_claims, characteristic_uuid
 from gateway.kit.conformance import check_driver
-from gateway.kit.scaffold import MAX_NAME, ScaffoldError, new_driver_package
+from gateway.kit.scaffold import MAX_NAME, TEMPLATES, ScaffoldError, new_driver_package
 from gateway.sdk import DecodeError, Driver, FeedResult, parse_hex
 from gateway.sim.ble_base import SimulatedBleDevice
 
@@ -375,3 +375,43 @@ def test_the_generated_code_passes_ruff(made: dict[str, Generated]) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["ble", "serial"])
+def test_the_generated_code_passes_mypy_strict(
+    made: dict[str, Generated], kind: str, tmp_path: Path
+) -> None:
+    """The package and its tests, as a vendor's CI would check them (`gateway` found from this
+    checkout, as an installed rtm-gateway would be)."""
+    package = made[kind]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / "mypy"),
+            package.pkg,
+            "tests",
+        ],
+        cwd=package.root,
+        env={**os.environ, "MYPYPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_templates_ship_as_package_data() -> None:
+    """A non-editable install has the template files: the package-data globs cover each."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["gateway"]
+    package = REPO / "gateway"
+    templates = sorted((package / "kit" / TEMPLATES).iterdir())
+    assert len(templates) >= 10
+    shipped = {path for pattern in patterns for path in package.glob(pattern)}
+    assert [path.name for path in templates if path not in shipped] == []

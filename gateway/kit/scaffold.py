@@ -1,10 +1,12 @@
 """`rtm-gateway driver new`: a vendor driver package, ready to edit, test and publish.
 
-What lives here: `new_driver_package`, its `ScaffoldError`, and the templates of the files it
-writes (`string.Template`, `$name` placeholders). The package it makes has the layout of the
-reference packages in examples/: a pure driver found through the `rtm_gateway.drivers` entry
-point, recorded fixtures in the hub's format that the driver passes, a pytest file that runs
-them, a simulated device for Bluetooth LE (`rtm_gateway.simulators`), and a short README.
+What lives here: `new_driver_package` and its `ScaffoldError`. The templates of the files it
+writes are files too, in `templates/` beside this module (`string.Template`, `$name`
+placeholders; `driver-ble.py.tmpl` and the like), shipped as package data. The package it makes
+has the layout of the reference packages in examples/: a pure driver found through the
+`rtm_gateway.drivers` entry point, recorded fixtures in the hub's format that the driver
+passes, a pytest file that runs them, a simulated device for Bluetooth LE
+(`rtm_gateway.simulators`), and a short README.
 
 Standard library only, and nothing here imports the hub: the templates are text, and the
 generated driver's fixtures are written out here by hand, not computed with the driver, so a
@@ -20,26 +22,42 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Literal
 
-from gateway.kit.scaffold_templates import (
-    _BLE_FIELDS,
-    _DRIVER_BLE,
-    _DRIVER_SERIAL,
-    _INIT_BLE,
-    _INIT_SERIAL,
-    _PYPROJECT,
-    _README,
-    _SERIAL_FIELDS,
-    _SIMULATOR,
-    _SIMULATOR_ENTRY_POINT,
-    _TEST_BLE,
-    _TEST_SERIAL,
-)
-
 Transport = Literal["ble", "serial"]
+
+TEMPLATES = "templates"
+"""The folder, beside this module and shipped as package data, of the files' templates."""
+
+# Fields that differ by transport, filled into the templates with the names.
+_BLE_FIELDS: Mapping[str, str] = {
+    "edit_what": "UUIDs, value layout, observation type",
+    "case_keys": "values        the characteristic values one connection received, in order, "
+    'each\n                  {"char": "<full UUID, or 16-bit like 2a19>", '
+    '"hex": "..."}',
+    "sdk_imports": ", uuid16",
+    "try_it": 'rtm-gateway decode $name "00 a9f1" --char $measurement\n'
+    "rtm-gateway simulate $name --ble   # a virtual Bluetooth lab with the device\n",
+}
+_SERIAL_FIELDS: Mapping[str, str] = {
+    "edit_what": "port settings, USB match, framing, observation type",
+    "case_keys": "hex           the bytes as received\n"
+    "    serial        optional: the expected `SerialSettings.describe()`",
+    "sdk_imports": "",
+    "try_it": 'rtm-gateway decode $name "4d 20 34 32 2e 35 0a"   # the line "M 42.5"\n',
+    "simulator_entry_point": "",
+    "simulator": "",
+}
+
+
+def _template(*names: str) -> Template:
+    """The template made of these files of `TEMPLATES`, one after the other."""
+    folder = resources.files("gateway.kit").joinpath(TEMPLATES)
+    return Template("".join(folder.joinpath(name).read_text(encoding="utf-8") for name in names))
+
 
 _NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")
 MAX_NAME = 64
@@ -131,19 +149,24 @@ def _files(names: _Names, transport: Transport) -> dict[str, str]:
     fields = {**names.fields(), **(_BLE_FIELDS if ble else _SERIAL_FIELDS)}
     fields["try_it"] = Template(fields["try_it"]).substitute(fields)
     if ble:
-        fields["simulator_entry_point"] = _SIMULATOR_ENTRY_POINT.substitute(fields)
+        fields["simulator_entry_point"] = _template("simulator-entry-point.toml.tmpl").substitute(
+            fields
+        )
         fields["simulator"] = f"`{names.pkg}/simulator.py` (what the simulated device sends), "
     pkg = names.pkg
+    kind = transport  # the templates that differ are named by it: driver-ble, driver-serial
     files = {
-        "pyproject.toml": _PYPROJECT.substitute(fields),
-        "README.md": _README.substitute(fields),
-        f"{pkg}/__init__.py": (_INIT_BLE if ble else _INIT_SERIAL).substitute(fields),
+        "pyproject.toml": _template("pyproject.toml.tmpl").substitute(fields),
+        "README.md": _template("README.md.tmpl").substitute(fields),
+        f"{pkg}/__init__.py": _template(f"init-{kind}.py.tmpl").substitute(fields),
         f"{pkg}/py.typed": "",
-        f"{pkg}/driver.py": (_DRIVER_BLE if ble else _DRIVER_SERIAL).substitute(fields),
-        "tests/test_driver.py": (_TEST_BLE if ble else _TEST_SERIAL).substitute(fields),
+        f"{pkg}/driver.py": _template(f"driver-{kind}.py.tmpl").substitute(fields),
+        "tests/test_driver.py": _template("test-head.py.tmpl", f"test-{kind}.py.tmpl").substitute(
+            fields
+        ),
     }
     if ble:
-        files[f"{pkg}/simulator.py"] = _SIMULATOR.substitute(fields)
+        files[f"{pkg}/simulator.py"] = _template("simulator.py.tmpl").substitute(fields)
     cases = _ble_cases(names.measurement) if ble else _serial_cases()
     for stem, case in cases.items():
         files[f"{fields['fixtures']}/{stem}.json"] = json.dumps(case, indent=2) + "\n"

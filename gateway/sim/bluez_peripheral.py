@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.sim.bluez import VirtualBluez
+    from gateway.sim.bluez_service import VirtualBluez
 
 ABORT_BY_LOCAL = "le-connection-abort-by-local"
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from gateway.hub.config import Config, load_config
 from gateway.hub.identity import HubIdentity
 from gateway.sim.kv_lines import KV_OPTIONS
+from gateway.tools.readout import observation_text
 from gateway.tools.verify import run_verify
 from gateway.tools.verify_report import VerifyReport
 
@@ -226,7 +227,7 @@ class _Receiver:
             if payload.get("kind") == "reading":
                 device = payload["device"]["id"]
                 values = ", ".join(
-                    f"{o['type']} {o['value'] if o['value'] is not None else '—'} {o['unit']}"
+                    observation_text(o["type"], o["value"], o["unit"])
                     for o in payload["observations"]
                 )
                 self.last[device] = values or "(no values)"

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from gateway.sim.ble_base import (
+from gateway.kit.vendor import (
     ATT_CCCD_IMPROPERLY_CONFIGURED,
     ATT_PROCEDURE_IN_PROGRESS,
+    CharSpec,
     SimulatedBleDevice,
     att_error,
     date_time,
@@ -34,7 +35,6 @@ from gateway.sim.ble_base import (
     sfloat,
     u16,
 )
-from gateway.sim.bluez import CharSpec
 
 from rtm_open_inhaler.driver import (
     ACTUATION_EVENT,

@@ -22,12 +22,20 @@ import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakGATTProtocolError, BleakGATTProtocolErrorCode
-from gateway.hub.registry import Registry, characteristic_uuid, validate_driver
+from gateway.kit.vendor import (
+    BluezThread,
+    Registry,
+    bleak_session,
+    characteristic_uuid,
+    lab_available,
+    local_now,
+    run_on,
+    simulator_classes,
+    stop_device,
+    validate_driver,
+    virtual_lab,
+)
 from gateway.sdk import SDK_VERSION, DecodeError, GattDriver, Reading, parse_hex
-from gateway.sim.ble_base import local_now, run_on, stop_device
-from gateway.sim.ble_devices import simulator_classes
-from gateway.sim.bluez import BluezThread
-from gateway.sim.lab import bleak_session, lab_available, virtual_lab
 
 from rtm_open_inhaler import driver as inhaler
 from rtm_open_inhaler.driver import (

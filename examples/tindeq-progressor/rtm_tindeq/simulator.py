@@ -34,8 +34,7 @@ import struct
 from collections.abc import Iterator
 
 from dbus_fast import DBusError
-from gateway.sim.ble_base import SimulatedBleDevice
-from gateway.sim.bluez import CharSpec
+from gateway.kit.vendor import CharSpec, SimulatedBleDevice
 
 SERVICE = "7e4e1701-1ea6-40c9-9dcc-13d34ffead57"
 DATA = "7e4e1702-1ea6-40c9-9dcc-13d34ffead57"

@@ -13,6 +13,8 @@ import json
 import math
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,17 @@ from typing import Any
 import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from gateway.hub.registry import Registry, characteristic_uuid
+from gateway.kit.vendor import (
+    BluezThread,
+    Registry,
+    bleak_session,
+    characteristic_uuid,
+    lab_available,
+    simulator_classes,
+    start_device,
+    stop_device,
+    virtual_lab,
+)
 from gateway.sdk import (
     DecodeError,
     FeedResult,
@@ -31,10 +43,6 @@ from gateway.sdk import (
     Reading,
     parse_hex,
 )
-from gateway.sim.ble_base import start_device, stop_device
-from gateway.sim.ble_devices import simulator_classes
-from gateway.sim.bluez import BluezThread
-from gateway.sim.lab import bleak_session, lab_available, virtual_lab
 
 import rtm_tindeq
 from rtm_tindeq.driver import CONTROL, DATA, DRIVER, MAX_RAW_BYTES, ProgressorDecoder, Settings
@@ -354,19 +362,20 @@ def test_the_simulator_streams_pulls_the_driver_counts_as_repetitions(lab: Bluez
 
 @needs_dbus
 def test_rtm_gateway_scan_names_the_driver(lab: BluezThread) -> None:
-    from gateway.tools.scan import scan
-
     device = Progressor(seed=1)
     running = start_device(lab, device)
-
-    async def look() -> list[tuple[str, str | None, str | None]]:
-        async with bleak_session():
-            rows = await scan(1.5)
-        return [(row.address, row.name, row.driver) for row in rows]
-
     try:
-        rows = asyncio.run(look())
+        # The command a technician runs; the lab pointed this process's environment at its bus.
+        scanned = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "scan", "--seconds", "1.5", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         stop_device(lab, device).result(5)
         running.result(5)
+    assert scanned.returncode == 0, scanned.stderr
+    rows = [(row["address"], row["name"], row["driver"]) for row in json.loads(scanned.stdout)]
     assert rows == [("C0:FF:EE:A0:00:01", "Progressor_0001", "tindeq.progressor")]
