@@ -21,7 +21,8 @@ from gateway import __version__
 from gateway.hub.clock import clock_state
 from gateway.hub.config import Config, DeviceConfig
 from gateway.hub.journal import Journal
-from gateway.hub.outbox import Outbox, OutboxError
+from gateway.hub.outbox import Outbox
+from gateway.hub.outbox_file import OutboxError
 from gateway.hub.registry import AnyDriver, Registry
 from gateway.hub.signing import ChainHead, HubIdentity, IdentityError, Signer
 from gateway.hub.systemd import Notifier
@@ -42,7 +43,8 @@ from gateway.transport.serial import (
 if TYPE_CHECKING:
     from gateway.hub.config import BleConfig
     from gateway.sessions.ble import Advertisement, BleDeviceSession, Link
-    from gateway.transport.ble import BleConnector, BleScanner
+    from gateway.transport.ble.connector import BleConnector
+    from gateway.transport.ble.scanner import BleScanner
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,8 @@ class BleRadio:
     `Radio` protocol: transport errors become `DeviceUnavailable`."""
 
     def __init__(self, ble: BleConfig) -> None:
-        from gateway.transport.ble import BleConnector, BleScanner
+        from gateway.transport.ble.connector import BleConnector
+        from gateway.transport.ble.scanner import BleScanner
 
         self.scanner: BleScanner = BleScanner(
             ble.adapter, passive=ble.passive, watchdog=ble.scanner_watchdog
@@ -157,7 +160,8 @@ class BleRadio:
 
     async def connect(self, advert: Advertisement, name: str) -> Link:
         from gateway.sessions.ble import Unavailable
-        from gateway.transport.ble import Advert, BleConnectError, BleUnavailable
+        from gateway.transport.ble.errors import BleConnectError, BleUnavailable
+        from gateway.transport.ble.scanner import Advert
 
         assert isinstance(advert, Advert)  # noqa: S101  # only the scanner's adverts come here
         try:
@@ -310,7 +314,7 @@ class Hub:
             driver = self.registry.get_ble(device.driver)
 
             def claims(advert: Advertisement, driver: AnyDriver = driver) -> bool:
-                from gateway.transport.ble import Advert
+                from gateway.transport.ble.scanner import Advert
 
                 return isinstance(advert, Advert) and ble_claims(
                     driver,

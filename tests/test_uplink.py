@@ -18,7 +18,8 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 
-from gateway.hub.outbox import Entry, Outbox
+from gateway.hub.outbox import Outbox
+from gateway.hub.outbox_file import Entry
 from gateway.hub.uplink import Publisher, Uplink, make_batches
 from gateway.transport.mqtt import MqttClient, MqttUnreachable, MqttWill, publisher_factory
 from tests.conftest import Broker, BrokerFactory, Received, Subscriber

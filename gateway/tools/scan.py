@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from gateway.hub.config import DeviceConfig
 from gateway.hub.registry import AmbiguousMatchError, Registry, ble_claims
-from gateway.transport.ble import Advert, BleScanner
+from gateway.transport.ble.scanner import Advert, BleScanner
 
 
 class ScanError(Exception):
