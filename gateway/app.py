@@ -305,7 +305,7 @@ class Hub:
         devices = [device for device in self.config.devices if device.is_ble]
         if not devices:
             return []
-        from gateway.hub.registry import ble_claims
+        from gateway.hub.driver_match import ble_claims
         from gateway.sessions.ble import BleDeviceSession
 
         self.radio = BleRadio(self.config.ble)

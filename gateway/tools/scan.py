@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from gateway.hub.config import DeviceConfig
-from gateway.hub.registry import AmbiguousMatchError, Registry, ble_claims
+from gateway.hub.driver_match import ble_claims
+from gateway.hub.registry import AmbiguousMatchError, Registry
 from gateway.transport.ble.scanner import Advert, BleScanner
 
 
