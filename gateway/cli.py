@@ -249,7 +249,7 @@ def _check_drivers(config: Config, registry: Registry | None = None) -> Registry
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.hub.config import ConfigError
+    from gateway.hub.config_reader import ConfigError
 
     try:
         config = _load(args.config)
@@ -264,7 +264,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StartupError, run_hub
-    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
 
     try:
         config = load_config(args.config)
@@ -380,7 +381,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_scan(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
     from gateway.hub.registry import Registry
     from gateway.tools.scan import ScanError, render, scan
 
@@ -442,7 +444,8 @@ def _cmd_driver(args: argparse.Namespace) -> int:
 
 
 def _cmd_identity(args: argparse.Namespace) -> int:
-    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
     from gateway.hub.signing import HubIdentity, IdentityError
 
     try:
@@ -457,7 +460,8 @@ def _cmd_identity(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
     from gateway.tools.status import StatusError, collect_status, render_status
 
     try:
