@@ -20,7 +20,8 @@ import pytest
 
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import Entry
-from gateway.hub.uplink import Uplink, make_batches
+from gateway.hub.uplink import Uplink
+from gateway.hub.uplink_batches import make_batches
 from gateway.hub.uplink_connection import Publisher
 from gateway.transport.mqtt import MqttClient, MqttUnreachable, MqttWill, publisher_factory
 from tests.conftest import Broker, BrokerFactory, Received, Subscriber

@@ -2,11 +2,12 @@
 
 What lives here: `Uplink` (connect and reconnect, retained status with an "offline" last will,
 batched QoS 1 publishing under a bounded in-flight window, acks to the store, clean stop), the
-protocols of the store it needs (`EntryStore`, `StoredEntry`), `make_batches` and
-`UplinkStats`; the broker side (the `Publisher` protocols, the `ReconnectPolicy`) is in
-`gateway.hub.uplink_connection`. What may not: any concrete transport or store. This module
-never imports `gateway.transport` or `gateway.hub.outbox`; the app wires a real MQTT client and
-outbox in, and tests may hand it the same against a local broker.
+protocol of the store it needs (`EntryStore`) and `UplinkStats`. How stored entries become
+messages (`make_batches`) is in `gateway.hub.uplink_batches`; the broker side (the `Publisher`
+protocols, the `ReconnectPolicy`) is in `gateway.hub.uplink_connection`. What may not: any
+concrete transport or store. This module never imports `gateway.transport` or
+`gateway.hub.outbox`; the app wires a real MQTT client and outbox in, and tests may hand it the
+same against a local broker.
 
 Delivery is at-least-once: after a reconnect everything not yet acknowledged is leased again from
 the oldest, so the platform may see duplicates (detectable by `seq`) but never a gap.
@@ -22,26 +23,12 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
+from gateway.hub.uplink_batches import Batch, StoredEntry, make_batches
 from gateway.hub.uplink_connection import Publisher, PublisherFactory, ReconnectPolicy
 
 _LOGGER = logging.getLogger(__name__)
-
-_TOPIC_SUFFIX: Mapping[str, str] = {"reading": "readings", "event": "events"}
-
-
-class StoredEntry(Protocol):
-    """One signed log entry as the store hands it out."""
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def kind(self) -> Literal["reading", "event"]: ...
-
-    @property
-    def body(self) -> bytes: ...
 
 
 class EntryStore(Protocol):
@@ -70,43 +57,8 @@ class UplinkStats:
     last_error: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    topic: str
-    seqs: tuple[int, ...]
-    payload: bytes
-
-
 class _SessionLost(Exception):
     """The connection is gone or stuck; reconnect."""
-
-
-def make_batches(
-    entries: Sequence[StoredEntry], batch_size: int, max_messages: int, base_topic: str
-) -> list[_Batch]:
-    """Group consecutive entries of one kind into JSON arrays of at most `batch_size` bodies.
-
-    The bodies are already JSON (JWS objects), so they are joined, never re-encoded. Stops at
-    `max_messages`; the entries left over are leased again later.
-    """
-    batches: list[_Batch] = []
-    run: list[StoredEntry] = []
-
-    def close_run() -> None:
-        topic = f"{base_topic}/{_TOPIC_SUFFIX[run[0].kind]}"
-        payload = b"[" + b",".join(e.body for e in run) + b"]"
-        batches.append(_Batch(topic, tuple(e.seq for e in run), payload))
-        run.clear()
-
-    for entry in entries:
-        if run and (entry.kind != run[0].kind or len(run) >= batch_size):
-            close_run()
-            if len(batches) >= max_messages:
-                return batches
-        run.append(entry)
-    if run and len(batches) < max_messages:
-        close_run()
-    return batches
 
 
 class Uplink:
@@ -373,7 +325,7 @@ class Uplink:
         if error is not None:
             raise _SessionLost(str(error)) from error
 
-    def _on_done(self, future: asyncio.Future[None], batch: _Batch, generation: int) -> None:
+    def _on_done(self, future: asyncio.Future[None], batch: Batch, generation: int) -> None:
         self._in_flight.discard(future)
         self._kick.set()
         if future.cancelled():
