@@ -19,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.hub import outbox
-from gateway.hub.outbox import Entry, Outbox, read_status
+from gateway.hub.outbox import Outbox
+from gateway.hub.outbox_file import Entry
+from gateway.hub.outbox_status import read_status
 
 BODY = b"x" * 300
 RUNS = 3

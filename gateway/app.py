@@ -22,7 +22,8 @@ from gateway.hub.clock import clock_state
 from gateway.hub.config import Config, DeviceConfig
 from gateway.hub.identity import HubIdentity, IdentityError
 from gateway.hub.journal import Journal
-from gateway.hub.outbox import Outbox, OutboxError
+from gateway.hub.outbox import Outbox
+from gateway.hub.outbox_file import OutboxError
 from gateway.hub.registry import AnyDriver, Registry
 from gateway.hub.signer import ChainHead, Signer
 from gateway.hub.systemd import Notifier
@@ -44,7 +45,8 @@ from gateway.transport.serial import (
 if TYPE_CHECKING:
     from gateway.hub.config import BleConfig
     from gateway.sessions.ble import Advertisement, BleDeviceSession, Link
-    from gateway.transport.ble import BleConnector, BleScanner
+    from gateway.transport.ble.connector import BleConnector
+    from gateway.transport.ble.scanner import BleScanner
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,8 @@ class BleRadio:
     `Radio` protocol: transport errors become `DeviceUnavailable`."""
 
     def __init__(self, ble: BleConfig) -> None:
-        from gateway.transport.ble import BleConnector, BleScanner
+        from gateway.transport.ble.connector import BleConnector
+        from gateway.transport.ble.scanner import BleScanner
 
         self.scanner: BleScanner = BleScanner(
             ble.adapter, passive=ble.passive, watchdog=ble.scanner_watchdog
@@ -159,7 +162,8 @@ class BleRadio:
 
     async def connect(self, advert: Advertisement, name: str) -> Link:
         from gateway.sessions.ble import Unavailable
-        from gateway.transport.ble import Advert, BleConnectError, BleUnavailable
+        from gateway.transport.ble.errors import BleConnectError, BleUnavailable
+        from gateway.transport.ble.scanner import Advert
 
         assert isinstance(advert, Advert)  # noqa: S101  # only the scanner's adverts come here
         try:
@@ -303,7 +307,7 @@ class Hub:
         devices = [device for device in self.config.devices if device.is_ble]
         if not devices:
             return []
-        from gateway.hub.registry import ble_claims
+        from gateway.hub.driver_match import ble_claims
         from gateway.sessions.ble import BleDeviceSession
 
         self.radio = BleRadio(self.config.ble)
@@ -312,7 +316,7 @@ class Hub:
             driver = self.registry.get_ble(device.driver)
 
             def claims(advert: Advertisement, driver: AnyDriver = driver) -> bool:
-                from gateway.transport.ble import Advert
+                from gateway.transport.ble.scanner import Advert
 
                 return isinstance(advert, Advert) and ble_claims(
                     driver,

@@ -219,7 +219,7 @@ def _check_drivers(config: Config, registry: Registry | None = None) -> Registry
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.hub.config import ConfigError
+    from gateway.hub.config_reader import ConfigError
 
     try:
         config = _load(args.config)
@@ -234,7 +234,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StartupError, run_hub
-    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
 
     try:
         config = load_config(args.config)
@@ -320,7 +321,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_scan(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
     from gateway.hub.registry import Registry
     from gateway.tools.scan import ScanError, render, scan
 
@@ -353,7 +355,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _cmd_identity(args: argparse.Namespace) -> int:
-    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
     from gateway.hub.identity import HubIdentity, IdentityError
 
     try:
@@ -368,7 +371,8 @@ def _cmd_identity(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from gateway.hub.config import ConfigError, load_config
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
     from gateway.tools.status import StatusError, collect_status, render_status
 
     try:

@@ -82,7 +82,7 @@ def test_scan_with_the_adapter_off_names_the_cause(bluez: BluezThread) -> None:
 
 
 def test_the_hub_scanner_listens_passively_after_a_short_active_window(bluez: BluezThread) -> None:
-    from gateway.transport.ble import BleScanner
+    from gateway.transport.ble.scanner import BleScanner
     from tests.blelab import bleak_session
 
     async def run() -> tuple[list[str | None], bool, str | None]:
@@ -112,7 +112,7 @@ def test_the_hub_scanner_listens_passively_after_a_short_active_window(bluez: Bl
 
 
 def test_the_hub_scanner_sees_a_changed_advertisement(bluez: BluezThread) -> None:
-    from gateway.transport.ble import BleScanner
+    from gateway.transport.ble.scanner import BleScanner
     from tests.blelab import bleak_session
 
     peripheral = VirtualPeripheral(

@@ -18,23 +18,27 @@ from pathlib import Path
 import pytest
 
 from gateway.hub import outbox as ob
-from gateway.hub.outbox import (
+from gateway.hub import outbox_file
+from gateway.hub.outbox import Outbox
+from gateway.hub.outbox_file import (
     DeviceDelta,
+    DeviceStats,
     Entry,
-    Outbox,
+    Kind,
     OutboxCorruptError,
+    OutboxError,
     OutboxFullError,
     OutboxLockedError,
     OutboxNotFoundError,
     OutboxNotWritableError,
     OutboxSequenceError,
-    read_status,
 )
+from gateway.hub.outbox_status import read_status
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def entries(first: int, n: int, kind: ob.Kind = "reading", size: int = 300) -> list[Entry]:
+def entries(first: int, n: int, kind: Kind = "reading", size: int = 300) -> list[Entry]:
     return [
         Entry(s, kind, f"{s}:".encode().ljust(size, b"x"), 1000.0 + s)
         for s in range(first, first + n)
@@ -69,7 +73,7 @@ def test_new_outbox_is_wal_full_incremental_vacuum(box: Outbox, db: Path) -> Non
     try:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
-        assert con.execute("PRAGMA user_version").fetchone()[0] == ob.SCHEMA_VERSION
+        assert con.execute("PRAGMA user_version").fetchone()[0] == outbox_file.SCHEMA_VERSION
     finally:
         con.close()
 
@@ -225,8 +229,8 @@ def test_device_counters_accumulate_and_survive_reopen(db: Path) -> None:
         )
     with Outbox.open(db) as o:
         devs = o.devices()
-    assert devs["plx"] == ob.DeviceStats(3, 2, 50.0, "bad crc")
-    assert devs["inhaler"] == ob.DeviceStats(0, 1, None, "short frame")
+    assert devs["plx"] == DeviceStats(3, 2, 50.0, "bad crc")
+    assert devs["inhaler"] == DeviceStats(0, 1, None, "short frame")
     assert read_status(db).devices == devs
 
 
@@ -410,7 +414,8 @@ TMPFS_CHILD = textwrap.dedent("""
     from pathlib import Path
     from tests.test_outbox import entries
     from gateway.hub import outbox
-    from gateway.hub.outbox import Outbox, OutboxFullError
+    from gateway.hub.outbox import Outbox
+    from gateway.hub.outbox_file import OutboxFullError
     outbox.CHECKPOINT_EVERY_COMMITS = 4  # the daemon's steady state, reached quickly
     mnt = Path(sys.argv[1])
     (mnt / "ballast").write_bytes(bytes(128 * 1024))
@@ -498,9 +503,9 @@ def test_sqlite_database_that_is_not_an_outbox(db: Path) -> None:
 def test_newer_schema_is_refused(db: Path) -> None:
     Outbox.open(db).close()
     con = sqlite3.connect(db)
-    con.execute(f"PRAGMA user_version = {ob.SCHEMA_VERSION + 1}")
+    con.execute(f"PRAGMA user_version = {outbox_file.SCHEMA_VERSION + 1}")
     con.close()
-    with pytest.raises(ob.OutboxError, match="newer rtm-gateway"):
+    with pytest.raises(OutboxError, match="newer rtm-gateway"):
         Outbox.open(db)
 
 

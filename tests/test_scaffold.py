@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from gateway.hub.registry import AnyDriver, Registry, ble_claims, characteristic_uuid
+from gateway.hub.driver_match import ble_claims
+from gateway.hub.registry import AnyDriver, Registry, characteristic_uuid
 from gateway.kit.conformance import check_driver
 from gateway.kit.scaffold import MAX_NAME, TEMPLATES, ScaffoldError, new_driver_package
 from gateway.sdk import DecodeError, Driver, FeedResult, parse_hex

@@ -18,8 +18,11 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 
-from gateway.hub.outbox import Entry, Outbox
-from gateway.hub.uplink import Publisher, Uplink, make_batches
+from gateway.hub.outbox import Outbox
+from gateway.hub.outbox_file import Entry
+from gateway.hub.uplink import Uplink
+from gateway.hub.uplink_batches import make_batches
+from gateway.hub.uplink_connection import Publisher
 from gateway.transport.mqtt import MqttClient, publisher_factory
 from gateway.transport.mqtt_connect import MqttUnreachable, MqttWill
 from tests.conftest import Broker, BrokerFactory, Received, Subscriber
@@ -278,7 +281,7 @@ def test_bad_password_backs_off_with_a_clear_log_and_stop_interrupts(
         await task
         assert time.monotonic() - started < 1.0
 
-    with caplog.at_level(logging.ERROR, logger="gateway.hub.uplink"):
+    with caplog.at_level(logging.ERROR, logger="gateway.hub.uplink_connection"):
         run(scenario())
     refusals = [r for r in caplog.records if "check mqtt username/password_file" in r.getMessage()]
     assert len(refusals) == 1  # one attempt, then the long pause: never hammered

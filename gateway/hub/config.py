@@ -3,6 +3,10 @@
 Every error names the file, the key path (`devices[0].port`) and what was expected, so a field
 technician can fix it without reading code. Nothing here opens a device or a socket; the
 per-driver option check takes the driver lookup as an argument.
+
+What lives here: the typed config objects, the meaning of every section and key, `load_config`
+and `check_driver_options`. Reading typed values out of a TOML table, and `ConfigError`, are in
+`gateway.hub.config_reader`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from gateway.hub.config_reader import ConfigError, ConfigTable, kind_of
 from gateway.sdk import OptionError
 from gateway.transport.mqtt_url import parse_mqtt_url
 
@@ -25,17 +30,6 @@ _TOPIC_PREFIX = re.compile(r"^[^#+\s]+[^#+/\s]$")
 _BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 _ADAPTER = re.compile(r"^hci[0-9]{1,3}$")
 _TRANSPORT_KEYS = ("port", "usb", "address", "serial")
-
-
-class ConfigError(Exception):
-    """A configuration problem, located by file and key path."""
-
-    def __init__(self, file: Path | str, path: str, message: str) -> None:
-        where = f"{file}: {path}" if path else str(file)
-        super().__init__(f"{where}: {message}")
-        self.file = str(file)
-        self.path = path
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,99 +133,6 @@ class Config:
     ble: BleConfig = BleConfig()
 
 
-# --- reading typed values out of the TOML tree --------------------------------------------------
-
-
-class _Table:
-    """A TOML table plus where it sits, so every error can name the key path."""
-
-    def __init__(self, file: Path, path: str, data: Mapping[str, object]) -> None:
-        self.file, self.path, self.data = file, path, data
-
-    def _key(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(self.file, self._key(key), message)
-
-    def check_known(self, allowed: set[str]) -> None:
-        for key in self.data:
-            if key not in allowed:
-                raise self.error(key, f"unknown key; expected one of: {', '.join(sorted(allowed))}")
-
-    def table(self, key: str, required: bool = False) -> _Table:
-        value = self.data.get(key)
-        if value is None:
-            if required:
-                raise self.error(key, "missing table")
-            return _Table(self.file, self._key(key), {})
-        if not isinstance(value, dict):
-            raise self.error(key, f"expected a table, got {_kind(value)}")
-        return _Table(self.file, self._key(key), value)
-
-    def text(
-        self,
-        key: str,
-        default: str | None = None,
-        *,
-        pattern: re.Pattern[str] | None = None,
-        hint: str = "",
-    ) -> str:
-        value = self.optional_str(key)
-        if value is None:
-            if default is None:
-                raise self.error(key, "missing; expected a string" + (f" ({hint})" if hint else ""))
-            return default
-        if pattern is not None and not pattern.match(value):
-            raise self.error(key, f"{value!r} is not valid; expected {hint or pattern.pattern}")
-        return value
-
-    def optional_str(self, key: str) -> str | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.error(key, f"expected a non-empty string, got {_kind(value)}")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self.data.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self.error(key, f"expected an integer, got {_kind(value)}")
-        if not low <= value <= high:
-            raise self.error(key, f"{value} is out of range; expected {low}..{high}")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.data.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise self.error(key, f"expected a number, got {_kind(value)}")
-        if not low <= value <= high:
-            raise self.error(key, f"{value} is out of range; expected {low}..{high}")
-        return float(value)
-
-    def file_path(self, key: str, base: Path, must_exist: bool = True) -> Path | None:
-        value = self.optional_str(key)
-        if value is None:
-            return None
-        path = Path(value) if Path(value).is_absolute() else base / value
-        if must_exist and not path.is_file():
-            raise self.error(key, f"file not found: {path}")
-        return path
-
-
-def _kind(value: object) -> str:
-    names = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }
-    return names.get(type(value), type(value).__name__)
-
-
 # --- the sections -------------------------------------------------------------------------------
 
 
@@ -252,7 +153,7 @@ def load_config(path: Path | str) -> Config:
 
 
 def parse_config(data: Mapping[str, object], file: Path) -> Config:
-    root = _Table(file, "", data)
+    root = ConfigTable(file, "", data)
     root.check_known({"hub", "mqtt", "devices", "outbox", "log", "ble"})
     base = file.parent
     hub = _hub(root.table("hub", required=True), base)
@@ -276,13 +177,13 @@ def parse_config(data: Mapping[str, object], file: Path) -> Config:
     return Config(file, hub, mqtt, devices, outbox, level, _ble(root.table("ble")))
 
 
-def _ble(table: _Table) -> BleConfig:
+def _ble(table: ConfigTable) -> BleConfig:
     table.check_known(
         {"adapter", "max_connections", "passive", "scanner_watchdog", "connect_timeout"}
     )
     passive = table.data.get("passive", True)
     if not isinstance(passive, bool):
-        raise table.error("passive", f"expected true or false, got {_kind(passive)}")
+        raise table.error("passive", f"expected true or false, got {kind_of(passive)}")
     return BleConfig(
         adapter=table.text("adapter", "hci0", pattern=_ADAPTER, hint="hci0, hci1, ..."),
         max_connections=table.integer("max_connections", 5, 1, 32),
@@ -292,14 +193,14 @@ def _ble(table: _Table) -> BleConfig:
     )
 
 
-def _hub(table: _Table, base: Path) -> HubConfig:
+def _hub(table: ConfigTable, base: Path) -> HubConfig:
     table.check_known({"id", "state_dir"})
     hub_id = table.text("id", pattern=_ID, hint="letters, digits, '.', '_' or '-', at most 64")
     state = Path(table.text("state_dir", "/var/lib/rtm-gateway"))
     return HubConfig(hub_id, state if state.is_absolute() else base / state)
 
 
-def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
+def _mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
     table.check_known(
         {
             "url",
@@ -371,7 +272,7 @@ def _mqtt(table: _Table, base: Path, hub_id: str) -> MqttConfig:
     )
 
 
-def _devices(root: _Table, file: Path) -> tuple[DeviceConfig, ...]:
+def _devices(root: ConfigTable, file: Path) -> tuple[DeviceConfig, ...]:
     raw = root.data.get("devices", [])
     if not isinstance(raw, list):
         raise root.error("devices", "expected an array of tables: [[devices]]")
@@ -380,8 +281,8 @@ def _devices(root: _Table, file: Path) -> tuple[DeviceConfig, ...]:
     for index, item in enumerate(raw):
         path = f"devices[{index}]"
         if not isinstance(item, dict):
-            raise ConfigError(file, path, f"expected a table, got {_kind(item)}")
-        device = _device(_Table(file, path, item), index)
+            raise ConfigError(file, path, f"expected a table, got {kind_of(item)}")
+        device = _device(ConfigTable(file, path, item), index)
         if device.id in seen:
             raise ConfigError(
                 file, f"{path}.id", f"{device.id!r} is already used by {seen[device.id]}"
@@ -391,7 +292,7 @@ def _devices(root: _Table, file: Path) -> tuple[DeviceConfig, ...]:
     return tuple(devices)
 
 
-def _device(table: _Table, index: int) -> DeviceConfig:
+def _device(table: ConfigTable, index: int) -> DeviceConfig:
     table.check_known({"id", "driver", "patient", "options", "summary_interval", *_TRANSPORT_KEYS})
     driver = table.text("driver", pattern=_DRIVER_ID, hint="a driver id such as contec.cms50d")
     patient = table.text(

@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.hub.clock import HubClock, clock_state, rfc3339
-from gateway.hub.outbox import (
+from gateway.hub.outbox import Outbox
+from gateway.hub.outbox_file import (
     DeviceDelta,
     Entry,
     MetaValue,
-    Outbox,
     OutboxError,
     OutboxSequenceError,
 )

@@ -6,12 +6,14 @@ Rows leave only through `Outbox.ack` (after the broker's PUBACK) or through ``dr
 the size cap is reached, and then the caller puts a signed gap event for the dropped range in the
 same transaction, so nothing disappears silently. The cap drops readings only, never events.
 
-What lives here: the `Outbox` (append, lease, ack, flush, per-device counters, meta values,
-checkpoints), the read-only `read_status` for ``rtm-gateway status``, and the exception tree.
-What may not: signing, MQTT, asyncio or threads. The outbox is a plain blocking object whose
-calls each take a few milliseconds; the daemon calls it from its event loop in batches. It opens
-its connection with ``check_same_thread=False`` so a caller may move it to a worker thread, but
-the caller must serialise access: an `Outbox` is not safe for concurrent use.
+What lives here: the `Outbox` writer (append, lease, ack, flush, per-device counters, meta
+values, checkpoints). Opening the file (lock, WAL, schema, migrations), the exception tree and
+the row records (`Entry`, `DeviceDelta`, ...) are in `gateway.hub.outbox_file`; the read-only
+`read_status` for ``rtm-gateway status`` is in `gateway.hub.outbox_status`. What may not:
+signing, MQTT, asyncio or threads. The outbox is a plain blocking object whose calls each take a
+few milliseconds; the daemon calls it from its event loop in batches. It opens its connection
+with ``check_same_thread=False`` so a caller may move it to a worker thread, but the caller must
+serialise access: an `Outbox` is not safe for concurrent use.
 
 Acks are deleted in the write transaction that is already open (or one begun for them), and that
 transaction is committed by the next `append` or `flush`: one fsync covers both, and `lease`,
@@ -21,23 +23,34 @@ transaction is committed by the next `append` or `flush`: one fsync covers both,
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
+
+from gateway.hub.outbox_file import (
+    DeviceDelta,
+    DeviceStats,
+    Entry,
+    Kind,
+    MetaValue,
+    OutboxSequenceError,
+    OutboxStats,
+    connect,
+    file_size,
+    meta_value,
+    probe_write,
+    read_devices,
+    read_head,
+    take_lock,
+    translate_error,
+)
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["reading", "event"]
-MetaValue = str | int | float
-
-SCHEMA_VERSION: Final = 1
 # Stored as 0/1: smaller rows, and the tuple gives mypy the Literal back on the way out.
 _KINDS: Final[tuple[Kind, Kind]] = ("reading", "event")
 _KIND_CODES: Final[Mapping[str, int]] = {"reading": 0, "event": 1}
@@ -51,10 +64,6 @@ CHECKPOINT_EVERY_ROWS: Final = 20_000
 # After a long outage drains, give the freed pages back to the filesystem a little at a time.
 VACUUM_FREE_PAGES: Final = 2_048
 VACUUM_STEP_PAGES: Final = 256
-# Truncate a WAL that a burst grew beyond this once it has been checkpointed.
-WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
-
-_SQLITE_FULL: Final = 13
 
 _LEASE_SQL: Final = "SELECT seq, kind, body, created FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
 _INSERT_SQL: Final = "INSERT INTO outbox (seq, kind, body, created) VALUES (?, ?, ?, ?)"
@@ -67,156 +76,6 @@ ON CONFLICT (id) DO UPDATE SET
     last_reading = coalesce(excluded.last_reading, last_reading),
     last_error = coalesce(excluded.last_error, last_error)
 """
-_SCHEMA_V1: Final = (
-    """CREATE TABLE outbox (
-        seq INTEGER PRIMARY KEY,
-        kind INTEGER NOT NULL CHECK (kind IN (0, 1)),
-        body BLOB NOT NULL,
-        created REAL NOT NULL
-    )""",
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
-    """CREATE TABLE devices (
-        id TEXT PRIMARY KEY,
-        readings INTEGER NOT NULL,
-        decode_errors INTEGER NOT NULL,
-        last_reading REAL,
-        last_error TEXT
-    ) WITHOUT ROWID""",
-)
-
-# user_version N -> function that upgrades a database from N to N + 1, inside one transaction.
-_MIGRATIONS: Final[Mapping[int, Callable[[sqlite3.Connection], None]]] = {}
-
-
-class OutboxError(Exception):
-    """Base of the outbox's errors. Every message names the file and says what to do."""
-
-
-class OutboxLockedError(OutboxError):
-    """Another process holds this state directory."""
-
-
-class OutboxNotWritableError(OutboxError):
-    """The file or its directory cannot be written (permissions, read-only filesystem, ...)."""
-
-
-class OutboxFullError(OutboxError):
-    """The disk is full. Everything committed before is intact; the failed batch is not stored."""
-
-
-class OutboxCorruptError(OutboxError):
-    """The file is not an outbox or is damaged. It is left in place for inspection."""
-
-
-class OutboxNotFoundError(OutboxError):
-    """`read_status` found no outbox: the daemon has not run with this state directory."""
-
-
-class OutboxSequenceError(OutboxError):
-    """A caller bug: entries out of sequence, or a drop that would remove the new entries."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One signed log entry. `body` is the JWS (flattened JSON) text; `created` is hub epoch s."""
-
-    seq: int
-    kind: Kind
-    body: bytes
-    created: float
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceDelta:
-    """What one append adds to a device's counters. None leaves the stored value as it is."""
-
-    readings: int = 0
-    decode_errors: int = 0
-    last_reading: float | None = None
-    last_error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceStats:
-    """A device's running totals since the outbox was created."""
-
-    readings: int
-    decode_errors: int
-    last_reading: float | None
-    last_error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    depth: int
-    oldest_created: float | None
-    newest_seq: int
-    last_ack: float | None
-    db_bytes: int
-    wal_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class StatusSnapshot:
-    """What `read_status` saw in the committed state of the file."""
-
-    path: Path
-    stats: OutboxStats
-    last_hash: str
-    devices: Mapping[str, DeviceStats]
-    meta: Mapping[str, MetaValue]
-    writer_pid: int | None
-    """Pid recorded by the process holding the state dir, if it is still alive (a hint)."""
-
-
-def _lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-def _translate(exc: BaseException, path: Path, doing: str) -> OutboxError:
-    """Turn an sqlite3 or OS error into the outbox error that says what to do about it."""
-    if isinstance(exc, sqlite3.Error):
-        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-        full, readonly = code == _SQLITE_FULL, code in (3, 8, 14)  # PERM, READONLY, CANTOPEN
-
-        corrupt, busy = code in (11, 26), code in (5, 6)  # CORRUPT, NOTADB; BUSY, LOCKED
-    elif isinstance(exc, OSError):
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        readonly = exc.errno in (
-            errno.EROFS,
-            errno.EACCES,
-            errno.EPERM,
-            errno.ENOTDIR,
-            errno.EISDIR,
-            errno.ENOENT,
-        )
-        corrupt = busy = False
-    else:
-        full = readonly = corrupt = busy = False
-    if full:
-        return OutboxFullError(
-            f"cannot {doing} {path}: the disk is full ({exc}). Everything committed before is "
-            "intact and this batch was not stored; free space on that filesystem or lower the "
-            "outbox's max_rows."
-        )
-    if readonly:
-        return OutboxNotWritableError(
-            f"cannot {doing} {path}: it is not writable ({exc}). Make the state directory and "
-            "the files in it writable by the rtm-gateway user, or choose another state dir."
-        )
-    if corrupt:
-        return OutboxCorruptError(
-            f"cannot {doing} {path}: the file is damaged or not an outbox ({exc}). It has been "
-            f"left in place: stop rtm-gateway, move {path} and any {path.name}-wal and "
-            f"{path.name}-shm next to it aside for inspection, then start again to create a "
-            "new outbox."
-        )
-    if busy:
-        return OutboxLockedError(
-            f"cannot {doing} {path}: another process has the database locked ({exc}). Another "
-            "rtm-gateway is probably running with this state dir; stop it first."
-        )
-    return OutboxError(f"cannot {doing} {path}: {exc}")
 
 
 def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -228,13 +87,6 @@ def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
         else:
             out.append((seq, seq))
     return out
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 class Outbox:
@@ -252,9 +104,9 @@ class Outbox:
         self._replay = False
         self._commits_since_ckpt = 0
         self._rows_since_ckpt = 0
-        self._last_seq, self._last_hash = self._load_head()
+        self._last_seq, self._last_hash = read_head(conn, path)
         self._depth = self._committed_depth = self._count()
-        self._probe_write()
+        probe_write(conn, path)
 
     # ---- opening and closing -----------------------------------------------------------------
 
@@ -268,14 +120,14 @@ class Outbox:
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1")
         path = Path(path)
-        lock_fd = _take_lock(path)
+        lock_fd = take_lock(path)
         try:
-            conn = _connect(path)
+            conn = connect(path)
             try:
                 return cls(path, conn, lock_fd, max_rows)
             except sqlite3.Error as exc:
                 conn.close()
-                raise _translate(exc, path, "open the outbox") from exc
+                raise translate_error(exc, path, "open the outbox") from exc
             except BaseException:
                 conn.close()
                 raise
@@ -358,19 +210,19 @@ class Outbox:
             oldest_created=None if row is None else float(row[0]),
             newest_seq=self._last_seq,
             last_ack=None if last_ack is None else float(last_ack),
-            db_bytes=_file_size(self._path),
-            wal_bytes=_file_size(self._path.with_name(self._path.name + "-wal")),
+            db_bytes=file_size(self._path),
+            wal_bytes=file_size(self._path.with_name(self._path.name + "-wal")),
         )
 
     def devices(self) -> dict[str, DeviceStats]:
         with self._guard("read from"):
-            return _read_devices(self._conn)
+            return read_devices(self._conn)
 
     def get_meta(self, key: str) -> MetaValue | None:
         """A meta value, including one set but not yet committed."""
         with self._guard("read from"):
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else _meta_value(row[0])
+        return None if row is None else meta_value(row[0])
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -558,39 +410,6 @@ class Outbox:
                 "outbox %s: checkpoint/vacuum failed (%s); will retry later", self._path, exc
             )
 
-    def _load_head(self) -> tuple[int, str]:
-        meta = dict(
-            self._conn.execute(
-                "SELECT key, value FROM meta WHERE key IN ('last_seq', 'last_hash')"
-            ).fetchall()
-        )
-        max_seq = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()[0]
-        last_seq, last_hash = meta.get("last_seq"), meta.get("last_hash")
-        # Rows and head are written in one transaction, so a mismatch means outside damage.
-        if (
-            not isinstance(last_seq, int)
-            or not isinstance(last_hash, str)
-            or (max_seq is not None and max_seq > last_seq)
-        ):
-            raise OutboxCorruptError(
-                f"outbox {self._path}: the stored head (last_seq={last_seq!r}) does not match "
-                f"the rows (max seq {max_seq}); the file was changed outside rtm-gateway. Move "
-                f"{self._path} aside for inspection and start again."
-            )
-        return last_seq, last_hash
-
-    def _probe_write(self) -> None:
-        """Write at every start, after the reads: a read-only file fails here rather than at the
-        first reading, and a damaged file is never written to."""
-        try:
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('opened', ?)", (time.time(),))
-        except sqlite3.Error as exc:
-            if (exc.sqlite_errorcode & 0xFF) != _SQLITE_FULL:
-                raise
-            # On a full disk the stored entries can still be leased and published; `append`
-            # reports the full disk for as long as it lasts.
-            log.warning("outbox %s: the disk is full; free space on that filesystem", self._path)
-
     def _count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
@@ -614,188 +433,4 @@ class _Guard:
         if self._rollback:
             self._box._abort()
         if isinstance(exc, sqlite3.Error):
-            raise _translate(exc, self._box.path, self._doing) from exc
-
-
-def _take_lock(path: Path) -> int:
-    lock = _lock_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except FileExistsError as exc:  # mkdir found a file where the directory should be
-        raise OutboxNotWritableError(
-            f"cannot create the outbox {path}: {path.parent} is not a directory. Move that file "
-            "aside, or choose another state dir."
-        ) from exc
-    except OSError as exc:
-        raise _translate(exc, path, "create the outbox") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        raise OutboxLockedError(
-            f"another rtm-gateway is running with this state dir ({path.parent}"
-            f"{', pid ' + pid if pid else ''}; it holds {lock}). Stop it first, or give this "
-            "one a different state dir."
-        ) from exc
-    try:
-        # The pid is a hint for `status` and for the message above; the lock is what counts.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError as exc:
-        os.close(fd)
-        raise _translate(exc, path, "create the outbox") from exc
-    return fd
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    """Connect, configure and create or migrate the schema. Also proves the file is writable."""
-    try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.2)
-    except sqlite3.Error as exc:
-        raise _translate(exc, path, "open the outbox") from exc
-    try:
-        _prepare(conn, path)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise _translate(exc, path, "open the outbox") from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _prepare(conn: sqlite3.Connection, path: Path) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0:
-        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise OutboxCorruptError(
-                f"{path} is an SQLite database but not an rtm-gateway outbox; it has been "
-                "left in place. Move it aside or choose another state dir."
-            )
-        # Only takes effect before the first table exists; later it would need a VACUUM.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
-        raise OutboxNotWritableError(
-            f"cannot put {path} in WAL mode; make the state directory writable"
-        )
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA wal_autocheckpoint = 0")
-    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-    if version == SCHEMA_VERSION:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        _create_or_migrate(conn, path, version)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _create_or_migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
-    if version == 0:
-        for ddl in _SCHEMA_V1:
-            conn.execute(ddl)
-        conn.executemany(
-            "INSERT INTO meta VALUES (?, ?)",
-            [("last_seq", 0), ("last_hash", ""), ("created", time.time())],
-        )
-        version = 1
-    if version > SCHEMA_VERSION:
-        raise OutboxError(
-            f"{path} was written by a newer rtm-gateway (schema {version}, this one knows "
-            f"{SCHEMA_VERSION}); upgrade rtm-gateway, or move the file aside to start afresh."
-        )
-    while version < SCHEMA_VERSION:
-        _MIGRATIONS[version](conn)
-        version += 1
-    conn.execute(f"PRAGMA user_version = {version}")
-
-
-def _meta_value(raw: object) -> MetaValue:
-    if isinstance(raw, bytes):
-        return raw.decode()
-    if isinstance(raw, str | int | float):
-        return raw
-    return str(raw)
-
-
-def _read_devices(conn: sqlite3.Connection) -> dict[str, DeviceStats]:
-    rows = conn.execute(
-        "SELECT id, readings, decode_errors, last_reading, last_error FROM devices"
-    ).fetchall()
-    return {
-        dev: DeviceStats(readings, errors, last_reading, last_error)
-        for dev, readings, errors, last_reading, last_error in rows
-    }
-
-
-def _writer_pid(path: Path) -> int | None:
-    try:
-        text = _lock_path(path).read_text(encoding="ascii").strip()
-        pid = int(text)
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, owned by another user
-    return pid
-
-
-def read_status(path: Path) -> StatusSnapshot:
-    """Read the committed state without writing anything, whether the daemon runs or not.
-
-    WAL lets this reader run beside the writer; it sees the last committed transaction.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise OutboxNotFoundError(
-            f"no outbox yet at {path}: the daemon has not run with this state dir"
-        )
-    # With no WAL file there is nothing uncommitted to merge, and opening read-only in WAL mode
-    # would leave -wal/-shm files behind, owned by whoever ran `status` (often root): the daemon
-    # could then not open its own database. `immutable` creates nothing.
-    wal = path.with_name(path.name + "-wal")
-    uri = path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
-    try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=1.0)
-    except sqlite3.Error as exc:
-        raise _translate(exc, path, "read") from exc
-    try:
-        conn.execute("BEGIN")  # one snapshot for all the queries below
-        meta = {
-            key: _meta_value(value)
-            for key, value in conn.execute("SELECT key, value FROM meta").fetchall()
-        }
-        depth, oldest = conn.execute(
-            "SELECT count(*), (SELECT created FROM outbox ORDER BY seq LIMIT 1) FROM outbox"
-        ).fetchone()
-        devices = _read_devices(conn)
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise _translate(exc, path, "read") from exc
-    finally:
-        conn.close()
-    last_ack = meta.get("last_ack")
-    stats = OutboxStats(
-        depth=int(depth),
-        oldest_created=None if oldest is None else float(oldest),
-        newest_seq=int(meta.get("last_seq", 0)),
-        last_ack=None if last_ack is None else float(last_ack),
-        db_bytes=_file_size(path),
-        wal_bytes=_file_size(path.with_name(path.name + "-wal")),
-    )
-    return StatusSnapshot(
-        path=path,
-        stats=stats,
-        last_hash=str(meta.get("last_hash", "")),
-        devices=devices,
-        meta=meta,
-        writer_pid=_writer_pid(path),
-    )
+            raise translate_error(exc, self._box.path, self._doing) from exc

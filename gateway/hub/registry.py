@@ -1,8 +1,9 @@
 """The driver registry: built-in drivers plus plugins from the `rtm_gateway.drivers` entry points.
 
-What lives here: loading and validating drivers, lookup by id, matching a USB serial device to a
-driver by the drivers' declared rules, and the description behind `rtm-gateway drivers`. A broken
-or invalid plugin is logged and skipped; it never stops the hub or the other drivers.
+What lives here: loading and validating drivers, lookup by id, and choosing the driver for a USB
+serial device or a BLE advertisement (the rules are ranked in `gateway.hub.driver_match`; the
+rows of `rtm-gateway drivers` are built in `gateway.hub.driver_description`). A broken or
+invalid plugin is logged and skipped; it never stops the hub or the other drivers.
 
 Nothing here opens a device. Keep imports light: the daemon imports this on every start, so
 `importlib.metadata` is only imported when the installed plugins are actually looked up.
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.drivers import BUILTIN_DRIVERS, decode_bytes, serial_settings_for
+from gateway.hub.driver_description import DriverDescription, describe_driver
+from gateway.hub.driver_match import ble_rank
 from gateway.sdk import (
     SDK_VERSION,
     TRACE,
@@ -101,44 +104,6 @@ class PluginProblem:
 
 
 @dataclass(frozen=True, slots=True)
-class DriverDescription:
-    """One row of `rtm-gateway drivers`."""
-
-    id: str
-    version: str
-    description: str
-    transport: str
-    match: tuple[str, ...]
-    serial: str
-    produces: tuple[str, ...]
-    continuous: bool
-    source: str
-    characteristics: tuple[str, ...] = ()
-    category: str = "other"
-    sdk_version: str = ""
-    session: tuple[str, ...] = ()
-    """What the hub does beyond listening: writes on connect/disconnect, stored records."""
-
-    def as_dict(self) -> dict[str, object]:
-        """The `--json` shape."""
-        return {
-            "id": self.id,
-            "version": self.version,
-            "description": self.description,
-            "transport": self.transport,
-            "match": list(self.match),
-            "serial": self.serial,
-            "produces": list(self.produces),
-            "continuous": self.continuous,
-            "source": self.source,
-            "characteristics": list(self.characteristics),
-            "category": self.category,
-            "sdk_version": self.sdk_version,
-            "session": list(self.session),
-        }
-
-
-@dataclass(frozen=True, slots=True)
 class _Entry:
     driver: AnyDriver
     source: str
@@ -189,23 +154,6 @@ def validate_driver(candidate: object) -> AnyDriver:
     return driver
 
 
-def _session_lines(info: DriverInfo) -> tuple[str, ...]:
-    lines = []
-    if info.ble_session is not None:
-        for when, steps in (
-            ("on connect", info.ble_session.on_connect),
-            ("on disconnect", info.ble_session.on_disconnect),
-        ):
-            lines += [f"{when}: write {step.data.hex()} to {step.uuid}" for step in steps]
-        if (stored := info.ble_session.stored) is not None:
-            lines.append(
-                f"stored records: requested on {stored.control}, arriving on {stored.records}"
-            )
-    if info.serial_session is not None:
-        lines += [f"on open: send {data!r}" for data in info.serial_session.on_open]
-    return tuple(lines)
-
-
 def characteristic_uuid(text: str) -> str:
     """A characteristic named by its 16-bit SIG number ("2A37", "0x2a37") or full UUID."""
     cleaned = text.strip().lower().removeprefix("0x")
@@ -214,52 +162,6 @@ def characteristic_uuid(text: str) -> str:
     if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", cleaned):
         return cleaned
     raise DecodeError(f"{text!r} is not a characteristic UUID (16-bit like 2A37, or full)")
-
-
-def _ble_rank(
-    rule: BleMatch,
-    uuids: set[str],
-    data: Mapping[int, bytes],
-    local_name: str | None,
-    connectable: bool | None,
-) -> int:
-    """How specifically `rule` matches the advertisement: 0 for no match, else the number of
-    things it checked."""
-    rank = 0
-    if rule.service_uuid is not None:
-        if rule.service_uuid.lower() not in uuids:
-            return 0
-        rank += 1
-    if rule.manufacturer_id is not None:
-        payload = data.get(rule.manufacturer_id)
-        if payload is None or not payload.startswith(rule.data_prefix):
-            return 0
-        rank += 2 if rule.data_prefix else 1
-    if rule.local_name is not None:
-        if local_name is None or not re.match(rule.local_name, local_name):
-            return 0
-        rank += 1
-    if rule.connectable is not None:
-        if connectable is not rule.connectable:
-            return 0
-        rank += 1
-    return rank
-
-
-def ble_claims(
-    driver: AnyDriver,
-    *,
-    service_uuids: Iterable[str] = (),
-    manufacturer_data: Mapping[int, bytes] | None = None,
-    local_name: str | None = None,
-) -> bool:
-    """Whether any of the driver's BLE match rules matches this advertisement."""
-    uuids = {uuid.lower() for uuid in service_uuids}
-    return any(
-        _ble_rank(rule, uuids, manufacturer_data or {}, local_name, None)
-        for rule in driver.info.match
-        if isinstance(rule, BleMatch)
-    )
 
 
 def _installed_entry_points() -> Iterable[EntryPointLike]:
@@ -517,7 +419,7 @@ class Registry:
             for rule in entry.driver.info.match:
                 if not isinstance(rule, BleMatch):
                     continue
-                rank = _ble_rank(rule, uuids, data, local_name, connectable)
+                rank = ble_rank(rule, uuids, data, local_name, connectable)
                 if rank > best_rank:
                     best, best_rank = set(), rank
                 if rank and rank == best_rank:
@@ -529,28 +431,7 @@ class Registry:
 
     def describe(self) -> tuple[DriverDescription, ...]:
         """Every installed driver, sorted by id."""
-        rows = []
-        for driver_id in self.ids():
-            entry = self._entries[driver_id]
-            info = entry.driver.info
-            rows.append(
-                DriverDescription(
-                    id=info.id,
-                    version=info.version,
-                    description=info.description,
-                    transport=info.transport,
-                    match=tuple(rule.describe() for rule in info.match),
-                    serial=info.serial.describe() if info.transport == "serial" else "",
-                    produces=tuple(info.produces),
-                    continuous=info.continuous,
-                    source=entry.source,
-                    characteristics=tuple(
-                        f"{c.uuid} {c.name} ({c.mode}{', optional' if c.optional else ''})"
-                        for c in info.characteristics
-                    ),
-                    category=info.category,
-                    sdk_version=f"{info.sdk_version[0]}.{info.sdk_version[1]}",
-                    session=_session_lines(info),
-                )
-            )
-        return tuple(rows)
+        return tuple(
+            describe_driver(self._entries[driver_id].driver.info, self._entries[driver_id].source)
+            for driver_id in self.ids()
+        )

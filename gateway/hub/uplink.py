@@ -1,11 +1,13 @@
 """The uplink: signed entries leave the outbox over MQTT and are deleted only after PUBACK.
 
-What lives here: `Uplink` (connect with full-jitter backoff, retained status with an "offline"
-last will, batched QoS 1 publishing under a bounded in-flight window, acks to the store, clean
-stop), the small protocols it needs (`Publisher`, `PublisherFactory`, `EntryStore`) and
-`UplinkStats`. What may not: any concrete transport or store. This module never imports
-`gateway.transport` or `gateway.hub.outbox`; the app wires a real MQTT client and outbox in, and
-tests may hand it the same against a local broker.
+What lives here: `Uplink` (connect and reconnect, retained status with an "offline" last will,
+batched QoS 1 publishing under a bounded in-flight window, acks to the store, clean stop), the
+protocol of the store it needs (`EntryStore`) and `UplinkStats`. How stored entries become
+messages (`make_batches`) is in `gateway.hub.uplink_batches`; the broker side (the `Publisher`
+protocols, the `ReconnectPolicy`) is in `gateway.hub.uplink_connection`. What may not: any
+concrete transport or store. This module never imports `gateway.transport` or
+`gateway.hub.outbox`; the app wires a real MQTT client and outbox in, and tests may hand it the
+same against a local broker.
 
 Delivery is at-least-once: after a reconnect everything not yet acknowledged is leased again from
 the oldest, so the platform may see duplicates (detectable by `seq`) but never a gap.
@@ -19,62 +21,14 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
+from gateway.hub.uplink_batches import Batch, StoredEntry, make_batches
+from gateway.hub.uplink_connection import Publisher, PublisherFactory, ReconnectPolicy
 
 _LOGGER = logging.getLogger(__name__)
-
-_TOPIC_SUFFIX: Mapping[str, str] = {"reading": "readings", "event": "events"}
-
-
-class Publisher(Protocol):
-    """One connected MQTT session, as the uplink uses it (`MqttClient` fits).
-
-    Errors raised by `publish` futures or by the factory may carry a `kind` attribute: "auth"
-    and "tls" are retried only after a long pause, since retrying the same settings won't help.
-    """
-
-    @property
-    def is_connected(self) -> bool: ...
-
-    @property
-    def receive_maximum(self) -> int:
-        """The broker's limit on unacknowledged QoS 1 publishes (MQTT 5 Receive Maximum)."""
-        ...
-
-    def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
-    ) -> asyncio.Future[None]:
-        """Resolves on PUBACK; fails if the connection drops first."""
-        ...
-
-    async def wait_disconnected(self) -> None: ...
-
-    async def disconnect(self, drain_timeout: float = 5.0, *, with_will: bool = False) -> None: ...
-
-    def abort(self) -> None:
-        """Drop the connection without DISCONNECT (the broker then publishes the will)."""
-        ...
-
-
-PublisherFactory = Callable[[str, bytes], Awaitable[Publisher]]
-"""`factory(will_topic, will_payload)` connects (will retained, QoS 1) and returns the session."""
-
-
-class StoredEntry(Protocol):
-    """One signed log entry as the store hands it out."""
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def kind(self) -> Literal["reading", "event"]: ...
-
-    @property
-    def body(self) -> bytes: ...
 
 
 class EntryStore(Protocol):
@@ -103,43 +57,8 @@ class UplinkStats:
     last_error: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    topic: str
-    seqs: tuple[int, ...]
-    payload: bytes
-
-
 class _SessionLost(Exception):
     """The connection is gone or stuck; reconnect."""
-
-
-def make_batches(
-    entries: Sequence[StoredEntry], batch_size: int, max_messages: int, base_topic: str
-) -> list[_Batch]:
-    """Group consecutive entries of one kind into JSON arrays of at most `batch_size` bodies.
-
-    The bodies are already JSON (JWS objects), so they are joined, never re-encoded. Stops at
-    `max_messages`; the entries left over are leased again later.
-    """
-    batches: list[_Batch] = []
-    run: list[StoredEntry] = []
-
-    def close_run() -> None:
-        topic = f"{base_topic}/{_TOPIC_SUFFIX[run[0].kind]}"
-        payload = b"[" + b",".join(e.body for e in run) + b"]"
-        batches.append(_Batch(topic, tuple(e.seq for e in run), payload))
-        run.clear()
-
-    for entry in entries:
-        if run and (entry.kind != run[0].kind or len(run) >= batch_size):
-            close_run()
-            if len(batches) >= max_messages:
-                return batches
-        run.append(entry)
-    if run and len(batches) < max_messages:
-        close_run()
-    return batches
 
 
 class Uplink:
@@ -170,8 +89,9 @@ class Uplink:
         self._base = f"{topic_prefix}/{hub_id}"
         self._batch_size = batch_size
         self._window = window
-        self._jitter = wait_random_exponential(multiplier=backoff_initial, max=backoff_max)
-        self._auth_backoff = auth_backoff
+        self._reconnect = ReconnectPolicy(
+            initial=backoff_initial, maximum=backoff_max, auth_pause=auth_backoff
+        )
         self._connect_timeout = connect_timeout
         self._ack_timeout = ack_timeout
         self._flush_interval = flush_interval
@@ -190,7 +110,6 @@ class Uplink:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._connects = 0
         self._generation = 0
-        self._retry_owner = AsyncRetrying()  # only to build RetryCallState for the wait policy
         self._messages = 0
         self._entries = 0
         self._last_publish: float | None = None
@@ -228,8 +147,9 @@ class Uplink:
         try:
             while not self._stop_requested.is_set():
                 if failures:
-                    delay = self._backoff(failures, error)
-                    self._log_retry(error, delay)
+                    delay = self._reconnect.delay(failures, error)
+                    if error is not None:  # else the session already logged why it ended
+                        self._last_error = self._reconnect.report(error, delay)
                     if await self._stop_within(delay):
                         break
                 try:
@@ -280,46 +200,12 @@ class Uplink:
     def _status_payload(self, state: str) -> bytes:
         return json.dumps({"state": state, **self._status_extra}, separators=(",", ":")).encode()
 
-    def _backoff(self, failures: int, error: BaseException | None) -> float:
-        if getattr(error, "kind", None) in ("auth", "tls"):
-            return self._auth_backoff
-        state = RetryCallState(self._retry_owner, None, (), {})
-        state.attempt_number = failures
-        return float(self._jitter(state))
-
     async def _stop_within(self, delay: float) -> bool:
         """Sleep `delay` seconds unless stop() comes first; True if it did."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._stop_requested.wait()
         return self._stop_requested.is_set()
-
-    def _log_retry(self, error: BaseException | None, delay: float) -> None:
-        if error is None:
-            return  # the session already logged why it ended
-        text = str(error) or type(error).__name__
-        self._last_error = text
-        kind = getattr(error, "kind", None)
-        if kind == "auth":
-            _LOGGER.error(
-                "mqtt login refused: %s; check mqtt username/password_file. Next try in %.0f s",
-                text,
-                delay,
-            )
-        elif kind == "tls":
-            _LOGGER.error(
-                "mqtt TLS failed: %s; check mqtt ca_file/cert_file/key_file and the clock."
-                " Next try in %.0f s",
-                text,
-                delay,
-            )
-        else:
-            _LOGGER.warning(
-                "mqtt connect failed (%s); retrying in %.1f s. Readings stay in the outbox;"
-                " check the broker address and network if this persists",
-                text,
-                delay,
-            )
 
     # -- one connected session -------------------------------------------------------------
 
@@ -439,7 +325,7 @@ class Uplink:
         if error is not None:
             raise _SessionLost(str(error)) from error
 
-    def _on_done(self, future: asyncio.Future[None], batch: _Batch, generation: int) -> None:
+    def _on_done(self, future: asyncio.Future[None], batch: Batch, generation: int) -> None:
         self._in_flight.discard(future)
         self._kick.set()
         if future.cancelled():

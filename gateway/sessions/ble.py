@@ -34,7 +34,8 @@ from gateway.drivers.gatt_cts import CURRENT_TIME, encode_current_time
 from gateway.hub.clock import HubClock, clock_state
 from gateway.hub.config import DeviceConfig
 from gateway.hub.journal import Journal
-from gateway.hub.outbox import MetaValue, Outbox
+from gateway.hub.outbox import Outbox
+from gateway.hub.outbox_file import MetaValue
 from gateway.sdk import (
     TRACE,
     DecodeError,

@@ -24,7 +24,7 @@ from typing import Protocol
 from gateway.drivers.gatt_gls import GLUCOSE_MEASUREMENT
 from gateway.drivers.gatt_gls import MEASUREMENT_CONTEXT as GLUCOSE_CONTEXT
 from gateway.drivers.gatt_plx import SPOT_CHECK as PLX_SPOT_CHECK
-from gateway.hub.outbox import MetaValue
+from gateway.hub.outbox_file import MetaValue
 from gateway.sdk import GattDriver, Reading, StoredRecords, uuid16
 from gateway.sessions import racp
 

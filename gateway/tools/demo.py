@@ -370,7 +370,7 @@ async def _run_hub(config: Config, seconds: float, receiver: _Receiver, out: Tex
         hub.stop_event.set()
         await task
         live.close()
-    from gateway.hub.outbox import read_status
+    from gateway.hub.outbox_status import read_status
 
     return read_status(config.hub.outbox_path).stats.newest_seq
 

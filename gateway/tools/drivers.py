@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.hub.registry import DriverDescription
+from gateway.hub.driver_description import DriverDescription
 
 
 def render_drivers(descriptions: Iterable[DriverDescription]) -> str:

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from gateway.hub.config import DeviceConfig
-from gateway.hub.registry import AmbiguousMatchError, Registry, ble_claims
-from gateway.transport.ble import Advert, BleScanner
+from gateway.hub.driver_match import ble_claims
+from gateway.hub.registry import AmbiguousMatchError, Registry
+from gateway.transport.ble.scanner import Advert, BleScanner
 
 
 class ScanError(Exception):

@@ -11,7 +11,8 @@ from typing import Any
 
 from gateway.hub.clock import rfc3339
 from gateway.hub.config import Config
-from gateway.hub.outbox import OutboxError, OutboxNotFoundError, read_status
+from gateway.hub.outbox_file import OutboxError, OutboxNotFoundError
+from gateway.hub.outbox_status import read_status
 
 
 class StatusError(Exception):
