@@ -239,7 +239,7 @@ def test_describe() -> None:
         "source": "builtin",
         "characteristics": [],
         "category": "respiratory",
-        "sdk_version": "1.2",
+        "sdk_version": "1.3",
         "session": [],
     }
     assert rows["acme.x"]["source"] == "acme-x"
