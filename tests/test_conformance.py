@@ -15,6 +15,7 @@ import pytest
 from gateway.hub.registry import Registry
 from gateway.kit.conformance import Check, check_driver, loinc_ok
 from gateway.kit.ucum import ucum_error
+from gateway.sdk import SDK_VERSION
 from tests.harness import ROOT, run_cli
 
 REGISTRY = Registry(entry_points=())
@@ -170,7 +171,8 @@ def test_a_driver_needing_a_newer_sdk_is_refused_by_name(vendor_root: Path) -> N
     path.write_text(path.read_text().replace("sdk_version=(1, 2)", "sdk_version=(1, 9)"))
     report = check_driver(module, registry=Registry(entry_points=()))
     assert not report.ok
-    assert "needs driver SDK 1.9, this hub has 1.2" in report.checks[0].detail
+    hub = f"{SDK_VERSION[0]}.{SDK_VERSION[1]}"
+    assert f"needs driver SDK 1.9, this hub has {hub}" in report.checks[0].detail
 
 
 def test_the_cli_exit_status_says_pass_fail_or_not_found(vendor_root: Path) -> None:
