@@ -337,7 +337,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         result = registry.decode(args.driver, data, options, char=args.char)
     except (ValueError, TypeError, RegistryError) as exc:  # bad hex, bad options, no driver
         return _fail(str(exc), EXIT_CONFIG)
-    readings = [r.wire() for r in result.readings]
+    readings = [r.as_dict() for r in result.readings]
     errors = [str(e) for e in result.errors]
     if args.json:
         print(json.dumps({"readings": readings, "errors": errors}, indent=2))

@@ -297,7 +297,7 @@ def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
     registry = Registry(entry_points=[plugin("hr", gatt)])
     assert registry.get("acme.hr") is gatt
     result = registry.decode("acme.hr", b"\x48", {}, char="2A37")
-    assert [r.wire()["observations"] for r in result.readings] == [
+    assert [r.as_dict()["observations"] for r in result.readings] == [
         [{"type": "heart_rate", "value": 72, "unit": "/min", "mdc": 147842, "loinc": "8867-4"}]
     ]
     with pytest.raises(InvalidDriverError, match="--char"):

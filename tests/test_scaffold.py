@@ -97,7 +97,7 @@ def _collect(results: Iterable[FeedResult]) -> tuple[list[object], int]:
     readings: list[object] = []
     errors: list[DecodeError] = []
     for result in results:
-        readings += [reading.wire() for reading in result.readings]
+        readings += [reading.as_dict() for reading in result.readings]
         errors += result.errors
     assert all(isinstance(error, DecodeError) for error in errors)
     return json.loads(json.dumps(readings)), len(errors)
