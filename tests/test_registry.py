@@ -279,6 +279,7 @@ def gatt_info(
     driver_id: str = "acme.hr",
     match: tuple[object, ...] = (),
     characteristics: tuple[Characteristic, ...] = (Characteristic(HR, "hr", "notify"),),
+    observation_types: tuple[object, ...] = (),
 ) -> DriverInfo:
     return DriverInfo(
         driver_id,
@@ -288,6 +289,7 @@ def gatt_info(
         match=match,  # type: ignore[arg-type]
         service=uuid16(0x180D),
         characteristics=characteristics,
+        observation_types=observation_types,  # type: ignore[arg-type]
     )
 
 
@@ -318,6 +320,7 @@ def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
     [
         (gatt_info(match=(UsbMatch(0x0403, 0x6001),)), "BleMatch for a ble driver"),
         (gatt_info(characteristics=()), "must declare its characteristics"),
+        (gatt_info(observation_types=("spo2",)), "'spo2' in observation_types is not an"),
     ],
 )
 def test_invalid_gatt_drivers_are_refused(info: DriverInfo, words: str) -> None:

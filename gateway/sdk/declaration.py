@@ -140,5 +140,6 @@ class DriverInfo:
 
     def __post_init__(self) -> None:
         if not self.produces and self.observation_types:
-            names = dict.fromkeys(t.name for t in self.observation_types)
-            object.__setattr__(self, "produces", tuple(names))
+            # getattr: a wrong entry is the registry's to refuse by name, not an import error.
+            names = dict.fromkeys(getattr(t, "name", "") for t in self.observation_types)
+            object.__setattr__(self, "produces", tuple(name for name in names if name))
