@@ -29,7 +29,6 @@ from gateway.sdk import (
     SerialSettings,
     StatusValue,
     UsbMatch,
-    name_bits,
     no_options,
 )
 
@@ -39,6 +38,12 @@ SYNC = 0x80
 # The named status bits of bytes 0 and 2: flags are table entries, not code.
 _BYTE0_BITS: BitNames = {4: "finger_out", 5: "spo2_dropping", 6: "pulse_beep"}
 _BYTE2_BITS: BitNames = {4: "probe_error", 5: "searching"}
+# (name, byte index, mask) of each, made once: a frame is decoded 60 times a second.
+_FLAG_MASKS = tuple(
+    (name, index, 1 << bit)
+    for index, names in ((0, _BYTE0_BITS), (2, _BYTE2_BITS))
+    for bit, name in names.items()
+)
 
 # While finger_out, searching or probe_error is set the oximeter is not measuring, so the
 # numbers in the frame are left-overs or placeholders, not readings.
@@ -77,8 +82,8 @@ def decode_frame(frame: bytes) -> Reading:
         raise DecodeError("CMS50D frame has bit 7 set after its first byte")
 
     status: dict[str, StatusValue] = {"signal_strength": frame[0] & 0x0F}
-    status |= name_bits(frame[0], _BYTE0_BITS)
-    status |= name_bits(frame[2], _BYTE2_BITS)
+    for name, index, mask in _FLAG_MASKS:
+        status[name] = bool(frame[index] & mask)
     measuring = not (status["finger_out"] or status["searching"] or status["probe_error"])
     values = (("spo2", frame[4]), ("pulse_rate", frame[3] | (0x80 if frame[2] & 0x40 else 0)))
     observations = tuple(
