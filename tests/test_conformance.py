@@ -16,7 +16,14 @@ from gateway.hub.registry import Registry
 from gateway.kit.conformance import Check, check_driver
 from gateway.kit.observations import loinc_ok
 from gateway.kit.ucum import ucum_error
-from gateway.sdk import SDK_VERSION, GattDriver, GattTableDriver, OptionError
+from gateway.sdk import (
+    SDK_VERSION,
+    BleSession,
+    GattDriver,
+    GattTableDriver,
+    GattWrite,
+    OptionError,
+)
 from tests.harness import ROOT, run_cli
 
 REGISTRY = Registry(entry_points=())
@@ -232,6 +239,17 @@ def test_a_table_driver_is_a_gatt_driver_that_refuses_options_and_undeclared_uui
     assert gatt_hts.DRIVER.info.produces == ("body_temperature",)
     with pytest.raises(OptionError, match=r"gatt\.hts takes no options"):
         gatt_hts.DRIVER.gatt_decoder({"unit": "kg"})
+    session = BleSession(on_connect=(GattWrite(gatt_hts.TEMPERATURE_TYPE, b"\x01"),))
+    with_session = GattTableDriver(
+        id="acme.x",
+        version="1.0.0",
+        description="x",
+        service=gatt_hts.DRIVER.service,
+        characteristics=gatt_hts.DRIVER.characteristics,
+        decoders=gatt_hts.DRIVER.decoders,
+        ble_session=session,
+    )
+    assert with_session.info.ble_session is session
     with pytest.raises(ValueError, match="not a declared characteristic"):
         GattTableDriver(
             id="acme.x",

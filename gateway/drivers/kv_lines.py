@@ -160,6 +160,7 @@ class KvLinesDriver:
         description="Generic text lines of key=value pairs; keys mapped to observations by options",
         transport="serial",
         serial=SerialSettings(DEFAULT_BAUDRATE),
+        # No observation_types: each device's options say what its keys are.
     )
 
     def decoder(self, options: Mapping[str, object]) -> KvLinesDecoder:
