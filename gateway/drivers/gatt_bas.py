@@ -1,7 +1,7 @@
 """Bluetooth SIG Battery service (0x180F): the battery level.
 
-What lives here: the pure codec `decode_battery_level` (0x2A19), the per-connection
-`DRIVER`. Nothing here talks to a radio (domain.md §3.2.11).
+What lives here: the pure codec `decode_battery_level` (0x2A19) and `DRIVER`. Nothing here talks
+to a radio.
 """
 
 from __future__ import annotations
