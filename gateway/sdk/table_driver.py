@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from gateway.sdk.conversations import BleSession
 from gateway.sdk.declaration import SDK_VERSION, Category, Characteristic, DriverInfo, MatchRule
@@ -64,6 +65,8 @@ class GattTableDriver:
             )
         if (self.decoder_factory is None) == (not self.decoders):
             raise ValueError(f"{self.id}: give either `decoders` or `decoder_factory`")
+        # A copy nobody can change: the declaration is frozen, its table too.
+        object.__setattr__(self, "decoders", MappingProxyType(dict(self.decoders)))
         info = DriverInfo(
             id=self.id,
             version=self.version,
