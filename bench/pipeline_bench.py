@@ -786,7 +786,7 @@ def sign_micro(identity: HubIdentity, n: int) -> float:
             "device": None,
             "device_clock": "unknown",
         },
-        **{k: v for k, v in reading.wire().items() if k in ("observations", "status", "raw")},
+        **{k: v for k, v in reading.as_dict().items() if k in ("observations", "status", "raw")},
     }
     t0 = time.perf_counter()
     for _ in range(n):

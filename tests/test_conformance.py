@@ -13,8 +13,17 @@ from pathlib import Path
 import pytest
 
 from gateway.hub.registry import Registry
-from gateway.kit.conformance import Check, check_driver, loinc_ok
+from gateway.kit.conformance import Check, check_driver
+from gateway.kit.observations import loinc_ok
 from gateway.kit.ucum import ucum_error
+from gateway.sdk import (
+    SDK_VERSION,
+    BleSession,
+    GattDriver,
+    GattTableDriver,
+    GattWrite,
+    OptionError,
+)
 from tests.harness import ROOT, run_cli
 
 REGISTRY = Registry(entry_points=())
@@ -146,6 +155,112 @@ def test_a_wrong_unit_and_a_fixture_mismatch_fail(vendor_root: Path) -> None:
     assert any("'kilos' is not valid UCUM" in p for p in problems["units and codes"])
 
 
+TABLE_DRIVER = """
+from gateway.sdk import (BleMatch, Characteristic, GattTableDriver, Observation, ObservationType,
+                         Reading, uint_from)
+
+SERVICE = "7a1f0000-0000-4000-8000-00000000abcd"
+DATA = "7a1f0001-0000-4000-8000-00000000abcd"
+
+
+def decode(data: bytes) -> Reading:
+    return Reading((Observation("{type}", uint_from(data, 0, 2), "{unit}"),), bytes(data))
+
+
+DRIVER = GattTableDriver(
+    id="acme.{name}", version="1.0.0", description="a test device", category="musculoskeletal",
+    match=(BleMatch(service_uuid=SERVICE),), service=SERVICE,
+    characteristics=(Characteristic(DATA, "data", "notify"),), decoders={{DATA: decode}},
+    observation_types=(ObservationType("grip_force", "{declared_unit}"),), sdk_version=(1, 3),
+)
+"""
+
+
+def table_package(
+    root: Path, name: str, *, type_name: str = "grip_force", unit: str = "kg", declared: str = "kg"
+) -> str:
+    """Write package `acme_<name>` with a `GattTableDriver` declaring grip_force in `declared`,
+    whose decoder emits `type_name` in `unit`, and the one-value fixture."""
+    package = root / f"acme_{name}"
+    (package / "fixtures" / f"acme.{name}").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    source = TABLE_DRIVER.format(name=name, type=type_name, unit=unit, declared_unit=declared)
+    (package / "driver.py").write_text(source)
+    fixture = json.loads(json.dumps(FIXTURE))
+    fixture["readings"][0]["observations"][0].update(type=type_name, unit=unit)
+    (package / "fixtures" / f"acme.{name}" / "one.json").write_text(json.dumps(fixture))
+    return f"acme_{name}.driver"
+
+
+def test_a_table_driver_whose_fixtures_match_its_declared_types_passes(vendor_root: Path) -> None:
+    report = check_driver(
+        table_package(vendor_root, "table"), registry=Registry(entry_points=()), fuzz_inputs=200
+    )
+    assert report.ok, report.render()
+
+
+def test_a_fixture_producing_an_undeclared_type_fails(vendor_root: Path) -> None:
+    module = table_package(vendor_root, "undeclared", type_name="pinch_force")
+    problems = failing(
+        check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=100).checks
+    )
+    assert problems == {
+        "units and codes": ("pinch_force is produced but not declared in `observation_types`",)
+    }
+
+
+def test_a_fixture_producing_a_declared_type_in_another_unit_fails(vendor_root: Path) -> None:
+    module = table_package(vendor_root, "pounds", unit="[lb_av]")
+    problems = failing(
+        check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=100).checks
+    )
+    assert list(problems) == ["units and codes"]
+    (problem,) = problems["units and codes"]
+    assert problem.startswith("grip_force is produced in '[lb_av]' but declared in 'kg' only")
+
+
+def test_a_declared_type_with_a_unit_that_is_not_ucum_fails_the_declaration(
+    vendor_root: Path,
+) -> None:
+    module = table_package(vendor_root, "kilos", unit="kilos", declared="kilos")
+    problems = failing(
+        check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=100).checks
+    )
+    assert any(
+        "declared grip_force: unit 'kilos' is not valid UCUM" in p for p in problems["declaration"]
+    )
+
+
+def test_a_table_driver_is_a_gatt_driver_that_refuses_options_and_undeclared_uuids() -> None:
+    from gateway.drivers import gatt_hts
+
+    assert isinstance(gatt_hts.DRIVER, GattDriver)
+    assert gatt_hts.DRIVER.info.transport == "ble"
+    assert gatt_hts.DRIVER.info.produces == ("body_temperature",)
+    with pytest.raises(OptionError, match=r"gatt\.hts takes no options"):
+        gatt_hts.DRIVER.gatt_decoder({"unit": "kg"})
+    session = BleSession(on_connect=(GattWrite(gatt_hts.TEMPERATURE_TYPE, b"\x01"),))
+    with_session = GattTableDriver(
+        id="acme.x",
+        version="1.0.0",
+        description="x",
+        service=gatt_hts.DRIVER.service,
+        characteristics=gatt_hts.DRIVER.characteristics,
+        decoders=gatt_hts.DRIVER.decoders,
+        ble_session=session,
+    )
+    assert with_session.info.ble_session is session
+    with pytest.raises(ValueError, match="not a declared characteristic"):
+        GattTableDriver(
+            id="acme.x",
+            version="1.0.0",
+            description="x",
+            service=gatt_hts.DRIVER.service,
+            characteristics=gatt_hts.DRIVER.characteristics[:1],
+            decoders=dict(gatt_hts.DRIVER.decoders),
+        )
+
+
 def test_a_driver_without_fixtures_fails(vendor_root: Path) -> None:
     module = vendor_package(vendor_root, "bare", fixture=None)
     report = check_driver(module, registry=Registry(entry_points=()), fuzz_inputs=100)
@@ -170,7 +285,8 @@ def test_a_driver_needing_a_newer_sdk_is_refused_by_name(vendor_root: Path) -> N
     path.write_text(path.read_text().replace("sdk_version=(1, 2)", "sdk_version=(1, 9)"))
     report = check_driver(module, registry=Registry(entry_points=()))
     assert not report.ok
-    assert "needs driver SDK 1.9, this hub has 1.2" in report.checks[0].detail
+    hub = f"{SDK_VERSION[0]}.{SDK_VERSION[1]}"
+    assert f"needs driver SDK 1.9, this hub has {hub}" in report.checks[0].detail
 
 
 def test_the_cli_exit_status_says_pass_fail_or_not_found(vendor_root: Path) -> None:

@@ -239,7 +239,7 @@ def test_describe() -> None:
         "source": "builtin",
         "characteristics": [],
         "category": "respiratory",
-        "sdk_version": "1.2",
+        "sdk_version": "1.3",
         "session": [],
     }
     assert rows["acme.x"]["source"] == "acme-x"
@@ -279,6 +279,7 @@ def gatt_info(
     driver_id: str = "acme.hr",
     match: tuple[object, ...] = (),
     characteristics: tuple[Characteristic, ...] = (Characteristic(HR, "hr", "notify"),),
+    observation_types: tuple[object, ...] = (),
 ) -> DriverInfo:
     return DriverInfo(
         driver_id,
@@ -288,6 +289,7 @@ def gatt_info(
         match=match,  # type: ignore[arg-type]
         service=uuid16(0x180D),
         characteristics=characteristics,
+        observation_types=observation_types,  # type: ignore[arg-type]
     )
 
 
@@ -297,7 +299,7 @@ def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
     registry = Registry(entry_points=[plugin("hr", gatt)])
     assert registry.get("acme.hr") is gatt
     result = registry.decode("acme.hr", b"\x48", {}, char="2A37")
-    assert [r.wire()["observations"] for r in result.readings] == [
+    assert [r.as_dict()["observations"] for r in result.readings] == [
         [{"type": "heart_rate", "value": 72, "unit": "/min", "mdc": 147842, "loinc": "8867-4"}]
     ]
     with pytest.raises(InvalidDriverError, match="--char"):
@@ -318,6 +320,7 @@ def test_a_gatt_driver_registers_and_decodes_by_characteristic() -> None:
     [
         (gatt_info(match=(UsbMatch(0x0403, 0x6001),)), "BleMatch for a ble driver"),
         (gatt_info(characteristics=()), "must declare its characteristics"),
+        (gatt_info(observation_types=("spo2",)), "'spo2' in observation_types is not an"),
     ],
 )
 def test_invalid_gatt_drivers_are_refused(info: DriverInfo, words: str) -> None:

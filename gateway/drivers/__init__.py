@@ -1,4 +1,7 @@
-"""Built-in device drivers: one small pure module per device or profile.
+"""Built-in device drivers: one small pure module per device or profile, named for it; a large
+profile keeps its tables in siblings (`gatt_ftms_machines`, `gatt_ftms_status`,
+`gatt_plx_tables`, `gatt_gls_context`, `kv_lines_options`). The GATT profiles are
+`GattTableDriver` declarations (gateway.sdk).
 
 What lives here besides the modules: `BUILTIN_DRIVERS`, the table the registry starts from, and
 two pure helpers that work on any driver, built-in or plugin:

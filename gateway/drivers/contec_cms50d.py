@@ -19,27 +19,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.sdk import (
+    OBSERVATION_TYPES,
+    BitNames,
     DecodeError,
     DriverInfo,
     FeedResult,
     Observation,
-    OptionError,
     Reading,
     SerialSettings,
     StatusValue,
     UsbMatch,
+    no_options,
 )
 
 FRAME_LEN = 5
 SYNC = 0x80
 
-# (status name, byte index, bit mask): flags are table entries, not code.
-_FLAGS: tuple[tuple[str, int, int], ...] = (
-    ("finger_out", 0, 0x10),
-    ("spo2_dropping", 0, 0x20),
-    ("pulse_beep", 0, 0x40),
-    ("probe_error", 2, 0x10),
-    ("searching", 2, 0x20),
+# The named status bits of bytes 0 and 2: flags are table entries, not code.
+_BYTE0_BITS: BitNames = {4: "finger_out", 5: "spo2_dropping", 6: "pulse_beep"}
+_BYTE2_BITS: BitNames = {4: "probe_error", 5: "searching"}
+# (name, byte index, mask) of each, made once: a frame is decoded 60 times a second.
+_FLAG_MASKS = tuple(
+    (name, index, 1 << bit)
+    for index, names in ((0, _BYTE0_BITS), (2, _BYTE2_BITS))
+    for bit, name in names.items()
 )
 
 # While finger_out, searching or probe_error is set the oximeter is not measuring, so the
@@ -79,7 +82,7 @@ def decode_frame(frame: bytes) -> Reading:
         raise DecodeError("CMS50D frame has bit 7 set after its first byte")
 
     status: dict[str, StatusValue] = {"signal_strength": frame[0] & 0x0F}
-    for name, index, mask in _FLAGS:
+    for name, index, mask in _FLAG_MASKS:
         status[name] = bool(frame[index] & mask)
     measuring = not (status["finger_out"] or status["searching"] or status["probe_error"])
     values = (("spo2", frame[4]), ("pulse_rate", frame[3] | (0x80 if frame[2] & 0x40 else 0)))
@@ -153,8 +156,6 @@ class Cms50dStreamDecoder:
 class Cms50dDriver:
     """The Contec CMS50D+ (firmware <= 4.5) live-stream driver."""
 
-    # A plain class, not a frozen dataclass: the SDK's Driver protocol declares `info` as a
-    # plain attribute, which a frozen field does not satisfy for mypy.
     __slots__ = ()
 
     info = DriverInfo(
@@ -169,22 +170,13 @@ class Cms50dDriver:
         # IXON takes the bytes 0x11 and 0x13 out of the input: this binary stream contains them
         # (pleth values, PR 145 and 147), so about 8 % of frames would arrive cut short.
         serial=SerialSettings(19200, 8, "O", 1, xonxoff=False),
-        produces=("spo2", "pulse_rate"),
+        observation_types=(OBSERVATION_TYPES["spo2"], OBSERVATION_TYPES["pulse_rate"]),
         continuous=True,
     )
 
     def decoder(self, options: Mapping[str, object]) -> Cms50dStreamDecoder:
-        if options:
-            raise OptionError(next(iter(options)), "contec.cms50d takes no options; remove it")
+        no_options(DRIVER_ID, options)
         return Cms50dStreamDecoder()
-
-    def serial_settings(self, options: Mapping[str, object]) -> SerialSettings:
-        """The port settings are fixed by the device."""
-        return self.info.serial
-
-    @staticmethod
-    def decode_frame(frame: bytes) -> Reading:
-        return decode_frame(frame)
 
 
 DRIVER = Cms50dDriver()

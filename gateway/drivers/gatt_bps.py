@@ -1,8 +1,7 @@
 """Blood Pressure Service (0x1810): the pure decoders and the `gatt.bps` driver.
 
 What lives here: `decode_blood_pressure_measurement` (0x2A35), `decode_intermediate_cuff_pressure`
-(0x2A36, same layout), `decode_blood_pressure_feature` (0x2A49), the per-connection decoder and
-`DRIVER`. No I/O.
+(0x2A36, same layout), `decode_blood_pressure_feature` (0x2A49) and `DRIVER`. No I/O.
 
 Blood Pressure Measurement, little-endian, optional fields in this order when their flag is set:
 
@@ -12,7 +11,7 @@ Blood Pressure Measurement, little-endian, optional fields in this order when th
     time stamp  Date Time (7 bytes)
     pulse rate  SFLOAT     beats per minute
     user id     uint8      255 = unknown user
-    status      uint16     see `_STATUS_FLAGS` and `PULSE_RATE_RANGES`
+    status      uint16     see `_STATUS_BITS` and `PULSE_RATE_RANGES`
 
 Pressures keep the device's unit. The pulse rate is the well-known `pulse_rate` type (same name,
 unit and LOINC as an oximeter's) with the cuff's MDC code, MDC_PULS_RATE_NON_INV (149546), so
@@ -23,22 +22,20 @@ there and are not reported.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 
 from gateway.sdk import (
+    BitNames,
     BleMatch,
     Characteristic,
     ClockStatus,
-    DriverInfo,
-    Float11073,
-    Observation,
+    GattTableDriver,
+    ObservationType,
     Reading,
     StatusValue,
-    TableGattDecoder,
-    bit_names,
-    flags_reading,
-    no_options,
+    bits_reading,
+    name_bits,
     sfloat_from,
     timestamp_from,
     uint_from,
@@ -52,40 +49,36 @@ BLOOD_PRESSURE_FEATURE = uuid16(0x2A49)
 
 UNKNOWN_USER = 255
 _UNITS: Mapping[int, str] = {0: "mm[Hg]", 1: "kPa"}
-# (type, MDC, LOINC) of the three pressure fields, in their order in the value.
-_PRESSURES: tuple[tuple[str, int, str], ...] = (
-    ("blood_pressure_systolic", 150021, "8480-6"),
-    ("blood_pressure_diastolic", 150022, "8462-4"),
-    ("blood_pressure_mean", 150023, "8478-0"),
+# The three pressure fields, in their order in the value, in mmHg; `in_unit` gives kPa.
+_PRESSURES: tuple[ObservationType, ...] = (
+    ObservationType("blood_pressure_systolic", "mm[Hg]", 150021, "8480-6"),
+    ObservationType("blood_pressure_diastolic", "mm[Hg]", 150022, "8462-4"),
+    ObservationType("blood_pressure_mean", "mm[Hg]", 150023, "8478-0"),
 )
-_PULSE_RATE = ("pulse_rate", "/min", 149546, "8867-4")
+# No MDC code for the cuff pressure is verified, so none is sent.
+_CUFF_PRESSURE = ObservationType("cuff_pressure", "mm[Hg]")
+_PULSE_RATE = ObservationType("pulse_rate", "/min", 149546, "8867-4")
 
-_STATUS_FLAGS: tuple[tuple[str, int], ...] = (
-    ("body_movement", 0x0001),
-    ("cuff_too_loose", 0x0002),
-    ("irregular_pulse", 0x0004),
-    ("improper_position", 0x0020),
-)
+_STATUS_BITS: BitNames = {
+    0: "body_movement",
+    1: "cuff_too_loose",
+    2: "irregular_pulse",
+    5: "improper_position",
+}
 PULSE_RATE_RANGES: Mapping[int, str] = {
     0: "within_range",
     1: "above_upper_limit",
     2: "below_lower_limit",
     3: "reserved",
 }
-_FEATURE_FLAGS: tuple[tuple[str, int], ...] = (
-    ("body_movement_detection_supported", 0x0001),
-    ("cuff_fit_detection_supported", 0x0002),
-    ("irregular_pulse_detection_supported", 0x0004),
-    ("pulse_rate_range_detection_supported", 0x0008),
-    ("position_detection_supported", 0x0010),
-    ("multiple_bonds_supported", 0x0020),
-)
-
-
-def _observation(
-    value: Float11073, type_name: str, unit: str, mdc: int | None, loinc: str | None
-) -> Observation:
-    return Observation(type_name, value.value, unit, mdc, loinc, value.absent)
+_FEATURE_BITS: BitNames = {
+    0: "body_movement_detection_supported",
+    1: "cuff_fit_detection_supported",
+    2: "irregular_pulse_detection_supported",
+    3: "pulse_rate_range_detection_supported",
+    4: "position_detection_supported",
+    5: "multiple_bonds_supported",
+}
 
 
 def _decode(data: bytes, *, intermediate: bool) -> Reading:
@@ -99,17 +92,14 @@ def _decode(data: bytes, *, intermediate: bool) -> Reading:
     if flags & 0x02:
         reading_time, clock = timestamp_from(data, offset)
         offset += 7
-    if intermediate:
-        # No MDC code for the cuff pressure is verified (domain.md §3.4), so none is sent.
-        observations = [_observation(pressures[0], "cuff_pressure", unit, None, None)]
-    else:
-        observations = [
-            _observation(value, name, unit, mdc, loinc)
-            for value, (name, mdc, loinc) in zip(pressures, _PRESSURES, strict=True)
-        ]
+    kinds = (_CUFF_PRESSURE,) if intermediate else _PRESSURES
+    observations = [
+        kind.in_unit(unit).observation(value.value, value.absent)
+        for value, kind in zip(pressures, kinds, strict=False)
+    ]
     if flags & 0x04:
-        name, pulse_unit, mdc, loinc = _PULSE_RATE
-        observations.append(_observation(sfloat_from(data, offset), name, pulse_unit, mdc, loinc))
+        pulse = sfloat_from(data, offset)
+        observations.append(_PULSE_RATE.observation(pulse.value, pulse.absent))
         offset += 2
     if flags & 0x08:
         user = uint_from(data, offset, 1)
@@ -117,7 +107,7 @@ def _decode(data: bytes, *, intermediate: bool) -> Reading:
         offset += 1
     if flags & 0x10:
         bits = uint_from(data, offset, 2)
-        status.update(bit_names(bits, _STATUS_FLAGS))
+        status.update(name_bits(bits, _STATUS_BITS))
         status["pulse_rate_range"] = PULSE_RATE_RANGES[(bits >> 3) & 0x03]
     return Reading(tuple(observations), bytes(data), status, reading_time, clock)
 
@@ -134,47 +124,30 @@ def decode_intermediate_cuff_pressure(data: bytes) -> Reading:
 
 def decode_blood_pressure_feature(data: bytes) -> Reading:
     """Decode the Blood Pressure Feature (0x2A49): what the monitor detects, into status."""
-    return flags_reading(data, 2, _FEATURE_FLAGS, "Blood Pressure Feature")
+    return bits_reading(data, 2, _FEATURE_BITS, "Blood Pressure Feature")
 
 
-_DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
-    BLOOD_PRESSURE_MEASUREMENT: decode_blood_pressure_measurement,
-    INTERMEDIATE_CUFF_PRESSURE: decode_intermediate_cuff_pressure,
-    BLOOD_PRESSURE_FEATURE: decode_blood_pressure_feature,
-}
-
-
-class BpsDriver:
-    """The Bluetooth SIG Blood Pressure profile."""
-
-    __slots__ = ()
-
-    info = DriverInfo(
-        id=DRIVER_ID,
-        version="1.0.0",
-        description="Bluetooth Blood Pressure (0x1810)",
-        transport="ble",
-        match=(BleMatch(service_uuid=uuid16(0x1810)),),
-        service=uuid16(0x1810),
-        characteristics=(
-            Characteristic(BLOOD_PRESSURE_FEATURE, "blood-pressure-feature", "read"),
-            Characteristic(BLOOD_PRESSURE_MEASUREMENT, "blood-pressure-measurement", "indicate"),
-            Characteristic(
-                INTERMEDIATE_CUFF_PRESSURE, "intermediate-cuff-pressure", "notify", optional=True
-            ),
+DRIVER = GattTableDriver(
+    id=DRIVER_ID,
+    version="1.0.0",
+    description="Bluetooth Blood Pressure (0x1810)",
+    match=(BleMatch(service_uuid=uuid16(0x1810)),),
+    service=uuid16(0x1810),
+    characteristics=(
+        Characteristic(BLOOD_PRESSURE_FEATURE, "blood-pressure-feature", "read"),
+        Characteristic(BLOOD_PRESSURE_MEASUREMENT, "blood-pressure-measurement", "indicate"),
+        Characteristic(
+            INTERMEDIATE_CUFF_PRESSURE, "intermediate-cuff-pressure", "notify", optional=True
         ),
-        produces=(
-            "blood_pressure_systolic",
-            "blood_pressure_diastolic",
-            "blood_pressure_mean",
-            "pulse_rate",
-            "cuff_pressure",
-        ),
-    )
-
-    def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
-        no_options(DRIVER_ID, options)
-        return TableGattDecoder(DRIVER_ID, _DECODERS)
-
-
-DRIVER = BpsDriver()
+    ),
+    decoders={
+        BLOOD_PRESSURE_MEASUREMENT: decode_blood_pressure_measurement,
+        INTERMEDIATE_CUFF_PRESSURE: decode_intermediate_cuff_pressure,
+        BLOOD_PRESSURE_FEATURE: decode_blood_pressure_feature,
+    },
+    observation_types=(
+        *(kind.in_unit(unit) for kind in _PRESSURES for unit in _UNITS.values()),
+        _PULSE_RATE,
+        *(_CUFF_PRESSURE.in_unit(unit) for unit in _UNITS.values()),
+    ),
+)

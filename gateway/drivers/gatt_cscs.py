@@ -1,6 +1,6 @@
 """Cycling Speed and Cadence Service (CSCS, 0x1816): CSC Measurement and CSC Feature.
 
-What lives here: the pure measurement and feature parsers, the per-connection decoder that turns
+What lives here: the pure measurement and feature parsers, the per-connection `Counters` that turn
 counter deltas into rates, and `DRIVER`. No I/O.
 
 CSC Measurement (0x2A5B): flags uint8; bit 0: cumulative wheel revolutions uint32 + last wheel
@@ -25,20 +25,22 @@ are an error unless a reserved flag bit is set.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.sdk import (
+    OBSERVATION_TYPES,
+    BitNames,
     BleMatch,
     Characteristic,
     DecodeError,
-    DriverInfo,
-    FeedResult,
+    GattTableDriver,
     Observation,
     ObservationType,
     OptionError,
     Reading,
-    StatusValue,
+    TableGattDecoder,
+    name_bits,
     uint_from,
     uuid16,
 )
@@ -53,9 +55,9 @@ TYPES: Mapping[str, ObservationType] = {
         ObservationType("wheel_revolutions", "{revolutions}"),
         ObservationType("wheel_revolution_rate", "/min"),
         ObservationType("crank_revolutions", "{revolutions}"),
-        ObservationType("cadence", "/min", 8454255),
-        ObservationType("speed", "m/s", 8454254),
-        ObservationType("distance", "m", 8454247),
+        OBSERVATION_TYPES["cadence"],
+        OBSERVATION_TYPES["speed"],
+        OBSERVATION_TYPES["distance"],
     )
 }
 _KNOWN_FLAGS = 0x03
@@ -70,14 +72,8 @@ class Event:
     time: int
 
 
-@dataclass(frozen=True, slots=True)
-class Measurement:
-    wheel: Event | None
-    crank: Event | None
-
-
-def parse_measurement(data: bytes) -> Measurement:
-    """CSC Measurement (0x2A5B) without any state. Raises only `DecodeError`."""
+def parse_measurement(data: bytes) -> tuple[Event | None, Event | None]:
+    """CSC Measurement (0x2A5B) without any state: (wheel, crank). Raises only `DecodeError`."""
     flags = uint_from(data, 0, 1)
     offset = 1
     wheel = crank = None
@@ -92,7 +88,7 @@ def parse_measurement(data: bytes) -> Measurement:
             f"CSC Measurement: {len(data) - offset} bytes after the fields its "
             f"flags {flags:#04x} announce"
         )
-    return Measurement(wheel, crank)
+    return wheel, crank
 
 
 def revolution_rate(previous: Event | None, now: Event, modulus: int) -> float | None:
@@ -106,20 +102,16 @@ def revolution_rate(previous: Event | None, now: Event, modulus: int) -> float |
     return round(revolutions * 60 * 1024 / ticks, 1)
 
 
-def _observation(type_: str, value: float | int) -> Observation:
-    kind = TYPES[type_]
-    return Observation(type_, value, kind.unit, kind.mdc, kind.loinc)
-
-
-CSC_FEATURES = ("wheel_revolution_data", "crank_revolution_data", "multiple_sensor_locations")
+CSC_FEATURES: BitNames = {
+    0: "wheel_revolution_data",
+    1: "crank_revolution_data",
+    2: "multiple_sensor_locations",
+}
 
 
 def decode_feature(data: bytes) -> Reading:
     """CSC Feature (0x2A5C): uint16 bit field, as `<name>_supported` status flags."""
-    bits = uint_from(data, 0, 2)
-    status: dict[str, StatusValue] = {
-        f"{name}_supported": bool(bits >> bit & 1) for bit, name in enumerate(CSC_FEATURES)
-    }
+    status = name_bits(uint_from(data, 0, 2), CSC_FEATURES, suffix="_supported")
     return Reading(observations=(), raw=bytes(data), status=status)
 
 
@@ -127,8 +119,8 @@ MEASUREMENT = uuid16(0x2A5B)
 FEATURE = uuid16(0x2A5C)
 
 
-class CscsDecoder:
-    """One connection's decoder: keeps the previous wheel and crank events for the deltas."""
+class Counters:
+    """One connection's state: the previous wheel and crank events, for the deltas."""
 
     __slots__ = ("_circumference", "_crank", "_wheel")
 
@@ -137,50 +129,31 @@ class CscsDecoder:
         self._wheel: Event | None = None
         self._crank: Event | None = None
 
-    def value(self, uuid: str, data: bytes) -> FeedResult:
-        result = FeedResult()
-        decode = _CHARACTERISTICS.get(uuid.lower())
-        if decode is None:
-            result.errors.append(DecodeError(f"{DRIVER_ID}: no characteristic {uuid}"))
-            return result
-        try:
-            result.readings.append(decode(self, data))
-        except DecodeError as exc:
-            result.errors.append(exc)
-        return result
-
     def measurement(self, data: bytes) -> Reading:
         """A CSC Measurement, with rates from the previous one of this connection."""
-        parsed = parse_measurement(data)
+        wheel, crank = parse_measurement(data)
         observations: list[Observation] = []
-        wheel, crank = parsed.wheel, parsed.crank
         if wheel is not None:
             rate = revolution_rate(self._wheel, wheel, 1 << 32)
             self._wheel = wheel
-            observations.append(_observation("wheel_revolutions", wheel.revolutions))
+            observations.append(TYPES["wheel_revolutions"].observation(wheel.revolutions))
             if rate is not None:
-                observations.append(_observation("wheel_revolution_rate", rate))
+                observations.append(TYPES["wheel_revolution_rate"].observation(rate))
             if self._circumference is not None:
                 observations.append(
-                    _observation("distance", round(wheel.revolutions * self._circumference, 2))
+                    TYPES["distance"].observation(round(wheel.revolutions * self._circumference, 2))
                 )
                 if rate is not None:
                     observations.append(
-                        _observation("speed", round(rate / 60 * self._circumference, 2))
+                        TYPES["speed"].observation(round(rate / 60 * self._circumference, 2))
                     )
         if crank is not None:
             rate = revolution_rate(self._crank, crank, 1 << 16)
             self._crank = crank
-            observations.append(_observation("crank_revolutions", crank.revolutions))
+            observations.append(TYPES["crank_revolutions"].observation(crank.revolutions))
             if rate is not None:
-                observations.append(_observation("cadence", rate))
+                observations.append(TYPES["cadence"].observation(rate))
         return Reading(observations=tuple(observations), raw=bytes(data))
-
-
-_CHARACTERISTICS: Mapping[str, Callable[[CscsDecoder, bytes], Reading]] = {
-    MEASUREMENT: CscsDecoder.measurement,
-    FEATURE: lambda _decoder, data: decode_feature(data),
-}
 
 
 def _circumference(options: Mapping[str, object]) -> float | None:
@@ -205,28 +178,23 @@ def _circumference(options: Mapping[str, object]) -> float | None:
     return float(value)
 
 
-class CscsDriver:
-    """Cycling Speed and Cadence Service."""
-
-    __slots__ = ()
-
-    info = DriverInfo(
-        id=DRIVER_ID,
-        version="1.0.0",
-        description="Bluetooth Cycling Speed and Cadence Service (wheel and crank sensors)",
-        transport="ble",
-        category="musculoskeletal",
-        match=(BleMatch(service_uuid=uuid16(0x1816)),),
-        service=uuid16(0x1816),
-        characteristics=(
-            Characteristic(FEATURE, "csc-feature", "read"),
-            Characteristic(MEASUREMENT, "csc-measurement", "notify"),
-        ),
-        produces=tuple(TYPES),
-    )
-
-    def gatt_decoder(self, options: Mapping[str, object]) -> CscsDecoder:
-        return CscsDecoder(_circumference(options))
+def _decoder(options: Mapping[str, object]) -> TableGattDecoder:
+    """One connection's decoder: the measurement through its own `Counters`."""
+    counters = Counters(_circumference(options))
+    return TableGattDecoder(DRIVER_ID, {MEASUREMENT: counters.measurement, FEATURE: decode_feature})
 
 
-DRIVER = CscsDriver()
+DRIVER = GattTableDriver(
+    id=DRIVER_ID,
+    version="1.0.0",
+    description="Bluetooth Cycling Speed and Cadence Service (wheel and crank sensors)",
+    category="musculoskeletal",
+    match=(BleMatch(service_uuid=uuid16(0x1816)),),
+    service=uuid16(0x1816),
+    characteristics=(
+        Characteristic(FEATURE, "csc-feature", "read"),
+        Characteristic(MEASUREMENT, "csc-measurement", "notify"),
+    ),
+    decoder_factory=_decoder,
+    observation_types=tuple(TYPES.values()),
+)

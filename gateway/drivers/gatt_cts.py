@@ -2,9 +2,8 @@
 
 What lives here: the pure codecs `decode_current_time` (0x2A2B) and `decode_local_time_info`
 (0x2A0F), the pure encoder `encode_current_time` the hub uses to write its time to a device
-(only while the hub clock is synchronised: the caller's decision), the per-connection
-`CtsDecoder` and the `DRIVER` object. Nothing here talks to a radio or reads a clock.
-Layouts: domain.md §3.1.
+(only while the hub clock is synchronised: the caller's decision), and `DRIVER`. Nothing here
+talks to a radio or reads a clock.
 
 Current Time (10 bytes): Date Time (7), day of week (1 = Monday .. 7 = Sunday, 0 unknown),
 Fractions256 (1/256 s), Adjust Reason (bit 0 manual, 1 external reference, 2 time zone, 3 DST).
@@ -12,18 +11,18 @@ Fractions256 (1/256 s), Adjust Reason (bit 0 manual, 1 external reference, 2 tim
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from gateway.sdk import (
+    BitNames,
     Characteristic,
     DecodeError,
-    DriverInfo,
+    GattTableDriver,
     Reading,
     StatusValue,
-    TableGattDecoder,
     date_time_from,
-    no_options,
+    name_bits,
     sint_from,
     uint_from,
     uuid16,
@@ -35,7 +34,7 @@ LOCAL_TIME_INFO = uuid16(0x2A0F)
 CURRENT_TIME_LEN = 10
 ADJUST_EXTERNAL_REFERENCE = 0x02
 
-ADJUST_REASONS: Mapping[int, str] = {
+ADJUST_REASONS: BitNames = {
     0: "manual_time_update",
     1: "external_reference_time_update",
     2: "time_zone_change",
@@ -54,7 +53,7 @@ def decode_current_time(data: bytes) -> Reading:
     moment = date_time_from(data, 0)
     day_of_week, fractions, reasons = data[7], data[8], data[9]
     status: dict[str, StatusValue] = {"day_of_week": day_of_week, "fractions256": fractions}
-    status |= {name: bool(reasons >> bit & 1) for bit, name in ADJUST_REASONS.items()}
+    status |= name_bits(reasons, ADJUST_REASONS)
     if moment is None:
         return Reading((), bytes(data), status, None, "not-set")
     # Rounded up, so that encoding the decoded time gives back the same fraction.
@@ -105,40 +104,16 @@ def encode_current_time(moment: datetime, adjust_reason: int = ADJUST_EXTERNAL_R
     )
 
 
-_DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
-    CURRENT_TIME: decode_current_time,
-    LOCAL_TIME_INFO: decode_local_time_info,
-}
-
-
-class CtsDriver:
-    """The Bluetooth SIG Current Time service driver."""
-
-    __slots__ = ()
-
-    info = DriverInfo(
-        id=DRIVER_ID,
-        version="1.0.0",
-        description="Bluetooth Current Time service (0x1805): device clock, local time info",
-        transport="ble",
-        # A companion service read beside a device's main profile: it claims no device.
-        match=(),
-        service=uuid16(0x1805),
-        characteristics=(
-            Characteristic(CURRENT_TIME, "cts-current-time", "read"),
-            Characteristic(LOCAL_TIME_INFO, "cts-local-time-info", "read", optional=True),
-        ),
-    )
-
-    def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
-        no_options(DRIVER_ID, options)
-        return TableGattDecoder(DRIVER_ID, _DECODERS)
-
-    @staticmethod
-    def encode_current_time(
-        moment: datetime, adjust_reason: int = ADJUST_EXTERNAL_REFERENCE
-    ) -> bytes:
-        return encode_current_time(moment, adjust_reason)
-
-
-DRIVER = CtsDriver()
+DRIVER = GattTableDriver(
+    id=DRIVER_ID,
+    version="1.0.0",
+    description="Bluetooth Current Time service (0x1805): device clock, local time info",
+    # A companion service read beside a device's main profile: it claims no device.
+    match=(),
+    service=uuid16(0x1805),
+    characteristics=(
+        Characteristic(CURRENT_TIME, "cts-current-time", "read"),
+        Characteristic(LOCAL_TIME_INFO, "cts-local-time-info", "read", optional=True),
+    ),
+    decoders={CURRENT_TIME: decode_current_time, LOCAL_TIME_INFO: decode_local_time_info},
+)

@@ -1,25 +1,17 @@
 """Bluetooth SIG Device Information service (0x180A): who made the device and what it runs.
 
 What lives here: the pure codecs (`decode_string` per text characteristic, `decode_system_id`,
-`decode_udi`), the per-connection `DisDecoder` and the `DRIVER` object. Nothing here talks to a
-radio (domain.md §3.2.11). Every value is read once and becomes status, never an observation;
-the serial number is the device's identity where it has one (private addresses rotate).
+`decode_udi`) and `DRIVER`. Nothing here talks to a radio. Every value is read once and becomes
+status, never an observation; the serial number is the device's identity where it has one
+(private addresses rotate).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 
-from gateway.sdk import (
-    Characteristic,
-    DecodeError,
-    DriverInfo,
-    Reading,
-    TableGattDecoder,
-    no_options,
-    uuid16,
-)
+from gateway.sdk import Characteristic, DecodeError, GattTableDriver, Reading, uuid16
 
 DRIVER_ID = "gatt.dis"
 SYSTEM_ID = uuid16(0x2A23)
@@ -60,39 +52,24 @@ def decode_udi(data: bytes) -> Reading:
     return Reading((), bytes(data), {"udi": bytes(data).hex()})
 
 
-_DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
-    **{uuid: partial(decode_string, key) for uuid, (key, _) in _STRINGS.items()},
-    SYSTEM_ID: decode_system_id,
-    UDI: decode_udi,
-}
-
-
-class DisDriver:
-    """The Bluetooth SIG Device Information service driver."""
-
-    __slots__ = ()
-
-    info = DriverInfo(
-        id=DRIVER_ID,
-        version="1.0.0",
-        description="Bluetooth Device Information service (0x180A): names, revisions, ids",
-        transport="ble",
-        # A companion service read beside a device's main profile: it claims no device.
-        match=(),
-        service=uuid16(0x180A),
-        characteristics=(
-            *(
-                Characteristic(uuid, name, "read", optional=True)
-                for uuid, (_, name) in _STRINGS.items()
-            ),
-            Characteristic(SYSTEM_ID, "dis-system-id", "read", optional=True),
-            Characteristic(UDI, "dis-udi", "read", optional=True),
+DRIVER = GattTableDriver(
+    id=DRIVER_ID,
+    version="1.0.0",
+    description="Bluetooth Device Information service (0x180A): names, revisions, ids",
+    # A companion service read beside a device's main profile: it claims no device.
+    match=(),
+    service=uuid16(0x180A),
+    characteristics=(
+        *(
+            Characteristic(uuid, name, "read", optional=True)
+            for uuid, (_, name) in _STRINGS.items()
         ),
-    )
-
-    def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
-        no_options(DRIVER_ID, options)
-        return TableGattDecoder(DRIVER_ID, _DECODERS)
-
-
-DRIVER = DisDriver()
+        Characteristic(SYSTEM_ID, "dis-system-id", "read", optional=True),
+        Characteristic(UDI, "dis-udi", "read", optional=True),
+    ),
+    decoders={
+        **{uuid: partial(decode_string, key) for uuid, (key, _) in _STRINGS.items()},
+        SYSTEM_ID: decode_system_id,
+        UDI: decode_udi,
+    },
+)

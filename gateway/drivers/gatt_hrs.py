@@ -1,8 +1,8 @@
 """Bluetooth SIG Heart Rate profile (service 0x180D): measurement and body sensor location.
 
 What lives here: the pure codecs `decode_measurement` (0x2A37) and `decode_body_sensor_location`
-(0x2A38), the per-connection `HrsDecoder` and the `DRIVER` object. Nothing here talks to a radio.
-Layout: domain.md §3.2.3. The control point (0x2A39, reset energy expended) is never written.
+(0x2A38) and `DRIVER`. Nothing here talks to a radio. The control point (0x2A39, reset energy
+expended) is never written.
 
 RR intervals come one observation each, oldest first, in seconds rounded to the millisecond
 (the device counts in 1/1024 s, so a millisecond keeps all it measured).
@@ -10,18 +10,17 @@ RR intervals come one observation each, oldest first, in seconds rounded to the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from gateway.sdk import (
+    OBSERVATION_TYPES,
     BleMatch,
     Characteristic,
     DecodeError,
-    DriverInfo,
-    Observation,
+    GattTableDriver,
+    ObservationType,
     Reading,
     StatusValue,
-    TableGattDecoder,
-    no_options,
     uint_from,
     uuid16,
 )
@@ -30,8 +29,9 @@ DRIVER_ID = "gatt.hrs"
 MEASUREMENT = uuid16(0x2A37)
 BODY_SENSOR_LOCATION = uuid16(0x2A38)
 
-ENERGY_EXPENDED_UNIT = "kJ"
-RR_INTERVAL_UNIT = "s"
+HEART_RATE = OBSERVATION_TYPES["heart_rate"]
+ENERGY_EXPENDED = ObservationType("energy", "kJ")
+RR_INTERVAL = ObservationType("rr_interval", "s")
 
 _SENSOR_CONTACT: Mapping[int, str] = {
     0: "not-supported",
@@ -50,7 +50,7 @@ _LOCATIONS: Mapping[int, str] = {
 }
 
 # Straps send 0 while they have no skin contact; no wearer has a heart rate of 0.
-_NO_HEART_RATE = Observation.known("heart_rate", None, absent="error")
+_NO_HEART_RATE = HEART_RATE.observation(None, absent="error")
 
 
 def decode_measurement(data: bytes) -> Reading:
@@ -59,15 +59,15 @@ def decode_measurement(data: bytes) -> Reading:
     size = 2 if flags & 0x01 else 1
     rate = uint_from(data, 1, size)
     offset = 1 + size
-    observations = [Observation.known("heart_rate", rate) if rate else _NO_HEART_RATE]
+    observations = [HEART_RATE.observation(rate) if rate else _NO_HEART_RATE]
     if flags & 0x08:
-        observations.append(Observation("energy", uint_from(data, offset, 2), ENERGY_EXPENDED_UNIT))
+        observations.append(ENERGY_EXPENDED.observation(uint_from(data, offset, 2)))
         offset += 2
     if flags & 0x10:
         if (len(data) - offset) % 2:
             raise DecodeError(f"RR intervals: {len(data) - offset} bytes is not whole uint16s")
         observations += [
-            Observation("rr_interval", round(uint_from(data, at, 2) / 1024, 3), RR_INTERVAL_UNIT)
+            RR_INTERVAL.observation(round(uint_from(data, at, 2) / 1024, 3))
             for at in range(offset, len(data), 2)
         ]
     status: dict[str, StatusValue] = {"sensor_contact": _SENSOR_CONTACT[flags >> 1 & 0x03]}
@@ -80,37 +80,19 @@ def decode_body_sensor_location(data: bytes) -> Reading:
     return Reading((), bytes(data), {"body_sensor_location": _LOCATIONS.get(code, "reserved")})
 
 
-_DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
-    MEASUREMENT: decode_measurement,
-    BODY_SENSOR_LOCATION: decode_body_sensor_location,
-}
-
-
-class HrsDriver:
-    """The Bluetooth SIG Heart Rate profile driver."""
-
-    __slots__ = ()
-
-    info = DriverInfo(
-        id=DRIVER_ID,
-        version="1.0.0",
-        description="Bluetooth Heart Rate profile (0x180D) with energy expended and RR intervals",
-        transport="ble",
-        match=(BleMatch(service_uuid=uuid16(0x180D)),),
-        service=uuid16(0x180D),
-        characteristics=(
-            Characteristic(BODY_SENSOR_LOCATION, "hrs-body-sensor-location", "read", optional=True),
-            Characteristic(MEASUREMENT, "hrs-measurement", "notify"),
-        ),
-        produces=("heart_rate", "energy", "rr_interval"),
-        # Not summarised: a strap notifies about once a second, and every notification's RR
-        # intervals are distinct beats that a summary would throw away.
-        continuous=False,
-    )
-
-    def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
-        no_options(DRIVER_ID, options)
-        return TableGattDecoder(DRIVER_ID, _DECODERS)
-
-
-DRIVER = HrsDriver()
+DRIVER = GattTableDriver(
+    id=DRIVER_ID,
+    version="1.0.0",
+    description="Bluetooth Heart Rate profile (0x180D) with energy expended and RR intervals",
+    match=(BleMatch(service_uuid=uuid16(0x180D)),),
+    service=uuid16(0x180D),
+    characteristics=(
+        Characteristic(BODY_SENSOR_LOCATION, "hrs-body-sensor-location", "read", optional=True),
+        Characteristic(MEASUREMENT, "hrs-measurement", "notify"),
+    ),
+    decoders={MEASUREMENT: decode_measurement, BODY_SENSOR_LOCATION: decode_body_sensor_location},
+    observation_types=(HEART_RATE, ENERGY_EXPENDED, RR_INTERVAL),
+    # Not summarised: a strap notifies about once a second, and every notification's RR
+    # intervals are distinct beats that a summary would throw away.
+    continuous=False,
+)

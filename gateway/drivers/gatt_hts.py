@@ -1,7 +1,7 @@
 """Health Thermometer Service (0x1809): the pure decoders and the `gatt.hts` driver.
 
 What lives here: `decode_temperature_measurement` (0x2A1C, and 0x2A1E which has the same
-layout), `decode_temperature_type` (0x2A1D), the per-connection decoder and `DRIVER`. No I/O.
+layout), `decode_temperature_type` (0x2A1D) and `DRIVER`. No I/O.
 
 Temperature Measurement, little-endian, optional fields in this order when their flag is set:
 
@@ -15,21 +15,19 @@ The unit the device sent is kept (°F is not converted): converting would invent
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 
 from gateway.sdk import (
+    OBSERVATION_TYPES,
     BleMatch,
     Characteristic,
     ClockStatus,
     DecodeError,
-    DriverInfo,
-    Observation,
+    GattTableDriver,
     Reading,
     StatusValue,
-    TableGattDecoder,
     float_from,
-    no_options,
     timestamp_from,
     uint_from,
     uuid16,
@@ -40,10 +38,11 @@ TEMPERATURE_MEASUREMENT = uuid16(0x2A1C)
 TEMPERATURE_TYPE = uuid16(0x2A1D)
 INTERMEDIATE_TEMPERATURE = uuid16(0x2A1E)
 
-# Flag bit 0 picks the UCUM unit.
-_UNITS: Mapping[int, str] = {0: "Cel", 1: "[degF]"}
-_MDC_TEMP_BODY = 150364
-_LOINC_BODY_TEMPERATURE = "8310-5"
+# Flag bit 0 picks the unit.
+_TYPES = {
+    bit: OBSERVATION_TYPES["body_temperature"].in_unit(unit)
+    for bit, unit in ((0, "Cel"), (1, "[degF]"))
+}
 
 TEMPERATURE_TYPES: Mapping[int, str] = {
     1: "armpit",
@@ -74,14 +73,7 @@ def _measurement(data: bytes, *, intermediate: bool) -> Reading:
         offset += 7
     if flags & 0x04:
         status["temperature_type"] = _temperature_type(uint_from(data, offset, 1))
-    observation = Observation(
-        "body_temperature",
-        temperature.value,
-        _UNITS[flags & 0x01],
-        _MDC_TEMP_BODY,
-        _LOINC_BODY_TEMPERATURE,
-        temperature.absent,
-    )
+    observation = _TYPES[flags & 0x01].observation(temperature.value, temperature.absent)
     return Reading((observation,), bytes(data), status, reading_time, clock)
 
 
@@ -102,38 +94,23 @@ def decode_temperature_type(data: bytes) -> Reading:
     return Reading((), bytes(data), {"temperature_type": _temperature_type(data[0])})
 
 
-_DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
-    TEMPERATURE_MEASUREMENT: decode_temperature_measurement,
-    INTERMEDIATE_TEMPERATURE: decode_intermediate_temperature,
-    TEMPERATURE_TYPE: decode_temperature_type,
-}
-
-
-class HtsDriver:
-    """The Bluetooth SIG Health Thermometer profile."""
-
-    __slots__ = ()
-
-    info = DriverInfo(
-        id=DRIVER_ID,
-        version="1.0.0",
-        description="Bluetooth Health Thermometer (0x1809)",
-        transport="ble",
-        match=(BleMatch(service_uuid=uuid16(0x1809)),),
-        service=uuid16(0x1809),
-        characteristics=(
-            Characteristic(TEMPERATURE_TYPE, "temperature-type", "read", optional=True),
-            Characteristic(TEMPERATURE_MEASUREMENT, "temperature-measurement", "indicate"),
-            Characteristic(
-                INTERMEDIATE_TEMPERATURE, "intermediate-temperature", "notify", optional=True
-            ),
+DRIVER = GattTableDriver(
+    id=DRIVER_ID,
+    version="1.0.0",
+    description="Bluetooth Health Thermometer (0x1809)",
+    match=(BleMatch(service_uuid=uuid16(0x1809)),),
+    service=uuid16(0x1809),
+    characteristics=(
+        Characteristic(TEMPERATURE_TYPE, "temperature-type", "read", optional=True),
+        Characteristic(TEMPERATURE_MEASUREMENT, "temperature-measurement", "indicate"),
+        Characteristic(
+            INTERMEDIATE_TEMPERATURE, "intermediate-temperature", "notify", optional=True
         ),
-        produces=("body_temperature",),
-    )
-
-    def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
-        no_options(DRIVER_ID, options)
-        return TableGattDecoder(DRIVER_ID, _DECODERS)
-
-
-DRIVER = HtsDriver()
+    ),
+    decoders={
+        TEMPERATURE_MEASUREMENT: decode_temperature_measurement,
+        INTERMEDIATE_TEMPERATURE: decode_intermediate_temperature,
+        TEMPERATURE_TYPE: decode_temperature_type,
+    },
+    observation_types=tuple(_TYPES.values()),
+)

@@ -1,7 +1,7 @@
 """Weight Scale Service (0x181D): the pure decoders and the `gatt.wss` driver.
 
-What lives here: `decode_weight_measurement` (0x2A9D), `decode_weight_scale_feature` (0x2A9E),
-the per-connection decoder and `DRIVER`. No I/O.
+What lives here: `decode_weight_measurement` (0x2A9D), `decode_weight_scale_feature` (0x2A9E)
+and `DRIVER`. No I/O.
 
 Weight Measurement, little-endian, optional fields in this order when their flag is set:
 
@@ -19,22 +19,23 @@ status carries `user_id` for a known user, or `user_unknown: true` for user 255.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.sdk import (
+    OBSERVATION_TYPES,
+    BitNames,
     BleMatch,
     Characteristic,
     ClockStatus,
     DecodeError,
-    DriverInfo,
+    GattTableDriver,
     Observation,
+    ObservationType,
     Reading,
     StatusValue,
-    TableGattDecoder,
-    bit_names,
-    no_options,
+    name_bits,
     timestamp_from,
     uint_from,
     uuid16,
@@ -52,29 +53,23 @@ UNKNOWN_USER = 255
 class _Quantity:
     """How one uint16 field becomes an observation in one unit system."""
 
-    type: str
-    unit: str
+    type: ObservationType
     step: float
     decimals: int
-    mdc: int
-    loinc: str
 
     def observation(self, raw: int) -> Observation:
-        return Observation(
-            self.type, round(raw * self.step, self.decimals), self.unit, self.mdc, self.loinc
-        )
+        return self.type.observation(round(raw * self.step, self.decimals))
 
 
-_BMI = _Quantity("bmi", "kg/m2", 0.1, 1, 188752, "39156-5")
+_WEIGHT = OBSERVATION_TYPES["body_weight"]
+_HEIGHT = ObservationType("body_height", "m", 188740, "8302-2")
+_BMI = _Quantity(ObservationType("bmi", "kg/m2", 188752, "39156-5"), 0.1, 1)
 # Flag bit 0: (weight, height) per unit system.
 _UNIT_SYSTEMS: Mapping[int, tuple[_Quantity, _Quantity]] = {
-    0: (
-        _Quantity("body_weight", "kg", 0.005, 3, 188736, "29463-7"),
-        _Quantity("body_height", "m", 0.001, 3, 188740, "8302-2"),
-    ),
+    0: (_Quantity(_WEIGHT, 0.005, 3), _Quantity(_HEIGHT, 0.001, 3)),
     1: (
-        _Quantity("body_weight", "[lb_av]", 0.01, 2, 188736, "29463-7"),
-        _Quantity("body_height", "[in_i]", 0.1, 1, 188740, "8302-2"),
+        _Quantity(_WEIGHT.in_unit("[lb_av]"), 0.01, 2),
+        _Quantity(_HEIGHT.in_unit("[in_i]"), 0.1, 1),
     ),
 }
 
@@ -93,11 +88,11 @@ _HEIGHT_RESOLUTIONS: Mapping[int, tuple[float, float]] = {
     2: (0.005, 0.5),
     3: (0.001, 0.1),
 }
-_FEATURE_FLAGS: tuple[tuple[str, int], ...] = (
-    ("time_stamp_supported", 0x01),
-    ("multiple_users_supported", 0x02),
-    ("bmi_supported", 0x04),
-)
+_FEATURE_BITS: BitNames = {
+    0: "time_stamp_supported",
+    1: "multiple_users_supported",
+    2: "bmi_supported",
+}
 
 
 def decode_weight_measurement(data: bytes) -> Reading:
@@ -117,9 +112,7 @@ def decode_weight_measurement(data: bytes) -> Reading:
         status.update({"user_unknown": True} if user == UNKNOWN_USER else {"user_id": user})
         offset += 1
     if raw_weight == UNSUCCESSFUL:
-        weight = Observation(
-            weight_type.type, None, weight_type.unit, weight_type.mdc, weight_type.loinc, "error"
-        )
+        weight = weight_type.type.observation(None, "error")
     else:
         weight = weight_type.observation(raw_weight)
     observations = [weight]
@@ -134,7 +127,7 @@ def decode_weight_scale_feature(data: bytes) -> Reading:
     if len(data) != 4:
         raise DecodeError(f"Weight Scale Feature must be 4 bytes, got {len(data)}")
     features = uint_from(data, 0, 4)
-    status: dict[str, StatusValue] = dict(bit_names(features, _FEATURE_FLAGS))
+    status: dict[str, StatusValue] = dict(name_bits(features, _FEATURE_BITS))
     for name, code, table in (
         ("weight", (features >> 3) & 0x0F, _WEIGHT_RESOLUTIONS),
         ("height", (features >> 7) & 0x07, _HEIGHT_RESOLUTIONS),
@@ -145,34 +138,23 @@ def decode_weight_scale_feature(data: bytes) -> Reading:
     return Reading((), bytes(data), status)
 
 
-_DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
-    WEIGHT_MEASUREMENT: decode_weight_measurement,
-    WEIGHT_SCALE_FEATURE: decode_weight_scale_feature,
-}
-
-
-class WssDriver:
-    """The Bluetooth SIG Weight Scale profile."""
-
-    __slots__ = ()
-
-    info = DriverInfo(
-        id=DRIVER_ID,
-        version="1.0.0",
-        description="Bluetooth Weight Scale (0x181D)",
-        transport="ble",
-        match=(BleMatch(service_uuid=uuid16(0x181D)),),
-        service=uuid16(0x181D),
-        characteristics=(
-            Characteristic(WEIGHT_SCALE_FEATURE, "weight-scale-feature", "read"),
-            Characteristic(WEIGHT_MEASUREMENT, "weight-measurement", "indicate"),
-        ),
-        produces=("body_weight", "bmi", "body_height"),
-    )
-
-    def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
-        no_options(DRIVER_ID, options)
-        return TableGattDecoder(DRIVER_ID, _DECODERS)
-
-
-DRIVER = WssDriver()
+DRIVER = GattTableDriver(
+    id=DRIVER_ID,
+    version="1.0.0",
+    description="Bluetooth Weight Scale (0x181D)",
+    match=(BleMatch(service_uuid=uuid16(0x181D)),),
+    service=uuid16(0x181D),
+    characteristics=(
+        Characteristic(WEIGHT_SCALE_FEATURE, "weight-scale-feature", "read"),
+        Characteristic(WEIGHT_MEASUREMENT, "weight-measurement", "indicate"),
+    ),
+    decoders={
+        WEIGHT_MEASUREMENT: decode_weight_measurement,
+        WEIGHT_SCALE_FEATURE: decode_weight_scale_feature,
+    },
+    observation_types=(
+        *(system[0].type for system in _UNIT_SYSTEMS.values()),
+        _BMI.type,
+        *(system[1].type for system in _UNIT_SYSTEMS.values()),
+    ),
+)

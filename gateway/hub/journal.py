@@ -254,7 +254,7 @@ class Journal:
         )
         return _HubEvent(
             "reading-rejected",
-            {"device": item.device_id, "reason": str(exc), "raw": item.reading.wire()["raw"]},
+            {"device": item.device_id, "reason": str(exc), "raw": item.reading.as_dict()["raw"]},
             item.hub_time,
         )
 
@@ -420,7 +420,9 @@ def _floats_finite(reading: Reading) -> bool:
 
 
 def _reading_body(item: _Captured, hub_clock: HubClock) -> dict[str, object]:
-    wire = item.reading.wire()
+    """The signed body of a reading (docs/protocol.md): the reading's own fields, with the
+    device's clock nested under `time` beside the hub's."""
+    reading = item.reading.as_dict()
     return {
         "kind": "reading",
         "patient": item.patient,
@@ -428,12 +430,12 @@ def _reading_body(item: _Captured, hub_clock: HubClock) -> dict[str, object]:
         "time": {
             "hub": rfc3339(item.hub_time),
             "hub_clock": hub_clock,
-            "device": wire["device_time"],
-            "device_clock": wire["device_clock"],
+            "device": reading["device_time"],
+            "device_clock": reading["device_clock"],
         },
-        "observations": wire["observations"],
-        "status": wire["status"],
-        "raw": wire["raw"],
+        "observations": reading["observations"],
+        "status": reading["status"],
+        "raw": reading["raw"],
     }
 
 

@@ -29,6 +29,7 @@ from gateway.sdk import (
     DriverInfo,
     FeedResult,
     GattDriver,
+    ObservationType,
     SerialSettings,
     UsbMatch,
 )
@@ -151,6 +152,9 @@ def validate_driver(candidate: object) -> AnyDriver:
             )
     if expected == "ble" and not info.characteristics:
         raise InvalidDriverError("a Bluetooth LE driver must declare its characteristics")
+    wrong = [kind for kind in info.observation_types if not isinstance(kind, ObservationType)]
+    if wrong:
+        raise InvalidDriverError(f"{wrong[0]!r} in observation_types is not an ObservationType")
     return driver
 
 

@@ -2,17 +2,20 @@
 the hub will accept the driver and trust what it produces.
 
 What lives here: `check_driver` (find the driver, run every check, return a `Report`), the
-fixture runner shared with the hub's own tests (`fixture_problems`), and the checks:
+fixture runner shared with the hub's own tests (`fixture_problems`), and the declaration,
+fixtures and match-rule checks; the units-and-codes check is in observations.py, the fuzz in
+fuzz.py, `Check` and `Report` in report.py. The checks:
 
 - declaration: a valid `DriverInfo` for this hub's SDK (id, version, SDK version, transport,
-  match rules, category, characteristics, observation type names);
+  match rules, category, characteristics, observation types: names and UCUM units);
 - fixtures: every `fixtures/<driver id>/*.json` beside the driver's module decodes to exactly
   the readings it records, fed whole, byte by byte and in random chunks (a driver ships at
   least one);
 - units and codes: every observation the fixtures produce has a valid UCUM unit, a snake_case
-  type, a 32-bit MDC code and a LOINC code with a good check digit;
+  type, a 32-bit MDC code and a LOINC code with a good check digit, and a type and unit the
+  driver declares (`observation_types`, or the names in `produces`);
 - fuzz: random bytes into every decode entry point raise nothing but come back as
-  `DecodeError`s, each input within a time bound;
+  `DecodeError`s, each input within a bound of CPU time;
 - match rules: none matches everything, and none ties with an installed driver's rule.
 
 It imports drivers' modules, so it is not on the daemon's path; it does no network or device
@@ -21,15 +24,12 @@ I/O.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import random
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
@@ -42,7 +42,9 @@ from gateway.hub.registry import (
     characteristic_uuid,
     validate_driver,
 )
-from gateway.kit.ucum import ucum_error
+from gateway.kit.fuzz import fuzz_check, fuzz_options
+from gateway.kit.observations import declared_type_problems, units_check
+from gateway.kit.report import Check, Report
 from gateway.sdk import (
     SDK_VERSION,
     BleMatch,
@@ -57,53 +59,11 @@ from gateway.sdk import (
 )
 
 BUILTIN_FIXTURES = Path(__file__).parent.parent / "drivers" / "fixtures"
-_SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-_LOINC = re.compile(r"^([0-9]{1,7})-([0-9])$")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*([a-z0-9.+-]*)$")
 
 
 class ConformanceError(Exception):
     """The driver could not be found or imported: nothing to check."""
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class Report:
-    driver_id: str
-    source: str
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(check.ok for check in self.checks)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "driver": self.driver_id,
-            "source": self.source,
-            "ok": self.ok,
-            "checks": [
-                {"name": c.name, "ok": c.ok, "detail": c.detail, "problems": list(c.problems)}
-                for c in self.checks
-            ],
-        }
-
-    def render(self) -> str:
-        lines = [f"driver check: {self.driver_id} ({self.source})"]
-        for check in self.checks:
-            lines.append(f"  {'pass' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
-            lines += [f"          - {problem}" for problem in check.problems[:20]]
-            if len(check.problems) > 20:
-                lines.append(f"          ... and {len(check.problems) - 20} more")
-        lines.append("result: " + ("PASS" if self.ok else "FAIL"))
-        return "\n".join(lines)
 
 
 # --- finding the driver ------------------------------------------------------------------------
@@ -185,8 +145,9 @@ def check_driver(
     cases = sorted(found.fixtures.glob("*.json")) if found.fixtures else []
     fixtures_check, observations = _fixtures(driver, cases, found.fixtures)
     report.checks.append(fixtures_check)
-    report.checks.append(_units(driver, observations))
-    report.checks.append(_fuzz(driver, _fuzz_options(driver, cases), fuzz_inputs, seed, time_limit))
+    report.checks.append(units_check(driver.info, observations))
+    options = fuzz_options(driver, cases)
+    report.checks.append(fuzz_check(driver, options, fuzz_inputs, seed, time_limit))
     if driver.info.id not in registry or registry.get(driver.info.id) is not driver:
         # Checked before installing (or against an older installed copy): as if this one
         # were the installed one.
@@ -204,9 +165,7 @@ def _declaration(driver: AnyDriver) -> Check:
         problems.append("the description is empty: say what device it reads")
     if info.category not in get_args(Category):
         problems.append(f"category {info.category!r} is not one of {get_args(Category)}")
-    for type_name in info.produces:
-        if not _SNAKE.match(type_name):
-            problems.append(f"observation type {type_name!r} is not snake_case")
+    problems += declared_type_problems(info)
     if isinstance(driver, GattDriver) and not isinstance(driver, Driver):
         if not info.service:
             problems.append("a Bluetooth LE driver must name its primary service")
@@ -305,11 +264,11 @@ def _feed(
     errors: list[object] = []
     for chunk in chunks:
         result = decoder.feed(chunk)
-        readings += [r.wire() for r in result.readings]
+        readings += [r.as_dict() for r in result.readings]
         errors += result.errors
     if flush and isinstance(decoder, Flushable):
         result = decoder.flush()
-        readings += [r.wire() for r in result.readings]
+        readings += [r.as_dict() for r in result.readings]
         errors += result.errors
     return json.loads(json.dumps(readings)), errors  # as the platform will see them
 
@@ -331,11 +290,11 @@ def _gatt_case(
     errors: list[object] = []
     for value in case["values"]:
         result = decoder.value(characteristic_uuid(value["char"]), parse_hex(value["hex"]))
-        readings += [r.wire() for r in result.readings]
+        readings += [r.as_dict() for r in result.readings]
         errors += result.errors
     if case.get("flush") and isinstance(decoder, Flushable):  # the connection ended
         result = decoder.flush()
-        readings += [r.wire() for r in result.readings]
+        readings += [r.as_dict() for r in result.readings]
         errors += result.errors
     got = json.loads(json.dumps(readings))
     return _compare(got, errors, case, "values in order"), [
@@ -367,137 +326,6 @@ def _fixtures(
     failing = len({problem.split(":")[0] for problem in problems})
     detail = f"{len(cases)} fixture(s), {len(cases) - failing} pass"
     return Check("fixtures", not problems, detail, tuple(problems)), observations
-
-
-def loinc_ok(code: str) -> bool:
-    """A LOINC code's form and its mod-10 check digit."""
-    match = _LOINC.match(code)
-    if not match:
-        return False
-    digits = [int(d) for d in match[1]]
-    total = 0
-    for position, digit in enumerate(reversed(digits)):
-        # Luhn: every other digit from the right, starting with the rightmost, is doubled.
-        doubled = digit * 2 if position % 2 == 0 else digit
-        total += doubled // 10 + doubled % 10
-    return (10 - total % 10) % 10 == int(match[2])
-
-
-def _units(driver: AnyDriver, observations: list[dict[str, Any]]) -> Check:
-    problems = set()
-    for observation in observations:
-        type_name, unit = observation.get("type"), observation.get("unit")
-        if not isinstance(type_name, str) or not _SNAKE.match(type_name):
-            problems.add(f"observation type {type_name!r} is not snake_case")
-        if (reason := ucum_error(unit)) is not None:  # type: ignore[arg-type]
-            problems.add(f"{type_name}: unit {unit!r} is not valid UCUM: {reason}")
-        mdc = observation.get("mdc")
-        if mdc is not None and not (isinstance(mdc, int) and 0 < mdc < 2**32):
-            problems.add(f"{type_name}: MDC code {mdc!r} is not a 32-bit code")
-        loinc = observation.get("loinc")
-        if loinc is not None and not (isinstance(loinc, str) and loinc_ok(loinc)):
-            problems.add(f"{type_name}: LOINC code {loinc!r} is malformed or fails its check digit")
-        if type_name not in driver.info.produces and driver.info.produces:
-            problems.add(f"{type_name} is produced but not declared in `produces`")
-    units = sorted({str(o.get("unit")) for o in observations})
-    detail = (
-        f"{len(observations)} observation(s) from the fixtures, units "
-        f"{', '.join(units) or '(none)'}"
-    )
-    return Check("units and codes", not problems, detail, tuple(sorted(problems)))
-
-
-def _fuzz_options(driver: AnyDriver, cases: list[Path]) -> Mapping[str, object]:
-    """Options to fuzz with: none, unless the driver needs some; then a fixture's."""
-    candidates: list[Mapping[str, object]] = [{}]
-    for path in cases:
-        with contextlib.suppress(ValueError, OSError):
-            case = json.loads(path.read_text(encoding="utf-8"))
-            if "option_error" not in case and isinstance(case.get("options"), dict):
-                candidates.append(case["options"])
-    for options in candidates:
-        try:
-            (driver.decoder if isinstance(driver, Driver) else driver.gatt_decoder)(options)
-        except OptionError:
-            continue
-        return options
-    return {}
-
-
-def _entry_points(
-    driver: AnyDriver, options: Mapping[str, object]
-) -> Iterator[tuple[str, Callable[[bytes], object]]]:
-    """(name, a function of one input) for each way bytes reach the driver."""
-    if isinstance(driver, Driver):
-        decoder = driver.decoder(options)
-
-        def feed(data: bytes) -> object:
-            result = decoder.feed(data)
-            if isinstance(decoder, Flushable) and data[:1] == b"\x00":
-                return decoder.flush()  # now and then: finish whatever is open
-            return result
-
-        yield "feed", feed
-        return
-    decoder_g = driver.gatt_decoder(options)
-    for char in driver.info.characteristics:
-        yield f"value({char.name})", partial(_value, decoder_g, char.uuid)
-    flush = getattr(decoder_g, "flush", None)
-    if callable(flush):
-        yield "flush", lambda _data: flush()
-
-
-def _value(decoder: Any, uuid: str, data: bytes) -> object:
-    return decoder.value(uuid, data)
-
-
-def _fuzz(
-    driver: AnyDriver, options: Mapping[str, object], inputs: int, seed: int, time_limit: float
-) -> Check:
-    try:
-        points = list(_entry_points(driver, options))
-    except OptionError as exc:
-        return Check(
-            "fuzz",
-            False,
-            f"the driver refuses empty options ({exc}) and no fixture "
-            "gives options it accepts: add a fixture with options",
-        )
-    rng = random.Random(seed)  # noqa: S311  # reproducible fuzz, not secrets
-    problems: list[str] = []
-    slowest = 0.0
-    for name, call in points:
-        for _ in range(inputs):
-            size = rng.choice((0, 1, 2, 3, 4, 5, 8, 13, 20, 32, 64, 200))
-            data = bytes(rng.getrandbits(8) for _ in range(size))
-            started = time.perf_counter()
-            try:
-                result = call(data)
-            except Exception as exc:  # exactly what the check is for
-                problems.append(
-                    f"{name} raised {type(exc).__name__}: {exc} on {data.hex() or '(no bytes)'}"
-                )
-                break
-            took = time.perf_counter() - started
-            slowest = max(slowest, took)
-            if took > time_limit:
-                problems.append(
-                    f"{name} took {took * 1000:.0f} ms on {len(data)} bytes "
-                    f"({data.hex()[:60]}); the limit is {time_limit * 1000:.0f} ms"
-                )
-                break
-            errors = getattr(result, "errors", None)
-            if not isinstance(errors, list) or not all(isinstance(e, DecodeError) for e in errors):
-                problems.append(
-                    f"{name} returned {type(result).__name__} without a list of "
-                    f"DecodeErrors on {data.hex()}"
-                )
-                break
-    detail = (
-        f"{inputs} random inputs into each of {', '.join(n for n, _ in points)}; "
-        f"slowest {slowest * 1000:.2f} ms"
-    )
-    return Check("fuzz", not problems, detail, tuple(problems))
 
 
 def _match_rules(driver: AnyDriver, registry: Registry) -> Check:

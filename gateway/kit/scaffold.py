@@ -195,7 +195,7 @@ def _write_tree(target: Path, files: Mapping[str, str]) -> None:
 def _wire(
     raw: bytes, value: float | None, status: Mapping[str, object], absent: str | None = None
 ) -> dict[str, object]:
-    """A reading as `Reading.wire()` gives it: one placeholder observation, no device time."""
+    """A reading as `Reading.as_dict()` gives it: one placeholder observation, no device time."""
     observation: dict[str, object] = {"type": OBSERVATION_TYPE, "value": value, "unit": UNIT}
     if absent is not None:
         observation["absent"] = absent

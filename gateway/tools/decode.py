@@ -65,7 +65,7 @@ def decode_recording(
 def print_decoded(result: FeedResult, *, as_json: bool) -> int:
     """Readings on stdout (one JSON object a line, or one JSON document), errors on stderr; exit
     0 only for a clean decode, so scripts can tell good bytes from bad."""
-    readings = [r.wire() for r in result.readings]
+    readings = [r.as_dict() for r in result.readings]
     errors = [str(e) for e in result.errors]
     if as_json:
         print(json.dumps({"readings": readings, "errors": errors}, indent=2))

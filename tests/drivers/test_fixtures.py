@@ -8,7 +8,7 @@ expected result, so a vendor can read one and write the next:
     options       the device's `options` table (default {})
     hex           the bytes as received
     flush         true for a one-shot decode (`rtm-gateway decode`): flush at the end
-    readings      every expected reading, as `Reading.wire()` dicts
+    readings      every expected reading, as `Reading.as_dict()` dicts
     errors        how many DecodeErrors the bytes must produce
     serial        optional: the expected `SerialSettings.describe()` for these options
     option_error  instead of readings/errors: the options must be refused at this path

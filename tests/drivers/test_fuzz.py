@@ -40,7 +40,7 @@ def _check(result: FeedResult) -> None:
     assert all(isinstance(r, Reading) for r in result.readings)
     assert all(isinstance(e, DecodeError) for e in result.errors)
     for reading in result.readings:
-        json.dumps(reading.wire(), allow_nan=False)  # the wire form is always valid JSON
+        json.dumps(reading.as_dict(), allow_nan=False)  # the JSON form is always valid JSON
 
 
 @pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.info.id)
@@ -62,8 +62,8 @@ def test_chunking_does_not_change_the_result(driver: Driver, data: bytes, cut: i
     whole = driver.decoder(options).feed(data)
     decoder = driver.decoder(options)
     first, second = decoder.feed(data[:cut]), decoder.feed(data[cut:])
-    assert [r.wire() for r in first.readings + second.readings] == [
-        r.wire() for r in whole.readings
+    assert [r.as_dict() for r in first.readings + second.readings] == [
+        r.as_dict() for r in whole.readings
     ]
     assert len(first.errors) + len(second.errors) == len(whole.errors)
 

@@ -66,7 +66,7 @@ def _check(result: FeedResult) -> list[dict[str, object]]:
     assert len(result.readings) + len(result.errors) == 1
     # Through JSON without NaN, as the platform will see it.
     wire: list[dict[str, object]] = json.loads(
-        json.dumps([r.wire() for r in result.readings], allow_nan=False)
+        json.dumps([r.as_dict() for r in result.readings], allow_nan=False)
     )
     return wire
 
@@ -113,7 +113,7 @@ def test_decode_functions_raise_only_decode_error(name: str, data: bytes) -> Non
     except DecodeError:
         return
     assert reading.raw == data
-    json.dumps(reading.wire(), allow_nan=False)
+    json.dumps(reading.as_dict(), allow_nan=False)
     for observation in reading.observations:
         assert (observation.value is None) == (observation.absent is not None)
 

@@ -54,7 +54,7 @@ def test_fixture(path: Path) -> None:
     errors: list[DecodeError] = []
     for value in case["values"]:
         result = decoder.value(characteristic_uuid(value["char"]), parse_hex(value["hex"]))
-        readings += [r.wire() for r in result.readings]
+        readings += [r.as_dict() for r in result.readings]
         errors += result.errors
     assert json.loads(json.dumps(readings, allow_nan=False)) == case["readings"]
     assert len(errors) == case["errors"], [str(e) for e in errors]
@@ -162,7 +162,7 @@ def _check(result: FeedResult) -> None:
     assert all(isinstance(r, Reading) for r in result.readings)
     assert all(type(e) is DecodeError for e in result.errors)
     for reading in result.readings:
-        json.dumps(reading.wire(), allow_nan=False)
+        json.dumps(reading.as_dict(), allow_nan=False)
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def test_fixture(path: Path) -> None:
     errors: list[Exception] = []
     for value in case["values"]:
         result = decoder.value(uuid16(int(value["char"], 16)), parse_hex(value["hex"]))
-        readings += [r.wire() for r in result.readings]
+        readings += [r.as_dict() for r in result.readings]
         errors += result.errors
     # Through JSON, as the platform will see it.
     assert json.loads(json.dumps(readings, allow_nan=False)) == case["readings"]
@@ -96,7 +96,7 @@ def test_decode_raises_only_decode_error(decode: Callable[[bytes], Reading], dat
     except DecodeError:
         return
     assert reading.raw == data
-    json.dumps(reading.wire(), allow_nan=False)
+    json.dumps(reading.as_dict(), allow_nan=False)
 
 
 @pytest.mark.parametrize("decode", DECODE_FUNCTIONS, ids=lambda f: f"{f.__module__}.{f.__name__}")
@@ -108,4 +108,4 @@ def test_decode_with_any_flags_raises_only_decode_error(
     # Valid-looking dates make the optional fields after the time stamp reachable.
     data = bytes([flags]) + tail[:2] + bytes.fromhex("e807030f070000") + tail[2:]
     with contextlib.suppress(DecodeError):
-        json.dumps(decode(data).wire(), allow_nan=False)
+        json.dumps(decode(data).as_dict(), allow_nan=False)
