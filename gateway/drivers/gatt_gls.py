@@ -1,9 +1,10 @@
 """Glucose Service (0x1808): the pure decoders and the `gatt.gls` driver.
 
 What lives here: `decode_glucose_measurement` (0x2A18), `decode_measurement_context` (0x2A34),
-`decode_glucose_feature` (0x2A51), the per-connection decoder and `DRIVER`. Stored-record sync
-through the Record Access Control Point is the hub's job (gateway/sessions/records.py), not this
-module's: it keys on the `sequence_number` each reading carries in its status. No I/O.
+`decode_glucose_feature` (0x2A51), the per-connection decoder and `DRIVER`, whose
+`StoredRecords` declaration says how the hub fetches stored records through the Record Access
+Control Point (bytes in gateway/drivers/racp.py): the records after the highest `sequence_number`
+stored, a Measurement Context kept with its measurement. No I/O.
 
 Glucose Measurement, little-endian, optional fields in this order when their flag is set:
 
@@ -31,8 +32,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
+from gateway.drivers import racp
 from gateway.sdk import (
     BleMatch,
+    BleSession,
     Characteristic,
     DecodeError,
     DriverInfo,
@@ -40,6 +43,7 @@ from gateway.sdk import (
     Observation,
     Reading,
     StatusValue,
+    StoredRecords,
     TableGattDecoder,
     bit_names,
     flags_reading,
@@ -259,7 +263,7 @@ _DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
 
 
 class GlsDriver:
-    """The Bluetooth SIG Glucose profile (measurements; record access is the hub's)."""
+    """The Bluetooth SIG Glucose profile: measurements, and stored records through RACP."""
 
     __slots__ = ()
 
@@ -278,6 +282,19 @@ class GlsDriver:
             ),
         ),
         produces=("glucose",),
+        ble_session=BleSession(
+            stored=StoredRecords(
+                control=racp.RACP,
+                records=GLUCOSE_MEASUREMENT,
+                companions=(MEASUREMENT_CONTEXT,),
+                request=racp.report_after,
+                cursor=racp.sequence_number,
+                done=racp.transfer_done,
+                abort=racp.abort(),
+                describe=racp.describe,
+                position_key="last-record",  # where hubs before SDK 1.3 kept it
+            )
+        ),
     )
 
     def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:

@@ -17,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from gateway.drivers import racp
 from gateway.sdk import (
     OBSERVATION_TYPES,
+    AfterCommit,
     BleMatch,
+    BleSession,
     Characteristic,
     ClockStatus,
     DecodeError,
@@ -29,6 +32,7 @@ from gateway.sdk import (
     ObservationType,
     Reading,
     StatusValue,
+    StoredRecords,
     TableGattDecoder,
     date_time_from,
     no_options,
@@ -219,6 +223,21 @@ class PlxDriver:
         ),
         produces=("spo2", "pulse_rate", "perfusion_index", *_NEW_TYPES),
         continuous=True,
+        # Spot-checks kept on the device carry no number: fetched all, new ones told by digest,
+        # deleted on the device once every one is committed.
+        ble_session=BleSession(
+            stored=StoredRecords(
+                control=racp.RACP,
+                records=SPOT_CHECK,
+                position="digest",
+                request=racp.report_after,
+                cursor=racp.no_position,
+                done=racp.transfer_done,
+                after_commit=AfterCommit(racp.delete_all(), racp.deleted),
+                abort=racp.abort(),
+                describe=racp.describe,
+            )
+        ),
     )
 
     def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
