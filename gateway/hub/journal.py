@@ -4,8 +4,7 @@
 chain) and commits them to the outbox in small groups (one fsync per group). When the outbox is
 full it drops the oldest entries and signs a `gap` event for them in the same transaction, so
 nothing disappears silently. Sessions hand it readings (`submit`), events (`event`) and decode
-errors (`count_error`); no device or transport code lives here. It is the only writer of the
-positions sessions keep in the outbox (cursors): with a reading, in its transaction, or alone.
+errors (`count_error`), and it alone writes their cursors; no device or transport code here.
 """
 
 from __future__ import annotations
@@ -113,23 +112,16 @@ class Journal:
         committed: asyncio.Future[bool] | None = None,
     ) -> None:
         """Queue a reading for signing and storing. `cursor` (key, value) is stored in the
-        outbox's meta table in the same transaction as the reading, so a position kept with it
-        (the last stored-record sequence number a device sent) never runs ahead of what is
-        stored: a crash loses both or neither. `committed` is set True once the reading is
-        committed (False if it is dropped unsigned): acknowledge a record to its device after."""
+        outbox's meta table in its transaction, so a stored-record position never runs ahead of
+        what is stored. `committed` is set True once both are: acknowledge the record after."""
         self._enqueue(_Captured(device, device_id, patient, reading, hub_time, cursor, committed))
         delta = self._delta(device_id)
         delta.readings += 1
         delta.last_reading = hub_time
 
-    async def set_cursor(self, key: str, value: MetaValue) -> None:
-        """Store a position alone (reset after a device deleted its records), after any batch
-        being written; it supersedes the key's queued cursors. Raises `OutboxError`."""
-        async with self._lock:
-            for item in self._pending:
-                if type(item) is _Captured and item.cursor and item.cursor[0] == key:
-                    item.cursor = None
-            self._outbox.set_meta(key, value)
+    def set_cursor(self, key: str, value: MetaValue) -> None:
+        """Store a position alone (a reset), once the key's queued ones are committed."""
+        self._outbox.set_meta(key, value)
 
     def event(self, name: str, detail: Mapping[str, object]) -> None:
         self._enqueue(_HubEvent(name, detail, time.time()))
@@ -150,10 +142,8 @@ class Journal:
         if len(self._pending) >= self._max_pending:
             # The disk has refused commits for a long time: keep the newest, count the rest so
             # a signed event can say how many were lost once the disk takes writes again.
-            lost = self._pending.popleft()
+            self._pending.popleft()  # a record's `committed` never comes: its waiter times out
             self._lost_unsigned += 1
-            if type(lost) is _Captured and lost.committed:
-                lost.committed.set_result(False)
         self._pending.append(item)
         self._wake.set()
 
@@ -322,23 +312,14 @@ class Journal:
             )
             for item, ready, signature in zip(batch, prepared, signatures, strict=True)
         ]
-        try:
-            drop_through = self._make_room(entries, hub_clock)
-        except BaseException:
-            self._unprepare(batch, saved_head)
-            raise
         deltas = {
             device_id: DeviceDelta(d.readings, d.decode_errors, d.last_reading, d.last_error)
             for device_id, d in self._deltas.items()
         }
-        cursors: dict[str, MetaValue] = {}
-        waiting = []
-        for item in batch:
-            if type(item) is _Captured and (item.cursor or item.committed):
-                if item.cursor is not None:
-                    cursors[item.cursor[0]] = item.cursor[1]
-                waiting.append(item.committed)
-        try:
+        cursors = {i.cursor[0]: i.cursor[1] for i in batch if type(i) is _Captured and i.cursor}
+        waiting = [i.committed for i in batch if type(i) is _Captured and i.committed]
+        try:  # a disk error while making room is a refusal like one while appending
+            drop_through = self._make_room(entries, hub_clock)
             self._outbox.append(entries, self._signer.head.hash, drop_through, deltas, meta=cursors)
         except OutboxSequenceError:
             self._unprepare(batch, saved_head)
@@ -356,9 +337,8 @@ class Journal:
             self.last_error = None
         self._deltas.clear()
         self.committed += len(entries)
-        for future in waiting:
-            if future is not None and not future.done():  # its waiter may have given up
-                future.set_result(True)
+        for future in waiting:  # set once: only the journal sets them, and waiters never cancel
+            future.set_result(True)
         if entries:
             self._on_commit()
         return True

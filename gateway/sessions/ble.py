@@ -31,7 +31,7 @@ from typing import TypeVar
 from gateway.hub.clock import HubClock, clock_state
 from gateway.hub.config import DeviceConfig
 from gateway.hub.journal import Journal
-from gateway.hub.outbox import Outbox
+from gateway.hub.outbox import Outbox, OutboxError
 from gateway.sdk import TRACE, GattDecoder, GattDriver, uuid16
 from gateway.sessions.ble_link import (
     NO_COMPANIONS,
@@ -377,16 +377,20 @@ class BleDeviceSession:
             log.warning("device %s: the device kept its stored records", self.device.id)
             return
         reset = sync.forget()
-        if reset is not None:
-            await self._journal.set_cursor(*reset)
+        if reset is None:
+            return
+        try:
+            self._journal.set_cursor(*reset)
+        except OutboxError as exc:  # the digests stay: harmless, the device has no records
+            log.warning("device %s: cannot store its record position (%s)", self.device.id, exc)
 
     async def _committed(self, records: list[asyncio.Future[bool]]) -> bool:
-        """Whether the journal committed every one of `records` (within the record timeout)."""
-        try:
-            async with asyncio.timeout(self._record_timeout):
-                return all(await asyncio.gather(*records))
-        except TimeoutError:
-            return False
+        """Whether the journal committed every one of `records` within the record timeout.
+        (`asyncio.wait` leaves them alone on a timeout: only the journal sets them.)"""
+        if not records:
+            return True
+        done, pending = await asyncio.wait(records, timeout=self._record_timeout)
+        return not pending and all(future.result() for future in done)
 
     async def _request(
         self,
