@@ -183,3 +183,62 @@ def test_a_glucose_context_is_kept_only_with_its_measurement() -> None:
     assert sync.accept(MEASUREMENT_CONTEXT, record(11)) == (True, None)
     assert sync.done(bytes((0x06, 0x00, 0x01, 0x01)))  # the report's response
     assert not sync.done(bytes((0x06, 0x00, 0x01, 0x01, 0, 0, 0, 0, 0, 0)))  # a record
+
+
+class _OximeterLink:
+    """A link to a pulse oximeter holding two spot-checks: it answers a report with them and
+    success, and a delete with success, recording every write."""
+
+    address = "C0:FF:EE:00:00:01"
+    lost_reason = ""
+    services: frozenset[str] = frozenset()
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.lost = asyncio.Event()
+        self.writes: list[bytes] = []
+
+    def has(self, uuid: str, *properties: str) -> bool:
+        return True
+
+    async def write(
+        self, uuid: str, data: bytes, timeout: float = 0, *, response: bool = True
+    ) -> None:
+        self.writes.append(data)
+        loop = asyncio.get_running_loop()
+        if data == racp.report_all():
+            for spo2 in (97, 96):
+                loop.call_soon(
+                    self.session._on_value, gatt_plx.SPOT_CHECK, bytes((0, spo2, 0, 70, 0))
+                )
+            loop.call_soon(self.session._on_answer, racp.RACP, bytes((6, 0, racp.REPORT, 1)))
+        elif data == racp.delete_all():
+            loop.call_soon(self.session._on_answer, racp.RACP, bytes((6, 0, racp.DELETE, 1)))
+
+
+def test_the_oximeter_delete_waits_for_the_journal_to_commit_every_record(
+    outbox: Outbox,
+) -> None:
+    from gateway.sessions.ble import BleDeviceSession
+
+    async def run() -> None:
+        journal, _ = journal_for(outbox)
+        device = DeviceConfig("plx", "gatt.plx", "pt-1", address="C0:FF:EE:00:00:01")
+        session = BleDeviceSession(device, gatt_plx.DRIVER, None, journal, outbox)  # type: ignore[arg-type]
+        link = _OximeterLink(session)
+        info = gatt_plx.DRIVER.info
+        assert info.ble_session is not None and info.ble_session.stored is not None
+        sync = RecordSync(info.ble_session.stored, "ble.stored-digests:plx", None)
+        session._path.open()
+        session._sync = sync
+        transfer = asyncio.create_task(session._fetch_records(link, sync))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        assert link.writes == [racp.report_all()]  # both records queued, none committed yet
+        assert len(json.loads(str(outbox.get_meta("ble.stored-digests:plx") or "[]"))) == 0
+        assert journal.commit_once()
+        await asyncio.wait_for(transfer, 5)
+        assert link.writes == [racp.report_all(), racp.delete_all()]
+        assert outbox.get_meta("ble.stored-digests:plx") == "[]"  # reset, through the journal
+        assert session.readings == 2
+
+    asyncio.run(run())

@@ -110,7 +110,6 @@ class BleDeviceSession:
         self.connects = 0
         self.records_skipped = 0
         self.address: str | None = device.address
-        self.device_id = device.id
 
     @property
     def readings(self) -> int:
