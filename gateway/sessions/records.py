@@ -143,7 +143,7 @@ def record_sync_for(
     spec = info.ble_session.stored if info.ble_session else None
     if spec is None:
         return None
-    if not has(spec.records):  # optional in the profile (a continuous-only oximeter)
+    if not has(spec.records) or not has(spec.control):  # a profile's optional storage
         log.info("device %s: it keeps no stored records; live values only", device_id)
         return None
     if not has(spec.control, "write", "write-without-response"):
