@@ -103,6 +103,7 @@ class BleDeviceSession:
         self._sync: RecordSync | None = None
         self._committing: list[asyncio.Future[bool]] = []
         self._answers: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._asking = False  # a request waits for its answer: only then are values queued
         self._transfer_activity = 0.0
         self.connected = False
         """Connected and subscribed: values reach the journal."""
@@ -313,13 +314,14 @@ class BleDeviceSession:
 
     def _on_answer(self, uuid: str, data: bytes) -> None:
         log.log(TRACE, "device %s: %s = %s", self.device.id, uuid, data.hex())
-        self._answers.put_nowait((uuid.lower(), data))
+        if self._asking:
+            self._answers.put_nowait((uuid.lower(), data))
 
     def _on_value(self, uuid: str, data: bytes) -> None:
         log.log(TRACE, "device %s: %s = %s", self.device.id, uuid, data.hex())
         key = uuid.lower()
         sync = self._sync
-        if sync is not None and key in sync.done_on:
+        if self._asking and sync is not None and key in sync.done_on:
             self._answers.put_nowait((key, data))
         if sync is None or key not in sync.records:
             value = methodcaller("value", uuid, data)
@@ -408,26 +410,28 @@ class BleDeviceSession:
         # A control point that takes only write-without-response gets one (BlueZ refuses the
         # other kind for it).
         response = link.has(control, "write") or not link.has(control, "write-without-response")
-        await self._call(link.write(control, data, response=response), link)
-        while True:
-            left = self._transfer_activity + self._record_timeout - time.monotonic()
-            if left <= 0:
-                log.warning(
-                    "device %s: no answer to a stored-record request for %.1f s; "
-                    "giving up on it (the rest comes on the next connection)",
-                    self.device.id,
-                    self._record_timeout,
-                )
-                if sync.abort is not None:
-                    with contextlib.suppress(DeviceUnavailable):
-                        await self._call(link.write(control, sync.abort, response=response), link)
-                return None
-            try:
-                async with asyncio.timeout(min(left, 1.0)):
-                    uuid, answer = await self._answers.get()
-            except TimeoutError:
-                if link.lost.is_set():
-                    raise DeviceUnavailable(link.lost_reason or "link lost") from None
-                continue
-            if uuid in sync.done_on and done(answer):
-                return answer
+        self._asking = True
+        try:
+            await self._call(link.write(control, data, response=response), link)
+            while (left := self._transfer_activity + self._record_timeout - time.monotonic()) > 0:
+                try:
+                    async with asyncio.timeout(min(left, 1.0)):
+                        uuid, answer = await self._answers.get()
+                except TimeoutError:
+                    if link.lost.is_set():
+                        raise DeviceUnavailable(link.lost_reason or "link lost") from None
+                    continue
+                if uuid in sync.done_on and done(answer):
+                    return answer
+        finally:
+            self._asking = False
+        log.warning(
+            "device %s: no answer to a stored-record request for %.1f s; "
+            "giving up on it (the rest comes on the next connection)",
+            self.device.id,
+            self._record_timeout,
+        )
+        if sync.abort is not None:
+            with contextlib.suppress(DeviceUnavailable):
+                await self._call(link.write(control, sync.abort, response=response), link)
+        return None
