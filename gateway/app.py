@@ -44,7 +44,8 @@ from gateway.transport.serial import (
 
 if TYPE_CHECKING:
     from gateway.hub.config import BleConfig
-    from gateway.sessions.ble import Advertisement, BleDeviceSession, Link
+    from gateway.sessions.ble import BleDeviceSession
+    from gateway.sessions.ble_link import Advertisement, Companions, Link
     from gateway.transport.ble.connector import BleConnector
     from gateway.transport.ble.scanner import BleScanner
 
@@ -161,7 +162,7 @@ class BleRadio:
         self.scanner.forget(address)
 
     async def connect(self, advert: Advertisement, name: str) -> Link:
-        from gateway.sessions.ble import Unavailable
+        from gateway.sessions.ble_link import Unavailable
         from gateway.transport.ble.errors import BleConnectError, BleUnavailable
         from gateway.transport.ble.scanner import Advert
 
@@ -326,7 +327,15 @@ class Hub:
                 )
 
             sessions.append(
-                BleDeviceSession(device, driver, self.radio, journal, outbox, claims=claims)
+                BleDeviceSession(
+                    device,
+                    driver,
+                    self.radio,
+                    journal,
+                    outbox,
+                    companions=ble_companions(),
+                    claims=claims,
+                )
             )
         return sessions
 
@@ -350,3 +359,15 @@ class Hub:
         while True:
             self._notifier.watchdog()
             await asyncio.sleep(interval)
+
+
+def ble_companions() -> Companions:
+    """The services the hub serves on every BLE device beside its own profile: the battery
+    level (Battery service) read on each connection and the hub's time written to the Current
+    Time service. Wired here so that sessions import no driver."""
+    from gateway.drivers import gatt_bas, gatt_cts
+    from gateway.sessions.ble_link import Companions
+
+    return Companions(
+        battery=gatt_bas.DRIVER, clock=(gatt_cts.CURRENT_TIME, gatt_cts.encode_current_time)
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import BleRadio
+from gateway.app import BleRadio, ble_companions
 from gateway.drivers.gatt_cts import decode_current_time
 from gateway.hub.config import BleConfig, DeviceConfig
 from gateway.hub.identity import HubIdentity, load_public_jwk
@@ -112,7 +112,15 @@ async def rig(
     )
     radio = BleRadio(ble or BleConfig(passive=False, scanner_watchdog=5.0))
     sessions = [
-        BleDeviceSession(d, REGISTRY.get_ble(d.driver), radio, journal, outbox, clock=lambda: clock)  # type: ignore[arg-type,return-value]
+        BleDeviceSession(
+            d,
+            REGISTRY.get_ble(d.driver),
+            radio,
+            journal,
+            outbox,
+            companions=ble_companions(),
+            clock=lambda: clock,
+        )  # type: ignore[arg-type,return-value]
         for d in devices
     ]
     async with bleak_session():
@@ -436,17 +444,20 @@ def test_a_meter_with_no_records_is_served_live(bluez: BluezThread, tmp_path: Pa
 
 
 def test_sequence_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
+    from gateway.drivers.gatt_gls import DRIVER, GLUCOSE_MEASUREMENT
     from gateway.sdk import Reading
-    from gateway.sessions.records import GLUCOSE_MEASUREMENT, SequenceSync
+    from gateway.sessions.records import RecordSync
 
     def record(sequence: int) -> Reading:
         return Reading((), bytes((sequence,)), {"sequence_number": sequence})
 
-    fresh = SequenceSync("k", None)
+    assert DRIVER.info.ble_session is not None and DRIVER.info.ble_session.stored is not None
+    spec = DRIVER.info.ble_session.stored
+    fresh = RecordSync(spec, "k", None)
     assert fresh.request() == bytes((0x01, 0x01))  # all: nothing is stored yet
     assert fresh.accept(GLUCOSE_MEASUREMENT, record(0)) == (True, ("k", 0))
     assert fresh.accept(GLUCOSE_MEASUREMENT, record(0)) == (False, None)
-    resumed = SequenceSync("k", 41)
+    resumed = RecordSync(spec, "k", 41)
     assert resumed.request() == bytes((0x01, 0x03, 0x01, 42, 0))
     assert resumed.accept(GLUCOSE_MEASUREMENT, record(40)) == (False, None)
     assert resumed.accept(GLUCOSE_MEASUREMENT, record(42)) == (True, ("k", 42))

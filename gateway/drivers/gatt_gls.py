@@ -1,10 +1,10 @@
 """Glucose Service (0x1808): the pure decoders and the `gatt.gls` driver.
 
 What lives here: `decode_glucose_measurement` (0x2A18), `decode_measurement_context` (0x2A34),
-`decode_glucose_feature` (0x2A51) and `DRIVER`; the Measurement Context (0x2A34) is decoded in
-gatt_gls_context.py. Stored-record sync
-through the Record Access Control Point is the hub's job (gateway/sessions/records.py), not this
-module's: it keys on the `sequence_number` each reading carries in its status. No I/O.
+`decode_glucose_feature` (0x2A51) and `DRIVER`, whose `StoredRecords` declaration says how the
+hub fetches stored records through the Record Access Control Point (bytes in
+gateway/drivers/racp.py): the records after the highest `sequence_number` stored, a Measurement
+Context (decoded in gatt_gls_context.py) kept with its measurement. No I/O.
 
 Glucose Measurement, little-endian, optional fields in this order when their flag is set:
 
@@ -32,10 +32,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
+from gateway.drivers import racp
 from gateway.drivers.gatt_gls_context import code_name, decode_measurement_context, shifted
 from gateway.sdk import (
     BitNames,
     BleMatch,
+    BleSession,
     Characteristic,
     DecodeError,
     GattTableDriver,
@@ -43,6 +45,7 @@ from gateway.sdk import (
     ObservationType,
     Reading,
     StatusValue,
+    StoredRecords,
     bits_reading,
     name_bits,
     sfloat_from,
@@ -175,4 +178,17 @@ DRIVER = GattTableDriver(
         GLUCOSE_FEATURE: decode_glucose_feature,
     },
     observation_types=_GLUCOSE_TYPES,
+    ble_session=BleSession(
+        stored=StoredRecords(
+            control=racp.RACP,
+            records=GLUCOSE_MEASUREMENT,
+            companions=(MEASUREMENT_CONTEXT,),
+            request=racp.report_after,
+            cursor=racp.sequence_number,
+            done=racp.transfer_done,
+            abort=racp.abort(),
+            describe=racp.describe,
+            position_key="last-record",  # where hubs before SDK 1.3 kept it
+        )
+    ),
 )

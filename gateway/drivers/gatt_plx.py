@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from gateway.drivers import racp
 from gateway.drivers.gatt_plx_tables import (
     DEVICE_SENSOR_STATUS,
     MEASUREMENT_STATUS,
@@ -22,7 +23,9 @@ from gateway.drivers.gatt_plx_tables import (
     TYPES,
 )
 from gateway.sdk import (
+    AfterCommit,
     BleMatch,
+    BleSession,
     Characteristic,
     ClockStatus,
     DecodeError,
@@ -31,6 +34,7 @@ from gateway.sdk import (
     Observation,
     Reading,
     StatusValue,
+    StoredRecords,
     date_time_from,
     name_bits,
     sfloat_from,
@@ -154,4 +158,19 @@ DRIVER = GattTableDriver(
     },
     observation_types=tuple(TYPES.values()),
     continuous=True,
+    # Spot-checks kept on the device carry no number: fetched all, new ones told by digest,
+    # deleted on the device once every one is committed.
+    ble_session=BleSession(
+        stored=StoredRecords(
+            control=racp.RACP,
+            records=SPOT_CHECK,
+            position="digest",
+            request=racp.report_after,
+            cursor=racp.no_position,
+            done=racp.transfer_done,
+            after_commit=AfterCommit(racp.delete_all(), racp.deleted),
+            abort=racp.abort(),
+            describe=racp.describe,
+        )
+    ),
 )

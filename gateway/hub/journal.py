@@ -4,7 +4,7 @@
 chain) and commits them to the outbox in small groups (one fsync per group). When the outbox is
 full it drops the oldest entries and signs a `gap` event for them in the same transaction, so
 nothing disappears silently. Sessions hand it readings (`submit`), events (`event`) and decode
-errors (`count_error`); no device or transport code lives here.
+errors (`count_error`), and it alone writes their cursors; no device or transport code here.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class _Captured:
     reading: Reading
     hub_time: float
     cursor: tuple[str, MetaValue] | None = None
+    committed: asyncio.Future[bool] | None = None
 
 
 @dataclass(slots=True)
@@ -106,15 +107,19 @@ class Journal:
         hub_time: float,
         *,
         cursor: tuple[str, MetaValue] | None = None,
+        committed: asyncio.Future[bool] | None = None,
     ) -> None:
         """Queue a reading for signing and storing. `cursor` (key, value) is stored in the
-        outbox's meta table in the same transaction as the reading, so a position kept with it
-        (the last stored-record sequence number a device sent) never runs ahead of what is
-        stored: a crash loses both or neither."""
-        self._enqueue(_Captured(device, device_id, patient, reading, hub_time, cursor))
+        outbox's meta table in its transaction, so a stored-record position never runs ahead of
+        what is stored. `committed` is set True once both are: acknowledge the record after."""
+        self._enqueue(_Captured(device, device_id, patient, reading, hub_time, cursor, committed))
         delta = self._delta(device_id)
         delta.readings += 1
         delta.last_reading = hub_time
+
+    def set_cursor(self, key: str, value: MetaValue) -> None:
+        """Store a position alone (a reset), once the key's queued ones are committed."""
+        self._outbox.set_meta(key, value)
 
     def event(self, name: str, detail: Mapping[str, object]) -> None:
         self._enqueue(_HubEvent(name, detail, time.time()))
@@ -135,7 +140,7 @@ class Journal:
         if len(self._pending) >= self._max_pending:
             # The disk has refused commits for a long time: keep the newest, count the rest so
             # a signed event can say how many were lost once the disk takes writes again.
-            self._pending.popleft()
+            self._pending.popleft()  # a record's `committed` never comes: its waiter times out
             self._lost_unsigned += 1
         self._pending.append(item)
         self._wake.set()
@@ -281,21 +286,14 @@ class Journal:
             )
             for item, ready, signature in zip(batch, prepared, signatures, strict=True)
         ]
-        try:
-            drop_through = self._make_room(entries, hub_clock)
-        except BaseException:
-            self._unprepare(batch, saved_head)
-            raise
         deltas = {
             device_id: DeviceDelta(d.readings, d.decode_errors, d.last_reading, d.last_error)
             for device_id, d in self._deltas.items()
         }
-        cursors = {
-            item.cursor[0]: item.cursor[1]
-            for item in batch
-            if type(item) is _Captured and item.cursor is not None
-        }
-        try:
+        cursors = {i.cursor[0]: i.cursor[1] for i in batch if type(i) is _Captured and i.cursor}
+        waiting = [i.committed for i in batch if type(i) is _Captured and i.committed]
+        try:  # a disk error while making room is a refusal like one while appending
+            drop_through = self._make_room(entries, hub_clock)
             self._outbox.append(entries, self._signer.head.hash, drop_through, deltas, meta=cursors)
         except OutboxSequenceError:
             self._unprepare(batch, saved_head)
@@ -313,6 +311,8 @@ class Journal:
             self.last_error = None
         self._deltas.clear()
         self.committed += len(entries)
+        for future in waiting:  # set once: only the journal sets them, and waiters never cancel
+            future.set_result(True)
         if entries:
             self._on_commit()
         return True

@@ -11,13 +11,19 @@ surface:
   with their UCUM units and MDC / LOINC codes), `DecodeError`, `OptionError`;
 - `declaration`: `DriverInfo`, match rules, `Characteristic`, `SerialSettings`, `SDK_VERSION`
   (its docstring has the compatibility rule);
-- `conversations`: `GattWrite`, `StoredRecords`, `BleSession`, `SerialSession`;
+- `conversations`: `GattWrite`, `StoredRecords`, `AfterCommit`, `BleSession`, `SerialSession`;
 - `protocols`: `Driver`, `GattDriver`, their decoders, `FeedResult`, `TableGattDecoder`;
 - `table_driver`: `GattTableDriver`, a BLE driver declared as data;
 - `fields`: IEEE 11073 SFLOAT/FLOAT, integers, Date Time, bits by name.
 """
 
-from gateway.sdk.conversations import BleSession, GattWrite, SerialSession, StoredRecords
+from gateway.sdk.conversations import (
+    AfterCommit,
+    BleSession,
+    GattWrite,
+    SerialSession,
+    StoredRecords,
+)
 from gateway.sdk.declaration import (
     BLUETOOTH_BASE_UUID,
     SDK_VERSION,
@@ -78,6 +84,7 @@ __all__ = [
     "SDK_VERSION",
     "TRACE",
     "Absent",
+    "AfterCommit",
     "BitNames",
     "BleMatch",
     "BleSession",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.sdk.values import Reading
 
@@ -24,11 +25,29 @@ class GattWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class AfterCommit:
+    """A request the hub writes to `StoredRecords.control` once every record a transfer delivered
+    is committed to its outbox (delete them on the device, say). Nothing is acknowledged to a
+    device before that commit. Added in SDK 1.3.
+
+    - `request`: the bytes to write.
+    - `answer(value)`: for a value arriving on `control`, None while it is not the answer to
+      `request`; True when the device did it, False when it refused.
+
+    After a True answer the hub forgets the digests of the records (`position="digest"`): the
+    device no longer holds them.
+    """
+
+    request: bytes
+    answer: Callable[[bytes], bool | None]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRecords:
     """Records a device keeps while the hub is away, fetched on every connection after the last
     one the hub has stored. The hub keeps that position (`cursor`) in the outbox, written in the
     same transaction as the reading it belongs to, so nothing is fetched twice or skipped, even
-    across a power cut. All three functions are pure.
+    across a power cut. All functions are pure.
 
     - `request(last)`: the bytes to write to `control` to ask for the records after `last`
       (None: the hub has stored none yet, so ask for all).
@@ -40,6 +59,22 @@ class StoredRecords:
     The device must send its records in increasing position within a connection, and no live
     value with a higher position before the stored ones it answers for: the hub keeps only the
     highest position, so a record arriving after a higher one is taken as already stored.
+
+    Optional (SDK 1.3), for profiles such as Glucose and Pulse Oximeter spot-checks:
+
+    - `companions`: characteristics whose values belong to a record (Glucose Measurement
+      Context): such a value is kept when the record with the same `cursor` was kept in this
+      transfer (or when it has no position), and moves no position itself.
+    - `position="digest"`: the records carry no number. The hub asks for all of them
+      (`request(None)`), drops those whose bytes' digest it has stored, and keeps the digests
+      (the last 2000) instead of a position; `cursor` is not called.
+    - `after_commit`: written once every record of a transfer that delivered records is
+      committed (see `AfterCommit`); with digests, this is how the device's list is emptied.
+    - `abort`: written to `control` when a transfer stalls (no record or answer for 30 s).
+    - `describe(value)`: the value that ended a transfer, in words for the hub's log.
+    - `position_key`: the name the hub keeps the position under in its outbox
+      (`ble.<name>:<device id>`); empty means `cursor` (or `stored-digests` with digests).
+      Leave it empty: it exists so built-in profiles keep the names older hubs used.
     """
 
     control: str
@@ -47,6 +82,12 @@ class StoredRecords:
     request: Callable[[int | None], bytes]
     cursor: Callable[[Reading], int | None]
     done: Callable[[bytes], bool]
+    companions: tuple[str, ...] = ()
+    position: Literal["cursor", "digest"] = "cursor"
+    after_commit: AfterCommit | None = None
+    abort: bytes | None = None
+    describe: Callable[[bytes], str] | None = None
+    position_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

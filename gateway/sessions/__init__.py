@@ -1,6 +1,8 @@
 """Device sessions: one configured device, from open or advertisement to readings in the journal.
 
-The serial and Bluetooth LE sessions share one core (decode, isolate a failing driver, count
-errors, summarise continuous streams); stored-record sync (`records`, `racp`) runs inside the
-BLE session. Transports are seen only through small protocols; `gateway.app` passes the real ones.
+The serial and Bluetooth LE sessions share one core (`core`: decode, isolate a failing driver,
+count errors, summarise continuous streams, flush at link end); the BLE session runs a driver's
+stored-record declaration (`records`) in one forward pass. Transports and companion services are
+seen only through small protocols (`ble_link`); `gateway.app` passes the real ones. No driver is
+imported here: sessions run what drivers declare.
 """

@@ -1,20 +1,19 @@
 """One configured Bluetooth LE device, from advertisement to signed readings, for months.
 
 What lives here: `BleDeviceSession` (find the device's advertisement, connect, check the
-service table, learn its identity from Device Information, set its clock, read its battery,
-subscribe to the driver's characteristics, fetch stored records, and start again after a lost
-link), and the two stored-record strategies of the Record Access Control Point:
+service table, learn its identity from Device Information, set its clock and read its battery
+through the `Companions` the app hands in, subscribe to the driver's characteristics, fetch
+stored records, and start again after a lost link). Values go through the shared
+decode-and-submit path (sessions/core.py); stored records through the driver's `StoredRecords`
+declaration (sessions/records.py), in one forward pass: request, records (each with its
+position, committed by the journal in the reading's transaction), the answer that ends the
+transfer, then, once the journal reports every kept record committed, the driver's after-commit
+step (the Pulse Oximeter's delete on the device). Nothing is acknowledged to a device before the
+commit, so a crash or a lost link mid-transfer resumes on the next connection without a duplicate
+or a hole.
 
-- `SequenceSync` (Glucose): records carry a sequence number. The hub asks for those after the
-  highest one already stored, and the position moves in the same outbox transaction as the
-  reading (`Journal.submit(cursor=...)`), so a crash or a lost link mid-transfer resumes on the
-  next connection without a duplicate or a hole.
-- `DigestSync` (Pulse Oximeter spot-checks): records carry no sequence number, so the hub asks for
-  all of them, skips those whose digest it has already stored (kept with the readings, as above),
-  and asks the device to delete its records only once every one of them is in the outbox.
-
-The BLE transport is reached through the small protocols below, so this module stays free of
-bleak (app.py passes the real one; tests may too).
+The BLE transport is reached through the small protocols below, and the companion services
+through `Companions`, so this module imports neither bleak nor any driver (app.py wires both).
 """
 
 from __future__ import annotations
@@ -23,31 +22,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
-from typing import Protocol, TypeVar
+from operator import methodcaller
+from typing import TypeVar
 
-from gateway.drivers.gatt_bas import BATTERY_LEVEL, decode_battery_level
-from gateway.drivers.gatt_bas import DRIVER as BAS_DRIVER
-from gateway.drivers.gatt_cts import CURRENT_TIME, encode_current_time
 from gateway.hub.clock import HubClock, clock_state
 from gateway.hub.config import DeviceConfig
 from gateway.hub.journal import Journal
 from gateway.hub.outbox import Outbox
-from gateway.hub.outbox_file import MetaValue
-from gateway.sdk import (
-    TRACE,
-    DecodeError,
-    Flushable,
-    GattDecoder,
-    GattDriver,
-    Reading,
-    uuid16,
+from gateway.hub.outbox_file import OutboxError
+from gateway.sdk import TRACE, GattDecoder, GattDriver, uuid16
+from gateway.sessions.ble_link import (
+    NO_COMPANIONS,
+    Advertisement,
+    Companions,
+    Link,
+    Radio,
+    Unavailable,
 )
-from gateway.sessions import racp
-from gateway.sessions.core import DeviceUnavailable
-from gateway.sessions.records import Cursor, RecordSync, record_sync_for
+from gateway.sessions.core import DeviceUnavailable, ReadingPath
+from gateway.sessions.records import RecordSync, record_sync_for
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -56,52 +52,6 @@ SERIAL_NUMBER = uuid16(0x2A25)
 MODEL_NUMBER = uuid16(0x2A24)
 RECORD_TIMEOUT = 30.0
 """Seconds a transfer may go without a record or an answer before the hub gives up on it."""
-
-
-# --- what the session needs of the BLE transport -----------------------------------------------
-
-
-class Advertisement(Protocol):
-    @property
-    def address(self) -> str: ...
-    @property
-    def name(self) -> str | None: ...
-
-
-class Link(Protocol):
-    address: str
-    lost: asyncio.Event
-    lost_reason: str
-    services: frozenset[str]
-
-    def has(self, uuid: str, *properties: str) -> bool: ...
-    async def read(self, uuid: str, timeout: float = ...) -> bytes: ...
-    async def write(
-        self, uuid: str, data: bytes, timeout: float = ..., *, response: bool = ...
-    ) -> None: ...
-    async def subscribe(
-        self, uuid: str, callback: Callable[[bytes], None], timeout: float = ...
-    ) -> None: ...
-    async def close(self) -> None: ...
-
-
-class Radio(Protocol):
-    """The scanner and connector of one adapter. `connect` raises `DeviceUnavailable` (with
-    `retry_after` when the adapter asks for a longer wait) instead of the transport's errors."""
-
-    async def wait_for(self, predicate: Callable[[Advertisement], bool]) -> Advertisement: ...
-    def forget(self, address: str) -> None: ...
-    async def connect(self, advert: Advertisement, name: str) -> Link: ...
-    async def close_stale(self, address: str) -> None: ...
-    async def clear_cache(self, address: str) -> None: ...
-
-
-class Unavailable(DeviceUnavailable):
-    """A connection could not be made; wait at least `retry_after` seconds."""
-
-    def __init__(self, message: str, retry_after: float = 0.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 # --- the session ----------------------------------------------------------------------------------
@@ -118,6 +68,7 @@ class BleDeviceSession:
         journal: Journal,
         outbox: Outbox,
         *,
+        companions: Companions = NO_COMPANIONS,
         claims: Callable[[Advertisement], bool] | None = None,
         clock: Callable[[], HubClock] = clock_state,
         record_timeout: float = RECORD_TIMEOUT,
@@ -127,32 +78,48 @@ class BleDeviceSession:
         self._driver = driver
         self._radio = radio
         self._journal = journal
-        self._outbox = outbox
+        self._outbox = outbox  # read only: the stored-record positions (the journal writes them)
+        self._companions = companions
         self._claims = claims or (lambda _advert: True)
         self._clock = clock
         self._record_timeout = record_timeout
         self._max_backoff = max_backoff
-        self._identity: dict[str, object] = {
+        identity = {
             "id": device.id,
             "driver": driver.info.id,
             "driver_version": driver.info.version,
         }
+        self._path: ReadingPath[GattDecoder] = ReadingPath(
+            device,
+            driver.info.id,
+            lambda: driver.gatt_decoder(device.options),
+            journal,
+            identity,
+            continuous=driver.info.continuous,
+        )
+        self._streams = frozenset(
+            c.uuid.lower() for c in driver.info.characteristics if c.mode == "notify"
+        )
         self._rejected: dict[str, float] = {}  # address -> until when (serial did not match)
-        self._next_due: dict[str, float] = {}
-        self._decoder: GattDecoder | None = None
         self._sync: RecordSync | None = None
+        self._committing: list[asyncio.Future[bool]] = []
         self._answers: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-        self._link: Link | None = None
+        self._asking = False  # a request waits for its answer: only then are values queued
         self._transfer_activity = 0.0
         self.connected = False
         """Connected and subscribed: values reach the journal."""
         self._announced = False
         self.connects = 0
-        self.readings = 0
-        self.decode_errors = 0
         self.records_skipped = 0
         self.address: str | None = device.address
-        self.device_id = device.id
+
+    @property
+    def readings(self) -> int:
+        return self._path.readings
+
+    @property
+    def decode_errors(self) -> int:
+        return self._path.decode_errors
 
     def serving(self, connection: int) -> bool:
         """Connected and subscribed on its `connection`-th connection (1 = the first)."""
@@ -195,11 +162,9 @@ class BleDeviceSession:
                 await self._say_goodbye(link)
                 raise
             finally:
-                self._flush_decoder()
+                self._path.close()  # what a decoder still holds is kept, marked incomplete
                 self.connected = self._announced = False
-                self._decoder = None
                 self._sync = None
-                self._link = None
                 await link.close()
             await asyncio.sleep(0.5)
 
@@ -244,8 +209,7 @@ class BleDeviceSession:
         self._announced = True
         await self._set_clock(link)
         await self._read_battery(link)
-        self._decoder = self._driver.gatt_decoder(self.device.options)
-        self._link = link
+        self._path.open()
         self._sync = sync = record_sync_for(
             self._driver, link.has, self.device.id, self._outbox.get_meta
         )
@@ -269,9 +233,7 @@ class BleDeviceSession:
         for step in session.on_connect if session else ():
             await self._call(link.write(step.uuid, step.data, response=step.response), link)
         if sync is not None:
-            final = await self.request(sync.control, sync.request(), sync.done, sync.done_on)
-            if final is not None:
-                await sync.finish(self, final)
+            await self._fetch_records(link, sync)
         await link.lost.wait()
         raise DeviceUnavailable(link.lost_reason or "link lost")
 
@@ -300,7 +262,7 @@ class BleDeviceSession:
             )
 
     async def _identify(self, link: Link) -> None:
-        identity = dict(self._identity, address=link.address)
+        identity = dict(self._path.identity, address=link.address)
         for uuid, key in ((SERIAL_NUMBER, "serial"), (MODEL_NUMBER, "model")):
             if link.has(uuid, "read"):
                 text = (await self._call(link.read(uuid), link)).decode("utf-8", "replace")
@@ -316,16 +278,16 @@ class BleDeviceSession:
                 f"{link.address} has serial {identity.get('serial')!r}, "
                 f"not {wanted!r}; looking further"
             )
-        self._identity = identity
+        self._path.identity = identity
 
     async def _set_clock(self, link: Link) -> None:
         """Give the device the hub's time, only while the hub's clock is synchronised."""
-        if not link.has(CURRENT_TIME, "write") or self._clock() != "synced":
+        clock = self._companions.clock
+        if clock is None or not link.has(clock[0], "write") or self._clock() != "synced":
             return
+        uuid, encode = clock
         try:
-            await self._call(
-                link.write(CURRENT_TIME, encode_current_time(datetime.now().astimezone())), link
-            )
+            await self._call(link.write(uuid, encode(datetime.now().astimezone())), link)
             log.info("device %s: clock set from the hub", self.device.id)
         except DeviceUnavailable as exc:
             if link.lost.is_set():
@@ -333,159 +295,144 @@ class BleDeviceSession:
             log.warning("device %s: it refused the current time (%s)", self.device.id, exc)
 
     async def _read_battery(self, link: Link) -> None:
-        if not link.has(BATTERY_LEVEL, "read"):
-            return
-        data = await self._call(link.read(BATTERY_LEVEL), link)
-        try:
-            reading = decode_battery_level(data)
-        except DecodeError as exc:
-            self._count_error(exc)
+        battery = self._companions.battery
+        if battery is None:
             return
         identity = dict(
-            self._identity, driver=BAS_DRIVER.info.id, driver_version=BAS_DRIVER.info.version
+            self._path.identity, driver=battery.info.id, driver_version=battery.info.version
         )
-        self._submit(identity, reading, None)
+        for char in battery.info.characteristics:
+            if char.mode != "read" or not link.has(char.uuid, "read"):
+                continue
+            data = await self._call(link.read(char.uuid), link)
+            decoder = battery.gatt_decoder({})
+            for reading in self._path.decode_once(
+                partial(decoder.value, char.uuid, data), battery.info.id
+            ):
+                self._path.submit(reading, identity)
 
     # --- values -------------------------------------------------------------------------------
 
     def _on_answer(self, uuid: str, data: bytes) -> None:
         log.log(TRACE, "device %s: %s = %s", self.device.id, uuid, data.hex())
-        self._answers.put_nowait((uuid.lower(), data))
+        if self._asking:
+            self._answers.put_nowait((uuid.lower(), data))
 
     def _on_value(self, uuid: str, data: bytes) -> None:
         log.log(TRACE, "device %s: %s = %s", self.device.id, uuid, data.hex())
+        key = uuid.lower()
         sync = self._sync
-        if sync is not None and uuid.lower() in sync.done_on:
-            self._answers.put_nowait((uuid.lower(), data))
-        decoder = self._decoder
-        if decoder is None:
+        if self._asking and sync is not None and key in sync.done_on:
+            self._answers.put_nowait((key, data))
+        if sync is None or key not in sync.records:
+            value = methodcaller("value", uuid, data)
+            self._path.feed(value, key if key in self._streams else None)
             return
-        try:
-            result = decoder.value(uuid, data)
-        except Exception as exc:  # a driver bug must not stop the hub or other devices
-            # No traceback above TRACE: the exception's text may carry the device's values.
-            log.error(  # noqa: TRY400
-                "device %s: driver %s raised %s instead of DecodeError; the value is "
-                "counted as a decode error. Report this to the driver's maintainer.",
-                self.device.id,
-                self._driver.info.id,
-                type(exc).__name__,
-            )
-            log.log(TRACE, "device %s: driver failure: %r", self.device.id, exc)
-            self._count_error(DecodeError(f"driver failed: {type(exc).__name__}"))
-            self._decoder = self._driver.gatt_decoder(self.device.options)
-            return
-        for error in result.errors:
-            self._count_error(error)
-        if sync is not None and uuid.lower() in sync.records:
-            self._transfer_activity = time.monotonic()
-            for reading in result.readings:
-                keep, cursor = sync.accept(uuid, reading)
-                if keep:
-                    self._submit(self._identity, reading, cursor)
-                else:
-                    self.records_skipped += 1
-            return
-        readings = result.readings
-        if readings and self._driver.info.continuous and self._is_stream(uuid):
-            # Tens of values a second would be as many signed readings: keep one per interval.
-            mono = time.monotonic()
-            due = self._next_due.get(uuid, 0.0)
-            if mono < due:
-                return
-            self._next_due[uuid] = mono + self.device.summary_interval
-            readings = readings[-1:]
-        for reading in readings:
-            self._submit(self._identity, reading, None)
+        self._transfer_activity = time.monotonic()
+        for reading in self._path.decode(methodcaller("value", uuid, data)):
+            keep, cursor = sync.accept(uuid, reading)
+            if not keep:
+                self.records_skipped += 1
+            elif cursor is None:
+                self._path.submit(reading)
+            else:
+                self._committing.append(self._path.submit_record(reading, cursor))
 
-    def _flush_decoder(self) -> None:
-        """A decoder holding part of a record (an FTMS record split over notifications) hands
-        it over, marked incomplete, when the link ends: what arrived is kept."""
-        decoder = self._decoder
-        if not isinstance(decoder, Flushable):
-            return
-        try:
-            result = decoder.flush()
-        except Exception as exc:  # a driver bug must not stop the session
-            log.error(  # noqa: TRY400
-                "device %s: driver %s failed to flush: %s",
-                self.device.id,
-                self._driver.info.id,
-                type(exc).__name__,
-            )
-            return
-        for error in result.errors:
-            self._count_error(error)
-        for reading in result.readings:
-            self._submit(self._identity, reading, None)
+    # --- stored records: one forward pass ---------------------------------------------------
 
-    def _is_stream(self, uuid: str) -> bool:
-        return any(c.uuid == uuid and c.mode == "notify" for c in self._driver.info.characteristics)
-
-    def _submit(
-        self, identity: Mapping[str, object], reading: Reading, cursor: Cursor | None
-    ) -> None:
-        self.readings += 1
-        self._journal.submit(
-            identity, self.device.id, self.device.patient, reading, time.time(), cursor=cursor
+    async def _fetch_records(self, link: Link, sync: RecordSync) -> None:
+        """Ask for the records; take them as they come (`_on_value`); when the answer that
+        ends the transfer is in and the journal has committed every kept record, run the
+        driver's after-commit step, then store the position it resets, through the journal."""
+        self._committing = []
+        final = await self._request(link, sync.control, sync.request(), sync.done, sync)
+        if final is None:
+            return
+        log.info(
+            "device %s: stored-record transfer ended: %s (%d records arrived)",
+            self.device.id,
+            sync.ended(final),
+            sync.arrived,
         )
+        step = sync.after_commit
+        if step is None or not sync.arrived:
+            return
+        if not await self._committed(self._committing):
+            log.warning(
+                "device %s: stored records not yet committed; they stay on the "
+                "device until the next connection",
+                self.device.id,
+            )
+            return
 
-    def _count_error(self, error: DecodeError) -> None:
-        self.decode_errors += 1
-        self._journal.count_error(self.device.id, str(error))
-        log.log(TRACE, "device %s: decode error: %s", self.device.id, error)
+        def answer(value: bytes) -> bool | None:
+            try:
+                return step.answer(value)
+            except Exception:  # a driver bug: take it as a refusal
+                log.exception("the driver's AfterCommit.answer failed")
+                return False
 
-    # --- stored-record transfers (the session is the strategies' `Transfer`) --------------
+        final = await self._request(
+            link, sync.control, step.request, lambda v: answer(v) is not None, sync
+        )
+        if final is None or not answer(final):
+            log.warning("device %s: the device kept its stored records", self.device.id)
+            return
+        reset = sync.forget()
+        if reset is None:
+            return
+        try:
+            self._journal.set_cursor(*reset)
+        except OutboxError as exc:  # the digests stay: harmless, the device has no records
+            log.warning("device %s: cannot store its record position (%s)", self.device.id, exc)
 
-    async def request(
-        self, control: str, data: bytes, done: Callable[[bytes], bool], done_on: frozenset[str]
+    async def _committed(self, records: list[asyncio.Future[bool]]) -> bool:
+        """Whether the journal committed every one of `records` within the record timeout.
+        (`asyncio.wait` leaves them alone on a timeout: only the journal sets them.)"""
+        if not records:
+            return True
+        done, pending = await asyncio.wait(records, timeout=self._record_timeout)
+        return not pending and all(future.result() for future in done)
+
+    async def _request(
+        self,
+        link: Link,
+        control: str,
+        data: bytes,
+        done: Callable[[bytes], bool],
+        sync: RecordSync,
     ) -> bytes | None:
         """Write a request to `control` and wait for the value that ends it. While records
         flow, the timeout counts from the last record; a transfer that stalls is given up
-        (aborted, for an RACP). None on a timeout."""
-        link = self._link
-        if link is None:
-            return None
+        (aborted, when the driver declares how). None on a timeout."""
         while not self._answers.empty():
             self._answers.get_nowait()
         self._transfer_activity = time.monotonic()
         # A control point that takes only write-without-response gets one (BlueZ refuses the
         # other kind for it).
         response = link.has(control, "write") or not link.has(control, "write-without-response")
-        await self._call(link.write(control, data, response=response), link)
-        while True:
-            left = self._transfer_activity + self._record_timeout - time.monotonic()
-            if left <= 0:
-                log.warning(
-                    "device %s: no answer to a stored-record request for %.1f s; "
-                    "giving up on it (the rest comes on the next connection)",
-                    self.device.id,
-                    self._record_timeout,
-                )
-                if control == racp.RACP:
-                    with contextlib.suppress(DeviceUnavailable):
-                        await self._call(link.write(racp.RACP, racp.abort()), link)
-                return None
-            try:
-                async with asyncio.timeout(min(left, 1.0)):
-                    uuid, answer = await self._answers.get()
-            except TimeoutError:
-                if link.lost.is_set():
-                    raise DeviceUnavailable(link.lost_reason or "link lost") from None
-                continue
-            if uuid in done_on and done(answer):
-                return answer
-
-    # --- the outbox -----------------------------------------------------------------------------
-
-    async def stored(self, key: str, value: MetaValue, timeout: float = 30.0) -> bool:
-        """Wait until the outbox holds `value` under `key` (committed with its readings)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._outbox.get_meta(key) == value:
-                return True
-            await asyncio.sleep(0.02)
-        return False
-
-    def set_cursor(self, key: str, value: MetaValue) -> None:
-        self._outbox.set_meta(key, value)
+        self._asking = True
+        try:
+            await self._call(link.write(control, data, response=response), link)
+            while (left := self._transfer_activity + self._record_timeout - time.monotonic()) > 0:
+                try:
+                    async with asyncio.timeout(min(left, 1.0)):
+                        uuid, answer = await self._answers.get()
+                except TimeoutError:
+                    if link.lost.is_set():
+                        raise DeviceUnavailable(link.lost_reason or "link lost") from None
+                    continue
+                if uuid in sync.done_on and done(answer):
+                    return answer
+        finally:
+            self._asking = False
+        log.warning(
+            "device %s: no answer to a stored-record request for %.1f s; "
+            "giving up on it (the rest comes on the next connection)",
+            self.device.id,
+            self._record_timeout,
+        )
+        if sync.abort is not None:
+            with contextlib.suppress(DeviceUnavailable):
+                await self._call(link.write(control, sync.abort, response=response), link)
+        return None

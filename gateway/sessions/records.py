@@ -1,15 +1,23 @@
 """Stored-record sync: which records a device is asked for, which of its readings are new, and
 the position the hub keeps so that nothing is fetched twice or skipped.
 
-What lives here (no I/O; the BLE session runs the conversation through `Transfer`):
+What lives here (pure: no I/O, no driver imported): `RecordSync`, which runs a driver's
+`StoredRecords` declaration (gateway.sdk): the same one for the built-in profiles (Glucose,
+Pulse Oximeter spot-checks) and for vendors' devices. The BLE session (sessions/ble.py) holds
+the conversation, forward only: request, records (each through `accept`), the answer that ends
+the transfer (`ended`), then, once the journal has committed every kept record, the driver's
+after-commit step (`after_commit`, e.g. a delete on the device) and its position reset
+(`forget`).
 
-- `SequenceSync` (Glucose, RACP): records carry a sequence number; ask for those after the
-  highest one stored.
-- `DigestSync` (Pulse Oximeter spot-checks, RACP): records carry no number; ask for all, skip
-  those whose digest is stored, and delete them on the device once all are committed.
-- `DeclaredSync`: a vendor driver's `StoredRecords` declaration (gateway.sdk), run the same way.
+Positions, kept in the outbox under `ble.<name>:<device id>`:
 
-Each reading a strategy keeps comes with a *cursor* (key, value) that the journal writes in the
+- a cursor (Glucose sequence numbers, a vendor's event counters): the highest one stored; the
+  hub asks for the records after it and drops any at or below it;
+- digests (`position="digest"`, Pulse Oximeter spot-checks, whose records carry no number): the
+  last `MAX_DIGESTS` digests of stored records' bytes; the hub asks for all records and drops
+  those whose digest it has.
+
+Each record a sync keeps comes with that position (key, value), which the journal writes in the
 same outbox transaction as the reading: the position can never run ahead of what is stored.
 """
 
@@ -19,188 +27,44 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
-from gateway.drivers.gatt_gls import GLUCOSE_MEASUREMENT
-from gateway.drivers.gatt_gls import MEASUREMENT_CONTEXT as GLUCOSE_CONTEXT
-from gateway.drivers.gatt_plx import SPOT_CHECK as PLX_SPOT_CHECK
 from gateway.hub.outbox_file import MetaValue
-from gateway.sdk import GattDriver, Reading, StoredRecords, uuid16
-from gateway.sessions import racp
+from gateway.sdk import AfterCommit, GattDriver, Reading, StoredRecords
 
 log = logging.getLogger(__name__)
 
-GLUCOSE_SERVICE = uuid16(0x1808)
-PLX_SERVICE = uuid16(0x1822)
 MAX_DIGESTS = 2000
 
 Cursor = tuple[str, MetaValue]
 
 
-class Transfer(Protocol):
-    """What a strategy needs of the session running it."""
-
-    device_id: str
-
-    async def request(
-        self, control: str, data: bytes, done: Callable[[bytes], bool], done_on: frozenset[str]
-    ) -> bytes | None:
-        """Write `data` to `control`; the first value on a `done_on` characteristic for which
-        `done` holds, or None when the device stopped answering."""
-        ...
-
-    async def stored(self, key: str, value: MetaValue) -> bool:
-        """Wait until the outbox holds `value` under `key`; False after a timeout."""
-        ...
-
-    def set_cursor(self, key: str, value: MetaValue) -> None: ...
-
-
-class RecordSync(Protocol):
-    control: str
-    """The characteristic requests are written to."""
-    records: frozenset[str]
-    """The characteristics whose readings go through `accept`."""
-    done_on: frozenset[str]
-    """The characteristics whose values may end a transfer."""
-
-    def request(self) -> bytes: ...
-    def done(self, value: bytes) -> bool: ...
-    def accept(self, uuid: str, reading: Reading) -> tuple[bool, Cursor | None]:
-        """(sign and store it?, the cursor to store with it)."""
-        ...
-
-    async def finish(self, transfer: Transfer, final: bytes) -> None:
-        """The transfer ended with `final` (the value `done` accepted)."""
-        ...
-
-
-class _Racp:
-    """What the two RACP strategies share: the control point and its response."""
-
-    control = racp.RACP
-    done_on = frozenset({racp.RACP})
-
-    def done(self, value: bytes) -> bool:
-        response = racp.parse_response(value)
-        return response is not None and response.request == racp.REPORT
-
-    @staticmethod
-    def refused(transfer: Transfer, final: bytes) -> bool:
-        """Log the answer; True unless the records came (or there were none)."""
-        response = racp.parse_response(final)
-        if response is None:
-            return True
-        if response.code == racp.NO_RECORDS:
-            log.info("device %s: no new stored records", transfer.device_id)
-            return True
-        if response.code != racp.SUCCESS:
-            log.warning(
-                "device %s: the device refused the stored-record request (%s)",
-                transfer.device_id,
-                response.describe(),
-            )
-            return True
-        log.info("device %s: stored records received", transfer.device_id)
-        return False
-
-
-class SequenceSync(_Racp):
-    """Glucose: records after the highest sequence number stored."""
-
-    records = frozenset({GLUCOSE_MEASUREMENT, GLUCOSE_CONTEXT})
-
-    def __init__(self, key: str, stored: MetaValue | None) -> None:
-        self.key = key
-        self.high: int | None = int(stored) if isinstance(stored, int | float) else None
-        """The highest sequence number stored; None before the first (numbers may start at 0)."""
-        self._accepted: set[int] = set()
-
-    def request(self) -> bytes:
-        if self.high is None or self.high >= 0xFFFF:
-            # Nothing stored yet, or the 16-bit counter is at its end (a device that wraps
-            # starts again at 0): ask for everything; stored ones are skipped below.
-            return racp.report_all()
-        return racp.report_from(self.high + 1)
-
-    def accept(self, uuid: str, reading: Reading) -> tuple[bool, Cursor | None]:
-        sequence = reading.status.get("sequence_number")
-        if not isinstance(sequence, int):
-            return True, None
-        if uuid == GLUCOSE_CONTEXT:  # follows its measurement: keep it if that was kept
-            return sequence in self._accepted, None
-        if self.high is not None and sequence <= self.high:
-            return False, None  # already stored (the device ignored the filter, or a replay)
-        self.high = sequence
-        self._accepted.add(sequence)
-        return True, (self.key, sequence)
-
-    async def finish(self, transfer: Transfer, final: bytes) -> None:
-        self.refused(transfer, final)
-
-
-class DigestSync(_Racp):
-    """Pulse-oximeter spot-checks: all records, skip stored ones, then delete on the device."""
-
-    records = frozenset({PLX_SPOT_CHECK})
-
-    def __init__(self, key: str, stored: MetaValue | None) -> None:
-        self.key = key
-        try:
-            loaded = json.loads(stored) if isinstance(stored, str) else []
-        except ValueError:
-            loaded = []
-        self.digests: list[str] = [d for d in loaded if isinstance(d, str)]
-
-    def request(self) -> bytes:
-        return racp.report_all()
-
-    def accept(self, uuid: str, reading: Reading) -> tuple[bool, Cursor | None]:
-        digest = hashlib.sha256(reading.raw).hexdigest()[:16]
-        if digest in self.digests:
-            return False, None
-        self.digests.append(digest)
-        del self.digests[:-MAX_DIGESTS]
-        return True, (self.key, json.dumps(self.digests, separators=(",", ":")))
-
-    async def finish(self, transfer: Transfer, final: bytes) -> None:
-        """Delete the device's records once all of them are stored here, then forget them."""
-        if self.refused(transfer, final):
-            return
-        expected = json.dumps(self.digests, separators=(",", ":"))
-        if self.digests and not await transfer.stored(self.key, expected):
-            log.warning(
-                "device %s: stored records not yet committed; they stay on the "
-                "device until the next connection",
-                transfer.device_id,
-            )
-            return
-
-        def deleted(value: bytes) -> bool:
-            response = racp.parse_response(value)
-            return response is not None and response.request == racp.DELETE
-
-        answer = await transfer.request(racp.RACP, racp.delete_all(), deleted, self.done_on)
-        response = None if answer is None else racp.parse_response(answer)
-        if response is not None and response.code == racp.SUCCESS:
-            self.digests = []
-            transfer.set_cursor(self.key, "[]")
-
-
-class DeclaredSync:
-    """A vendor driver's `StoredRecords`: the driver says how to ask and what a record's
-    position is; the hub keeps the position and drops what it already has."""
+class RecordSync:
+    """One connection's stored-record transfer, as a driver's `StoredRecords` declares it."""
 
     def __init__(self, spec: StoredRecords, key: str, stored: MetaValue | None) -> None:
         self.spec = spec
         self.key = key
         self.control = spec.control.lower()
-        self.records = frozenset({spec.records.lower()})
+        self._companions = frozenset(c.lower() for c in spec.companions)
+        self.records = frozenset({spec.records.lower(), *self._companions})
+        """The characteristics whose readings go through `accept`."""
         self.done_on = frozenset({self.control, spec.records.lower()})
-        self.high: int | None = int(stored) if isinstance(stored, int | float) else None
+        """The characteristics whose values may end a transfer."""
+        self.abort = spec.abort
+        self.after_commit: AfterCommit | None = spec.after_commit
+        self.high: int | None = None
+        """The highest position stored; None before the first (numbers may start at 0)."""
+        self.digests: list[str] | None = None
+        if spec.position == "digest":
+            self.digests = _digest_list(stored)
+        elif isinstance(stored, int | float) and not isinstance(stored, bool):
+            self.high = int(stored)
+        self.arrived = 0
+        """Records that arrived in this transfer, new or already stored."""
+        self._kept: set[int] = set()
 
     def request(self) -> bytes:
-        return bytes(self.spec.request(self.high))
+        return bytes(self.spec.request(None if self.digests is not None else self.high))
 
     def done(self, value: bytes) -> bool:
         try:
@@ -210,20 +74,60 @@ class DeclaredSync:
             return True
 
     def accept(self, uuid: str, reading: Reading) -> tuple[bool, Cursor | None]:
+        """(sign and store it?, the position to store with it)."""
+        companion = uuid.lower() in self._companions
+        if self.digests is not None:
+            return (True, None) if companion else self._accept_digest(self.digests, reading)
         try:
             position = self.spec.cursor(reading)
         except Exception:  # a driver bug: keep the reading (a duplicate beats a loss)
             log.exception("the driver's StoredRecords.cursor failed")
             return True, None
+        if companion:  # follows its record: kept if that was kept
+            return position is None or position in self._kept, None
+        self.arrived += 1
         if position is None:
             return True, None
         if self.high is not None and position <= self.high:
-            return False, None
+            return False, None  # already stored (the device ignored the filter, or a replay)
         self.high = position
+        self._kept.add(position)
         return True, (self.key, position)
 
-    async def finish(self, transfer: Transfer, final: bytes) -> None:
-        log.info("device %s: stored-record transfer finished", transfer.device_id)
+    def _accept_digest(self, digests: list[str], reading: Reading) -> tuple[bool, Cursor | None]:
+        self.arrived += 1
+        digest = hashlib.sha256(reading.raw).hexdigest()[:16]
+        if digest in digests:
+            return False, None
+        digests.append(digest)
+        del digests[:-MAX_DIGESTS]
+        return True, (self.key, json.dumps(digests, separators=(",", ":")))
+
+    def ended(self, final: bytes) -> str:
+        """The answer that ended the transfer, in words for the log."""
+        describe = self.spec.describe
+        if describe is None:
+            return "finished"
+        try:
+            return describe(final)
+        except Exception:  # a driver bug: the log line only
+            log.exception("the driver's StoredRecords.describe failed")
+            return "finished"
+
+    def forget(self) -> Cursor | None:
+        """After the device deleted its records: the digests to store instead (none)."""
+        if self.digests is None:
+            return None
+        self.digests = []
+        return (self.key, "[]")
+
+
+def _digest_list(stored: MetaValue | None) -> list[str]:
+    try:
+        loaded = json.loads(stored) if isinstance(stored, str) else []
+    except ValueError:
+        loaded = []
+    return [d for d in loaded if isinstance(d, str)] if isinstance(loaded, list) else []
 
 
 def record_sync_for(
@@ -232,28 +136,23 @@ def record_sync_for(
     device_id: str,
     stored: Callable[[str], MetaValue | None],
 ) -> RecordSync | None:
-    """The strategy for this device, if it keeps records and offers what fetching them takes.
-    `has(uuid, *properties)` tells whether the connected device has a characteristic."""
+    """The transfer for this device, if its driver declares stored records and the device
+    offers what fetching them takes. `has(uuid, *properties)` tells whether the connected
+    device has a characteristic (with one of the properties)."""
     info = driver.info
-    declared = info.ble_session.stored if info.ble_session else None
-    if declared is not None:
-        if not has(declared.control, "write", "write-without-response") or not has(
-            declared.records
-        ):
-            log.warning(
-                "device %s: it lacks the characteristics its stored records need; "
-                "only live values are read",
-                device_id,
-            )
-            return None
-        key = f"ble.cursor:{device_id}"
-        return DeclaredSync(declared, key, stored(key))
-    if not has(racp.RACP, "indicate") or not has(racp.RACP, "write"):
+    spec = info.ble_session.stored if info.ble_session else None
+    if spec is None:
         return None
-    if info.service == GLUCOSE_SERVICE:
-        key = f"ble.last-record:{device_id}"
-        return SequenceSync(key, stored(key))
-    if info.service == PLX_SERVICE and has(PLX_SPOT_CHECK):
-        key = f"ble.stored-digests:{device_id}"
-        return DigestSync(key, stored(key))
-    return None
+    if not has(spec.records) or not has(spec.control):  # a profile's optional storage
+        log.info("device %s: it keeps no stored records; live values only", device_id)
+        return None
+    if not has(spec.control, "write", "write-without-response"):
+        log.warning(
+            "device %s: it lacks the characteristics its stored records need; "
+            "only live values are read",
+            device_id,
+        )
+        return None
+    name = spec.position_key or ("stored-digests" if spec.position == "digest" else "cursor")
+    key = f"ble.{name}:{device_id}"
+    return RecordSync(spec, key, stored(key))

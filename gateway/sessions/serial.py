@@ -1,24 +1,24 @@
 """One configured serial device, from open to readings, reopened whenever it comes back.
 
 `DeviceSession` opens the device through a `StreamOpener` (the app hands in the real serial
-transport), feeds the bytes to the driver's decoder, summarises continuous streams and hands
-readings to the `Journal`. When the device goes away it reopens it with backoff, for as long as
+transport) and feeds the bytes down the shared decode-and-submit path (sessions/core.py: driver
+failures isolated, errors counted, continuous streams summarised, flushed when the stream ends)
+to the `Journal`. When the device goes away it reopens it with backoff, for as long as
 the daemon runs. No transport is imported here: the device is seen through the protocols below.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping
+from operator import methodcaller
 from typing import Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from gateway.hub.config import DeviceConfig
 from gateway.hub.journal import Journal
-from gateway.sdk import TRACE, DecodeError, Driver, FeedResult, SerialSettings
-from gateway.sessions.core import DeviceUnavailable
+from gateway.sdk import TRACE, Driver, SerialSettings, StreamDecoder
+from gateway.sessions.core import DeviceUnavailable, ReadingPath
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,29 @@ class DeviceSession:
         self._opener = opener
         self._journal = journal
         self._max_backoff = max_backoff
-        self._identity: Mapping[str, object] = {
+        identity = {
             "id": device.id,
             "driver": driver.info.id,
             "driver_version": driver.info.version,
             "address": device.port or f"usb:{device.usb.describe() if device.usb else '?'}",
         }
-        self._next_due = 0.0
+        self._path: ReadingPath[StreamDecoder] = ReadingPath(
+            device,
+            driver.info.id,
+            lambda: driver.decoder(device.options),
+            journal,
+            identity,
+            continuous=driver.info.continuous,
+        )
         self.connected = False
-        self.readings = 0
-        self.decode_errors = 0
+
+    @property
+    def readings(self) -> int:
+        return self._path.readings
+
+    @property
+    def decode_errors(self) -> int:
+        return self._path.decode_errors
 
     async def run(self) -> None:
         while True:
@@ -95,6 +108,7 @@ class DeviceSession:
                 )
                 self._journal.event("device-lost", {"device": self.device.id, "reason": str(exc)})
             finally:
+                self._path.close()  # what the decoder still holds is kept, marked incomplete
                 self.connected = False
                 await stream.close()
 
@@ -123,53 +137,10 @@ class DeviceSession:
                 return await self._opener(self.device, self._settings)
         raise AssertionError("unreachable: the retry loop never stops")  # pragma: no cover
 
-    def _driver_failed(self, exc: Exception) -> FeedResult:
-        # No traceback above TRACE: the exception's text may carry the device's values.
-        name = self._driver.info.id
-        log.error(
-            "device %s: driver %s raised %s instead of DecodeError; the bytes are counted "
-            "as a decode error and the decoder restarted. Report this to the driver's "
-            "maintainer.",
-            self.device.id,
-            name,
-            type(exc).__name__,
-        )
-        log.log(TRACE, "device %s: driver failure: %r", self.device.id, exc)
-        return FeedResult(errors=[DecodeError(f"driver {name} failed: {type(exc).__name__}")])
-
     async def _stream(self, stream: ByteStream) -> None:
-        decoder = self._driver.decoder(self.device.options)
-        continuous = self._driver.info.continuous
-        interval = self.device.summary_interval
+        path = self._path
+        path.open()
         while True:
             data = await stream.read()
             log.log(TRACE, "device %s: %d bytes %s", self.device.id, len(data), data.hex())
-            try:
-                result = decoder.feed(data)
-            except Exception as exc:  # a driver bug must not stop the hub or other devices
-                result = self._driver_failed(exc)
-                decoder = self._driver.decoder(self.device.options)
-            for error in result.errors:
-                self.decode_errors += 1
-                self._journal.count_error(self.device.id, str(error))
-                log.log(TRACE, "device %s: decode error: %s", self.device.id, error)
-            if not result.readings:
-                continue
-            now = time.time()
-            if continuous:
-                # ~60 frames a second would be 60 signed readings; keep the values at the
-                # moment each interval comes due instead.
-                mono = time.monotonic()
-                if mono < self._next_due:
-                    continue
-                self._next_due += interval
-                if self._next_due <= mono:  # first reading, or the stream paused
-                    self._next_due = mono + interval
-                readings = result.readings[-1:]
-            else:
-                readings = result.readings
-            for reading in readings:
-                self.readings += 1
-                self._journal.submit(
-                    self._identity, self.device.id, self.device.patient, reading, now
-                )
+            path.feed(methodcaller("feed", data))
