@@ -53,3 +53,33 @@ def test_every_observation_type_the_drivers_produce_is_documented() -> None:
     assert produced, "no fixtures found"
     assert produced <= documented, f"undocumented: {sorted(produced - documented)}"
     assert set(OBSERVATION_TYPES) <= documented
+
+
+def _modules() -> list[Path]:
+    package = ROOT / "gateway"
+    return sorted(
+        path
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py" and "fixtures" not in path.parts
+    )
+
+
+def test_the_architecture_map_names_every_module_and_only_modules_that_exist() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    unnamed = [
+        str(path.relative_to(ROOT))
+        for path in _modules()
+        if not re.search(rf"(?<![\w.]){re.escape(path.stem)}(?![\w])", text)
+    ]
+    assert not unnamed, f"docs/architecture.md does not name: {unnamed}"
+    # Every `folder/module.py` and `folder/module.Name` the map points at exists.
+    for folder, stem in re.findall(r"`(?:gateway/)?([a-z_]+(?:/[a-z_]+)*)/([a-z_0-9]+)[.`]", text):
+        candidates = [
+            base / folder / name
+            for base in (ROOT / "gateway", ROOT)
+            for name in (f"{stem}.py", stem)
+        ]
+        assert any(c.exists() for c in candidates), f"architecture.md names {folder}/{stem}"
+    # Every top-level room in the tree drawing exists.
+    for room in re.findall(r"^  ([a-z_]+)/ ", text, re.M):
+        assert (ROOT / "gateway" / room).is_dir(), room
