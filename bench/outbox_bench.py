@@ -4,7 +4,7 @@ Prints numbers, asserts nothing. Run from the repository root:
 
     PYTHONPATH=. .venv/bin/python bench/outbox_bench.py [--backlog 1000000] [--dir DIR]
 
-Targets (DESIGN.md / reference limits): append >= 150k rows/s at batch 100 with
+Targets: append >= 150k rows/s at batch 100 with
 synchronous=FULL; lease+ack cycle >= 100k rows/s with a 1 M-row backlog. Medians of 3 runs.
 """
 

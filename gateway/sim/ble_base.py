@@ -5,7 +5,8 @@ What lives here: the byte encoders the devices share (`sfloat`, `date_time`), `S
 helpers that run a device on a `BluezThread`'s loop (`run_on`, `start_device`, `stop_device`).
 Stored records and their Record Access Control Point are in `gateway.sim.ble_racp`.
 
-The encoders are written from the specifications (domain.md §3.1), not shared with the drivers,
+The encoders are written from the Bluetooth SIG specifications (GATT Specification
+Supplement: SFLOAT, Date Time), not shared with the drivers,
 so that a mistake in a driver is not copied into the device that tests it.
 
 Threading: a device lives on the virtual BlueZ's event loop. `run`, `halt`, `add_record` and the

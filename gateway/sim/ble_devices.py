@@ -13,7 +13,7 @@ Each device is a `VirtualPeripheral` (`device.peripheral`) serving its profile, 
 
 The devices are here and in `gateway.sim.ble_records` (PLX, GLS); the machinery is in
 `gateway.sim.ble_base` and the Record Access Control Point in `gateway.sim.ble_racp`. Layouts
-sent by this module (domain.md §3.2.2-3.2.3), little-endian:
+sent by this module (the Fitness Machine and Heart Rate service specifications), little-endian:
 
 - Heart Rate Measurement (0x2A37, notify): flags 0x16 (uint8 rate, sensor contact detected, RR
   intervals) | 0x08 (energy expended, every `energy_every`-th value); 0x06 when no beat ended in

@@ -1,5 +1,6 @@
 """Stored records served through a Record Access Control Point (RACP, 0x2A52): the part the
-glucose meter and the pulse oximeter share (domain.md §3.2.9).
+glucose meter and the pulse oximeter share (RACP as the GATT Specification Supplement lays it
+out).
 
 `RecordStoreDevice` keeps `stored` (oldest first) and answers RACP writes the way GLS and PLXS
 servers do: ATT error 0xFD when the central has not enabled indications on the RACP, 0xFE for a

@@ -1,7 +1,8 @@
 """Simulated devices that store records: a pulse oximeter (PLXS 0x1822) and a glucose meter (GLS
 0x1808), both serving their records through a Record Access Control Point (0x2A52).
 
-Layouts sent (domain.md §3.2.1 and §3.2.9), little-endian:
+Layouts sent (the Pulse Oximeter and Glucose service specifications and the Record Access
+Control Point of the GATT Specification Supplement), little-endian:
 
 - PLX Continuous (0x2A5F, notify), 9 bytes: flags 0x14 (Measurement Status, PAI), SpO2 SFLOAT
   (exponent 0), PR SFLOAT (exponent 0), Measurement Status 0x0080 (validated data), PAI SFLOAT

@@ -1,4 +1,4 @@
-"""The platform side's check of what hubs published (DESIGN.md step 8), pure: no I/O, no clock.
+"""The platform side's check of what hubs published, pure: no I/O, no clock.
 
 `Verifier` takes MQTT messages (topic, payload bytes) in arrival order and gives a
 `VerifyReport`. Per hub it checks each entry's signature (`gateway.hub.jws`), then the hub's
