@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from gateway.sim.pki import Pki
 from gateway.transport.mqtt import (
     MqttAuthError,
     MqttClient,
@@ -20,7 +21,6 @@ from gateway.transport.mqtt import (
     MqttWill,
     parse_mqtt_url,
 )
-from tests.certs import TestPki
 from tests.conftest import Broker, BrokerFactory, Subscriber
 
 T = TypeVar("T")
@@ -93,14 +93,14 @@ def test_mtls_without_client_certificate_is_refused(mosquitto: BrokerFactory) ->
     assert not client.is_connected
 
 
-def test_wrong_ca_is_a_tls_error(mosquitto: BrokerFactory, pki: TestPki) -> None:
+def test_wrong_ca_is_a_tls_error(mosquitto: BrokerFactory, pki: Pki) -> None:
     broker = mosquitto("tls")
     client = MqttClient(broker.settings(ca_file=str(pki.other_ca_file)))
     with pytest.raises(MqttTlsError, match="ca_file"):
         run(client.connect(timeout=5))
 
 
-def test_missing_tls_file_is_a_tls_error(mosquitto: BrokerFactory, pki: TestPki) -> None:
+def test_missing_tls_file_is_a_tls_error(mosquitto: BrokerFactory, pki: Pki) -> None:
     broker = mosquitto("tls")
     client = MqttClient(broker.settings(ca_file=str(pki.ca_file) + ".missing"))
     with pytest.raises(MqttTlsError, match="cannot load TLS files"):

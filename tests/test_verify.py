@@ -4,12 +4,7 @@ to the pure `Verifier`, and once end to end through a real mosquitto with `run_v
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +17,13 @@ from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.hub.signing import ChainHead, HubIdentity, SignedEntry, Signer, b64url
+from gateway.sim.broker import configure, find_mosquitto, free_port
 from gateway.tools.verify import ConnectError, Verifier, VerifyError, VerifyReport, run_verify
 from tests.test_signing import event_body, reading_body
 
 HUB = "hub-0001"
 READINGS = f"rtm/v1/{HUB}/readings"
 EVENTS = f"rtm/v1/{HUB}/events"
-MOSQUITTO = "/usr/sbin/mosquitto"
 
 
 @pytest.fixture
@@ -254,41 +249,11 @@ class _VerifyBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def verify_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_VerifyBroker]:
-    """A private plain mosquitto for this module (the shared fixtures live in conftest)."""
-    port = _free_port()
-    conf = tmp_path_factory.mktemp("verify-broker") / "mosquitto.conf"
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
-    if os.geteuid() == 0:  # as root mosquitto would switch to a "mosquitto" user
-        lines.append("user root")
-    conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    message = proc.stderr.read() if proc.stderr else b""
-                    raise RuntimeError(f"mosquitto did not start: {message!r}") from None
-                time.sleep(0.05)
-        yield _VerifyBroker(port)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
+    """A private plain mosquitto for this module (the per-test ones come from conftest)."""
+    with configure(tmp_path_factory.mktemp("verify-broker")) as broker:
+        yield _VerifyBroker(broker.port)
 
 
 def _publish(port: int, messages: list[tuple[str, bytes, bool]]) -> None:
@@ -321,7 +286,7 @@ def _run_in_thread(
     return thread, ready, out
 
 
-@pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed")
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 def test_run_verify_against_a_real_broker(
     verify_broker: _VerifyBroker, tmp_path: Path, identity: HubIdentity
 ) -> None:
@@ -371,7 +336,7 @@ def test_run_verify_against_a_real_broker(
         assert sorted(arrived) == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed")
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 def test_run_verify_stops_after_seconds_and_fails_clearly(
     verify_broker: _VerifyBroker, tmp_path: Path
 ) -> None:
@@ -385,6 +350,6 @@ def test_run_verify_stops_after_seconds_and_fails_clearly(
 
 def test_run_verify_refused_connection_is_a_clear_error() -> None:
     with pytest.raises(ConnectError, match="refused: is the broker running"):
-        run_verify(f"mqtt://127.0.0.1:{_free_port()}", seconds=0.1)
+        run_verify(f"mqtt://127.0.0.1:{free_port()}", seconds=0.1)
     with pytest.raises(VerifyError, match="mqtt:// or mqtts://"):
         run_verify("http://127.0.0.1:1883", seconds=0.1)
