@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import pytest
 
@@ -22,17 +21,9 @@ from gateway.transport.mqtt import (
     parse_mqtt_url,
 )
 from tests.conftest import Broker, BrokerFactory, Subscriber
+from tests.harness import run
 
-T = TypeVar("T")
 SubscriberFactory = Callable[[Broker, str], Subscriber]
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def test_parse_mqtt_url() -> None:

@@ -11,10 +11,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import pytest
 
@@ -22,28 +22,12 @@ from gateway.hub.outbox import Entry, Outbox
 from gateway.hub.uplink import Publisher, Uplink, make_batches
 from gateway.transport.mqtt import MqttClient, MqttUnreachable, MqttWill, publisher_factory
 from tests.conftest import Broker, BrokerFactory, Received, Subscriber
+from tests.harness import run, until
 
-T = TypeVar("T")
 SubscriberFactory = Callable[[Broker, str], Subscriber]
 HUB = "hub-0001"
 BASE = f"rtm/v1/{HUB}"
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 25.0) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
-
-
-async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll a condition without blocking the loop (test code only)."""
-    async with asyncio.timeout(within):
-        # The state lives in SQLite and in the subscriber's thread: there is no event to await.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 def append(outbox: Outbox, count: int, kind: Literal["reading", "event"] = "reading") -> None:
@@ -139,7 +123,7 @@ def test_forwards_everything_in_order_and_stops_cleanly(
         append(outbox, 2)
         started = time.monotonic()
         uplink.wake()
-        await until(lambda: outbox.depth() == 0, within=2)
+        await until(lambda: outbox.depth() == 0, timeout=2)
         assert time.monotonic() - started < 1.0
         await uplink.stop(drain_timeout=2)
         await task
@@ -181,7 +165,7 @@ def test_broker_outage_loses_nothing_and_deletes_only_after_puback(
         await until(lambda: outbox.depth() == 0)
         await until(lambda: len(seqs_on(subscriber.snapshot(), f"{BASE}/readings")) == 100)
         await asyncio.to_thread(broker.stop)
-        await until(lambda: not uplink.stats.connected, within=5)
+        await until(lambda: not uplink.stats.connected, timeout=5)
         for _ in range(10):  # the pipeline keeps appending during the outage
             append(outbox, 20)
             uplink.wake()
@@ -190,7 +174,7 @@ def test_broker_outage_loses_nothing_and_deletes_only_after_puback(
         assert outbox.depth() == 200
         assert "lost" in uplink.stats.last_error or "refused" in uplink.stats.last_error
         await asyncio.to_thread(broker.start)
-        await until(lambda: outbox.depth() == 0, within=15)
+        await until(lambda: outbox.depth() == 0, timeout=15)
         assert uplink.stats.reconnects >= 1
         await uplink.stop(drain_timeout=2)
         await task
@@ -322,7 +306,7 @@ def test_a_quiet_spell_longer_than_the_ack_timeout_is_not_a_lost_broker(
         await asyncio.sleep(1.0)  # longer than ack_timeout with nothing to send
         append(outbox, 2)
         uplink.wake()
-        await until(lambda: outbox.depth() == 0, within=3)
+        await until(lambda: outbox.depth() == 0, timeout=3)
         assert uplink.stats.reconnects == 0
         await uplink.stop(drain_timeout=2)
         await task
