@@ -116,20 +116,19 @@ def test_forwards_everything_in_order_and_stops_cleanly(
         await until(lambda: outbox.depth() == 0)
         assert uplink.stats.connected
         assert uplink.stats.entries_published == 373
-        # Idle: no busy polling, and new entries go out on wake() without waiting for a timeout.
+        # Idle: no busy polling (CPU time: polling would use the whole second), and
+        # new entries go out on wake() without waiting for the idle timeout (300 s).
         cpu = time.process_time()
         await asyncio.sleep(1.0)
         assert time.process_time() - cpu < 0.2
         append(outbox, 2)
-        started = time.monotonic()
         uplink.wake()
-        await until(lambda: outbox.depth() == 0, timeout=2)
-        assert time.monotonic() - started < 1.0
+        await until(lambda: outbox.depth() == 0, timeout=30)
         await uplink.stop(drain_timeout=2)
         await task
         assert not uplink.stats.connected
 
-    run(scenario())
+    run(scenario(), timeout=90)
     assert subscriber.wait_for(lambda msgs: statuses(msgs)[-1:] == ["offline"], timeout=5)
     messages = subscriber.snapshot()
     readings = seqs_on(messages, f"{BASE}/readings")
@@ -255,10 +254,11 @@ def test_bad_password_backs_off_with_a_clear_log_and_stop_interrupts(
         task = asyncio.create_task(uplink.run())
         await until(lambda: bool(uplink.stats.last_error))
         await asyncio.sleep(0.3)
-        started = time.monotonic()
         await uplink.stop(drain_timeout=1)
+        # Done as stop() returns: stop cut the 600 s pause short; it did not give up on the
+        # uplink at its own time limit (which leaves the task running).
+        assert task.done()
         await task
-        assert time.monotonic() - started < 1.0
 
     with caplog.at_level(logging.ERROR, logger="gateway.hub.uplink"):
         run(scenario())
