@@ -22,14 +22,16 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from joserfc import jws
 from joserfc.jwk import OKPKey
 from jsonschema import Draft202012Validator
 
 from gateway.sim.broker import Broker
-from tests.conftest import Received
+
+if TYPE_CHECKING:  # conftest imports the BLE lab, which uses `until` from here
+    from tests.conftest import Received
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "payload.schema.json").read_text())

@@ -26,7 +26,7 @@ from gateway.sdk import uuid16
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from gateway.sim.bluez_monitor import matches, parse_patterns
 from gateway.sim.bluez_peripheral import advertising_data
-from tests.blelab import bleak_session, disconnect_bus, needs_dbus, virtual_lab
+from tests.blelab import OnAir, bleak_session, disconnect_bus, needs_dbus, virtual_lab
 from tests.harness import until
 
 pytestmark = needs_dbus
@@ -81,27 +81,6 @@ async def _scan(seconds: float, *, until: int) -> dict[str, tuple[BLEDevice, Adv
         except TimeoutError:
             pass
     return seen
-
-
-class OnAir:
-    """Counts the advertisements the virtual peripherals put on air, heard or not: the positive
-    marker for "a report would have arrived by now" before a negative assertion, instead of a
-    fixed sleep (on a loaded machine the simulator slows down with everything else)."""
-
-    def __init__(self, bluez: BluezThread, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.addresses: list[str] = []
-        hear = bluez.bluez._hear
-
-        def counting(hosted: Any, rssi: int) -> None:
-            hear(hosted, rssi)  # first: a report for this advertisement is already on its way
-            self.addresses.append(hosted.peripheral.address)
-
-        monkeypatch.setattr(bluez.bluez, "_hear", counting)
-
-    async def more(self, count: int, address: str | None = None) -> None:
-        """Until `count` more advertisements (of `address`, or of any peripheral) went on air."""
-        start = len(self.addresses)
-        await until(lambda: sum(address in (None, a) for a in self.addresses[start:]) >= count)
 
 
 def test_scanner_sees_advertisement_data_and_a_device_without_a_name(bluez: BluezThread) -> None:
