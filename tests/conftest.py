@@ -25,7 +25,14 @@ from gateway.sim.broker import Broker, BrokerMode, configure, find_mosquitto
 from gateway.sim.pki import Pki, make_pki
 from tests.blelab import bluez
 
-__all__ = ["Broker", "BrokerFactory", "Received", "Subscriber", "bluez"]
+__all__ = [
+    "Broker",
+    "BrokerFactory",
+    "Received",
+    "Subscriber",
+    "SubscriberFactory",
+    "bluez",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +119,7 @@ class Subscriber:
         self._client = client
         properties = None
         if persistent:  # the broker keeps the session (and queues for it) for an hour
-            properties = Properties(PacketTypes.CONNECT)
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
             properties.SessionExpiryInterval = 3600
         client.connect(
             broker.host,
@@ -151,8 +158,12 @@ class Subscriber:
         self._client.loop_stop()
 
 
+SubscriberFactory = Callable[..., Subscriber]
+"""`mqtt_subscriber(broker, topic, persistent=False)`."""
+
+
 @pytest.fixture
-def mqtt_subscriber() -> Iterator[Callable[..., Subscriber]]:
+def mqtt_subscriber() -> Iterator[SubscriberFactory]:
     """Factory: `mqtt_subscriber(broker, "rtm/v1/#", persistent=False)` -> Subscriber; closed at
     teardown. A persistent subscriber's session outlives broker restarts (with persistence)."""
     subscribers: list[Subscriber] = []

@@ -204,6 +204,7 @@ def verify_messages(messages: Iterable[Received], jwk: dict[str, Any]) -> list[C
         assert isinstance(batch, list) and batch, f"not a JSON array: {message.payload[:80]!r}"
         for obj in batch:
             verified = jws.deserialize_json(obj, key, algorithms=["Ed25519"])
+            assert isinstance(verified, jws.FlattenedJSONSignature)  # one signature per entry
             header = verified.headers()
             assert header["alg"] == "Ed25519" and header["kid"] == jwk["kid"]
             payload = json.loads(verified.payload)

@@ -437,8 +437,9 @@ def test_a_meter_with_no_records_is_served_live(bluez: BluezThread, tmp_path: Pa
 
 
 def test_sequence_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
+    from gateway.drivers.gatt_gls import GLUCOSE_MEASUREMENT
     from gateway.sdk import Reading
-    from gateway.sessions.records import GLUCOSE_MEASUREMENT, SequenceSync
+    from gateway.sessions.records import SequenceSync
 
     def record(sequence: int) -> Reading:
         return Reading((), bytes((sequence,)), {"sequence_number": sequence})

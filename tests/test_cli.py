@@ -14,6 +14,7 @@ from pathlib import Path
 import serial
 
 from gateway.sim.cms50d import encode_frame
+from tests.conftest import BrokerFactory
 from tests.harness import (
     CLI,
     Process,
@@ -65,7 +66,7 @@ def test_decode_errors_are_clear() -> None:
     assert "Traceback" not in garbage.stderr
 
 
-def test_identity_is_created_once_and_kept(tmp_path: Path, mosquitto) -> None:
+def test_identity_is_created_once_and_kept(tmp_path: Path, mosquitto: BrokerFactory) -> None:
     config = write_config(tmp_path, mosquitto("plain"))
     first = hub_jwk(config)
     assert hub_jwk(config) == first
@@ -94,13 +95,15 @@ def test_demo_runs_on_the_embedded_broker() -> None:
     result = run_cli("demo", "--seconds", "4", "--broker", "embedded", timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verdict: OK" in result.stdout
-    sent = int(re.search(r"signed and sent by the hub\s*: (\d+)", result.stdout)[1])
-    verified = int(re.search(r"signatures verified\s*: (\d+)", result.stdout)[1])
+    sent_line = re.search(r"signed and sent by the hub\s*: (\d+)", result.stdout)
+    verified_line = re.search(r"signatures verified\s*: (\d+)", result.stdout)
+    assert sent_line and verified_line, result.stdout
+    sent, verified = int(sent_line[1]), int(verified_line[1])
     assert sent > 5
     assert verified == sent
 
 
-def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto) -> None:
+def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto: BrokerFactory) -> None:
     broker = mosquitto("mtls")
     link = tmp_path / "ttyCMS"
     simulator = start_simulator(link, tmp_path / "sim.log")
@@ -145,7 +148,7 @@ def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto) -> None:
     assert hub["chain_breaks"] == 0
 
 
-def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto) -> None:
+def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto: BrokerFactory) -> None:
     broker = mosquitto("plain")
     notify_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -182,7 +185,9 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto) -> No
     assert sum("WATCHDOG=1" in m for m in messages) >= count_before + 2  # pinged every 0.2 s
 
 
-def test_status_before_the_first_run_and_while_running(tmp_path: Path, mosquitto) -> None:
+def test_status_before_the_first_run_and_while_running(
+    tmp_path: Path, mosquitto: BrokerFactory
+) -> None:
     broker = mosquitto("plain")
     link = tmp_path / "ttyCMS"
     simulator = start_simulator(link, tmp_path / "sim.log")

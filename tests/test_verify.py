@@ -49,7 +49,7 @@ def only_hub(report: VerifyReport) -> dict[str, object]:
 
 def test_a_clean_log_verifies(identity: HubIdentity) -> None:
     signer = Signer(identity, HUB)
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, object]] = []
     verifier = Verifier(
         identity.public,
         HUB,
@@ -299,7 +299,7 @@ def test_run_verify_against_a_real_broker(
     _publish(verify_broker.port, [(f"rtm/v1/{HUB}/status", status, True)])
 
     for pinned in (True, False):
-        arrived: list[object] = []
+        arrived: list[int] = []
         thread, _, out = _run_in_thread(
             url=verify_broker.url,
             hub=HUB,
@@ -307,7 +307,7 @@ def test_run_verify_against_a_real_broker(
             count=7,
             seconds=20.0,
             protocol="5" if pinned else "3.1.1",
-            on_entry=lambda _topic, payload, arrived=arrived: arrived.append(payload["seq"]),
+            on_entry=lambda _topic, payload, arrived=arrived: arrived.append(int(payload["seq"])),
         )
         _publish(
             verify_broker.port,

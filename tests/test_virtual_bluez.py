@@ -260,6 +260,7 @@ def test_writing_powered_off_over_dbus_drops_links_and_bleak_reports_bluetooth_u
                     await BleakScanner.discover(0.1)
                 if isinstance(caught.value, BleakBluetoothNotAvailableError):
                     return
+                assert isinstance(caught.value, BleakDBusError)
                 assert caught.value.dbus_error == "org.bluez.Error.NotReady"
                 await asyncio.sleep(0.01)
 
