@@ -169,13 +169,15 @@ def start_simulator(
     return process
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.05
+) -> None:
     """`until` for synchronous code (a test thread watching a child process)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
