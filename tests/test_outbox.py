@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,10 @@ from gateway.hub.outbox import (
 from tests.harness import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _committed_or_exited(log: Path, proc: subprocess.Popen[bytes]) -> bool:
+    return bool(log.read_text()) or proc.poll() is not None
 
 
 def entries(first: int, n: int, kind: ob.Kind = "reading", size: int = 300) -> list[Entry]:
@@ -302,7 +307,7 @@ def test_kill_9_loses_nothing_committed(db: Path, tmp_path: Path) -> None:
         )
         try:
             wait_until(
-                lambda proc=proc: bool(log.read_text()) or proc.poll() is not None,
+                partial(_committed_or_exited, log, proc),
                 10,
                 "the child to commit",
                 poll=0.002,  # kill soon after the first commit, at a random moment below
