@@ -120,7 +120,8 @@ class Inbox:
     def pairs(self, *uuids: str) -> list[tuple[str, bytes]]:
         return [(u, data) for u, data, _ in self.values if u in uuids]
 
-    async def wait(self, predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    async def wait(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        # A generous deadline: on a loaded machine, 200 records take a while to arrive.
         async with asyncio.timeout(timeout):
             while not predicate():
                 self.arrived.clear()

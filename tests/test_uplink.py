@@ -312,6 +312,8 @@ def test_a_quiet_spell_longer_than_the_ack_timeout_is_not_a_lost_broker(
         await task
 
     run(scenario())
+    # The subscriber is another client: the last status reaches it some time after stop().
+    assert subscriber.wait_for(lambda msgs: statuses(msgs)[-1:] == ["offline"], timeout=5)
     messages = subscriber.snapshot()
     assert seqs_on(messages, f"{BASE}/readings") == [1, 2, 3, 4, 5]
     assert statuses(messages) == ["online", "offline"]
