@@ -76,10 +76,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_bench import BROKER_INFLIGHT, Broker, cpu_ticks, vm_kb
+from pipeline_bench import BROKER_INFLIGHT, cpu_ticks, start_broker, vm_kb
 
 from gateway.sdk import uuid16
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
+from gateway.sim.broker import Broker
 from gateway.sim.dbus_bus import private_bus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -970,9 +971,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         fake_bluetoothctl(root / "bin")
-        broker = Broker(root, None)
+        broker = start_broker(root, None)
         stack.callback(broker.stop)
-        broker.start()
         bus_address = stack.enter_context(private_bus())
         report(
             f"rtm-gateway BLE bench{' (--quick)' if args.quick else ''}: "

@@ -4,9 +4,10 @@ Prints numbers, asserts nothing. Run from the repository root:
 
     .venv/bin/python bench/pipeline_bench.py [--quick]
 
-It starts its own mosquitto with mutual TLS on a free loopback port, with a throwaway PKI made
-here with `cryptography`, and with `max_inflight_messages` raised so that the broker's MQTT 5
-Receive Maximum (20 by default) does not cap the uplink's window. Then it measures:
+It starts its own mosquitto with mutual TLS on a free loopback port, with a throwaway PKI
+(`gateway.sim.broker` and `gateway.sim.pki`, shared with the tests and the demo), and with
+`max_inflight_messages` raised so that the broker's MQTT 5 Receive Maximum (20 by default)
+does not cap the uplink's window. Then it measures:
 
 - sustained readings/s through the in-process pipeline (CMS50D frames through the real driver
   decoder, pushed as fast as the pipeline takes them, with backpressure), and the hub's CPU per
@@ -29,14 +30,10 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import datetime
-import getpass
-import ipaddress
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,11 +46,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from gateway.drivers.contec_cms50d import DRIVER as CMS50D
 from gateway.drivers.kv_lines import DRIVER as KV_LINES
 from gateway.hub import journal as journal_module
@@ -62,10 +54,10 @@ from gateway.hub.journal import Journal
 from gateway.hub.outbox import Outbox
 from gateway.hub.signer import ChainHead, Signer
 from gateway.hub.uplink import Uplink
+from gateway.sim.broker import Broker, configure
+from gateway.sim.pki import Pki, make_pki
 from gateway.transport.mqtt import MqttClient, publisher_factory
-from gateway.transport.mqtt_connect import MqttSettings
 
-MOSQUITTO = "/usr/sbin/mosquitto"
 BROKER_INFLIGHT = 1000
 """mosquitto's max_inflight_messages; for MQTT 5 clients it is also the Receive Maximum."""
 PREFIX = "rtm/v1"
@@ -77,206 +69,28 @@ MAX_DEPTH = 20_000
 """... or the outbox more unacknowledged entries than this."""
 
 
-# --- a throwaway PKI -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def make_pki(directory: Path) -> Pki:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate (EC P-256)."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("bench CA")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pki = Pki(
-        directory / "ca.pem",
-        directory / "server.pem",
-        directory / "server.key",
-        directory / "client.pem",
-        directory / "client.key",
-    )
-    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(
-        cn: str,
-        usage: x509.ObjectIdentifier,
-        san: list[x509.GeneralName] | None,
-        cert_path: Path,
-        key_path: Path,
-    ) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-        )
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        cert_path.write_bytes(
-            builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-        )
-        _pem_key(key, key_path)
-
-    leaf(
-        "localhost",
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-        pki.server_cert,
-        pki.server_key,
-    )
-    leaf("bench-hub", ExtendedKeyUsageOID.CLIENT_AUTH, None, pki.client_cert, pki.client_key)
-    return pki
-
-
 # --- the broker ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def start_broker(directory: Path, pki: Pki | None) -> Broker:
+    """mosquitto on a free loopback port (`gateway.sim.broker`), mutual TLS when given a PKI
+    (plain MQTT when not: the BLE bench), with the raised inflight window; stop() and start()
+    make outages."""
+    broker = configure(
+        directory,
+        "mtls" if pki is not None else "plain",
+        pki=pki,
+        extra_config=[f"max_inflight_messages {BROKER_INFLIGHT}", "max_queued_messages 100000"],
+    )
+    broker.start()
+    return broker
 
 
-class Broker:
-    """mosquitto on a free loopback port, with mutual TLS when given a PKI (plain MQTT when
-    not: the BLE bench); stop() and start() make outages."""
-
-    def __init__(self, directory: Path, pki: Pki | None) -> None:
-        self._pki = pki
-        self.port = free_port()
-        self.config = directory / "mosquitto.conf"
-        self.log = directory / "mosquitto.log"
-        tls = (
-            [
-                f"cafile {pki.ca}",
-                f"certfile {pki.server_cert}",
-                f"keyfile {pki.server_key}",
-                "require_certificate true",
-            ]
-            if pki is not None
-            else []
-        )
-        self.config.write_text(
-            "\n".join(
-                [
-                    "per_listener_settings false",
-                    "persistence false",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    f"user {getpass.getuser()}",
-                    f"listener {self.port} 127.0.0.1",
-                    *tls,
-                    "allow_anonymous true",
-                    f"max_inflight_messages {BROKER_INFLIGHT}",
-                    "max_queued_messages 100000",
-                ]
-            )
-            + "\n"
-        )
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pki(self) -> Pki:
-        if self._pki is None:
-            raise RuntimeError("this broker speaks plain MQTT: it has no PKI")
-        return self._pki
-
-    def settings(self, client_id: str) -> MqttSettings:
-        return MqttSettings(
-            host="127.0.0.1",
-            port=self.port,
-            tls=True,
-            ca_file=str(self.pki.ca),
-            cert_file=str(self.pki.client_cert),
-            key_file=str(self.pki.client_key),
-            client_id=client_id,
-        )
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("mosquitto did not open its port within 10 s")
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
+def tls_files(broker: Broker) -> tuple[str, str, str]:
+    """(CA, client certificate, client key) of a mutual-TLS broker."""
+    if broker.ca_file is None or broker.client_cert is None or broker.client_key is None:
+        raise RuntimeError("this broker speaks plain MQTT: it has no PKI")
+    return str(broker.ca_file), str(broker.client_cert), str(broker.client_key)
 
 
 # --- a subscriber in its own process ------------------------------------------------------------
@@ -330,7 +144,7 @@ class Subscriber:
                 __file__,
                 "--subscriber",
                 str(broker.port),
-                str(broker.pki.ca.parent),
+                str(Path(tls_files(broker)[0]).parent),
                 str(out),
             ],
             stdin=subprocess.PIPE,
@@ -395,7 +209,7 @@ class Pipeline:
         self.signer = Signer(identity, "bench-hub", ChainHead(seq, last_hash))
         self.uplink = Uplink(
             self.outbox,
-            publisher_factory(broker.settings("bench-hub")),
+            publisher_factory(broker.settings(client_id="bench-hub")),
             "bench-hub",
             topic_prefix=PREFIX,
             batch_size=variant.batch_size,
@@ -577,7 +391,7 @@ class Pty:
 
 
 def daemon_config(root: Path, broker: Broker, port: str) -> Path:
-    pki = broker.pki
+    ca_file, cert_file, key_file = tls_files(broker)
     text = f"""
 [hub]
 id = "bench-daemon"
@@ -585,9 +399,9 @@ state_dir = "{root / "daemon-state"}"
 
 [mqtt]
 url = "mqtts://127.0.0.1:{broker.port}"
-ca_file = "{pki.ca}"
-cert_file = "{pki.client_cert}"
-key_file = "{pki.client_key}"
+ca_file = "{ca_file}"
+cert_file = "{cert_file}"
+key_file = "{key_file}"
 
 [log]
 level = "WARNING"
@@ -740,11 +554,8 @@ def _saw_online(root: Path, broker: Broker, marker: Path) -> bool:
 
     got: list[str] = []
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.tls_set(
-        ca_certs=str(broker.pki.ca),
-        certfile=str(broker.pki.client_cert),
-        keyfile=str(broker.pki.client_key),
-    )
+    ca_file, cert_file, key_file = tls_files(broker)
+    client.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
     client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(f"{PREFIX}/bench-daemon/status")
     client.on_message = lambda _c, _u, m: got.append(json.loads(m.payload)["state"])
     client.connect("127.0.0.1", broker.port)
@@ -880,9 +691,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
-        (root / "pki").mkdir()
-        broker = Broker(root, make_pki(root / "pki"))
-        broker.start()
+        broker = start_broker(root, make_pki(root / "pki", client_identity="bench-hub"))
         try:
             report(
                 f"rtm-gateway pipeline bench{' (--quick)' if args.quick else ''}: "

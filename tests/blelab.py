@@ -1,7 +1,8 @@
 """The virtual Bluetooth lab for the hub's tests, on top of `gateway.sim.lab` (which vendors'
 tests use too): the `bluez` fixture (registered in conftest.py) yields a running `BluezThread`
 with `DBUS_SYSTEM_BUS_ADDRESS` set for the test, so a daemon started from the test sees it;
-`bleak_session()` wraps bleak use in this process.
+`bleak_session()` wraps bleak use in this process; `OnAir` counts the advertisements the virtual
+peripherals send, the marker to wait for before asserting that something was not heard.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from dbus_fast.aio import MessageBus
 from gateway.sim import lab
 from gateway.sim.bluez import BluezThread
 from gateway.sim.lab import bleak_session, fake_bluetoothctl
+from tests.harness import until
 
 __all__ = [
+    "OnAir",
     "bleak_session",
     "bluez",
     "disconnect_bus",
@@ -53,3 +56,24 @@ async def disconnect_bus(bus: MessageBus) -> None:
     bus.disconnect()
     async with asyncio.timeout(5):
         await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # untyped in dbus-fast
+
+
+class OnAir:
+    """Counts the advertisements the virtual peripherals put on air, heard or not: the positive
+    marker for "a report would have arrived by now" before a negative assertion, instead of a
+    fixed sleep (on a loaded machine the simulator slows down with everything else)."""
+
+    def __init__(self, bluez: BluezThread, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.addresses: list[str] = []
+        hear = bluez.bluez._hear
+
+        def counting(hosted: Any, rssi: int) -> None:
+            hear(hosted, rssi)  # first: a report for this advertisement is already on its way
+            self.addresses.append(hosted.peripheral.address)
+
+        monkeypatch.setattr(bluez.bluez, "_hear", counting)
+
+    async def more(self, count: int, address: str | None = None) -> None:
+        """Until `count` more advertisements (of `address`, or of any peripheral) went on air."""
+        start = len(self.addresses)
+        await until(lambda: sum(address in (None, a) for a in self.addresses[start:]) >= count)

@@ -1,32 +1,63 @@
-"""Helpers for tests that run the real daemon as a process: configs, processes, checking.
+"""Helpers shared by the tests: `run` and `until` (a coroutine under a timeout; a condition
+polled with a deadline), and for tests that run the real daemon as a process: configs,
+processes, checking.
 
 Signatures are checked here with joserfc, an independent JOSE library, never with our own
 verifier; payloads are validated against the published JSON Schema.
+
+Deadlines here bound how long a test waits for something that must happen; no test passes or
+fails on how fast something happened by the wall clock (bounds on speed use
+`time.process_time`, and generously).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from joserfc import jws
 from joserfc.jwk import OKPKey
 from jsonschema import Draft202012Validator
 
-from tests.conftest import Broker, Received
+from gateway.sim.broker import Broker
+
+if TYPE_CHECKING:  # conftest imports the BLE lab, which uses `until` from here
+    from tests.conftest import Received
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "payload.schema.json").read_text())
 VALIDATOR = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
 CLI = [sys.executable, "-m", "gateway.cli"]
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+    """Run `coro` on a fresh event loop; a hang fails it with TimeoutError after `timeout` s
+    (with a traceback of where it hung, unlike pytest-timeout's kill)."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0, poll: float = 0.02) -> None:
+    """Poll a condition without blocking the loop; TimeoutError after `timeout` s. For state
+    with no event to await: SQLite, another thread's, several callbacks feeding one condition.
+    """
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110  # see above: there is no event to await
+            await asyncio.sleep(poll)
 
 
 def write_config(
@@ -138,12 +169,15 @@ def start_simulator(
     return process
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.05
+) -> None:
+    """`until` for synchronous code (a test thread watching a child process)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -172,6 +206,7 @@ def verify_messages(messages: Iterable[Received], jwk: dict[str, Any]) -> list[C
         assert isinstance(batch, list) and batch, f"not a JSON array: {message.payload[:80]!r}"
         for obj in batch:
             verified = jws.deserialize_json(obj, key, algorithms=["Ed25519"])
+            assert isinstance(verified, jws.FlattenedJSONSignature)  # one signature per entry
             header = verified.headers()
             assert header["alg"] == "Ed25519" and header["kid"] == jwk["kid"]
             payload = json.loads(verified.payload)

@@ -47,7 +47,7 @@ from gateway.sim.ble_records import (
     SPOT_CHECK,
 )
 from gateway.sim.bluez import BluezThread
-from tests.blelab import bleak_session, needs_dbus
+from tests.blelab import OnAir, bleak_session, needs_dbus
 
 pytestmark = needs_dbus
 
@@ -120,7 +120,8 @@ class Inbox:
     def pairs(self, *uuids: str) -> list[tuple[str, bytes]]:
         return [(u, data) for u, data, _ in self.values if u in uuids]
 
-    async def wait(self, predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    async def wait(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        # A generous deadline: on a loaded machine, 200 records take a while to arrive.
         async with asyncio.timeout(timeout):
             while not predicate():
                 self.arrived.clear()
@@ -439,7 +440,7 @@ def test_an_empty_glucose_meter_has_no_records_found(bluez: BluezThread) -> None
 def test_abort_stops_a_transfer_in_progress_and_is_answered(bluez: BluezThread) -> None:
     meter = GlucoseMeter(seed=4, records=100, record_interval=0.01)
 
-    async def run() -> tuple[bytes, list[bytes], list[bytes], int]:
+    async def run() -> tuple[bytes, bytes, list[bytes], list[bytes], int]:
         async with _connected(bluez, meter, subscribe=GLS_SUBSCRIBE) as (client, inbox):
             await client.write_gatt_char(RACP, b"\x01\x01", response=True)
             await inbox.wait(lambda: len(inbox.of(GLUCOSE_MEASUREMENT)) >= 5)
@@ -447,13 +448,16 @@ def test_abort_stops_a_transfer_in_progress_and_is_answered(bluez: BluezThread) 
                 await client.write_gatt_char(RACP, b"\x04\x01", response=True)
             answer = await _racp(client, inbox, b"\x03\x00")
             at_answer = len(inbox.of(GLUCOSE_MEASUREMENT))
-            await asyncio.sleep(0.1)
+            # A marker: the next procedure's answer comes after anything the aborted one
+            # might still have sent.
+            count = await _racp(client, inbox, b"\x04\x01")
             assert busy.value.code == BleakGATTProtocolErrorCode.PROCEDURE_ALREADY_IN_PROGRESS
-            return answer, inbox.of(RACP), inbox.of(GLUCOSE_MEASUREMENT), at_answer
+            return answer, count, inbox.of(RACP), inbox.of(GLUCOSE_MEASUREMENT), at_answer
 
-    answer, racp, measurements, at_answer = asyncio.run(run())
+    answer, count, racp, measurements, at_answer = asyncio.run(run())
     assert answer == _response(3, SUCCESS)
-    assert racp == [answer]  # the aborted report gets no answer of its own
+    assert count[:2] == b"\x05\x00"  # Number of Stored Records Response
+    assert racp == [answer, count]  # the aborted report gets no answer of its own
     assert len(measurements) == at_answer < 100
     assert _sequences(measurements) == list(range(1, len(measurements) + 1))
     assert meter.records_sent == len(measurements)
@@ -562,11 +566,13 @@ def test_oximeter_reports_stored_records_deletes_them_then_has_none(bluez: Bluez
 
 
 def test_nothing_is_sent_while_no_central_is_connected_and_stop_ends_run(
-    bluez: BluezThread,
+    bluez: BluezThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    on_air = OnAir(bluez, monkeypatch)
     oximeter = PulseOximeter(seed=1)
     running = start_device(bluez, oximeter, rate=100)
-    time.sleep(0.2)
+    # Advertising for a while (at 100 values/s, many would have been sent), with no central.
+    asyncio.run(on_air.more(4, oximeter.peripheral.address))
     assert oximeter.ticks == 0
     assert not running.done()
     stop_device(bluez, oximeter).result(5)

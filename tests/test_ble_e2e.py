@@ -11,7 +11,7 @@ from typing import Any
 from gateway.sim.ble_devices import GlucoseMeter, IndoorBike, PulseOximeter, start_device
 from gateway.sim.bluez import BluezThread
 from tests.blelab import needs_dbus
-from tests.conftest import Received
+from tests.conftest import BrokerFactory, Received, SubscriberFactory
 from tests.harness import (
     assert_chain,
     hub_jwk,
@@ -40,7 +40,7 @@ def readings(messages: list[Received], jwk: dict[str, Any]) -> list[dict[str, An
 
 
 def test_a_pulse_oximeter_and_an_exercise_bike_stream_to_the_broker_signed(
-    bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any
+    bluez: BluezThread, tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
 ) -> None:
     broker = mosquitto("mtls")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
@@ -132,7 +132,7 @@ def _glucose_sequences(entries: list[dict[str, Any]]) -> list[int]:
 
 
 def test_200_stored_glucose_records_arrive_once_through_a_kill_9_mid_transfer(
-    bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any
+    bluez: BluezThread, tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
 ) -> None:
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
@@ -184,7 +184,7 @@ def test_200_stored_glucose_records_arrive_once_through_a_kill_9_mid_transfer(
 
 
 def test_an_unpaired_neighbour_is_listed_by_scan_but_never_ingested(
-    bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any
+    bluez: BluezThread, tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
 ) -> None:
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")

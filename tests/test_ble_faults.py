@@ -12,7 +12,7 @@ import pytest
 
 from gateway.hub.config import BleConfig, DeviceConfig
 from gateway.sim.bluez import BluezThread
-from tests.blelab import needs_dbus
+from tests.blelab import OnAir, needs_dbus
 from tests.test_ble_session import HR_MEASUREMENT, Rig, hr, rig, strap
 
 pytestmark = needs_dbus
@@ -47,8 +47,9 @@ def test_out_of_slots_is_retried_after_a_backoff(bluez: BluezThread, tmp_path: P
 
 
 def test_never_more_connections_than_the_adapter_has_slots(
-    bluez: BluezThread, tmp_path: Path
+    bluez: BluezThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    on_air = OnAir(bluez, monkeypatch)
     addresses = [f"C0:FF:EE:00:01:0{i}" for i in range(3)]
     devices = [
         DeviceConfig(f"strap-{i}", "gatt.hrs", "pt-1", address=a) for i, a in enumerate(addresses)
@@ -61,7 +62,8 @@ def test_never_more_connections_than_the_adapter_has_slots(
             for peripheral in peripherals:
                 await bluez.add_peripheral(peripheral)
             await r.until(lambda: sum(s.connected for s in r.sessions) == 2)
-            await asyncio.sleep(0.5)  # the third waits for a slot, it does not squeeze in
+            # The third waits for a slot, it does not squeeze in, however often it advertises.
+            await on_air.more(10)
             waiting = [s.connected for s in r.sessions]
             in_use = r.radio.connector.in_use
             # One link goes: the waiting device gets the freed slot.
@@ -149,7 +151,10 @@ def test_bluetoothd_restart_is_survived(bluez: BluezThread, tmp_path: Path, grac
     assert len(r.events("device-lost")) == 1
 
 
-def test_a_silent_scanner_is_restarted_by_the_watchdog(bluez: BluezThread, tmp_path: Path) -> None:
+def test_a_silent_scanner_is_restarted_by_the_watchdog(
+    bluez: BluezThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_air = OnAir(bluez, monkeypatch)
     peripheral = strap(ADDRESS)
     ble = BleConfig(passive=False, scanner_watchdog=1.0)
 
@@ -157,7 +162,7 @@ def test_a_silent_scanner_is_restarted_by_the_watchdog(bluez: BluezThread, tmp_p
         async with rig(bluez, tmp_path, [DEVICE], ble) as r:
             await bluez.mute_scanner()
             await bluez.add_peripheral(peripheral)  # advertising, but nothing reaches the hub
-            await asyncio.sleep(0.5)
+            await on_air.more(4, ADDRESS)
             assert not r.sessions[0].connected
             await r.until(lambda: r.sessions[0].connected, timeout=10)
             return r

@@ -9,7 +9,7 @@ from pathlib import Path
 from gateway.sdk import uuid16
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from tests.blelab import needs_dbus
-from tests.harness import run_cli
+from tests.harness import run_cli, until
 
 pytestmark = needs_dbus
 
@@ -89,11 +89,13 @@ def test_the_hub_scanner_listens_passively_after_a_short_active_window(bluez: Bl
         async with bleak_session():
             scanner = BleScanner(passive=True, active_window=0.3, active_every=1000.0)
             task = asyncio.create_task(scanner.run())
-            modes = []
+            modes: list[str | None] = []
             try:
-                await asyncio.sleep(0.1)
-                modes.append(scanner.mode)  # the window: active, to hear names
-                await asyncio.sleep(0.6)
+                # Each mode as it comes (not sampled at fixed times): first the window, active
+                # to hear names, then passive.
+                await until(lambda: scanner.mode is not None)
+                modes.append(scanner.mode)
+                await until(lambda: scanner.mode != modes[0])
                 modes.append(scanner.mode)
                 await bluez.add_peripheral(_oximeter("C0:FF:EE:00:00:05", "Late Oxi"))
                 found = await scanner.wait_for(

@@ -27,6 +27,7 @@ import pytest
 from gateway.sdk import uuid16
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from tests.blelab import needs_dbus
+from tests.harness import wait_until
 
 BLUETOOTHCTL = Path("/usr/bin/bluetoothctl")
 
@@ -201,11 +202,8 @@ def test_scan_lists_hosted_peripherals_and_info_shows_what_they_advertise(
     assert "\tName:" not in info.group(0)
     assert "ManufacturerData" not in info.group(0)
     assert "UUID" not in info.group(0)
-    deadline = time.monotonic() + 5
     # Scanning stopped with "scan off", and bluetoothd kept the devices.
-    while bluez.bluez.discovering and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not bluez.bluez.discovering
+    wait_until(lambda: not bluez.bluez.discovering, 5, "bluetoothd to stop discovering")
     bluetoothctl.send("devices")
     bluetoothctl.expect(rf"^Device {STRAP} HR Strap$")
     bluetoothctl.expect(rf"^Device {NAMELESS} C0-FF-EE-00-00-02$")

@@ -14,6 +14,7 @@ from pathlib import Path
 import serial
 
 from gateway.sim.cms50d import encode_frame
+from tests.conftest import BrokerFactory
 from tests.harness import (
     CLI,
     Process,
@@ -80,7 +81,7 @@ def test_decode_flushes_a_record_held_open_at_the_end_of_its_input() -> None:
     assert json.loads(text.stdout)["observations"] == reading["observations"]
 
 
-def test_identity_is_created_once_and_kept(tmp_path: Path, mosquitto) -> None:
+def test_identity_is_created_once_and_kept(tmp_path: Path, mosquitto: BrokerFactory) -> None:
     config = write_config(tmp_path, mosquitto("plain"))
     first = hub_jwk(config)
     assert hub_jwk(config) == first
@@ -109,8 +110,10 @@ def test_demo_runs_on_the_embedded_broker() -> None:
     result = run_cli("demo", "--seconds", "4", "--broker", "embedded", timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verdict: OK" in result.stdout
-    sent = int(re.search(r"signed and sent by the hub\s*: (\d+)", result.stdout)[1])
-    verified = int(re.search(r"signatures verified\s*: (\d+)", result.stdout)[1])
+    sent_line = re.search(r"signed and sent by the hub\s*: (\d+)", result.stdout)
+    verified_line = re.search(r"signatures verified\s*: (\d+)", result.stdout)
+    assert sent_line and verified_line, result.stdout
+    sent, verified = int(sent_line[1]), int(verified_line[1])
     assert sent > 5
     assert verified == sent
 
@@ -139,7 +142,7 @@ def test_the_demo_live_view_writes_dimensionless_units_as_people_do(tmp_path: Pa
     assert receiver.last == {"bike": "resistance_level 7, power 150 W, stride_count 12 strides"}
 
 
-def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto) -> None:
+def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto: BrokerFactory) -> None:
     broker = mosquitto("mtls")
     link = tmp_path / "ttyCMS"
     simulator = start_simulator(link, tmp_path / "sim.log")
@@ -184,7 +187,7 @@ def test_verify_command_checks_a_running_hub(tmp_path: Path, mosquitto) -> None:
     assert hub["chain_breaks"] == 0
 
 
-def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto) -> None:
+def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto: BrokerFactory) -> None:
     broker = mosquitto("plain")
     notify_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -221,7 +224,9 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path, mosquitto) -> No
     assert sum("WATCHDOG=1" in m for m in messages) >= count_before + 2  # pinged every 0.2 s
 
 
-def test_status_before_the_first_run_and_while_running(tmp_path: Path, mosquitto) -> None:
+def test_status_before_the_first_run_and_while_running(
+    tmp_path: Path, mosquitto: BrokerFactory
+) -> None:
     broker = mosquitto("plain")
     link = tmp_path / "ttyCMS"
     simulator = start_simulator(link, tmp_path / "sim.log")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import Received
+from tests.conftest import BrokerFactory, Received, SubscriberFactory
 from tests.harness import (
     assert_chain,
     cms50d_device,
@@ -27,7 +28,7 @@ def count_entries(messages: list[Received], suffix: str = "/readings") -> int:
     return sum(len(json.loads(m.payload)) for m in messages if m.topic.endswith(suffix))
 
 
-def enough(messages: list[Received], jwk: dict) -> bool:
+def enough(messages: list[Received], jwk: dict[str, Any]) -> bool:
     """20 oximeter readings, one with a real SpO2 value (the simulator has finger-out spells),
     and a reading from the line device."""
     if count_entries(messages) < 20:
@@ -62,7 +63,11 @@ fev1 = {{ type = "fev1" }}
     ("mode", "protocol"), [("plain", "5"), ("tls", "5"), ("mtls", "5"), ("plain", "3.1.1")]
 )
 def test_readings_reach_the_broker_signed(
-    tmp_path: Path, mosquitto, mqtt_subscriber, mode: str, protocol: str
+    tmp_path: Path,
+    mosquitto: BrokerFactory,
+    mqtt_subscriber: SubscriberFactory,
+    mode: str,
+    protocol: str,
 ) -> None:
     broker = mosquitto(mode)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")

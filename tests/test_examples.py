@@ -22,7 +22,7 @@ from gateway.kit.scaffold import new_driver_package
 from gateway.sim.ble_devices import make_device, start_device
 from gateway.sim.bluez import BluezThread
 from tests.blelab import needs_dbus
-from tests.conftest import Received
+from tests.conftest import BrokerFactory, Received, SubscriberFactory
 from tests.harness import (
     assert_chain,
     hub_jwk,
@@ -99,7 +99,7 @@ def _observed(reading: dict[str, Any]) -> set[str]:
 
 @needs_dbus
 def test_the_examples_stream_from_their_simulators_to_the_broker_signed(
-    bluez: BluezThread, tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any
+    bluez: BluezThread, tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
 ) -> None:
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
@@ -183,8 +183,8 @@ def _as_if_installed(package_root: Path, site: Path) -> None:
 def test_a_scaffolded_driver_passes_the_kit_and_its_simulator_reaches_the_broker(
     bluez: BluezThread,
     tmp_path: Path,
-    mosquitto: Any,
-    mqtt_subscriber: Any,
+    mosquitto: BrokerFactory,
+    mqtt_subscriber: SubscriberFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The vendor's path from docs/writing-a-driver.md: driver new, install, driver check,

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.hub.config import load_config
 from gateway.sim.cms50d import encode_frame
-from tests.conftest import Received
+from tests.conftest import BrokerFactory, Received, SubscriberFactory
 from tests.harness import (
     Process,
     assert_chain,
@@ -34,20 +34,22 @@ from tests.harness import (
     write_config,
 )
 
+SocatLink = tuple[Path, Path, list[subprocess.Popen[bytes]]]
+"""(the device end, the feeding end, the socat processes)"""
 FAST_RECONNECT = "reconnect_max = 1.0"
 
 
-def status(config: Path) -> dict:
+def status(config: Path) -> dict[str, Any]:
     outbox = load_config(config).hub.outbox_path
     wait_until(outbox.exists, 20, "the daemon to create its outbox")
     result = run_cli("status", "-c", str(config), "--json")
     assert result.returncode == 0, result.stderr
-    report: dict = json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
     return report
 
 
 def outbox_drained(config: Path) -> bool:
-    return status(config)["outbox"]["depth"] == 0
+    return bool(status(config)["outbox"]["depth"] == 0)
 
 
 def entries_of(messages: list[Received], suffix: str) -> int:
@@ -66,7 +68,9 @@ def oximeter_hub(
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_subscriber) -> None:
+def test_kill_9_at_random_moments_loses_nothing(
+    tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
+) -> None:
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
     simulator, config, jwk = oximeter_hub(tmp_path, broker, 0.02, mqtt_extra=FAST_RECONNECT)
@@ -107,7 +111,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, mosquitto, mqtt_
 
 
 def test_broker_outage_buffers_then_delivers_in_order(
-    tmp_path: Path, mosquitto, mqtt_subscriber
+    tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
 ) -> None:
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
@@ -143,7 +147,7 @@ def test_broker_outage_buffers_then_delivers_in_order(
 
 
 def test_garbage_and_cut_frames_are_counted_and_skipped(
-    tmp_path: Path, mosquitto, mqtt_subscriber
+    tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
 ) -> None:
     broker = mosquitto("plain")
     subscriber = mqtt_subscriber(broker, "rtm/v1/#")
@@ -200,7 +204,7 @@ def test_garbage_and_cut_frames_are_counted_and_skipped(
 
 
 @pytest.fixture
-def socat_link(tmp_path: Path) -> Iterator[tuple[Path, Path, list[subprocess.Popen[bytes]]]]:
+def socat_link(tmp_path: Path) -> Iterator[SocatLink]:
     if shutil.which("socat") is None:
         pytest.fail("socat is missing: run the README test command, which installs it")
     device, feed = tmp_path / "ttyDevice", tmp_path / "ttyFeed"
@@ -219,7 +223,10 @@ def plug(device: Path, feed: Path, processes: list[subprocess.Popen[bytes]]) -> 
 
 
 def test_unplug_and_replug_brings_the_session_back(
-    tmp_path: Path, mosquitto, mqtt_subscriber, socat_link
+    tmp_path: Path,
+    mosquitto: BrokerFactory,
+    mqtt_subscriber: SubscriberFactory,
+    socat_link: SocatLink,
 ) -> None:
     device, feed, processes = socat_link
     broker = mosquitto("plain")
@@ -273,7 +280,7 @@ def test_unplug_and_replug_brings_the_session_back(
 
 
 def test_outbox_cap_drops_oldest_with_a_signed_gap_event(
-    tmp_path: Path, mosquitto, mqtt_subscriber
+    tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
 ) -> None:
     broker = mosquitto("plain", persistence=True)
     subscriber = mqtt_subscriber(broker, "rtm/v1/#", persistent=True)
@@ -333,7 +340,9 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI is root)")
-def test_full_disk_is_a_clear_error_and_keeps_readings(tmp_path: Path, mosquitto) -> None:
+def test_full_disk_is_a_clear_error_and_keeps_readings(
+    tmp_path: Path, mosquitto: BrokerFactory
+) -> None:
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "2m")
     try:
@@ -387,7 +396,7 @@ def test_full_disk_is_a_clear_error_and_keeps_readings(tmp_path: Path, mosquitto
     os.geteuid() != 0 or shutil.which("chattr") is None,
     reason="making a directory read-only for root needs chattr +i (CI is root)",
 )
-def test_read_only_state_dir_is_a_clear_error(tmp_path: Path, mosquitto) -> None:
+def test_read_only_state_dir_is_a_clear_error(tmp_path: Path, mosquitto: BrokerFactory) -> None:
     broker = mosquitto("plain")
     state = tmp_path / "state"
     state.mkdir()
@@ -403,7 +412,7 @@ def test_read_only_state_dir_is_a_clear_error(tmp_path: Path, mosquitto) -> None
     assert "writable" in result.stderr
 
 
-def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto) -> None:
+def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto: BrokerFactory) -> None:
     broker = mosquitto("plain")
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the state dir's parent should be")

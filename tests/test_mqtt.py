@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import pytest
 
+from gateway.sim.pki import Pki
 from gateway.transport.mqtt import MqttClient
 from gateway.transport.mqtt_connect import (
     MqttAuthError,
@@ -19,19 +19,10 @@ from gateway.transport.mqtt_connect import (
     MqttWill,
 )
 from gateway.transport.mqtt_url import MqttUrl, parse_mqtt_url
-from tests.certs import TestPki
 from tests.conftest import Broker, BrokerFactory, Subscriber
+from tests.harness import run
 
-T = TypeVar("T")
 SubscriberFactory = Callable[[Broker, str], Subscriber]
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def test_parse_mqtt_url() -> None:
@@ -92,14 +83,14 @@ def test_mtls_without_client_certificate_is_refused(mosquitto: BrokerFactory) ->
     assert not client.is_connected
 
 
-def test_wrong_ca_is_a_tls_error(mosquitto: BrokerFactory, pki: TestPki) -> None:
+def test_wrong_ca_is_a_tls_error(mosquitto: BrokerFactory, pki: Pki) -> None:
     broker = mosquitto("tls")
     client = MqttClient(broker.settings(ca_file=str(pki.other_ca_file)))
     with pytest.raises(MqttTlsError, match="ca_file"):
         run(client.connect(timeout=5))
 
 
-def test_missing_tls_file_is_a_tls_error(mosquitto: BrokerFactory, pki: TestPki) -> None:
+def test_missing_tls_file_is_a_tls_error(mosquitto: BrokerFactory, pki: Pki) -> None:
     broker = mosquitto("tls")
     client = MqttClient(broker.settings(ca_file=str(pki.ca_file) + ".missing"))
     with pytest.raises(MqttTlsError, match="cannot load TLS files"):

@@ -81,7 +81,8 @@ def identity() -> HubIdentity:
 
 @pytest.fixture
 def joserfc_key(identity: HubIdentity) -> OKPKey:
-    return OKPKey.import_key(identity.public_jwk())
+    jwk: dict[str, str | list[str]] = {**identity.public_jwk()}
+    return OKPKey.import_key(jwk)
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def test_eddsa_from_another_library_is_accepted(identity: HubIdentity) -> None:
             private,
             algorithms=["EdDSA"],
         )
-    assert verify_entry(obj, identity.public) == {"v": 1, "kind": "event"}  # type: ignore[arg-type]
+    assert verify_entry(obj, identity.public) == {"v": 1, "kind": "event"}
 
 
 @pytest.mark.parametrize("alg", ["none", "HS256", "ES256"])

@@ -84,7 +84,8 @@ def test_no_reader_does_not_block(tmp_path: Path) -> None:
     frames = iter(lambda: encode_frame(97, 72), b"")
     started = time.monotonic()
     stats = serve_pty(link, frames, rate_hz=20000.0, seconds=1.0)
-    assert time.monotonic() - started < 3.0
+    # Returns, about when asked (a writer blocked on the full buffer never would).
+    assert time.monotonic() - started < 30.0
     assert stats.dropped > 0
     assert stats.written * 5 < 1024 * 1024  # bounded by the pty buffer, not by the rate
 
@@ -108,7 +109,7 @@ def test_stop_event_ends_a_blocking_run(tmp_path: Path) -> None:
     timer.start()
     started = time.monotonic()
     run_pty(tmp_path / "p", rate_hz=60.0, stop=stop)
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 30.0  # returns at all: without the event it never would
     timer.join()
 
 

@@ -4,12 +4,7 @@ to the pure `Verifier`, and once end to end through a real mosquitto with `run_v
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +18,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.hub.identity import HubIdentity, b64url
 from gateway.hub.signer import ChainHead, SignedEntry, Signer
+from gateway.sim.broker import configure, find_mosquitto, free_port
+from gateway.sim.pki import Pki
 from gateway.tools.verifier import Verifier
 from gateway.tools.verify import ConnectError, VerifyError, run_verify
 from gateway.tools.verify_report import VerifyReport
-from tests.certs import TestPki
 from tests.conftest import BrokerFactory
 from tests.test_signing import event_body, reading_body
 
 HUB = "hub-0001"
 READINGS = f"rtm/v1/{HUB}/readings"
 EVENTS = f"rtm/v1/{HUB}/events"
-MOSQUITTO = "/usr/sbin/mosquitto"
 
 
 @pytest.fixture
@@ -59,7 +54,7 @@ def only_hub(report: VerifyReport) -> dict[str, object]:
 
 def test_a_clean_log_verifies(identity: HubIdentity) -> None:
     signer = Signer(identity, HUB)
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, object]] = []
     verifier = Verifier(
         identity.public,
         HUB,
@@ -259,41 +254,11 @@ class _VerifyBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def verify_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_VerifyBroker]:
-    """A private plain mosquitto for this module (the shared fixtures live in conftest)."""
-    port = _free_port()
-    conf = tmp_path_factory.mktemp("verify-broker") / "mosquitto.conf"
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
-    if os.geteuid() == 0:  # as root mosquitto would switch to a "mosquitto" user
-        lines.append("user root")
-    conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    message = proc.stderr.read() if proc.stderr else b""
-                    raise RuntimeError(f"mosquitto did not start: {message!r}") from None
-                time.sleep(0.05)
-        yield _VerifyBroker(port)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
+    """A private plain mosquitto for this module (the per-test ones come from conftest)."""
+    with configure(tmp_path_factory.mktemp("verify-broker")) as broker:
+        yield _VerifyBroker(broker.port)
 
 
 def _publish(port: int, messages: list[tuple[str, bytes, bool]]) -> None:
@@ -326,7 +291,7 @@ def _run_in_thread(
     return thread, ready, out
 
 
-@pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed")
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 def test_run_verify_against_a_real_broker(
     verify_broker: _VerifyBroker, tmp_path: Path, identity: HubIdentity
 ) -> None:
@@ -339,7 +304,7 @@ def test_run_verify_against_a_real_broker(
     _publish(verify_broker.port, [(f"rtm/v1/{HUB}/status", status, True)])
 
     for pinned in (True, False):
-        arrived: list[object] = []
+        arrived: list[int] = []
         thread, _, out = _run_in_thread(
             url=verify_broker.url,
             hub=HUB,
@@ -347,7 +312,7 @@ def test_run_verify_against_a_real_broker(
             count=7,
             seconds=20.0,
             protocol="5" if pinned else "3.1.1",
-            on_entry=lambda _topic, payload, arrived=arrived: arrived.append(payload["seq"]),
+            on_entry=lambda _topic, payload, arrived=arrived: arrived.append(int(payload["seq"])),
         )
         _publish(
             verify_broker.port,
@@ -376,7 +341,7 @@ def test_run_verify_against_a_real_broker(
         assert sorted(arrived) == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed")
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 def test_run_verify_stops_after_seconds_and_fails_clearly(
     verify_broker: _VerifyBroker, tmp_path: Path
 ) -> None:
@@ -390,21 +355,21 @@ def test_run_verify_stops_after_seconds_and_fails_clearly(
 
 def test_run_verify_refused_connection_is_a_clear_error() -> None:
     with pytest.raises(ConnectError, match="refused: is the broker running"):
-        run_verify(f"mqtt://127.0.0.1:{_free_port()}", seconds=0.1)
+        run_verify(f"mqtt://127.0.0.1:{free_port()}", seconds=0.1)
     with pytest.raises(VerifyError, match="mqtt:// or mqtts://"):
         run_verify("http://127.0.0.1:1883", seconds=0.1)
 
 
-@pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed")
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 def test_run_verify_over_mutual_tls_and_its_tls_errors_name_the_flags(
-    mosquitto: BrokerFactory, pki: TestPki
+    mosquitto: BrokerFactory, pki: Pki
 ) -> None:
     broker = mosquitto("mtls")
     url = f"mqtts://localhost:{broker.port}"
-    client = {"cert_file": pki.client_cert, "key_file": pki.client_key}
-    report = run_verify(url, ca_file=pki.ca_file, seconds=0.3, **client)
+    cert, key = pki.client_cert, pki.client_key
+    report = run_verify(url, ca_file=pki.ca_file, seconds=0.3, cert_file=cert, key_file=key)
     assert (report.received, report.stopped_by, report.ok) == (0, "time", True)
     with pytest.raises(ConnectError, match="--ca-file"):
-        run_verify(url, ca_file=pki.other_ca_file, seconds=5, **client)
+        run_verify(url, ca_file=pki.other_ca_file, seconds=5, cert_file=cert, key_file=key)
     with pytest.raises(ConnectError, match="--cert-file"):  # the broker wants a client cert
         run_verify(url, ca_file=pki.ca_file, seconds=5)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from gateway.sdk import uuid16
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from gateway.sim.bluez_monitor import matches, parse_patterns
 from gateway.sim.bluez_peripheral import advertising_data
-from tests.blelab import bleak_session, disconnect_bus, needs_dbus, virtual_lab
+from tests.blelab import OnAir, bleak_session, disconnect_bus, needs_dbus, virtual_lab
+from tests.harness import until
 
 pytestmark = needs_dbus
 
@@ -123,11 +124,15 @@ def test_rssi_changes_while_advertising_so_bleak_keeps_reporting(bluez: BluezThr
     assert len(asyncio.run(run())) >= 3
 
 
-def test_nothing_is_reported_without_a_discovery(bluez: BluezThread) -> None:
+def test_nothing_is_reported_without_a_discovery(
+    bluez: BluezThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_air = OnAir(bluez, monkeypatch)
+
     async def run() -> object:
         async with bleak_session():
             await bluez.add_peripheral(_strap())
-            await asyncio.sleep(0.2)
+            await on_air.more(4, STRAP)
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
             try:
                 reply = await bus.call(
@@ -189,7 +194,7 @@ def test_client_reads_and_receives_heart_rate_notifications_end_to_end(bluez: Bl
     # Flags 0x10: 8-bit rate with RR intervals; 72 bpm, RR 1024/1024 s and 512/1024 s.
     measurement = bytes([0x10, 72, 0x00, 0x04, 0x00, 0x02])
 
-    async def run() -> tuple[list[str], bytes, list[bytes], float]:
+    async def run() -> tuple[list[str], bytes, list[bytes]]:
         received: list[bytes] = []
         got_two = asyncio.Event()
 
@@ -202,9 +207,7 @@ def test_client_reads_and_receives_heart_rate_notifications_end_to_end(bluez: Bl
             await bluez.add_peripheral(strap)
             device = await BleakScanner.find_device_by_address(STRAP, timeout=5)
             assert device is not None
-            started = time.monotonic()
             async with BleakClient(device, timeout=5) as client:
-                connect_seconds = time.monotonic() - started
                 chars = sorted(c.uuid for s in client.services for c in s.characteristics)
                 location = bytes(await client.read_gatt_char(BODY_SENSOR_LOCATION))
                 await client.start_notify(HR_MEASUREMENT, on_notify)
@@ -214,14 +217,14 @@ def test_client_reads_and_receives_heart_rate_notifications_end_to_end(bluez: Bl
                     await got_two.wait()
                 await client.stop_notify(HR_MEASUREMENT)
             assert not client.is_connected
-        return chars, location, received, connect_seconds
+        return chars, location, received
 
-    chars, location, received, connect_seconds = asyncio.run(run())
+    chars, location, received = asyncio.run(run())
 
     assert chars == sorted([HR_MEASUREMENT, BODY_SENSOR_LOCATION])
     assert location == b"\x01"
     assert received == [measurement, measurement]
-    assert connect_seconds < 2
+    assert strap.connect_calls == 1  # connected at once: no retry, no timeout inside bleak
     decoder = HRS_DRIVER.gatt_decoder({})
     readings = decoder.value(HR_MEASUREMENT, received[0]).readings
     assert [(o.type, o.value) for o in readings[0].observations] == [
@@ -257,6 +260,7 @@ def test_writing_powered_off_over_dbus_drops_links_and_bleak_reports_bluetooth_u
                     await BleakScanner.discover(0.1)
                 if isinstance(caught.value, BleakBluetoothNotAvailableError):
                     return
+                assert isinstance(caught.value, BleakDBusError)
                 assert caught.value.dbus_error == "org.bluez.Error.NotReady"
                 await asyncio.sleep(0.01)
 
@@ -382,6 +386,7 @@ def test_link_loss_fires_disconnected_callback_stops_notifications_and_reconnect
 ) -> None:
     strap = _strap()
     measurement = bytes([0x00, 70])
+    marker = bytes([0x00, 71])
 
     async def run() -> tuple[list[bytes], list[bytes]]:
         before: list[bytes] = []
@@ -409,24 +414,23 @@ def test_link_loss_fires_disconnected_callback_stops_notifications_and_reconnect
                 assert not client.is_connected
                 assert bluez.bluez.link_state(strap) == (False, frozenset())
                 await bluez.notify(strap, HR_MEASUREMENT, measurement)  # dropped: no link
-                await asyncio.sleep(0.2)
-                assert after == []
                 got.clear()
                 # bleak 3.1 keeps the client's own bus open after a link loss until disconnect().
                 await client.disconnect()
                 await client.connect()
                 assert client.is_connected
                 await client.start_notify(HR_MEASUREMENT, on_notify)
-                await bluez.notify(strap, HR_MEASUREMENT, measurement)
-                async with asyncio.timeout(5):
-                    await got.wait()
+                # The marker comes after the dropped value on the same path: once it arrived,
+                # the dropped one would have too.
+                await bluez.notify(strap, HR_MEASUREMENT, marker)
+                await until(lambda: marker in after, timeout=5)
             finally:
                 await client.disconnect()
         return before, after
 
     before, after = asyncio.run(run())
     assert before == [measurement]
-    assert after == [measurement]
+    assert after == [marker]
 
 
 def test_a_vanished_device_is_no_longer_reported_and_cannot_be_connected(
@@ -451,13 +455,15 @@ def test_a_vanished_device_is_no_longer_reported_and_cannot_be_connected(
                     await both.wait()
                 stale = next(d for d in scanner.discovered_devices if d.address == STRAP)
                 await bluez.vanish(strap)
-                await asyncio.sleep(0.1)  # signals already in flight
+                # InterfacesRemoved comes after every report bluetoothd sent for the strap
+                # (one connection, in order): once bleak has it, none is in flight.
+                await until(lambda: STRAP not in {d.address for d in scanner.discovered_devices})
                 mark = len(reports)
-                await asyncio.sleep(0.3)
+                # The scanner itself is still running: the other device is heard again.
+                await until(lambda: reports[mark:].count(NAMELESS) >= 3)
                 later = reports[mark:]
                 assert STRAP not in later
-                assert NAMELESS in later  # the scanner itself is still running
-                assert STRAP not in {d.address for d in scanner.discovered_devices}
+                assert NAMELESS in later
             # bleak knows from InterfacesRemoved that the object is gone and does not even call
             # Connect; a client racing the removal gets UnknownObject, BleakDeviceNotFoundError.
             with pytest.raises(BleakError, match="not found"):
@@ -473,13 +479,6 @@ def test_a_vanished_device_is_no_longer_reported_and_cannot_be_connected(
 def _other() -> VirtualPeripheral:
     """Advertises under another company id than the strap (Apple's), for pattern misses."""
     return VirtualPeripheral(OTHER, "Other", manufacturer_data={0x004C: b"\x02\x15"}, rssi=-70)
-
-
-async def _until(predicate: Callable[[], bool], seconds: float = 5) -> None:
-    """Wait for a condition on what callbacks recorded (several callbacks feed one condition)."""
-    async with asyncio.timeout(seconds):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def _bluez_call(
@@ -611,19 +610,21 @@ def test_bluetoothd_restart_removes_everything_disconnects_clients_and_comes_bac
 
 
 def test_a_scanner_running_across_a_bluetoothd_restart_goes_deaf_and_fails_to_stop(
-    bluez: BluezThread,
+    bluez: BluezThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    on_air = OnAir(bluez, monkeypatch)
+
     async def run() -> tuple[list[str], BleakDBusError]:
         reports: list[str] = []
         async with bleak_session():
             await bluez.add_peripheral(_strap())
             scanner = BleakScanner(lambda device, _adv: reports.append(device.address))
             await scanner.start()
-            await _until(lambda: len(reports) >= 2)
+            await until(lambda: len(reports) >= 2)
             await bluez.restart_daemon()
-            await asyncio.sleep(0.1)  # signals already in flight
+            await on_air.more(2)  # reports sent before the restart are delivered meanwhile
             mark = len(reports)
-            await asyncio.sleep(0.3)
+            await on_air.more(6)
             # bluetoothd forgot the session: nothing is heard and StopDiscovery is refused.
             with pytest.raises(BleakDBusError) as caught:
                 await scanner.stop()
@@ -636,8 +637,10 @@ def test_a_scanner_running_across_a_bluetoothd_restart_goes_deaf_and_fails_to_st
 
 
 def test_a_crashed_bluetoothd_only_loses_its_name_and_bleak_keeps_a_stale_connection(
-    bluez: BluezThread,
+    bluez: BluezThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    on_air = OnAir(bluez, monkeypatch)
+
     # bleak learns of a disconnect only from Connected=False; a crash sends nothing but
     # NameOwnerChanged, so a transport has to watch org.bluez's owner itself.
     async def run() -> tuple[list[tuple[str, list[Any]]], bool, bool, BleakDBusError, bool]:
@@ -662,8 +665,8 @@ def test_a_crashed_bluetoothd_only_loses_its_name_and_bleak_keeps_a_stale_connec
                 await _add_match(watcher, BLUEZ_OWNER_CHANGED)
                 await _add_match(watcher, "type='signal',sender='org.bluez'")
                 await bluez.stop_daemon(graceful=False)
-                await _until(lambda: bool(signals))
-                await asyncio.sleep(0.1)
+                await until(lambda: bool(signals))
+                await on_air.more(4)  # time for any other signal the crash might have sent
                 crash = list(signals)
                 stale = (client.is_connected, lost.is_set())
                 # Nobody answers the Disconnect; bleak still drops the client (and its bus).
@@ -704,8 +707,11 @@ def test_passive_scanner_sees_matching_advertisements_without_any_discovery(
             async with BleakScanner(
                 on_advertisement, scanning_mode="passive", bluez={"or_patterns": [company_0059]}
             ):
-                await _until(lambda: len(seen.get(STRAP, [])) >= 3)
-                await asyncio.sleep(0.2)  # time enough for the other one to be heard
+                await until(lambda: len(seen.get(STRAP, [])) >= 3)
+                # Both advertise at the same interval: with three more from the strap heard,
+                # the other one would have been heard too, were it let through.
+                heard = len(seen[STRAP])
+                await until(lambda: len(seen[STRAP]) >= heard + 3)
         return seen, discovering
 
     seen, discovering = asyncio.run(run())
@@ -717,8 +723,9 @@ def test_passive_scanner_sees_matching_advertisements_without_any_discovery(
 
 
 def test_monitor_protocol_activate_found_once_lost_and_release_of_an_invalid_monitor(
-    bluez: BluezThread,
+    bluez: BluezThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    on_air = OnAir(bluez, monkeypatch)
     # A client written against the BlueZ documentation rather than bleak: it serves its own
     # ObjectManager and answers the calls bluetoothd makes to its monitors.
     strap = _strap()
@@ -761,14 +768,16 @@ def test_monitor_protocol_activate_found_once_lost_and_release_of_an_invalid_mon
             await bluez.add_peripheral(strap)
             await bluez.add_peripheral(_other())
             replies = [(await monitor_call(bus, "RegisterMonitor")).error_name for _ in range(2)]
-            await _until(lambda: any(c[0] == "DeviceFound" for c in calls))
-            await asyncio.sleep(0.2)  # more advertisements: no second DeviceFound, none for OTHER
+            await until(lambda: any(c[0] == "DeviceFound" for c in calls))
+            # More advertisements from both: no second DeviceFound, none for OTHER.
+            await on_air.more(3, STRAP)
+            await on_air.more(3, OTHER)
             paths = sorted(
                 (await _bluez_call(bus, "/", OBJECT_MANAGER, "GetManagedObjects")).body[0]
             )
             discovering = bluez.bluez.discovering
             await bluez.vanish(strap)
-            await _until(lambda: any(c[0] == "DeviceLost" for c in calls))
+            await until(lambda: any(c[0] == "DeviceLost" for c in calls))
             replies += [(await monitor_call(bus, "UnregisterMonitor")).error_name for _ in range(2)]
         finally:
             await disconnect_bus(bus)
@@ -846,12 +855,12 @@ def test_a_changed_advertisement_reaches_a_running_scanner_as_bluetoothd_merges_
             await bluez.add_peripheral(strap)
             await bluez.add_peripheral(nameless)
             async with BleakScanner(on_advertisement):
-                await _until(lambda: set(reports) == {STRAP, NAMELESS})
+                await until(lambda: set(reports) == {STRAP, NAMELESS})
                 await bluez.set_advertisement(
                     strap, name="HR Strap 2", manufacturer_data={0x0059: b"\x09"}
                 )
                 await bluez.set_advertisement(nameless, name="Scale", rssi=-50)
-                await _until(
+                await until(
                     lambda: (
                         last(STRAP).local_name == "HR Strap 2"
                         and last(NAMELESS).local_name == "Scale"
@@ -859,7 +868,7 @@ def test_a_changed_advertisement_reaches_a_running_scanner_as_bluetoothd_merges_
                 )
                 # A key no longer advertised stays in Device1, as bluetoothd keeps it.
                 await bluez.set_advertisement(strap, manufacturer_data={0x00E0: b"\x01"})
-                await _until(lambda: 0x00E0 in last(STRAP).manufacturer_data)
+                await until(lambda: 0x00E0 in last(STRAP).manufacturer_data)
         return reports
 
     reports = asyncio.run(run())
@@ -876,18 +885,20 @@ def test_a_changed_advertisement_reaches_a_running_scanner_as_bluetoothd_merges_
 
 
 def test_a_muted_scanner_keeps_discovering_but_hears_nothing_until_discovery_restarts(
-    bluez: BluezThread,
+    bluez: BluezThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    on_air = OnAir(bluez, monkeypatch)
+
     async def run() -> tuple[list[str], bool, BLEDevice | None]:
         reports: list[str] = []
         async with bleak_session():
             await bluez.add_peripheral(_strap())
             async with BleakScanner(lambda device, _adv: reports.append(device.address)):
-                await _until(lambda: len(reports) >= 2)
+                await until(lambda: len(reports) >= 2)
                 await bluez.mute_scanner()
-                await asyncio.sleep(0.1)  # signals already in flight
+                await on_air.more(2)  # reports sent before the mute are delivered meanwhile
                 mark = len(reports)
-                await asyncio.sleep(0.4)
+                await on_air.more(8)
                 silent = reports[mark:]
                 discovering = bluez.bluez.discovering
             # Leaving the scanner sent StopDiscovery; the next scan's StartDiscovery hears again.

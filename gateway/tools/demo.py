@@ -12,9 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from gateway.hub.config import Config, load_config
 from gateway.hub.identity import HubIdentity
+from gateway.sim.broker import BrokerError, configure, find_mosquitto, free_port
 from gateway.sim.kv_lines import KV_OPTIONS
 from gateway.tools.readout import observation_text
 from gateway.tools.verify import run_verify
@@ -40,48 +38,24 @@ class DemoError(Exception):
     """The demo cannot run; the message says what to install or change."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @contextlib.contextmanager
 def local_broker(workdir: Path, kind: str = "auto") -> Iterator[tuple[str, str, str]]:
     """A broker on a free loopback port: (url, protocol, description)."""
-    port = _free_port()
-    mosquitto = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    mosquitto = find_mosquitto()
     if kind == "mosquitto" and mosquitto is None:
         raise DemoError("mosquitto is not installed; use --broker embedded or auto")
     if mosquitto and kind != "embedded":
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        with (workdir / "mosquitto.log").open("wb") as log:
-            # The machine's own mosquitto, with a config this function just wrote.
-            process = subprocess.Popen(  # noqa: S603
-                [mosquitto, "-c", str(conf)],
-                stdout=log,
-                stderr=log,
-            )
+        broker = configure(workdir, executable=mosquitto)
         try:
-            if not _wait_for_port(port, 10):
-                raise DemoError(f"mosquitto did not start; see {workdir / 'mosquitto.log'}")
-            yield f"mqtt://127.0.0.1:{port}", "5", "mosquitto (this machine's)"
+            broker.start()
+        except BrokerError as exc:
+            raise DemoError(f"mosquitto did not start: {exc}") from exc
+        try:
+            yield broker.url, "5", "mosquitto (this machine's)"
         finally:
-            process.terminate()
-            process.wait(10)
+            broker.stop(timeout=10)
         return
+    port = free_port()
     with _amqtt_broker(port):
         yield f"mqtt://127.0.0.1:{port}", "3.1.1", "amqtt (embedded, MQTT 3.1.1)"
 

@@ -1,5 +1,6 @@
-"""The health GATT profiles (gatt.hts, gatt.wss, gatt.bps, gatt.gls): every recorded fixture
-decodes to exactly its expected readings, and no decode function raises anything but
+"""The health GATT profiles (gatt.hts, gatt.wss, gatt.bps, gatt.gls): each ships at least five
+recorded fixtures (the conformance kit runs them, in tests/test_conformance.py), every declared
+characteristic is known to the decoder, and no decode function raises anything but
 `DecodeError` on arbitrary bytes."""
 
 from __future__ import annotations
@@ -7,22 +8,19 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.drivers import gatt_bps, gatt_gls, gatt_hts, gatt_wss
+from gateway.drivers import gatt_bps, gatt_gls, gatt_gls_context, gatt_hts, gatt_wss
 from gateway.kit.conformance import BUILTIN_FIXTURES
-from gateway.sdk import DecodeError, GattDriver, OptionError, Reading, parse_hex, uuid16
+from gateway.sdk import DecodeError, GattDriver, OptionError, Reading
 
 FIXTURES = BUILTIN_FIXTURES
 DRIVERS: dict[str, GattDriver] = {
     d.info.id: d for d in (gatt_hts.DRIVER, gatt_wss.DRIVER, gatt_bps.DRIVER, gatt_gls.DRIVER)
 }
-CASES = sorted(p for driver_id in DRIVERS for p in (FIXTURES / driver_id).glob("*.json"))
 DECODE_FUNCTIONS: list[Callable[[bytes], Reading]] = [
     gatt_hts.decode_temperature_measurement,
     gatt_hts.decode_intermediate_temperature,
@@ -33,31 +31,15 @@ DECODE_FUNCTIONS: list[Callable[[bytes], Reading]] = [
     gatt_bps.decode_intermediate_cuff_pressure,
     gatt_bps.decode_blood_pressure_feature,
     gatt_gls.decode_glucose_measurement,
-    gatt_gls.decode_measurement_context,
+    gatt_gls_context.decode_measurement_context,
     gatt_gls.decode_glucose_feature,
 ]
-FUZZ = settings(max_examples=500, deadline=1000, database=None)
+FUZZ = settings(max_examples=500, deadline=None, database=None)  # no wall-clock deadline
 
 
 @pytest.mark.parametrize("driver_id", sorted(DRIVERS))
 def test_every_driver_has_fixtures(driver_id: str) -> None:
     assert len(list((FIXTURES / driver_id).glob("*.json"))) >= 5
-
-
-@pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_fixture(path: Path) -> None:
-    case: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    decoder = DRIVERS[path.parent.name].gatt_decoder({})
-    readings: list[object] = []
-    errors: list[Exception] = []
-    for value in case["values"]:
-        result = decoder.value(uuid16(int(value["char"], 16)), parse_hex(value["hex"]))
-        readings += [r.as_dict() for r in result.readings]
-        errors += result.errors
-    # Through JSON, as the platform will see it.
-    assert json.loads(json.dumps(readings, allow_nan=False)) == case["readings"]
-    assert len(errors) == case["errors"], [str(e) for e in errors]
-    assert all(isinstance(e, DecodeError) for e in errors)
 
 
 @pytest.mark.parametrize("driver_id", sorted(DRIVERS))
