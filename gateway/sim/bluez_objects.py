@@ -12,6 +12,7 @@ of the service is `VirtualBluez`'s (`gateway.sim.bluez_service`).
 # and would take a postponed `-> None` for a D-Bus signature.
 import asyncio
 import logging
+import socket
 from typing import Annotated, Any
 
 from dbus_fast import Message, Variant
@@ -72,8 +73,41 @@ class BluezObject(ServiceInterface):
         self.emit_properties_changed(changed, invalidated)
 
 
+class _PatientSocket:
+    """The bus socket as bluetoothd treats it: when its send buffer is full (a burst of
+    notifications), the write waits for the socket to drain. dbus-fast 5.2's writer takes the
+    EAGAIN of its non-blocking send as a broken connection and drops the bus; reporting "nothing
+    written" instead makes it wait for the socket to become writable, as it does for a short
+    write."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: memoryview) -> int:
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+
+    def sendmsg(self, buffers: list[memoryview], ancdata: list[Any]) -> int:
+        try:
+            return self._sock.sendmsg(buffers, ancdata)
+        except BlockingIOError:
+            return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class BluezBus(MessageBus):
     """bluetoothd emits InterfacesAdded/Removed from `/`; dbus-fast would use the object's path."""
+
+    async def connect(self) -> "BluezBus":
+        await super().connect()
+        writer = self._writer
+        if writer is not None and writer.sock is not None:
+            writer.sock = _PatientSocket(writer.sock)  # type: ignore[assignment]
+        return self
 
     # dbus-fast's asyncio bus returns a Future here; its base class declares None.
     def send(self, msg: Message) -> "asyncio.Future[None]":  # type: ignore[override]
