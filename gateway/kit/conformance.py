@@ -82,7 +82,7 @@ def _find(target: str, registry: Registry) -> _Found:
         source = registry.source(target)
         if source == "builtin":
             return _Found(driver, source, BUILTIN_FIXTURES / target)
-        return _Found(driver, source, _fixtures_beside(type(driver).__module__, target))
+        return _Found(driver, source, _fixtures_beside(_defining_module(driver), target))
     module_name, _, attribute = target.partition(":")
     if not re.fullmatch(r"[A-Za-z_][\w.]*", module_name):
         raise ConformanceError(
@@ -106,6 +106,22 @@ def _find(target: str, registry: Registry) -> _Found:
         f"module {module_name}",
         _fixtures_beside(module_name, driver_id if isinstance(driver_id, str) else ""),
     )
+
+
+def _defining_module(driver: object) -> str:
+    """The module a plugin's entry point names for `driver`: its fixtures sit beside it. (The
+    driver's class may live elsewhere: an SDK `GattTableDriver` is declared in the vendor's
+    module but its class is the SDK's.)"""
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group="rtm_gateway.drivers"):
+        try:
+            loaded = entry_point.load()
+        except Exception:  # noqa: S112 - a broken plugin is another driver's problem here
+            continue
+        if loaded is driver:
+            return entry_point.module
+    return type(driver).__module__
 
 
 def _fixtures_beside(module_name: str, driver_id: str) -> Path | None:

@@ -22,24 +22,24 @@ after the known fields belong to a later version of the profile and are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.sdk import (
+    BitNames,
     BleMatch,
     BleSession,
     Characteristic,
     ClockStatus,
     DecodeError,
-    DriverInfo,
+    GattTableDriver,
     Observation,
+    ObservationType,
     Reading,
     StatusValue,
     StoredRecords,
-    TableGattDecoder,
-    bit_names,
     date_time_from,
-    no_options,
+    name_bits,
     sfloat_from,
     uint_from,
 )
@@ -67,16 +67,12 @@ _FIXED_SIZE = 13  # flags, counter, Date Time, role
 MEDICATION_ROLES: Mapping[int, str] = {1: "controller", 2: "rescue", 3: "controller_and_rescue"}
 """Medication role codes; 0 is "unknown" and is left out of a reading's status."""
 
-_FEATURES: tuple[tuple[str, int], ...] = (
-    ("peak_flow_supported", 0x0001),
-    ("inhalation_duration_supported", 0x0002),
-    ("real_time_clock_supported", 0x0004),
-)
-_ROLE_BITS: tuple[tuple[str, int], ...] = (
-    ("role_controller", 0x01),
-    ("role_rescue", 0x02),
-    ("role_controller_and_rescue", 0x04),
-)
+_FEATURES: BitNames = {
+    0: "peak_flow_supported",
+    1: "inhalation_duration_supported",
+    2: "real_time_clock_supported",
+}
+_ROLE_BITS: BitNames = {0: "role_controller", 1: "role_rescue", 2: "role_controller_and_rescue"}
 
 # Record Control Point op codes and result codes.
 REPORT_AFTER = 0x01
@@ -140,7 +136,7 @@ def decode_sensor_features(data: bytes) -> Reading:
     status. Bytes after the first three belong to a later version and are ignored."""
     if len(data) < 3:
         raise DecodeError(f"Sensor Features must be at least 3 bytes, got {len(data)}")
-    status = bit_names(uint_from(data, 0, 2), _FEATURES) | bit_names(data[2], _ROLE_BITS)
+    status = name_bits(uint_from(data, 0, 2), _FEATURES) | name_bits(data[2], _ROLE_BITS)
     return Reading((), bytes(data), status)
 
 
@@ -188,46 +184,35 @@ def transfer_done(value: bytes) -> bool:
 
 # --- the driver ---------------------------------------------------------------------------------
 
-_DECODERS: Mapping[str, Callable[[bytes], Reading]] = {
-    SENSOR_FEATURES: decode_sensor_features,
-    ACTUATION_EVENT: decode_actuation_event,
-}
-
-
-class OpenInhalerDriver:
-    """The open smart-inhaler sensor profile: actuations live and from storage."""
-
-    __slots__ = ()
-
-    info = DriverInfo(
-        id=DRIVER_ID,
-        version="1.0.0",
-        description="Open smart-inhaler sensor profile (rtm-gateway's own): actuations with "
-        "inhalation peak flow and duration, stored events by counter",
-        transport="ble",
-        match=(BleMatch(service_uuid=SERVICE),),
-        service=SERVICE,
-        characteristics=(
-            Characteristic(SENSOR_FEATURES, "inhaler-sensor-features", "read"),
-            Characteristic(ACTUATION_EVENT, "inhaler-actuation-event", "notify"),
-        ),
-        produces=("inhaler_actuation", "inhalation_peak_flow", "inhalation_duration"),
-        sdk_version=(1, 2),
-        category="respiratory",
-        ble_session=BleSession(
-            stored=StoredRecords(
-                control=RECORD_CONTROL_POINT,
-                records=ACTUATION_EVENT,
-                request=request_events,
-                cursor=event_counter,
-                done=transfer_done,
-            )
-        ),
-    )
-
-    def gatt_decoder(self, options: Mapping[str, object]) -> TableGattDecoder:
-        no_options(DRIVER_ID, options)
-        return TableGattDecoder(DRIVER_ID, _DECODERS)
-
-
-DRIVER = OpenInhalerDriver()
+DRIVER = GattTableDriver(
+    id=DRIVER_ID,
+    version="1.0.0",
+    description="Open smart-inhaler sensor profile (rtm-gateway's own): actuations with "
+    "inhalation peak flow and duration, stored events by counter",
+    category="respiratory",
+    match=(BleMatch(service_uuid=SERVICE),),
+    service=SERVICE,
+    characteristics=(
+        Characteristic(SENSOR_FEATURES, "inhaler-sensor-features", "read"),
+        Characteristic(ACTUATION_EVENT, "inhaler-actuation-event", "notify"),
+    ),
+    decoders={SENSOR_FEATURES: decode_sensor_features, ACTUATION_EVENT: decode_actuation_event},
+    # No MDC or LOINC term exists for these: the platform keys on the type names.
+    observation_types=(
+        ObservationType("inhaler_actuation", ACTUATION_UNIT),
+        ObservationType("inhalation_peak_flow", PEAK_FLOW_UNIT),
+        ObservationType("inhalation_duration", DURATION_UNIT),
+    ),
+    sdk_version=(1, 3),
+    ble_session=BleSession(
+        stored=StoredRecords(
+            control=RECORD_CONTROL_POINT,
+            records=ACTUATION_EVENT,
+            request=request_events,
+            cursor=event_counter,
+            done=transfer_done,
+        )
+    ),
+)
+"""The open smart-inhaler sensor profile: actuations live and from storage (SDK 1.3's table
+driver: the declaration is the whole driver)."""

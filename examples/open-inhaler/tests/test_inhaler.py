@@ -76,7 +76,7 @@ def test_the_hub_accepts_the_driver_and_finds_both_entry_points() -> None:
     assert validate_driver(DRIVER) is DRIVER
     assert isinstance(DRIVER, GattDriver)
     info = DRIVER.info
-    assert (info.category, info.sdk_version) == ("respiratory", (1, 2))
+    assert (info.category, info.sdk_version) == ("respiratory", (1, 3))
     assert info.sdk_version <= SDK_VERSION
     assert info.ble_session is not None
     stored = info.ble_session.stored
