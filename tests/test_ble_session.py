@@ -363,6 +363,7 @@ def test_the_device_clock_is_set_only_from_a_synchronised_hub_clock(
 FTMS = uuid16(0x1826)
 FTMS_FEATURE = uuid16(0x2ACC)
 INDOOR_BIKE_DATA = uuid16(0x2AD2)
+MACHINE_STATUS = uuid16(0x2ADA)
 
 
 def test_a_record_cut_by_link_loss_is_kept_marked_incomplete(
@@ -375,6 +376,7 @@ def test_a_record_cut_by_link_loss_is_kept_marked_incomplete(
             FTMS: {
                 FTMS_FEATURE: CharSpec(("read",), bytes(8)),
                 INDOOR_BIKE_DATA: CharSpec(("notify",)),
+                MACHINE_STATUS: CharSpec(("notify",)),
             }
         },
         service_uuids=[FTMS],
@@ -392,7 +394,10 @@ def test_a_record_cut_by_link_loss_is_kept_marked_incomplete(
             await bluez.add_peripheral(bike)
             await r.until(lambda: r.sessions[0].connected)
             await r.stream(bike, INDOOR_BIKE_DATA, [first_half])
-            await asyncio.sleep(0.2)
+            # A marker on the same link: once its reading is stored, the half record has been
+            # decoded too (notifications arrive in order), and it must still be held.
+            await r.stream(bike, MACHINE_STATUS, [bytes([0x01])])
+            await r.until(lambda: any("machine_status" in p["status"] for p in r.readings()))
             assert not [p for p in r.readings() if p["observations"]]  # held: more to come
             await bluez.drop_link(bike)
             await r.until(lambda: any(p["observations"] for p in r.readings()))
