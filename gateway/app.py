@@ -1,6 +1,6 @@
 """The daemon: builds every part from the configuration and runs them in one TaskGroup.
 
-This is one of the two places (with cli.py) that wires concrete things together: the serial
+This is where concrete things are wired together (cli.py only parses and calls): the serial
 transport into the device sessions, the MQTT client into the uplink. It owns start-up (state
 dir, identity, outbox), signals (SIGTERM/SIGINT drain and stop), and systemd notification
 (READY, WATCHDOG from the event loop, STOPPING).
@@ -45,7 +45,7 @@ from gateway.transport.serial import (
 if TYPE_CHECKING:
     from gateway.hub.config import BleConfig
     from gateway.sessions.ble import BleDeviceSession
-    from gateway.sessions.ble_link import Advertisement, Companions, Link
+    from gateway.sessions.ble_ports import Advertisement, Companions, Link
     from gateway.transport.ble.connector import BleConnector
     from gateway.transport.ble.scanner import BleScanner
 
@@ -162,7 +162,7 @@ class BleRadio:
         self.scanner.forget(address)
 
     async def connect(self, advert: Advertisement, name: str) -> Link:
-        from gateway.sessions.ble_link import Unavailable
+        from gateway.sessions.ble_ports import Unavailable
         from gateway.transport.ble.errors import BleConnectError, BleUnavailable
         from gateway.transport.ble.scanner import Advert
 
@@ -366,7 +366,7 @@ def ble_companions() -> Companions:
     level (Battery service) read on each connection and the hub's time written to the Current
     Time service. Wired here so that sessions import no driver."""
     from gateway.drivers import gatt_bas, gatt_cts
-    from gateway.sessions.ble_link import Companions
+    from gateway.sessions.ble_ports import Companions
 
     return Companions(
         battery=gatt_bas.DRIVER, clock=(gatt_cts.CURRENT_TIME, gatt_cts.encode_current_time)

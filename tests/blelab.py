@@ -1,8 +1,9 @@
-"""The virtual Bluetooth lab for the hub's tests, on top of `gateway.sim.lab` (which vendors'
-tests use too): the `bluez` fixture (registered in conftest.py) yields a running `BluezThread`
-with `DBUS_SYSTEM_BUS_ADDRESS` set for the test, so a daemon started from the test sees it;
-`bleak_session()` wraps bleak use in this process; `OnAir` counts the advertisements the virtual
-peripherals send, the marker to wait for before asserting that something was not heard.
+"""The virtual Bluetooth lab for the hub's tests, on top of `gateway.sim.lab` (which
+`gateway.kit.vendor` hands to vendors' tests): the `bluez` fixture (registered in conftest.py)
+yields a running `BluezThread` with `DBUS_SYSTEM_BUS_ADDRESS` set for the test, so a daemon
+started from the test sees it; `bleak_session()` wraps bleak use in this process; `OnAir`
+counts the advertisements the virtual peripherals send, the marker to wait for before asserting
+that something was not heard.
 """
 
 from __future__ import annotations

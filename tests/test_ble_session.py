@@ -452,7 +452,7 @@ def test_a_meter_with_no_records_is_served_live(bluez: BluezThread, tmp_path: Pa
     assert r.events("device-lost") == []
 
 
-def test_sequence_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
+def test_record_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
     from gateway.drivers.gatt_gls import DRIVER, GLUCOSE_MEASUREMENT
     from gateway.sdk import Reading
     from gateway.sessions.records import RecordSync

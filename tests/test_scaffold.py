@@ -350,7 +350,7 @@ def test_the_package_tests_pass_under_pytest(made: dict[str, Generated], kind: s
 def test_the_driver_passes_the_conformance_kit(made: dict[str, Generated], kind: str) -> None:
     package = made[kind]
     with on_path(package):
-        # A generous per-input bound: the kit measures wall-clock time (50 ms by default).
+        # A generous per-input bound: the kit measures CPU time (50 ms by default).
         report = check_driver(
             f"{package.pkg}.driver",
             registry=Registry(entry_points=()),

@@ -19,7 +19,7 @@ from gateway.hub.outbox import Outbox
 from gateway.sdk import DecodeError, FeedResult, Reading
 from gateway.sessions.core import ReadingPath
 from gateway.sessions.records import RecordSync
-from tests.test_pipeline import DEVICE, journal_for, reading
+from tests.test_journal_and_serial_session import DEVICE, journal_for, reading
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from gateway.tools.verifier import Verifier
 from gateway.tools.verify import ConnectError, VerifyError, run_verify
 from gateway.tools.verify_report import VerifyReport
 from tests.conftest import BrokerFactory
-from tests.test_signing import event_body, reading_body
+from tests.test_identity_and_signer import event_body, reading_body
 
 HUB = "hub-0001"
 READINGS = f"rtm/v1/{HUB}/readings"

@@ -126,7 +126,8 @@ class KvLinesDecoder:
         return result
 
     def flush(self) -> FeedResult:
-        """Decode a last line that has no terminator (a one-shot decode), and reset."""
+        """Decode a last line that has no terminator (the end of a stream, or a one-shot decode),
+        and reset."""
         result = FeedResult()
         line = bytes(self._buffer).removesuffix(b"\r")
         if not self._discarding:

@@ -128,7 +128,7 @@ class Signer:
     """Signs payload bodies into the hub's one log of readings and events.
 
     Each `sign` sets v, hub, seq (head + 1) and prev (the head's hash) and advances `head`.
-    Not thread-safe: one pipeline task owns it. To roll back after a failed outbox commit,
+    Not thread-safe: the journal's task owns it. To roll back after a failed outbox commit,
     assign the earlier head back (`signer.head = before`), so the seqs are signed again.
     """
 

@@ -1,5 +1,6 @@
 """Conversations: the writes and stored-record transfers the transport makes for a driver that
-needs more than listening (`GattWrite`, `StoredRecords`, `BleSession`, `SerialSession`). The
+needs more than listening (`GattWrite`, `StoredRecords`, `AfterCommit`, `BleSession`,
+`SerialSession`). The
 driver only declares them, so it stays pure.
 
 Standard library only, no I/O; imported through `gateway.sdk`, never directly by drivers.

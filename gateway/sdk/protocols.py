@@ -1,6 +1,7 @@
 """The driver protocols: how the hub calls a serial driver (`Driver`, `StreamDecoder`) or a BLE
 driver (`GattDriver`, `GattDecoder`), what a decoder returns (`FeedResult`), the optional
-`Flushable`, and two helpers every driver may use (`no_options`, `TableGattDecoder`, `parse_hex`).
+`Flushable`, and three helpers every driver may use (`no_options`, `TableGattDecoder`,
+`parse_hex`).
 
 Standard library only, no I/O; imported through `gateway.sdk`, never directly by drivers.
 """

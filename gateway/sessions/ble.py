@@ -34,7 +34,7 @@ from gateway.hub.journal import Journal
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import OutboxError
 from gateway.sdk import TRACE, GattDecoder, GattDriver, uuid16
-from gateway.sessions.ble_link import (
+from gateway.sessions.ble_ports import (
     NO_COMPANIONS,
     Advertisement,
     Companions,

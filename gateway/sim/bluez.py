@@ -10,8 +10,8 @@ client (`gateway.sim.bluez_daemon`); the D-Bus objects (`gateway.sim.bluez_objec
 (`gateway.sim.bluez_monitor`); the bus comes from `gateway.sim.dbus_bus`. Nothing here imports
 bleak or the gateway.
 
-Modelled on bluetoothd 5.66 (the team's BLE testing notes; Debian's real `bluetoothctl`
-drives it too, see tests/test_bluetoothctl.py):
+Modelled on bluetoothd 5.66 (Debian's real `bluetoothctl` drives it too, see
+tests/test_bluetoothctl.py):
 
 - Discovery sessions per client: a second StartDiscovery from one client is InProgress, a
   StopDiscovery without one is Failed "No discovery started", a client leaving the bus ends its

@@ -1,8 +1,8 @@
 """The one fuzz of every installed driver (built-in and the example vendor packages): arbitrary
 bytes, in arbitrary chunks and orders, with flushes in between, never raise and never hang.
 
-Bad input may only come back as `DecodeError`s inside a `FeedResult`; every reading's wire form
-is valid JSON (no NaN or infinity). A driver is fuzzed with every option set it accepts among
+Bad input may only come back as `DecodeError`s inside a `FeedResult`; every reading's `as_dict()`
+form is valid JSON (no NaN or infinity). A driver is fuzzed with every option set it accepts among
 "no options" and its fixtures' options. The conformance kit's own fuzz (`driver check`) is not
 run over these drivers a second time (tests/test_conformance.py runs the kit with no fuzz
 inputs for them): hypothesis shrinks a failure to its smallest input and checks more.

@@ -103,7 +103,7 @@ def test_fixture(path: Path) -> None:
         (characteristic_uuid(v["char"]), parse_hex(v["hex"])) for v in case["values"]
     )
     # Through JSON, as the platform will see it.
-    assert json.loads(json.dumps([r.wire() for r in readings])) == case["readings"]
+    assert json.loads(json.dumps([r.as_dict() for r in readings])) == case["readings"]
     assert len(errors) == case["errors"], [str(e) for e in errors]
     assert all(isinstance(e, DecodeError) for e in errors)
 
@@ -195,7 +195,7 @@ def test_fuzz_gives_readings_or_decode_errors_and_never_raises() -> None:
         assert all(isinstance(e, DecodeError) for e in result.errors), data.hex()
         assert len(result.readings) + len(result.errors) == 1
         for reading in result.readings:
-            json.dumps(reading.wire(), allow_nan=False)  # finite numbers only
+            json.dumps(reading.as_dict(), allow_nan=False)  # finite numbers only
             if uuid == ACTUATION_EVENT:
                 assert isinstance(event_counter(reading), int)
         outcomes["readings"] += len(result.readings)
