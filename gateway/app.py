@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,12 +71,14 @@ class HubState:
 def open_state(state_dir: Path, outbox_path: Path, max_rows: int) -> HubState:
     """Create the state dir if needed, load (or create) the identity and open the outbox."""
     try:
-        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StartupError(
             f"cannot create the state dir {state_dir}: {exc.strerror}; "
             "create it and make it writable by the hub's user"
         ) from exc
+    for folder in dict.fromkeys((state_dir, outbox_path.parent)):
+        _make_private(folder)
     try:
         identity = HubIdentity.load_or_create(state_dir)
     except IdentityError as exc:
@@ -90,6 +93,20 @@ def open_state(state_dir: Path, outbox_path: Path, max_rows: int) -> HubState:
     except OutboxError as exc:
         raise StartupError(str(exc)) from exc
     return HubState(identity, outbox)
+
+
+def _make_private(folder: Path) -> None:
+    """Readings and the key are the patient's and the hub's: whatever the umask or how the folder
+    was made, only the service user may enter it."""
+    try:
+        mode = folder.stat().st_mode
+        if mode & 0o077 and folder.stat().st_uid == os.getuid():
+            folder.chmod(mode & 0o700)
+            log.info("%s was open to other users; it is now private to the hub's user", folder)
+    except OSError as exc:
+        log.warning(
+            "cannot make %s private to the hub's user (%s); chmod 700 it", folder, exc.strerror
+        )
 
 
 class _SerialStream:

@@ -146,3 +146,14 @@ def test_the_hub_scanner_sees_a_changed_advertisement(bluez: BluezThread) -> Non
     data, name = asyncio.run(run())
     assert data == {0x0059: b"\x02\x03"}
     assert name == "Scale 2"
+
+
+def test_a_name_with_terminal_escapes_is_printed_harmless() -> None:
+    from gateway.tools.scan import ScanRow, render
+
+    hostile = "\x1b[2J\x07Oxi"
+    row = ScanRow("C0:FF:EE:00:00:09", hostile, -50, None, None, ())
+    text = render([row])
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "Oxi" in text

@@ -136,6 +136,8 @@ def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         ),
         (("max_connections = 3", "max_connections = 0"), "ble.max_connections", ""),
         (("max_connections = 3", 'adapter = "bt0"'), "ble.adapter", "hci0"),
+        (("mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:0"), "mqtt.url", "port 0"),
+        (('topic_prefix = "rtm/v1"', "batch_size = 1000\nwindow = 1000"), "mqtt.window", "100,000"),
     ],
 )
 def test_mistakes_exit_2_naming_the_key(
@@ -162,6 +164,16 @@ def test_bad_toml_and_missing_file_exit_2(
     assert "not valid TOML" in capsys.readouterr().err
     assert main(["check-config", "-c", str(tmp_path / "nope.toml")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_values_nested_too_deeply_exit_2_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, GOOD + "deep = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert main(["check-config", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err
+    assert "Traceback" not in err
 
 
 def test_run_with_a_bad_config_exits_2_before_touching_anything(

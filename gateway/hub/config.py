@@ -32,6 +32,11 @@ _ADAPTER = re.compile(r"^hci[0-9]{1,3}$")
 _TRANSPORT_KEYS = ("port", "usb", "address", "serial")
 
 
+MAX_IN_FLIGHT = 100_000
+"""The most entries the uplink may lease at once (`batch_size` x `window`): about 100 MB of
+signed entries in memory at the most."""
+
+
 @dataclass(frozen=True, slots=True)
 class HubConfig:
     id: str
@@ -149,6 +154,8 @@ def load_config(path: Path | str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(file, "", "not valid TOML: values nested too deeply") from exc
     return parse_config(data, file)
 
 
@@ -247,6 +254,15 @@ def _mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
     username = table.optional_str("username")
     if password is not None and username is None:
         raise table.error("username", "password_file is set but username is missing")
+    batch_size = table.integer("batch_size", 100, 1, 10_000)
+    window = table.integer("window", 32, 1, 1000)
+    if batch_size * window > MAX_IN_FLIGHT:
+        # The uplink leases batch_size x window entries at once: bound what it holds in memory.
+        raise table.error(
+            "window",
+            f"batch_size x window is {batch_size * window:,}; at most {MAX_IN_FLIGHT:,} "
+            "entries may be in flight (lower one of them)",
+        )
     return MqttConfig(
         url=url,
         host=parts.host,
@@ -266,8 +282,8 @@ def _mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
         password=password,
         client_id=table.optional_str("client_id") or f"rtm-gateway-{hub_id}",
         keepalive=table.integer("keepalive", 60, 5, 3600),
-        batch_size=table.integer("batch_size", 100, 1, 10_000),
-        window=table.integer("window", 32, 1, 1000),
+        batch_size=batch_size,
+        window=window,
         reconnect_max=table.number("reconnect_max", 60.0, 0.1, 3600.0),
     )
 

@@ -184,7 +184,7 @@ def take_lock(path: Path) -> int:
     lock = lock_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except FileExistsError as exc:  # mkdir found a file where the directory should be
         raise OutboxNotWritableError(
             f"cannot create the outbox {path}: {path.parent} is not a directory. Move that file "

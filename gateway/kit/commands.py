@@ -81,8 +81,9 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.inputs < 1:
         return _fail("--inputs must be at least 1", EXIT_CONFIG)
-    # As `python -m` would: a package being written here is importable by module name.
-    sys.path.insert(0, str(Path.cwd()))
+    # A package being written here is importable by module name; appended, so a module in the
+    # working directory never shadows an installed one.
+    sys.path.append(str(Path.cwd()))
     if not args.json:
         print(f"checking {args.target} ...", file=sys.stderr)
     try:

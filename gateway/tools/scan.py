@@ -114,7 +114,13 @@ def render(rows: Sequence[ScanRow]) -> str:
     lines = [f"{'ADDRESS':17}  {'RSSI':>4}  {'NAME':20}  {'DRIVER':{width}}  PAIRED"]
     for row in rows:
         lines.append(
-            f"{row.address:17}  {row.rssi:>4}  {(row.name or '(no name)')[:20]:20}  "
+            f"{row.address:17}  {row.rssi:>4}  {printable(row.name or '(no name)')[:20]:20}  "
             f"{row.driver or '-':{width}}  {row.paired or 'no'}"
         )
     return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """A name a nearby device chose, safe for a terminal: control characters (escape sequences
+    that could rewrite the technician's screen) become U+FFFD."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)

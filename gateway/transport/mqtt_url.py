@@ -32,6 +32,8 @@ def parse_mqtt_url(url: str) -> MqttUrl:
         port = parts.port
     except ValueError as exc:
         raise ValueError(f"{url!r} has an invalid port") from exc
+    if port == 0:
+        raise ValueError(f"{url!r} has port 0, which no broker listens on")
     tls = parts.scheme == "mqtts"
     return MqttUrl(
         parts.hostname,
