@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.hub.clock import clock_state
-from gateway.hub.config import Config, DeviceConfig
+from gateway.hub.config import Config, DeviceConfig, is_loopback
 from gateway.hub.identity import HubIdentity, IdentityError
 from gateway.hub.journal import Journal
 from gateway.hub.outbox import Outbox
@@ -295,6 +295,13 @@ class Hub:
             state.outbox.depth(),
             last_seq,
         )
+        mqtt = config.mqtt
+        if not mqtt.tls and not is_loopback(mqtt.host):
+            log.warning(
+                "mqtt: readings go to %s unencrypted (allow_plaintext = true); use mqtts:// "
+                "unless this network is trusted end to end",
+                mqtt.host,
+            )
         async with asyncio.TaskGroup() as group:
             journal_task = group.create_task(journal.run(), name="journal")
             uplink_task = group.create_task(uplink.run(), name="uplink")

@@ -85,6 +85,7 @@ def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
     example = (Path(__file__).parent.parent / "config" / "example.toml").read_text()
     for name in ("ca.pem", "hub.pem", "hub.key"):
         (tmp_path / name).write_text("placeholder")
+    (tmp_path / "hub.key").chmod(0o600)  # a secret: the owner's alone, or check-config refuses it
     config = write(tmp_path, example.replace("/etc/rtm-gateway/", f"{tmp_path}/"))
     assert main(["check-config", "-c", str(config)]) == 0, capsys.readouterr().err
     loaded = load_config(config)
@@ -137,6 +138,18 @@ def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (("max_connections = 3", "max_connections = 0"), "ble.max_connections", ""),
         (("max_connections = 3", 'adapter = "bt0"'), "ble.adapter", "hci0"),
         (("mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:0"), "mqtt.url", "port 0"),
+        (("mqtt://127.0.0.1:1883", "mqtt://broker.example.org:1883"), "mqtt.url", "unencrypted"),
+        (
+            ("mqtt://127.0.0.1:1883", "mqtt://hub:secret@127.0.0.1:1883"),
+            "mqtt.url",
+            "password_file",
+        ),
+        (("mqtt://127.0.0.1:1883", "mqtts://broker.example.org:8883"), "mqtt.ca_file", '"system"'),
+        (
+            ('topic_prefix = "rtm/v1"', "allow_plaintext = 1"),
+            "mqtt.allow_plaintext",
+            "true or false",
+        ),
         (('topic_prefix = "rtm/v1"', "batch_size = 1000\nwindow = 1000"), "mqtt.window", "100,000"),
     ],
 )
@@ -188,3 +201,43 @@ def test_run_with_a_bad_config_exits_2_before_touching_anything(
 def test_good_config_checks_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "-c", str(write(tmp_path, GOOD))]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def test_plaintext_elsewhere_and_public_cas_only_when_asked(tmp_path: Path) -> None:
+    remote = GOOD.replace("mqtt://127.0.0.1:1883", "mqtt://broker.example.org:1883")
+    allowed = load_config(
+        write(tmp_path, remote.replace("[mqtt]", "[mqtt]\nallow_plaintext = true"))
+    )
+    assert (allowed.mqtt.tls, allowed.mqtt.allow_plaintext) == (False, True)
+    public = GOOD.replace("mqtt://127.0.0.1:1883", "mqtts://broker.example.org:8883").replace(
+        "[mqtt]", '[mqtt]\nca_file = "system"'
+    )
+    loaded = load_config(write(tmp_path, public))
+    assert (loaded.mqtt.tls, loaded.mqtt.ca_file) == (True, None)
+
+
+@pytest.mark.parametrize("key", ["key_file", "password_file"])
+def test_a_secret_file_others_can_read_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    secret.chmod(0o644)
+    cert = tmp_path / "hub.pem"
+    cert.write_text("not checked here")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    extra = {
+        "key_file": f'ca_file = "{ca}"\ncert_file = "{cert}"\nkey_file = "{secret}"',
+        "password_file": f'username = "hub"\npassword_file = "{secret}"',
+    }[key]
+    url = "mqtts://broker.example.org:8883" if key == "key_file" else "mqtt://127.0.0.1:1883"
+    text = GOOD.replace("mqtt://127.0.0.1:1883", url).replace("[mqtt]", f"[mqtt]\n{extra}")
+    config = write(tmp_path, text)
+    assert main(["check-config", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"mqtt.{key}:" in err
+    assert "chmod 600" in err
+    assert "s3cret" not in err
+    secret.chmod(0o600)
+    assert main(["check-config", "-c", str(config)]) == 0

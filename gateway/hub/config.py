@@ -11,6 +11,7 @@ and `check_driver_options`. Reading typed values out of a TOML table, and `Confi
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -65,6 +66,18 @@ class MqttConfig:
     batch_size: int = 100
     window: int = 32
     reconnect_max: float = 60.0
+    allow_plaintext: bool = False
+    """mqtt:// to a host that is not this machine was allowed explicitly (warned at start)."""
+
+
+def is_loopback(host: str) -> bool:
+    """This machine: plaintext to it never crosses a network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +236,7 @@ def _mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
             "batch_size",
             "window",
             "reconnect_max",
+            "allow_plaintext",
         }
     )
     url = table.text("url", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
@@ -230,21 +244,41 @@ def _mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
         parts = parse_mqtt_url(url)
     except ValueError as exc:
         raise table.error("url", f"{exc}; expected mqtt://HOST:PORT or mqtts://HOST:PORT") from exc
+    if parts.username is not None or parts.password is not None:
+        raise table.error(
+            "url",
+            "credentials in the URL are not used (and would be shown wherever the URL is); "
+            "put the user in username and the password in a password_file",
+        )
     tls = parts.tls
+    allow_plaintext = table.boolean("allow_plaintext", False)
+    if not tls and not allow_plaintext and not is_loopback(parts.host):
+        raise table.error(
+            "url",
+            f"mqtt:// would send the patient's readings (and any password) to {parts.host} "
+            "unencrypted; use mqtts://, or set allow_plaintext = true for a network you trust",
+        )
     protocol = table.text("protocol", "5")
     if protocol not in {"5", "3.1.1"}:
         raise table.error("protocol", f'{protocol!r} is not supported; expected "5" or "3.1.1"')
     cert_file = table.file_path("cert_file", base)
-    key_file = table.file_path("key_file", base)
+    key_file = table.private_file("key_file", base)
     if (cert_file is None) != (key_file is None):
         raise table.error(
             "key_file" if key_file is None else "cert_file",
             "mutual TLS needs both cert_file and key_file",
         )
-    ca_file = table.file_path("ca_file", base)
-    if not tls and (ca_file or cert_file):
+    system_ca = table.optional_str("ca_file") == "system"
+    ca_file = None if system_ca else table.file_path("ca_file", base)
+    if not tls and (ca_file or system_ca or cert_file):
         raise table.error("url", "ca_file/cert_file are set but the url is not mqtts://")
-    password_path = table.file_path("password_file", base)
+    if tls and ca_file is None and not system_ca:
+        raise table.error(
+            "ca_file",
+            "mqtts:// needs the CA that signed the broker's certificate (a PEM file), or "
+            '"system" to trust every public CA this machine trusts',
+        )
+    password_path = table.private_file("password_file", base)
     password = None
     if password_path is not None:
         try:
@@ -264,6 +298,7 @@ def _mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
             "entries may be in flight (lower one of them)",
         )
     return MqttConfig(
+        allow_plaintext=allow_plaintext,
         url=url,
         host=parts.host,
         port=parts.port,

@@ -9,6 +9,7 @@ section or key (that is `gateway.hub.config`).
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -83,6 +84,28 @@ class ConfigTable:
         if not low <= value <= high:
             raise self.error(key, f"{value} is out of range; expected {low}..{high}")
         return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {kind_of(value)}")
+        return value
+
+    def private_file(self, key: str, base: Path) -> Path | None:
+        """A file holding a secret (a TLS key, a password): it must exist and be readable by
+        its owner alone, as the hub's identity key must."""
+        path = self.file_path(key, base)
+        if path is None:
+            return None
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise self.error(
+                key,
+                f"{path} is accessible to group or others ({stat.filemode(mode)}); anyone who "
+                f"can read it can act as this hub. Run 'chmod 600 {path}' (and replace the "
+                "secret if it may have been copied)",
+            )
+        return path
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
         value = self.data.get(key, default)

@@ -82,6 +82,9 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    # The owner's alone, as the hub requires of its key_file (mosquitto runs as the same user).
+    path.touch(mode=0o600)
+    path.chmod(0o600)
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,

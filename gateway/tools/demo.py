@@ -224,6 +224,12 @@ summary_interval = 0.5
     return "".join(blocks)
 
 
+def _transport_line(url: str) -> str:
+    """The demo goes where `--url` says: the public CAs for mqtts://, and plain MQTT allowed
+    (the hub warns when it is not this machine)."""
+    return 'ca_file = "system"' if url.startswith("mqtts://") else "allow_plaintext = true"
+
+
 def _demo_config(
     workdir: Path,
     url: str,
@@ -243,6 +249,7 @@ state_dir = "{workdir / "state"}"
 url = "{url}"
 protocol = "{protocol}"
 reconnect_max = 2.0
+{_transport_line(url)}
 
 [log]
 level = "WARNING"
