@@ -157,3 +157,54 @@ def test_a_name_with_terminal_escapes_is_printed_harmless() -> None:
     assert "\x1b" not in text
     assert "\x07" not in text
     assert "Oxi" in text
+
+
+def test_an_advertisement_flood_costs_bounded_memory_and_one_check_per_advert() -> None:
+    """F-ADVERT: 50,000 random-address advertisements while a session waits for its device."""
+    import tracemalloc
+
+    from bleak.backends.device import BLEDevice
+    from bleak.backends.scanner import AdvertisementData
+
+    from gateway.transport.ble.scanner import MAX_ADVERTS, Advert, BleScanner
+
+    def advert(address: str) -> tuple[BLEDevice, AdvertisementData]:
+        data = AdvertisementData(
+            local_name=None,
+            manufacturer_data={0x004C: bytes(20)},
+            service_data={},
+            service_uuids=[uuid16(0x180D)],
+            tx_power=None,
+            rssi=-70,
+            platform_data=(),
+        )
+        return BLEDevice(address, None, None), data
+
+    wanted = "C0:FF:EE:00:00:42"
+    checks = 0
+
+    def is_mine(candidate: Advert) -> bool:
+        nonlocal checks
+        checks += 1
+        return candidate.address == wanted
+
+    async def flood() -> tuple[Advert, int, int]:
+        scanner = BleScanner()
+        waiting = asyncio.create_task(scanner.wait_for(is_mine, timeout=30))
+        await asyncio.sleep(0)  # the session is now waiting
+        tracemalloc.start()
+        for n in range(50_000):
+            scanner._on_advertisement(
+                *advert(f"7A:{n >> 16 & 255:02X}:{n >> 8 & 255:02X}:{n & 255:02X}:00:01")
+            )
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert not waiting.done()
+        scanner._on_advertisement(*advert(wanted))
+        return await waiting, len(scanner.adverts), peak
+
+    found, remembered, peak = asyncio.run(flood())
+    assert found.address == wanted
+    assert remembered == MAX_ADVERTS
+    assert checks == 50_001  # one predicate call per advertisement, not one per device kept
+    assert peak < 10_000_000, f"{peak / 1e6:.1f} MB traced during the flood"

@@ -3,12 +3,14 @@
 What lives here: `BleScanner` and `Advert`. There is one scanner per adapter (parallel scanners
 make BlueZ answer InProgress). It scans passively when BlueZ offers advertisement monitors
 (`bluetoothd --experimental`), actively otherwise, with a short active window now and then for
-the scan responses passive scanning never hears. It keeps the last advertisement of every device
-it hears, wakes whoever waits for one, and runs a watchdog: no advertisement for `watchdog`
-seconds restarts the scan (every third restart power-cycles the adapter first), and when the air
-is quiet it asks BlueZ whether the adapter is still powered and discovering, so a power cut or a
-bluetoothd restart is caught in seconds. An adapter that is off or missing is retried with
-backoff and named in the log. What may not: connecting (that is `connector`).
+the scan responses passive scanning never hears. It keeps the last advertisement of the devices
+it heard most recently (at most `max_adverts`, so a flood of random addresses costs bounded
+memory), hands each new one to whoever waits for one like it, and runs a watchdog: no
+advertisement for `watchdog` seconds restarts the scan (every third restart power-cycles the
+adapter first), and when the air is quiet it asks BlueZ whether the adapter is still powered and
+discovering, so a power cut or a bluetoothd restart is caught in seconds. An adapter that is off
+or missing is retried with backoff and named in the log. What may not: connecting (that is
+`connector`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -39,6 +42,9 @@ _PASSIVE_PATTERNS: list[OrPatternLike] = [
     OrPattern(0, AdvertisementDataType.FLAGS, bytes((flags,))) for flags in (0x02, 0x06, 0x1A, 0x05)
 ]
 _RESTART_BACKOFF_MAX = 10.0
+MAX_ADVERTS = 2000
+"""Devices remembered at once. A radio sending random addresses would otherwise grow the store
+by ~1 KB an address for as long as they are kept; the oldest heard goes first."""
 
 
 @dataclass(slots=True)
@@ -81,6 +87,7 @@ class BleScanner:
         expire: float = 600.0,
         active_every: float = 300.0,
         active_window: float = 10.0,
+        max_adverts: int = MAX_ADVERTS,
     ) -> None:
         self.adapter = adapter
         self.passive = passive
@@ -91,14 +98,16 @@ class BleScanner:
         self._last_window = -float("inf")
         self.watchdog = watchdog
         self.expire = expire
-        self.adverts: dict[str, Advert] = {}
+        self.max_adverts = max_adverts
+        self.adverts: OrderedDict[str, Advert] = OrderedDict()
+        """By address, the least recently heard first."""
         self.restarts = 0
         self.scanning = False
         self.mode: str | None = None
         """"passive" or "active" once a scan has started; None before."""
         self.last_error: str | None = None
         self._last_heard = time.monotonic()
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._waiters: dict[asyncio.Future[Advert], Callable[[Advert], bool]] = {}
         self._restart = asyncio.Event()
         self.watch = BluezWatch()
         self.watch.listen(self._restart.set)
@@ -106,33 +115,41 @@ class BleScanner:
 
     def _on_advertisement(self, device: BLEDevice, data: AdvertisementData) -> None:
         advert = _advert(device, data)
-        self.adverts[advert.address] = advert
+        adverts = self.adverts
+        adverts.pop(advert.address, None)
+        adverts[advert.address] = advert  # the most recently heard last
+        while len(adverts) > self.max_adverts:
+            adverts.popitem(last=False)
         self._last_heard = advert.seen
-        # Wake the waiters (if any) to re-check their predicate. Most adverts come while nobody
-        # waits (devices connected, neighbours): then this costs a dict store and nothing else.
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        # Only the new advertisement can satisfy a waiter that the stored ones did not: check it
+        # alone, so a flood costs each waiter one predicate call per advertisement, not one per
+        # device remembered. Most adverts come while nobody waits: then this loop is empty.
+        for waiter, predicate in self._waiters.items():
+            if waiter.done():
+                continue
+            try:
+                if predicate(advert):
+                    waiter.set_result(advert)
+            except Exception as exc:  # the waiter's bug is the waiter's, not bleak's callback's
+                waiter.set_exception(exc)
 
     async def wait_for(
         self, predicate: Callable[[Advert], bool], timeout: float | None = None
     ) -> Advert:
         """The newest advertisement for which `predicate` holds; waits for one to come."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            while True:
-                now = time.monotonic()
-                found = [
-                    a for a in self.adverts.values() if now - a.seen < self.expire and predicate(a)
-                ]
-                if found:
-                    return max(found, key=lambda a: a.seen)
-                waiter: asyncio.Future[None] = loop.create_future()
-                self._waiters.add(waiter)
-                try:
-                    await waiter
-                finally:
-                    self._waiters.discard(waiter)
+        now = time.monotonic()
+        for advert in reversed(self.adverts.values()):  # the newest first
+            if now - advert.seen >= self.expire:
+                break  # all older ones expired too
+            if predicate(advert):
+                return advert
+        waiter: asyncio.Future[Advert] = asyncio.get_running_loop().create_future()
+        self._waiters[waiter] = predicate
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        finally:
+            self._waiters.pop(waiter, None)
 
     def forget(self, address: str) -> None:
         """Drop what is known of a device (it vanished, or its address rotated)."""
