@@ -364,6 +364,7 @@ FTMS = uuid16(0x1826)
 FTMS_FEATURE = uuid16(0x2ACC)
 INDOOR_BIKE_DATA = uuid16(0x2AD2)
 MACHINE_STATUS = uuid16(0x2ADA)
+RACP = uuid16(0x2A52)
 
 
 def test_a_record_cut_by_link_loss_is_kept_marked_incomplete(
@@ -431,6 +432,51 @@ def test_a_stalled_transfer_is_aborted_and_resumed_on_the_next_connection(
 
     r = asyncio.run(run())
     assert _records(r, "glucose") == [1, 2, 3, 4]
+
+
+def test_a_transfer_past_its_record_budget_is_ended_and_the_rest_comes_next_time(
+    bluez: BluezThread, tmp_path: Path
+) -> None:
+    """F-RACPQ: a device that keeps sending records cannot hold a transfer open for ever."""
+    meter = GlucoseMeter(address="C0:FF:EE:60:00:04", records=60, record_interval=0.02, seed=6)
+    device = DeviceConfig("glucose", "gatt.gls", "pt-1", address=meter.peripheral.address)
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            r.sessions[0]._transfer_budget = (600.0, 20)  # a small budget for the test
+            start_device(bluez, meter, rate=0.001)
+            await r.until(lambda: bytes((0x03, 0x00)) in meter.racp_requests)  # ended
+            assert 20 < len(_records(r, "glucose")) < 60
+            assert r.sessions[0].connected  # the link stays up; live values still flow
+            meter.record_interval = 0.0
+            r.sessions[0]._transfer_budget = (600.0, 1000)
+            await bluez.drop_link(meter.peripheral)
+            await r.until(lambda: len(_records(r, "glucose")) == 60)
+            await asyncio.wrap_future(stop_device(bluez, meter))
+            return r
+
+    r = asyncio.run(run())
+    assert _records(r, "glucose") == list(range(1, 61))  # none lost, none twice
+
+
+def test_control_point_values_queue_only_while_asked_and_never_past_the_bound() -> None:
+    """F-RACPQ: indications nobody asked for are not kept; a flood while a request waits keeps
+    the newest 64."""
+    from gateway.sessions.ble import MAX_QUEUED_ANSWERS, BleDeviceSession
+
+    session = BleDeviceSession.__new__(BleDeviceSession)  # only the answer queue is exercised
+    session.device = DeviceConfig("glucose", "gatt.gls", "pt-1", address="C0:FF:EE:60:00:05")
+    session._answers = asyncio.Queue(MAX_QUEUED_ANSWERS)
+    session._asking = False
+    for n in range(10_000):
+        session._on_answer(RACP, n.to_bytes(4, "little"))
+    assert session._answers.qsize() == 0
+    session._asking = True
+    for n in range(200_000):
+        session._on_answer(RACP, n.to_bytes(4, "little"))
+    assert session._answers.qsize() == MAX_QUEUED_ANSWERS
+    newest = [session._answers.get_nowait()[1] for _ in range(MAX_QUEUED_ANSWERS)]
+    assert newest[-1] == (199_999).to_bytes(4, "little")
 
 
 def test_a_meter_with_no_records_is_served_live(bluez: BluezThread, tmp_path: Path) -> None:

@@ -52,6 +52,10 @@ SERIAL_NUMBER = uuid16(0x2A25)
 MODEL_NUMBER = uuid16(0x2A24)
 RECORD_TIMEOUT = 30.0
 """Seconds a transfer may go without a record or an answer before the hub gives up on it."""
+TRANSFER_BUDGET = (600.0, 10_000)
+"""Seconds and records one transfer may take in all (the idle timeout restarts with each)."""
+MAX_QUEUED_ANSWERS = 64
+"""Control-point values kept while a request waits; past that the oldest go."""
 
 
 # --- the session ----------------------------------------------------------------------------------
@@ -72,6 +76,7 @@ class BleDeviceSession:
         claims: Callable[[Advertisement], bool] | None = None,
         clock: Callable[[], HubClock] = clock_state,
         record_timeout: float = RECORD_TIMEOUT,
+        transfer_budget: tuple[float, int] = TRANSFER_BUDGET,
         max_backoff: float = 30.0,
     ) -> None:
         self.device = device
@@ -83,15 +88,13 @@ class BleDeviceSession:
         self._claims = claims or (lambda _advert: True)
         self._clock = clock
         self._record_timeout = record_timeout
+        self._transfer_budget = transfer_budget
         self._max_backoff = max_backoff
-        identity = {
-            "id": device.id,
-            "driver": driver.info.id,
-            "driver_version": driver.info.version,
-        }
+        info = driver.info
+        identity = {"id": device.id, "driver": info.id, "driver_version": info.version}
         self._path: ReadingPath[GattDecoder] = ReadingPath(
             device,
-            driver.info.id,
+            info.id,
             lambda: driver.gatt_decoder(device.options),
             journal,
             identity,
@@ -103,7 +106,7 @@ class BleDeviceSession:
         self._rejected: dict[str, float] = {}  # address -> until when (serial did not match)
         self._sync: RecordSync | None = None
         self._committing: list[asyncio.Future[bool]] = []
-        self._answers: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._answers: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MAX_QUEUED_ANSWERS)
         self._asking = False  # a request waits for its answer: only then are values queued
         self._transfer_activity = 0.0
         self.connected = False
@@ -316,14 +319,19 @@ class BleDeviceSession:
     def _on_answer(self, uuid: str, data: bytes) -> None:
         log.log(TRACE, "device %s: %s = %s", self.device.id, uuid, data.hex())
         if self._asking:
-            self._answers.put_nowait((uuid.lower(), data))
+            self._queue_answer(uuid.lower(), data)
+
+    def _queue_answer(self, uuid: str, data: bytes) -> None:
+        if self._answers.full():
+            self._answers.get_nowait()  # the oldest: a flood must not grow the queue
+        self._answers.put_nowait((uuid, data))
 
     def _on_value(self, uuid: str, data: bytes) -> None:
         log.log(TRACE, "device %s: %s = %s", self.device.id, uuid, data.hex())
         key = uuid.lower()
         sync = self._sync
         if self._asking and sync is not None and key in sync.done_on:
-            self._answers.put_nowait((key, data))
+            self._queue_answer(key, data)
         if sync is None or key not in sync.records:
             value = methodcaller("value", uuid, data)
             self._path.feed(value, key if key in self._streams else None)
@@ -412,9 +420,13 @@ class BleDeviceSession:
         # other kind for it).
         response = link.has(control, "write") or not link.has(control, "write-without-response")
         self._asking = True
+        seconds, records = self._transfer_budget
+        ends = time.monotonic() + seconds
         try:
             await self._call(link.write(control, data, response=response), link)
             while (left := self._transfer_activity + self._record_timeout - time.monotonic()) > 0:
+                if time.monotonic() > ends or sync.arrived > records:
+                    break
                 try:
                     async with asyncio.timeout(min(left, 1.0)):
                         uuid, answer = await self._answers.get()
@@ -426,11 +438,11 @@ class BleDeviceSession:
                     return answer
         finally:
             self._asking = False
+        limit = f"{seconds:.0f} s, {records} records" if left > 0 else "its idle timeout"
         log.warning(
-            "device %s: no answer to a stored-record request for %.1f s; "
-            "giving up on it (the rest comes on the next connection)",
+            "device %s: stored-record transfer past %s; the rest comes next time",
             self.device.id,
-            self._record_timeout,
+            limit,
         )
         if sync.abort is not None:
             with contextlib.suppress(DeviceUnavailable):
