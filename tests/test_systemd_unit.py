@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,11 @@ REQUIRED = [
     "NoNewPrivileges=yes",
     "PrivateTmp=yes",
     "SystemCallFilter=adjtimex",
+    "RestartPreventExitStatus=2",  # a refused config is not fixed by restarting
+    "UMask=0077",
+    "LimitCORE=0",  # a core dump would hold the signing key
+    "SystemCallErrorNumber=EPERM",
+    "ProtectProc=invisible",
 ]
 
 
@@ -51,3 +57,19 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     # The check can fail: a misspelt directive is reported.
     broken = UNIT.read_text().replace("NoNewPrivileges=yes", "NoNewPrivilege=yes")
     assert "NoNewPrivilege" in _verify(broken, tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemds_exposure_score_stays_below_the_reviewed_2_3(tmp_path: Path) -> None:
+    unit = tmp_path / "rtm-gateway.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/rtm-gateway", "/usr/bin/true"))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout[-500:] + result.stderr[-500:]
+    assert float(found.group(1)) <= 2.0
