@@ -23,6 +23,7 @@ from gateway.hub.clock import clock_state
 from gateway.hub.config import Config, DeviceConfig, is_loopback
 from gateway.hub.identity import HubIdentity, IdentityError
 from gateway.hub.journal import Journal
+from gateway.hub.machine import Binding, MachineMovedError, bind_state_dir, boot_id
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import OutboxError
 from gateway.hub.registry import AnyDriver, Registry
@@ -54,22 +55,32 @@ log = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
-    """The hub cannot start: the message names the cause and what to do."""
+    """The hub cannot start: the message names the cause and what to do. `exit_status` 2 is
+    a state a person must resolve (systemd does not restart on it)."""
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
-def run_hub(config: Config, registry: Registry | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT. Returns the process exit status."""
-    return asyncio.run(Hub(config, registry=registry).run())
+def run_hub(config: Config, registry: Registry | None = None, *, moved: bool = False) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Returns the process exit status. `moved`: the state
+    dir was moved to this machine deliberately (see `gateway.hub.machine`)."""
+    return asyncio.run(Hub(config, registry=registry, moved=moved).run())
 
 
 @dataclass(frozen=True, slots=True)
 class HubState:
     identity: HubIdentity
     outbox: Outbox
+    binding: Binding
 
 
-def open_state(state_dir: Path, outbox_path: Path, max_rows: int) -> HubState:
-    """Create the state dir if needed, load (or create) the identity and open the outbox."""
+def open_state(
+    state_dir: Path, outbox_path: Path, max_rows: int, *, moved: bool = False
+) -> HubState:
+    """Create the state dir if needed, check it belongs to this machine, load (or create) the
+    identity and open the outbox."""
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -79,6 +90,15 @@ def open_state(state_dir: Path, outbox_path: Path, max_rows: int) -> HubState:
         ) from exc
     for folder in dict.fromkeys((state_dir, outbox_path.parent)):
         _make_private(folder)
+    try:
+        binding = bind_state_dir(state_dir, moved=moved)
+    except MachineMovedError as exc:
+        raise StartupError(str(exc), exit_status=2) from exc
+    except OSError as exc:
+        raise StartupError(
+            f"cannot record this machine in {state_dir}: {exc.strerror}; is the state dir "
+            "writable and the disk not full?"
+        ) from exc
     try:
         identity = HubIdentity.load_or_create(state_dir)
     except IdentityError as exc:
@@ -92,7 +112,7 @@ def open_state(state_dir: Path, outbox_path: Path, max_rows: int) -> HubState:
         outbox = Outbox.open(outbox_path, max_rows=max_rows)
     except OutboxError as exc:
         raise StartupError(str(exc)) from exc
-    return HubState(identity, outbox)
+    return HubState(identity, outbox, binding)
 
 
 def _make_private(folder: Path) -> None:
@@ -238,8 +258,10 @@ class Hub:
         registry: Registry | None = None,
         opener: Callable[[], SerialOpener] = SerialOpener,
         notifier: Notifier | None = None,
+        moved: bool = False,
     ) -> None:
         self.config = config
+        self._moved = moved
         self.registry = registry or Registry.load()
         self._opener = opener()
         self._notifier = notifier or Notifier()
@@ -249,7 +271,12 @@ class Hub:
 
     async def run(self) -> int:
         config = self.config
-        state = open_state(config.hub.state_dir, config.hub.outbox_path, config.outbox.max_rows)
+        state = open_state(
+            config.hub.state_dir,
+            config.hub.outbox_path,
+            config.outbox.max_rows,
+            moved=self._moved,
+        )
         outbox = state.outbox
         try:
             return await self._run(state)
@@ -283,9 +310,19 @@ class Hub:
         ]
         ble_sessions = self._ble_sessions(journal, state.outbox)
         self.sessions = [*sessions, *ble_sessions]
+        binding = state.binding
+        if binding.moved_from is not None:
+            log.warning("hub moved: state dir rebound to this machine (was %s)", binding.moved_from)
+            journal.event("hub-moved", {"from": binding.moved_from, "to": binding.machine})
         journal.event(
             "hub-started",
-            {"version": __version__, "devices": len(self.sessions), "clock": clock_state()},
+            {
+                "version": __version__,
+                "devices": len(self.sessions),
+                "clock": clock_state(),
+                "machine": binding.machine,
+                "boot": boot_id(),
+            },
         )
         self._install_signals()
         log.info(

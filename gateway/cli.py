@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"],
         help="override [log] level (TRACE shows raw bytes and values)",
     )
+    p.add_argument(
+        "--moved",
+        action="store_true",
+        help="the state dir was moved to this machine deliberately: accept it (signs hub-moved)",
+    )
 
     p = sub.add_parser("check-config", help="validate a configuration file without running")
     with_config(p)
@@ -245,9 +250,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     try:
-        return run_hub(config, registry)
+        return run_hub(config, registry, moved=args.moved)
     except StartupError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exc.exit_status)
 
 
 def _setup_logging(level: str) -> None:
