@@ -51,6 +51,11 @@ def load_keys(path: Path) -> dict[str, PublicKey]:
     data = _read_json(path, "key map")
     if not isinstance(data, Mapping) or not data:
         raise VerifyFileError(f"key map {path} must be a JSON object: hub id -> public JWK")
+    if "kty" in data:
+        raise VerifyFileError(
+            f"key map {path} is one JWK, not a map: give it as --jwk FILE --hub H, or write "
+            '{"<hub id>": <JWK>}'
+        )
     keys: dict[str, PublicKey] = {}
     owners: dict[str, str] = {}
     for hub, jwk in data.items():

@@ -98,6 +98,11 @@ class HubReport:
             "gaps": [list(r) for r in self.gaps],
             "announced_gaps": [list(r) for r in self.announced_gaps],
             "key_source": self.key_source,
+            "head": (
+                {"log": self.head.log, "seq": self.head.seq, "hash": self.head.hash}
+                if self.head is not None
+                else None
+            ),
             "status": dict(self.status) if self.status is not None else None,
             "problems": [
                 {"kind": p.kind, "seq": p.seq, "topic": p.topic, "reason": p.reason}
