@@ -1,6 +1,7 @@
 """The `rtm-gateway` command line: parse, call, print. Nothing else lives here: the vendor
-kit's `driver` subcommand is `gateway.kit.commands`, and longer output is laid out by its tool
-(`gateway.tools.decode`, `gateway.tools.drivers`, ...).
+kit's `driver` subcommand is `gateway.kit.commands`, `verify` is `gateway.tools.verify_command`,
+and longer output is laid out by its tool (`gateway.tools.decode`, `gateway.tools.drivers`,
+...).
 
 Each command imports what it needs when it runs, so `rtm-gateway --help` and the light
 commands stay fast on a small hub.

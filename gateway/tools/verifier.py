@@ -7,7 +7,7 @@ fails; a key from a hub's unsigned status message is used only with `trust_statu
 then that hub fails all the same (the report says why). Per hub it checks each entry's
 signature (`gateway.hub.jws`), then the hub's one log of readings and events: duplicates (same
 seq, same content — harmless, QoS 1 is at-least-once), conflicts (same seq, different content),
-chain breaks (`prev` is not the hash of the entry before), replays (seqs at or before the head
+chain breaks (`prev` is not the hash of the entry before), replays (seqs before the head
 an earlier run verified, `earlier`), gaps (seqs never seen, apart from ranges a signed gap
 event announced; a cut tail when an expected last seq is given), out-of-order arrivals and the
 payload schema. What fails is decided in `gateway.tools.verify_verdict`.

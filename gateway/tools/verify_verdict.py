@@ -175,7 +175,7 @@ def _failures(
             (hub_log.malformed, "malformed messages or entries"),
             (hub_log.conflicts, "conflicts (a seq reused for different content)"),
             (hub_log.chain_breaks, "chain breaks"),
-            (hub_log.replayed, "replayed entries (at or before an earlier run's last seq)"),
+            (hub_log.replayed, "replayed entries (before an earlier run's last seq)"),
             (hub_log.key_changes, "other keys announced in the status message"),
         )
         if count
