@@ -1,6 +1,7 @@
 """The `rtm-gateway` command line: parse, call, print. Nothing else lives here: the vendor
-kit's `driver` subcommand is `gateway.kit.commands`, and longer output is laid out by its tool
-(`gateway.tools.decode`, `gateway.tools.drivers`, ...).
+kit's `driver` subcommand is `gateway.kit.commands`, `verify` is `gateway.tools.verify_command`,
+and longer output is laid out by its tool (`gateway.tools.decode`, `gateway.tools.drivers`,
+...).
 
 Each command imports what it needs when it runs, so `rtm-gateway --help` and the light
 commands stay fast on a small hub.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.kit.commands import add_driver_command, run_driver_command
+from gateway.tools.verify_command import add_verify_arguments, run_verify_command
 
 if TYPE_CHECKING:
     from gateway.hub.config import Config, DeviceConfig
@@ -153,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("verify", help="subscribe and verify signatures, sequence and chain")
-    _verify_arguments(p)
+    add_verify_arguments(p)
 
     p = sub.add_parser("demo", help="simulated devices, the hub, a broker and the verifier")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
@@ -172,24 +174,6 @@ def _parser() -> argparse.ArgumentParser:
         help="MQTT protocol (default: 5, or 3.1.1 for the embedded broker)",
     )
     return parser
-
-
-def _verify_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--url", default="mqtt://127.0.0.1:1883", help="broker URL (mqtt:// or mqtts://)"
-    )
-    p.add_argument("--hub", help="hub id to follow (default: all hubs)")
-    p.add_argument("--jwk", type=Path, help="the hub's public key (from `rtm-gateway identity`)")
-    p.add_argument("--count", type=int, help="stop after this many entries")
-    p.add_argument("--seconds", type=float, help="stop after this long")
-    p.add_argument("--topic-prefix", default="rtm/v1")
-    p.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
-    p.add_argument("--ca-file", type=Path)
-    p.add_argument("--cert-file", type=Path)
-    p.add_argument("--key-file", type=Path)
-    p.add_argument("--username")
-    p.add_argument("--password-file", type=Path)
-    p.add_argument("--json", action="store_true")
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
@@ -391,38 +375,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.tools.verify import VerifyError, run_verify
-
-    if args.count is None and args.seconds is None:
-        return _fail("give --count N or --seconds S so verify knows when to stop", EXIT_CONFIG)
-    password = None
-    if args.password_file:
-        try:
-            password = args.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            return _fail(f"cannot read --password-file: {exc}", EXIT_CONFIG)
-    try:
-        report = run_verify(
-            url=args.url,
-            hub=args.hub,
-            jwk_path=args.jwk,
-            count=args.count,
-            seconds=args.seconds,
-            ca_file=args.ca_file,
-            cert_file=args.cert_file,
-            key_file=args.key_file,
-            username=args.username,
-            password=password,
-            protocol=args.protocol,
-            topic_prefix=args.topic_prefix,
-        )
-    except VerifyError as exc:
-        return _fail(str(exc))
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
-    return EXIT_OK if report.ok else EXIT_FAILED
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.tools.demo import DemoError, run_demo
 
@@ -444,7 +396,7 @@ _COMMANDS = {
     "driver": run_driver_command,
     "identity": _cmd_identity,
     "status": _cmd_status,
-    "verify": _cmd_verify,
+    "verify": run_verify_command,
     "demo": _cmd_demo,
 }
 

@@ -1,112 +1,83 @@
 """The platform side's check of what hubs published, pure: no I/O, no clock.
 
 `Verifier` takes MQTT messages (topic, payload bytes) in arrival order and gives a
-`VerifyReport`. Per hub it checks each entry's signature (`gateway.hub.jws`), then the hub's
-one log of readings and events: duplicates (same seq, same content — harmless, QoS 1 is
-at-least-once), conflicts (same seq, different content — serious), chain breaks (`prev` is not
-the hash of the entry before), gaps (seqs never seen, apart from ranges a signed gap event
-announced), out-of-order arrivals and, if jsonschema is installed, the payload schema.
+`VerifyReport`. It trusts only what it was told to trust: each hub's entries are checked with
+the key pinned for that hub id (`keys`, hub -> key), so an entry signed with another hub's key
+fails; a key from a hub's unsigned status message is used only with `trust_status_keys`, and
+then that hub fails all the same (the report says why). Per hub it checks each entry's
+signature (`gateway.hub.jws`), then the hub's one log of readings and events: duplicates (same
+seq, same content — harmless, QoS 1 is at-least-once), conflicts (same seq, different content),
+chain breaks (`prev` is not the hash of the entry before), replays (seqs before the head
+an earlier run verified, `earlier`), gaps (seqs never seen, apart from ranges a signed gap
+event announced; a cut tail when an expected last seq is given), out-of-order arrivals and the
+payload schema. What fails is decided in `gateway.tools.verify_verdict`.
 
-What may not live here: sockets, MQTT, files other than the packaged schema, anything of the
-hub's own pipeline (`gateway.tools.verify` subscribes to a broker and feeds this). The daemon
-never imports it. Health values go into the report, never into log lines.
+What may not live here: sockets, MQTT, files other than the packaged schema (the key map and
+the state file are read by `gateway.tools.verify_files`), anything of the hub's own pipeline.
+The daemon never imports it. Health values go into the report, never into log lines.
 """
 
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from gateway.hub.identity import IdentityError, PublicKey
 from gateway.hub.jws import JWSEntry, SignatureError, parse_jws
-from gateway.tools.verify_report import (
-    HubReport,
-    Problem,
-    ProblemKind,
-    SeqRange,
-    StoppedBy,
-    VerifyReport,
-)
+from gateway.tools.verify_report import KeySource, LogHead, StoppedBy, VerifyReport
+from gateway.tools.verify_verdict import HubLog, Policy, Seen, hub_report
 
 DEFAULT_PREFIX: Final = "rtm/v1"
-MAX_PROBLEMS: Final = 100
-"""Problems kept per hub in a report; the counters go on counting past it."""
 
 EntryCallback = Callable[[str, Mapping[str, object]], None]
 """`on_entry(topic, payload)`: called once for each newly verified entry, duplicates not."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    hash: str
-    prev: str
-
-
-@dataclass(slots=True)
-class _HubLog:
-    """Mutable per-hub state behind a `HubReport`."""
-
-    hub: str
-    entries: dict[int, _Seen] = field(default_factory=dict)
-    keys: dict[str, PublicKey] = field(default_factory=dict)
-    pending: list[tuple[str, JWSEntry]] = field(default_factory=list)
-    announced: list[SeqRange] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    status: Mapping[str, object] | None = None
-    max_seq: int = 0
-    received: int = 0
-    verified: int = 0
-    readings: int = 0
-    events: int = 0
-    bad_signatures: int = 0
-    malformed: int = 0
-    duplicates: int = 0
-    conflicts: int = 0
-    chain_breaks: int = 0
-    out_of_order: int = 0
-    schema_errors: int = 0
-
-    def problem(self, kind: ProblemKind, seq: int | None, topic: str, reason: str) -> None:
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(Problem(kind, seq, topic, reason))
-
-
 class Verifier:
     """Checks a stream of MQTT messages from hubs. Pure: no I/O, no clock.
 
-    `public_keys` are pinned keys (a `PublicKey` or a mapping kid -> key), trusted for any hub;
-    give `hub` to look at one hub only. Without pinned keys, each hub's key is taken from the
-    `jwk` of its retained status message — not pinned, and the report says so; entries that
-    arrive before their hub's key wait for it. `feed` may be called from another thread than
-    `report`. `check_schema` validates payloads against the JSON Schema: None means "if
-    jsonschema is installed".
+    `keys` maps hub id -> pinned key; a hub without one has every entry rejected, unless
+    `trust_status_keys`: then the first key in its retained status message is used (a later,
+    different one is a problem, never a second key), entries that arrive before it wait for
+    it, and the hub fails anyway. Give `hub` to look at one hub only. `earlier` maps hub id ->
+    the head an earlier run verified (`--state`); `expected_last` hub id -> the last seq that
+    must have arrived. `strict` fails unexplained gaps, a first seq other than the expected
+    next one and schema errors. `check_schema`: None means "if jsonschema is installed" (strict
+    then fails when it is not). `feed` may be called from another thread than `report`.
     """
 
     def __init__(
         self,
-        public_keys: Mapping[str, PublicKey] | PublicKey | None = None,
+        keys: Mapping[str, PublicKey] | None = None,
         hub: str | None = None,
         *,
+        trust_status_keys: bool = False,
+        strict: bool = False,
+        earlier: Mapping[str, LogHead] | None = None,
+        expected_last: Mapping[str, int] | None = None,
         topic_prefix: str = DEFAULT_PREFIX,
         check_schema: bool | None = None,
         on_entry: EntryCallback | None = None,
     ) -> None:
-        if isinstance(public_keys, PublicKey):
-            public_keys = {public_keys.kid: public_keys}
-        self._pinned = {key.kid: key for key in (public_keys or {}).values()}
+        self._keys = dict(keys or {})
+        self._owners = {key.kid: owner for owner, key in self._keys.items()}
+        self._trust_status = trust_status_keys
+        self._strict = strict
+        self._earlier = dict(earlier or {})
+        self._expected_last = dict(expected_last or {})
         self._hub = hub
         self._prefix = topic_prefix.rstrip("/") + "/"
         self._on_entry = on_entry
-        self._logs: dict[str, _HubLog] = {}
+        self._logs: dict[str, HubLog] = {}
         self._notes: list[str] = []
         self._lock = threading.RLock()  # RLock: on_entry may call report() from feed
-        self._validator = _schema_validator(check_schema, self._notes)
+        self._validator = _schema_validator(
+            check_schema if check_schema is not None or not strict else True, self._notes
+        )
 
     @property
     def received(self) -> int:
@@ -130,25 +101,38 @@ class Verifier:
 
     def report(self, stopped_by: StoppedBy = "") -> VerifyReport:
         with self._lock:
-            hubs = tuple(self._hub_report(self._logs[hub]) for hub in sorted(self._logs))
-            notes = list(self._notes)
-            if not self._pinned and any(h.key_source == "status" for h in hubs):
-                notes.append(
-                    "keys were taken from the hubs' retained status messages, not "
-                    "pinned: anyone allowed to publish there could forge them; pin "
-                    "each hub's public JWK (--jwk) to be sure"
-                )
-            return VerifyReport(hubs, bool(self._pinned), tuple(notes), stopped_by)
+            for hub in self._expected_last:  # a hub expected but silent is reported too
+                if self._hub is None or hub == self._hub:
+                    self._log(hub)
+            hubs = tuple(
+                hub_report(self._logs[hub], self._key_source(hub), self._policy(hub))
+                for hub in sorted(self._logs)
+            )
+            return VerifyReport(
+                hubs,
+                all(h.key_source != "status" for h in hubs),
+                tuple(self._notes),
+                stopped_by,
+                self._strict,
+            )
+
+    def _key_source(self, hub: str) -> KeySource:
+        if hub in self._keys:
+            return "pinned"
+        return "status" if self._logs[hub].status_key is not None else "none"
+
+    def _policy(self, hub: str) -> Policy:
+        return Policy(self._strict, self._validator is not None, self._expected_last.get(hub))
 
     # --- per message ----------------------------------------------------------------------------
 
-    def _log(self, hub: str) -> _HubLog:
+    def _log(self, hub: str) -> HubLog:
         hub_log = self._logs.get(hub)
         if hub_log is None:
-            hub_log = self._logs[hub] = _HubLog(hub)
+            hub_log = self._logs[hub] = HubLog(hub, self._earlier.get(hub))
         return hub_log
 
-    def _status(self, hub_log: _HubLog, topic: str, payload: bytes | bytearray) -> None:
+    def _status(self, hub_log: HubLog, topic: str, payload: bytes | bytearray) -> None:
         if not payload:  # a retained message being cleared
             hub_log.status = None
             return
@@ -168,20 +152,38 @@ class Verifier:
         except IdentityError as exc:
             hub_log.problem("malformed", None, topic, f"the status message's jwk: {exc}")
             return
-        if self._pinned:
+        self._status_key(hub_log, topic, key)
+
+    def _status_key(self, hub_log: HubLog, topic: str, key: PublicKey) -> None:
+        pinned = self._keys.get(hub_log.hub)
+        if pinned is not None:
             note = (
                 f"hub {hub_log.hub} announces key {key.kid} in its status, which is not "
-                "the pinned key"
+                "the key pinned for it"
             )
-            if key.kid not in self._pinned and note not in self._notes:  # retained: repeats
+            if key.kid != pinned.kid and note not in self._notes:  # retained: repeats
                 self._notes.append(note)
             return
-        hub_log.keys[key.kid] = key
+        if not self._trust_status:
+            return
+        if hub_log.status_key is not None:
+            if key.kid != hub_log.status_key.kid:
+                # Never a second key: whoever can publish the status could add one.
+                hub_log.key_changes += 1
+                hub_log.problem(
+                    "key-change",
+                    None,
+                    topic,
+                    f"the status message announces key {key.kid} after "
+                    f"{hub_log.status_key.kid}; the new key is not trusted",
+                )
+            return
+        hub_log.status_key = key
         waiting, hub_log.pending = hub_log.pending, []
         for waiting_topic, entry in waiting:
             self._entry(hub_log, waiting_topic, entry)
 
-    def _batch(self, hub_log: _HubLog, topic: str, payload: bytes | bytearray) -> None:
+    def _batch(self, hub_log: HubLog, topic: str, payload: bytes | bytearray) -> None:
         try:
             batch = json.loads(payload)
         except ValueError:
@@ -202,27 +204,32 @@ class Verifier:
                 hub_log.bad_signatures += 1
                 hub_log.problem("bad-signature", None, topic, str(exc))
                 continue
-            if not self._pinned and not hub_log.keys:
+            no_key_yet = hub_log.hub not in self._keys and hub_log.status_key is None
+            if self._trust_status and no_key_yet:
                 hub_log.pending.append((topic, entry))  # its key may come with the status
                 continue
             self._entry(hub_log, topic, entry)
 
-    def _entry(self, hub_log: _HubLog, topic: str, entry: JWSEntry) -> None:
-        keys = self._pinned or hub_log.keys
+    def _key_for(self, hub: str, entry: JWSEntry, hub_log: HubLog) -> PublicKey:
+        """The one key this hub's entries may be signed with, or SignatureError."""
+        key = self._keys.get(hub) or hub_log.status_key
+        if key is None:
+            raise SignatureError(
+                f"no key is pinned for hub {hub} (give it in --keys, or --jwk with --hub)"
+            )
         kid = entry.kid
-        key = (
-            keys.get(kid)
-            if kid is not None
-            else (next(iter(keys.values())) if len(keys) == 1 else None)
-        )
+        if kid is not None and kid != key.kid:
+            owner = self._owners.get(kid)
+            raise SignatureError(
+                f"signed with the key pinned for hub {owner}, not hub {hub}'s"
+                if owner is not None
+                else f"kid {kid} is not the key of hub {hub} ({key.kid})"
+            )
+        return key
+
+    def _entry(self, hub_log: HubLog, topic: str, entry: JWSEntry) -> None:
         try:
-            if key is None:
-                raise SignatureError(  # noqa: TRY301 - reported like any other bad signature
-                    f"no key with kid {kid!r}"
-                    if kid is not None
-                    else "no kid in the header and more than one key to choose from"
-                )
-            payload = entry.verify(key)
+            payload = entry.verify(self._key_for(hub_log.hub, entry, hub_log))
         except SignatureError as exc:
             hub_log.bad_signatures += 1
             hub_log.problem("bad-signature", None, topic, str(exc))
@@ -250,10 +257,23 @@ class Verifier:
         if kind != expected_kind:
             hub_log.malformed += 1
             hub_log.problem("malformed", seq, topic, f"kind {kind!r} on a {expected_kind}s topic")
-        self._link(hub_log, topic, seq, _Seen(entry.chain_hash(), prev), payload)
+        earlier = hub_log.earlier
+        if earlier is not None and seq < earlier.seq:
+            # The earlier run keeps only its head: an older seq cannot be told apart from a
+            # replayed capture or a log rewound to a backup, so it is never accepted.
+            hub_log.replayed += 1
+            hub_log.problem(
+                "replay",
+                seq,
+                topic,
+                f"seq {seq} is before seq {earlier.seq}, the last one an earlier run verified: "
+                "a replayed or rewound log",
+            )
+            return
+        self._link(hub_log, topic, seq, Seen(entry.chain_hash(), prev), payload)
 
     def _link(
-        self, hub_log: _HubLog, topic: str, seq: int, seen: _Seen, payload: Mapping[str, object]
+        self, hub_log: HubLog, topic: str, seq: int, seen: Seen, payload: Mapping[str, object]
     ) -> None:
         known = hub_log.entries.get(seq)
         if known is not None:
@@ -271,6 +291,9 @@ class Verifier:
             return
         if seq < hub_log.max_seq:
             hub_log.out_of_order += 1
+        if seq > hub_log.max_seq:
+            log_id = payload.get("log")
+            hub_log.log = log_id if isinstance(log_id, str) else hub_log.log
         hub_log.max_seq = max(hub_log.max_seq, seq)
         hub_log.entries[seq] = seen
         self._check_chain(hub_log, topic, seq, seen)
@@ -289,12 +312,15 @@ class Verifier:
             self._on_entry(topic, payload)
 
     @staticmethod
-    def _check_chain(hub_log: _HubLog, topic: str, seq: int, seen: _Seen) -> None:
+    def _check_chain(hub_log: HubLog, topic: str, seq: int, seen: Seen) -> None:
         """Check the links to both neighbours, whichever arrived first."""
         before = hub_log.entries.get(seq - 1)
         if before is not None and seen.prev != before.hash:
             hub_log.chain_breaks += 1
-            hub_log.problem("chain-break", seq, topic, f"prev is not the hash of seq {seq - 1}")
+            earlier = hub_log.earlier is not None and hub_log.earlier.seq == seq - 1
+            why = " that an earlier run verified: the log was rewound or forked"
+            reason = f"prev is not the hash of seq {seq - 1}{why if earlier else ''}"
+            hub_log.problem("chain-break", seq, topic, reason)
         elif seq == 1 and seen.prev:
             hub_log.chain_breaks += 1
             hub_log.problem("chain-break", seq, topic, "the first entry's prev is not empty")
@@ -309,7 +335,7 @@ class Verifier:
             hub_log.problem("chain-break", seq + 1, topic, f"prev is not the hash of seq {seq}")
 
     @staticmethod
-    def _announce(hub_log: _HubLog, topic: str, seq: int, detail: object) -> None:
+    def _announce(hub_log: HubLog, topic: str, seq: int, detail: object) -> None:
         first = detail.get("first_seq") if isinstance(detail, Mapping) else None
         last = detail.get("last_seq") if isinstance(detail, Mapping) else None
         if isinstance(first, int) and isinstance(last, int) and 1 <= first <= last < seq:
@@ -322,76 +348,6 @@ class Verifier:
                 topic,
                 "gap event without a valid first_seq..last_seq before its own seq",
             )
-
-    # --- the summary ------------------------------------------------------------------------
-
-    def _hub_report(self, hub_log: _HubLog) -> HubReport:
-        announced = _merge(hub_log.announced)
-        missing = _missing(sorted(hub_log.entries))
-        gaps = tuple(r for gap in missing for r in _subtract(gap, announced))
-        unverified = len(hub_log.pending)
-        problems = list(hub_log.problems)
-        if unverified:
-            problems.append(
-                Problem(
-                    "bad-signature",
-                    None,
-                    f"{hub_log.hub}",
-                    f"{unverified} entries could not be checked: no pinned key "
-                    "and no key in the hub's status message",
-                )
-            )
-        source: Literal["pinned", "status", "none"] = (
-            "pinned" if self._pinned else "status" if hub_log.keys else "none"
-        )
-        return HubReport(
-            hub=hub_log.hub,
-            received=hub_log.received,
-            verified=hub_log.verified,
-            readings=hub_log.readings,
-            events=hub_log.events,
-            bad_signatures=hub_log.bad_signatures + unverified,
-            malformed=hub_log.malformed,
-            duplicates=hub_log.duplicates,
-            conflicts=hub_log.conflicts,
-            chain_breaks=hub_log.chain_breaks,
-            out_of_order=hub_log.out_of_order,
-            schema_errors=hub_log.schema_errors,
-            first_seq=min(hub_log.entries, default=None),
-            last_seq=max(hub_log.entries, default=None),
-            gaps=gaps,
-            announced_gaps=tuple(announced),
-            key_source=source,
-            status=hub_log.status,
-            problems=tuple(problems),
-        )
-
-
-def _missing(seqs: list[int]) -> list[SeqRange]:
-    return [(a + 1, b - 1) for a, b in itertools.pairwise(seqs) if b > a + 1]
-
-
-def _merge(ranges: list[SeqRange]) -> list[SeqRange]:
-    merged: list[SeqRange] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
-
-
-def _subtract(gap: SeqRange, announced: list[SeqRange]) -> list[SeqRange]:
-    """The parts of `gap` no announced range covers."""
-    left = [gap]
-    for first, last in announced:
-        left = [
-            piece
-            for a, b in left
-            for piece in ((a, min(b, first - 1)), (max(a, last + 1), b))
-            if piece[0] <= piece[1]
-        ]
-    return left
 
 
 def load_schema() -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """`rtm-gateway verify --url`: subscribe to a broker and check what the hubs publish there.
 
-`run_verify` subscribes (QoS 1) with a paho client on paho's own network thread and feeds every
-message to a `Verifier` (`gateway.tools.verifier`, pure) until a count or a time limit, then
-returns its `VerifyReport`. The connection is opened the way the hub opens its own
+`run_verify` reads what it is told to trust (the pinned hub -> key map or one hub's JWK, the
+state an earlier run left: `gateway.tools.verify_files`), subscribes (QoS 1) with a paho client
+on paho's own network thread and feeds every message to a `Verifier` (`gateway.tools.verifier`,
+pure) until a count or a time limit, then returns its `VerifyReport` and moves the state on for
+the hubs that passed. The connection is opened the way the hub opens its own
 (`gateway.transport.mqtt_connect`: TLS set-up, the closing of a socket whose handshake failed,
 and what each failure means), with the command's flags named in the messages.
 
@@ -12,18 +14,26 @@ never imports this module. Health values go into the report, never into log line
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from paho.mqtt.client import MQTT_LOG_ERR
 
-from gateway.hub.identity import IdentityError, load_public_jwk
+from gateway.hub.identity import PublicKey
 from gateway.tools.verifier import DEFAULT_PREFIX, EntryCallback, Verifier
-from gateway.tools.verify_report import StoppedBy, VerifyReport
+from gateway.tools.verify_files import (
+    VerifyFileError,
+    bind_jwk,
+    load_keys,
+    load_state,
+    save_state,
+)
+from gateway.tools.verify_report import LogHead, StoppedBy, VerifyReport
 from gateway.transport.mqtt_connect import (
     MqttConnectError,
     MqttSettings,
@@ -56,6 +66,10 @@ class VerifyError(Exception):
     """`run_verify` could not run: bad arguments, key file, TLS setup. The message says why."""
 
 
+class VerifyUsageError(VerifyError):
+    """The arguments, a key file or the state file cannot be used (the command exits 2)."""
+
+
 class ConnectError(VerifyError):
     """The broker could not be reached, refused us, or the TLS handshake failed."""
 
@@ -64,7 +78,12 @@ def run_verify(
     url: str,
     *,
     hub: str | None = None,
+    keys_path: Path | None = None,
     jwk_path: Path | None = None,
+    trust_status_keys: bool = False,
+    strict: bool = False,
+    expected_last: Mapping[str, int] | None = None,
+    state_path: Path | None = None,
     count: int | None = None,
     seconds: float | None = None,
     ca_file: Path | None = None,
@@ -82,22 +101,26 @@ def run_verify(
     received or `seconds` passed (or Ctrl-C, if neither is given), or `stop` is set from
     another thread (the demo's receiver ends this way).
 
-    `on_ready` is called once the broker has acknowledged the subscription. Raises
-    `ConnectError` (refused, unreachable, TLS, authentication) or `VerifyError` (arguments,
-    key file); never a bare traceback for those.
+    Keys: `keys_path` (hub id -> JWK) or `jwk_path` bound to `hub`; `trust_status_keys`
+    takes a key from the status message of a hub that has none pinned, and fails that hub.
+    `state_path` holds each hub's last verified (log, seq, hash): read before, written after
+    for the hubs that passed. `on_ready` is called once the broker has acknowledged the
+    subscription. Raises `ConnectError` (refused, unreachable, TLS, authentication) or
+    `VerifyError` (arguments, key or state file); never a bare traceback for those.
     """
     try:
         target = parse_mqtt_url(url)
     except ValueError as exc:
-        raise VerifyError(f"broker URL {exc}") from exc
+        raise VerifyUsageError(f"broker URL {exc}") from exc
     if (cert_file is None) != (key_file is None):
-        raise VerifyError("mutual TLS needs both a client certificate and its key")
+        raise VerifyUsageError("mutual TLS needs both a client certificate and its key")
     if (ca_file or cert_file) and not target.tls:
-        raise VerifyError("TLS files were given for a plain mqtt:// URL; use mqtts://")
+        raise VerifyUsageError("TLS files were given for a plain mqtt:// URL; use mqtts://")
+    keys = _pinned_keys(hub, keys_path, jwk_path, trust_status_keys=trust_status_keys)
     try:
-        keys = load_public_jwk(jwk_path) if jwk_path is not None else None
-    except IdentityError as exc:
-        raise VerifyError(str(exc)) from exc
+        earlier = load_state(state_path) if state_path is not None else {}
+    except VerifyFileError as exc:
+        raise VerifyUsageError(str(exc)) from exc
     settings = MqttSettings(
         host=target.host,
         port=target.port,
@@ -112,7 +135,16 @@ def run_verify(
         keepalive=_KEEPALIVE,
         names=_FLAG_NAMES,
     )
-    verifier = Verifier(keys, hub, topic_prefix=topic_prefix, on_entry=on_entry)
+    verifier = Verifier(
+        keys,
+        hub,
+        trust_status_keys=trust_status_keys,
+        strict=strict,
+        earlier=earlier,
+        expected_last=expected_last,
+        topic_prefix=topic_prefix,
+        on_entry=on_entry,
+    )
     topic = f"{topic_prefix.rstrip('/')}/{hub or '+'}/#"
     session = _Session(verifier, topic, count, on_ready, settings)
     if stop is not None:
@@ -139,7 +171,63 @@ def run_verify(
     if session.callback_errors:
         error = session.callback_errors[0]
         raise VerifyError(f"the on_entry callback failed: {error!r}") from error
-    return verifier.report(stopped_by)
+    report = verifier.report(stopped_by)
+    if state_path is not None:
+        report = _advance_state(state_path, earlier, report)
+    return report
+
+
+def _pinned_keys(
+    hub: str | None,
+    keys_path: Path | None,
+    jwk_path: Path | None,
+    *,
+    trust_status_keys: bool,
+) -> dict[str, PublicKey]:
+    """What the command was told to trust; nothing at all is refused up front."""
+    if keys_path is not None and jwk_path is not None:
+        raise VerifyUsageError("give either --keys FILE (hub id -> JWK) or --jwk FILE --hub H")
+    if jwk_path is not None and hub is None:
+        raise VerifyUsageError("--jwk pins one hub's key: name that hub with --hub")
+    if keys_path is None and jwk_path is None and not trust_status_keys:
+        raise VerifyUsageError(
+            "no key to verify with: give --keys FILE (hub id -> public JWK) or --jwk FILE "
+            "--hub H; --trust-status-key takes keys from the unsigned status messages and "
+            "fails the run"
+        )
+    try:
+        if jwk_path is not None and hub is not None:
+            return bind_jwk(jwk_path, hub)
+        keys = load_keys(keys_path) if keys_path is not None else {}
+    except VerifyFileError as exc:
+        raise VerifyUsageError(str(exc)) from exc
+    if hub is not None and keys and hub not in keys and not trust_status_keys:
+        raise VerifyUsageError(f"--keys {keys_path} pins no key for hub {hub}")
+    return keys
+
+
+def _advance_state(
+    path: Path, earlier: Mapping[str, LogHead], report: VerifyReport
+) -> VerifyReport:
+    """Keep each passing hub's new head; a failing hub keeps its old one, so running again
+    does not make a replay, a rewind or a gap look clean."""
+    heads = dict(earlier)
+    held = []
+    for hub in report.hubs:
+        if hub.head is None:
+            continue
+        if hub.ok:
+            heads[hub.hub] = hub.head
+        else:
+            held.append(hub.hub)
+    try:
+        save_state(path, heads)
+    except VerifyFileError as exc:
+        raise VerifyError(str(exc)) from exc
+    if not held:
+        return report
+    note = f"the state in {path} was not moved on for the failed hub(s): {', '.join(held)}"
+    return dataclasses.replace(report, notes=(*report.notes, note))
 
 
 class _Session:

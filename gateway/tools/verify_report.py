@@ -1,8 +1,8 @@
 """What `rtm-gateway verify` found: per hub and over all hubs, as data, JSON and text.
 
-What lives here: `Problem`, `HubReport` and `VerifyReport` with their `to_dict` and `render`.
-The checks that fill them are in `gateway.tools.verifier`. Health values may appear in a report,
-never in log lines.
+What lives here: `Problem`, `LogHead`, `HubReport` and `VerifyReport` with their `to_dict` and
+`render`. The checks that fill them are in `gateway.tools.verifier` and
+`gateway.tools.verify_verdict`. Health values may appear in a report, never in log lines.
 """
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-ProblemKind = Literal["bad-signature", "malformed", "conflict", "chain-break", "schema"]
+ProblemKind = Literal[
+    "bad-signature", "malformed", "conflict", "chain-break", "schema", "replay", "key-change"
+]
 SeqRange = tuple[int, int]
 StoppedBy = Literal["count", "time", "interrupted", ""]
+KeySource = Literal["pinned", "status", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +28,22 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
+class LogHead:
+    """The last entry verified from one hub's log: what `--state` keeps between runs. `log` is
+    the log's id once payloads carry one (None until then)."""
+
+    seq: int
+    hash: str
+    log: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HubReport:
-    """What was seen from one hub. `gaps` are inclusive seq ranges nobody explained;
-    `announced_gaps` are ranges the hub itself reported dropped in signed gap events."""
+    """What was seen from one hub. `gaps` are inclusive seq ranges nobody explained (with
+    `--state`, from the earlier run's last seq; with an expected last seq, up to it);
+    `announced_gaps` are ranges the hub itself reported dropped in signed gap events.
+    `failures` says, in words, why the hub failed; empty means ok. `head` is the highest
+    entry held, or the earlier run's when nothing newer came."""
 
     hub: str
     received: int
@@ -39,26 +55,31 @@ class HubReport:
     duplicates: int
     conflicts: int
     chain_breaks: int
+    replayed: int
     out_of_order: int
     schema_errors: int
     first_seq: int | None
     last_seq: int | None
+    expected_first_seq: int | None
     gaps: tuple[SeqRange, ...]
     announced_gaps: tuple[SeqRange, ...]
-    key_source: Literal["pinned", "status", "none"]
+    key_source: KeySource
     status: Mapping[str, object] | None
     problems: tuple[Problem, ...]
+    failures: tuple[str, ...]
+    head: LogHead | None
 
     @property
     def ok(self) -> bool:
-        """Nothing forged, altered or contradictory was seen. Gaps and duplicates are
-        reported, but they are what QoS 1 and a full outbox may honestly produce."""
-        return not (self.bad_signatures or self.malformed or self.conflicts or self.chain_breaks)
+        """Nothing forged, altered, replayed or contradictory was seen, every entry was
+        checked with the key pinned for this hub, and (with `--strict`) nothing is missing."""
+        return not self.failures
 
     def to_dict(self) -> dict[str, object]:
         return {
             "hub": self.hub,
             "ok": self.ok,
+            "failures": list(self.failures),
             "received": self.received,
             "verified": self.verified,
             "readings": self.readings,
@@ -68,13 +89,20 @@ class HubReport:
             "duplicates": self.duplicates,
             "conflicts": self.conflicts,
             "chain_breaks": self.chain_breaks,
+            "replayed": self.replayed,
             "out_of_order": self.out_of_order,
             "schema_errors": self.schema_errors,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
+            "expected_first_seq": self.expected_first_seq,
             "gaps": [list(r) for r in self.gaps],
             "announced_gaps": [list(r) for r in self.announced_gaps],
             "key_source": self.key_source,
+            "head": (
+                {"log": self.head.log, "seq": self.head.seq, "hash": self.head.hash}
+                if self.head is not None
+                else None
+            ),
             "status": dict(self.status) if self.status is not None else None,
             "problems": [
                 {"kind": p.kind, "seq": p.seq, "topic": p.topic, "reason": p.reason}
@@ -85,13 +113,15 @@ class HubReport:
 
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
-    """The result over all hubs. `ok` means nothing wrong was seen — check `received` too:
-    a report of nothing is ok. `key_pinned` is False when keys came from status messages."""
+    """The result over all hubs. `ok` means every hub is ok — check `received` too: a report
+    of nothing is ok. `key_pinned` is False when any hub's key came from its status message
+    (which fails that hub). `strict` says whether gaps and schema errors failed."""
 
     hubs: tuple[HubReport, ...]
     key_pinned: bool
     notes: tuple[str, ...] = ()
     stopped_by: StoppedBy = ""
+    strict: bool = False
 
     @property
     def ok(self) -> bool:
@@ -106,6 +136,7 @@ class VerifyReport:
             "ok": self.ok,
             "received": self.received,
             "key_pinned": self.key_pinned,
+            "strict": self.strict,
             "stopped_by": self.stopped_by or None,
             "notes": list(self.notes),
             "hubs": [hub.to_dict() for hub in self.hubs],
@@ -117,41 +148,47 @@ class VerifyReport:
             f"{'OK' if self.ok else 'FAILED'}: {self.received} entries from "
             f"{len(self.hubs)} hub(s)"
             + (f", stopped by {self.stopped_by}" if self.stopped_by else "")
+            + (", strict" if self.strict else "")
         ]
         for hub in self.hubs:
-            seqs = f"seq {hub.first_seq}..{hub.last_seq}" if hub.first_seq is not None else "no seq"
-            lines.append(
-                f"hub {hub.hub}: {'ok' if hub.ok else 'FAILED'}, {seqs}, "
-                f"{hub.verified}/{hub.received} verified ({hub.readings} readings, "
-                f"{hub.events} events), key {hub.key_source}"
-            )
-            counts = [
-                (hub.bad_signatures, "bad signatures"),
-                (hub.malformed, "malformed"),
-                (hub.conflicts, "CONFLICTS"),
-                (hub.chain_breaks, "chain breaks"),
-                (hub.duplicates, "duplicates"),
-                (hub.out_of_order, "out of order"),
-                (hub.schema_errors, "schema errors"),
-            ]
-            shown = [f"{n} {label}" for n, label in counts if n]
-            if shown:
-                lines.append("  " + ", ".join(shown))
-            if hub.gaps:
-                lines.append("  gaps (missing, unexplained): " + _ranges(hub.gaps))
-            if hub.announced_gaps:
-                lines.append(
-                    "  announced gaps (dropped by the hub): " + _ranges(hub.announced_gaps)
-                )
-            lines.extend(
-                f"  {p.kind} at seq {p.seq if p.seq is not None else '?'}: {p.reason}"
-                for p in hub.problems[:10]
-            )
-            if len(hub.problems) > 10:
-                lines.append(f"  ... {len(hub.problems) - 10} more problems (see --json)")
+            lines.extend(_render_hub(hub))
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
 
-def _ranges(ranges: tuple[SeqRange, ...]) -> str:
+def _render_hub(hub: HubReport) -> list[str]:
+    seqs = f"seq {hub.first_seq}..{hub.last_seq}" if hub.first_seq is not None else "no seq"
+    lines = [
+        f"hub {hub.hub}: {'ok' if hub.ok else 'FAILED'}, {seqs}, "
+        f"{hub.verified}/{hub.received} verified ({hub.readings} readings, "
+        f"{hub.events} events), key {hub.key_source}"
+    ]
+    lines.extend(f"  FAILED: {failure}" for failure in hub.failures)
+    counts = [
+        (hub.bad_signatures, "bad signatures"),
+        (hub.malformed, "malformed"),
+        (hub.conflicts, "CONFLICTS"),
+        (hub.chain_breaks, "chain breaks"),
+        (hub.replayed, "replayed"),
+        (hub.duplicates, "duplicates"),
+        (hub.out_of_order, "out of order"),
+        (hub.schema_errors, "schema errors"),
+    ]
+    shown = [f"{n} {label}" for n, label in counts if n]
+    if shown:
+        lines.append("  " + ", ".join(shown))
+    if hub.gaps:
+        lines.append("  gaps (missing, unexplained): " + ranges_text(hub.gaps))
+    if hub.announced_gaps:
+        lines.append("  announced gaps (dropped by the hub): " + ranges_text(hub.announced_gaps))
+    lines.extend(
+        f"  {p.kind} at seq {p.seq if p.seq is not None else '?'}: {p.reason}"
+        for p in hub.problems[:10]
+    )
+    if len(hub.problems) > 10:
+        lines.append(f"  ... {len(hub.problems) - 10} more problems (see --json)")
+    return lines
+
+
+def ranges_text(ranges: tuple[SeqRange, ...]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in ranges)
