@@ -2,8 +2,9 @@
 
 This is where concrete things are wired together (cli.py only parses and calls): the serial
 transport into the device sessions, the MQTT client into the uplink. It owns start-up (state
-dir, identity, outbox), signals (SIGTERM/SIGINT drain and stop), and systemd notification
-(READY, WATCHDOG from the event loop, STOPPING).
+dir, identity, outbox), signals (SIGTERM/SIGINT drain and stop), systemd notification
+(READY, WATCHDOG from the event loop, STOPPING), and the log's set-up (`setup_logging`: the
+debug output of libraries and vendor drivers, which carries values, only at TRACE).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,44 @@ log = logging.getLogger(__name__)
 
 class StartupError(Exception):
     """The hub cannot start: the message names the cause and what to do."""
+
+
+LIBRARY_LOGGERS = (
+    "asyncio",
+    "bleak",
+    "bleak_retry_connector",
+    "dbus_fast",
+    "habluetooth",
+    "paho",
+    "serial_asyncio_fast",
+)
+"""Libraries known to log values or D-Bus bodies at DEBUG: capped at the logger, so their debug
+lines are not even built. The handler's filter catches every other library and vendor driver."""
+
+
+class _OnlyTheHubBelowInfo(logging.Filter):
+    """Below INFO, only the hub's own lines pass (they never carry values; see sessions/core.py).
+    Libraries' debug output carries values: bleak logs every D-Bus signal body and every
+    characteristic read, a vendor driver may log what it decodes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return record.levelno >= logging.INFO or name == "gateway" or name.startswith("gateway.")
+
+
+def setup_logging(level: str) -> None:
+    """The daemon's log to stderr (the journal under systemd). Health values leave only at
+    TRACE: at DEBUG the hub's own lines, every other logger at INFO and above."""
+    from gateway.sdk import TRACE
+
+    numeric = TRACE if level.upper() == "TRACE" else getattr(logging, level.upper(), logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if numeric > TRACE:
+        handler.addFilter(_OnlyTheHubBelowInfo())
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+    logging.basicConfig(level=numeric, handlers=[handler])
 
 
 def run_hub(config: Config, registry: Registry | None = None) -> int:

@@ -43,7 +43,7 @@ from gateway.sessions.ble_ports import (
     Unavailable,
 )
 from gateway.sessions.core import DeviceUnavailable, ReadingPath
-from gateway.sessions.records import RecordSync, record_sync_for
+from gateway.sessions.records import RecordSync, driver_failed, record_sync_for
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -271,12 +271,19 @@ class BleDeviceSession:
                     identity[key] = text
         wanted = self.device.serial
         if wanted is not None and identity.get("serial") != wanted:
-            # A neighbour's device of the same kind, or a rotated address of another one.
+            # A neighbour's device of the same kind, or a rotated address of another one. Its
+            # serial is the neighbour's business: named only at TRACE.
+            log.log(
+                TRACE,
+                "device %s: %s has serial %r",
+                self.device.id,
+                link.address,
+                identity.get("serial"),
+            )
             self._rejected[link.address] = time.monotonic() + 600.0
             self._radio.forget(link.address)
             raise DeviceUnavailable(
-                f"{link.address} has serial {identity.get('serial')!r}, "
-                f"not {wanted!r}; looking further"
+                f"{link.address} reports another serial than the configured one; looking further"
             )
         self._path.identity = identity
 
@@ -369,7 +376,7 @@ class BleDeviceSession:
             try:
                 return step.answer(value)
             except Exception:  # a driver bug: take it as a refusal
-                log.exception("the driver's AfterCommit.answer failed")
+                driver_failed("AfterCommit.answer")
                 return False
 
         final = await self._request(

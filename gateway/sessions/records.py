@@ -26,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Callable
 
 from gateway.hub.outbox_file import MetaValue
-from gateway.sdk import AfterCommit, GattDriver, Reading, StoredRecords
+from gateway.sdk import TRACE, AfterCommit, GattDriver, Reading, StoredRecords
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class RecordSync:
         try:
             return bool(self.spec.done(value))
         except Exception:  # a driver bug: end the transfer rather than wait for ever
-            log.exception("the driver's StoredRecords.done failed")
+            driver_failed("StoredRecords.done")
             return True
 
     def accept(self, uuid: str, reading: Reading) -> tuple[bool, Cursor | None]:
@@ -81,7 +82,7 @@ class RecordSync:
         try:
             position = self.spec.cursor(reading)
         except Exception:  # a driver bug: keep the reading (a duplicate beats a loss)
-            log.exception("the driver's StoredRecords.cursor failed")
+            driver_failed("StoredRecords.cursor")
             return True, None
         if companion:  # follows its record: kept if that was kept
             return position is None or position in self._kept, None
@@ -111,7 +112,7 @@ class RecordSync:
         try:
             return describe(final)
         except Exception:  # a driver bug: the log line only
-            log.exception("the driver's StoredRecords.describe failed")
+            driver_failed("StoredRecords.describe")
             return "finished"
 
     def forget(self) -> Cursor | None:
@@ -120,6 +121,19 @@ class RecordSync:
             return None
         self.digests = []
         return (self.key, "[]")
+
+
+def driver_failed(what: str) -> None:
+    """Log a driver callback's failure, from its `except` block: the exception's type only, the
+    traceback at TRACE (the exception's text and the frames' locals may carry the device's
+    values)."""
+    error = sys.exc_info()[1]
+    log.error(
+        "the driver's %s raised %s; report this to the driver's maintainer",
+        what,
+        type(error).__name__,
+    )
+    log.log(TRACE, "the driver's %s failed", what, exc_info=True)
 
 
 def _digest_list(stored: MetaValue | None) -> list[str]:
