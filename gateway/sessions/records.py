@@ -14,8 +14,11 @@ Positions, kept in the outbox under `ble.<name>:<device id>`:
 - a cursor (Glucose sequence numbers, a vendor's event counters): the highest one stored; the
   hub asks for the records after it and drops any at or below it;
 - digests (`position="digest"`, Pulse Oximeter spot-checks, whose records carry no number): the
-  last `MAX_DIGESTS` digests of stored records' bytes; the hub asks for all records and drops
-  those whose digest it has.
+  digests of the last `MAX_DIGESTS` stored records' bytes, one per record, so a digest appears
+  as often as records with those bytes were stored; the hub asks for all records and, of the
+  records with one digest in a transfer, drops as many as the list holds that digest (two
+  identical spot-checks without a time stamp are two measurements: both are kept, and both
+  are known on the next transfer).
 
 Each record a sync keeps comes with that position (key, value), which the journal writes in the
 same outbox transaction as the reading: the position can never run ahead of what is stored.
@@ -27,6 +30,7 @@ import hashlib
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable
 
 from gateway.hub.outbox_file import MetaValue
@@ -56,8 +60,11 @@ class RecordSync:
         self.high: int | None = None
         """The highest position stored; None before the first (numbers may start at 0)."""
         self.digests: list[str] | None = None
+        self._unmatched = Counter[str]()
+        """Digest -> stored records with it that this transfer has not met again yet."""
         if spec.position == "digest":
             self.digests = _digest_list(stored)
+            self._unmatched.update(self.digests)
         elif isinstance(stored, int | float) and not isinstance(stored, bool):
             self.high = int(stored)
         self.arrived = 0
@@ -98,10 +105,14 @@ class RecordSync:
     def _accept_digest(self, digests: list[str], reading: Reading) -> tuple[bool, Cursor | None]:
         self.arrived += 1
         digest = hashlib.sha256(reading.raw).hexdigest()[:16]
-        if digest in digests:
+        # The n-th record with these bytes in a transfer is already stored if the list held the
+        # digest n times when the transfer began: equal bytes are equal values, not the same
+        # measurement (a spot-check without a time stamp repeats 97 % and 72 /min).
+        if self._unmatched[digest] > 0:
+            self._unmatched[digest] -= 1
             return False, None
         digests.append(digest)
-        del digests[:-MAX_DIGESTS]
+        del digests[:-MAX_DIGESTS]  # bounded: the oldest records are forgotten
         return True, (self.key, json.dumps(digests, separators=(",", ":")))
 
     def ended(self, final: bytes) -> str:
@@ -120,6 +131,7 @@ class RecordSync:
         if self.digests is None:
             return None
         self.digests = []
+        self._unmatched.clear()
         return (self.key, "[]")
 
 
