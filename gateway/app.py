@@ -98,7 +98,24 @@ def setup_logging(level: str) -> None:
 
 def run_hub(config: Config, registry: Registry | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Returns the process exit status."""
-    return asyncio.run(Hub(config, registry=registry).run())
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_exception_handler(_loop_exception)
+        return runner.run(Hub(config, registry=registry).run())
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """An error no task awaited, reported by the event loop. asyncio's own report quotes the
+    callback with its arguments (a notification's value, for one), so: the type here, asyncio's
+    report at TRACE."""
+    from gateway.sdk import TRACE
+
+    error = context.get("exception")
+    log.error(
+        "the event loop caught %s outside any task; the hub goes on",
+        type(error).__name__ if error is not None else "an error",
+    )
+    if logging.getLogger("asyncio").isEnabledFor(TRACE):
+        loop.default_exception_handler(context)
 
 
 @dataclass(frozen=True, slots=True)
