@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -452,6 +452,7 @@ def test_a_failing_stored_record_callback_is_logged_by_its_type_only(
     )
     sync = RecordSync(spec, "k", None)
     caplog.set_level(logging.DEBUG)
+    assert sync.request() == b"\x01"
     assert sync.done(bytes((0, 97))) is True  # a broken driver ends the transfer
     assert sync.accept("r", Reading((), bytes((72,)), {})) == (True, None)  # and keeps records
     lines = [(rec.levelno, rec.getMessage(), rec.exc_info) for rec in caplog.records]
@@ -468,6 +469,13 @@ def test_a_failing_stored_record_callback_is_logged_by_its_type_only(
         ),
     ]
     assert all(info is None for _, _, info in lines)  # no traceback, no text: no values
+    broken = RecordSync(replace(spec, request=lambda last: bytes((1, 0, 300))), "k", None)
+    assert broken.request() is None  # no transfer: live values only
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .startswith("the driver's StoredRecords.request raised ValueError;")
+    )
     caplog.clear()
     caplog.set_level(TRACE)
     sync.done(bytes((0, 97)))

@@ -273,13 +273,8 @@ class BleDeviceSession:
         if wanted is not None and identity.get("serial") != wanted:
             # A neighbour's device of the same kind, or a rotated address of another one. Its
             # serial is the neighbour's business: named only at TRACE.
-            log.log(
-                TRACE,
-                "device %s: %s has serial %r",
-                self.device.id,
-                link.address,
-                identity.get("serial"),
-            )
+            serial = identity.get("serial")
+            log.log(TRACE, "device %s: %s has serial %r", self.device.id, link.address, serial)
             self._rejected[link.address] = time.monotonic() + 600.0
             self._radio.forget(link.address)
             raise DeviceUnavailable(
@@ -352,7 +347,9 @@ class BleDeviceSession:
         ends the transfer is in and the journal has committed every kept record, run the
         driver's after-commit step, then store the position it resets, through the journal."""
         self._committing = []
-        final = await self._request(link, sync.control, sync.request(), sync.done, sync)
+        if (request := sync.request()) is None:  # the driver failed (logged): live values only
+            return
+        final = await self._request(link, sync.control, request, sync.done, sync)
         if final is None:
             return
         log.info(

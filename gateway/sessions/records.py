@@ -71,8 +71,13 @@ class RecordSync:
         """Records that arrived in this transfer, new or already stored."""
         self._kept: set[int] = set()
 
-    def request(self) -> bytes:
-        return bytes(self.spec.request(None if self.digests is not None else self.high))
+    def request(self) -> bytes | None:
+        """What to write to ask for the records; None if the driver cannot say (a bug)."""
+        try:
+            return bytes(self.spec.request(None if self.digests is not None else self.high))
+        except Exception:  # a driver bug: live values only on this connection
+            driver_failed("StoredRecords.request")
+            return None
 
     def done(self, value: bytes) -> bool:
         try:
