@@ -2,8 +2,8 @@
 
 This is where concrete things are wired together (cli.py only parses and calls): the serial
 transport into the device sessions, the MQTT client into the uplink. It owns start-up (state
-dir, identity, outbox), signals (SIGTERM/SIGINT drain and stop), and systemd notification
-(READY, WATCHDOG from the event loop, STOPPING).
+dir, identity, outbox), signals (SIGTERM/SIGINT drain and stop) and systemd notification
+(READY, WATCHDOG from the event loop, STOPPING). The log's set-up is `gateway.hub.logs`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gateway.hub.clock import clock_state
 from gateway.hub.config import Config, DeviceConfig, is_loopback
 from gateway.hub.identity import HubIdentity, IdentityError
 from gateway.hub.journal import Journal
+from gateway.hub.logs import loop_exception
 from gateway.hub.machine import Binding, MachineMovedError, bind_state_dir, boot_id
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import OutboxError
@@ -66,7 +67,9 @@ class StartupError(Exception):
 def run_hub(config: Config, registry: Registry | None = None, *, moved: bool = False) -> int:
     """Run the daemon until SIGTERM/SIGINT. Returns the process exit status. `moved`: the state
     dir was moved to this machine deliberately (see `gateway.hub.machine`)."""
-    return asyncio.run(Hub(config, registry=registry, moved=moved).run())
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_exception_handler(loop_exception)
+        return runner.run(Hub(config, registry=registry, moved=moved).run())
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,11 +224,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StartupError, run_hub
     from gateway.hub.config import load_config
     from gateway.hub.config_reader import ConfigError
+    from gateway.hub.logs import setup_logging
 
     try:
         config = load_config(args.config)
         # Logging first: a vendor driver that is skipped says so in the journal's format.
-        _setup_logging(args.log_level or config.log_level)
+        setup_logging(args.log_level or config.log_level)
         registry = _check_drivers(config)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
@@ -237,20 +237,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return run_hub(config, registry, moved=args.moved)
     except StartupError as exc:
         return _fail(str(exc), exc.exit_status)
-
-
-def _setup_logging(level: str) -> None:
-    from gateway.sdk import TRACE
-
-    numeric = TRACE if level.upper() == "TRACE" else getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(
-        level=numeric, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if numeric > TRACE:
-        # Libraries' own debug output (with tracebacks of errors we already report) is noise
-        # for a technician; TRACE shows everything.
-        for name in ("asyncio", "serial_asyncio_fast", "paho"):
-            logging.getLogger(name).setLevel(max(numeric, logging.INFO))
 
 
 def _cmd_drivers(args: argparse.Namespace) -> int:

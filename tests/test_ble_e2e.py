@@ -4,6 +4,7 @@ every signature with joserfc, the schema, the chain and the sequence."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.harness import (
     seqs,
     start_daemon,
     verify_messages,
+    wait_until,
     write_config,
 )
 
@@ -37,6 +39,31 @@ BLE_SECTION = "[ble]\npassive = false\nscanner_watchdog = 10\n"
 
 def readings(messages: list[Received], jwk: dict[str, Any]) -> list[dict[str, Any]]:
     return [e.payload for e in verify_messages(messages, jwk) if e.payload["kind"] == "reading"]
+
+
+def value_traces(reading: dict[str, Any]) -> set[str]:
+    """The ways a characteristic value, or what it decodes to, would show in a log line: as the
+    hub's payload has it (base64), as hex, as Python and D-Bus reprs of the bytes (bleak logs
+    `bytearray(b'...')` and `Variant('ay', b'...')`), as a list of byte values, and each decoded
+    observation written as a log line would (`spo2=97`, `'spo2': 97`, `97 %`)."""
+    raw = base64.b64decode(reading["raw"])
+    traces = {reading["raw"], repr(raw)}
+    if len(raw) >= 3:  # shorter hex could be anything in a log line
+        traces |= {raw.hex(), raw.hex(" "), raw.hex(":"), str(list(raw))}
+    for o in reading["observations"]:
+        name, value = o["type"], o["value"]
+        traces |= {f"{name}={value}", f"{name}: {value}", f"'{name}': {value}"}
+        traces.add(f'"{name}": {value}')
+        if o["unit"] != "1":
+            traces.add(f"{value} {o['unit']}")
+    return traces
+
+
+def assert_no_values_in(log: str, got: list[dict[str, Any]]) -> None:
+    assert got
+    for reading in got:
+        leaked = sorted(t for t in value_traces(reading) if t in log)
+        assert not leaked, f"health values in the log: {leaked}"
 
 
 def test_a_pulse_oximeter_and_an_exercise_bike_stream_to_the_broker_signed(
@@ -117,9 +144,11 @@ def test_a_pulse_oximeter_and_an_exercise_bike_stream_to_the_broker_signed(
     events = [e.payload for e in entries if e.payload["kind"] == "event"]
     connected = {e["detail"]["device"] for e in events if e["event"] == "device-connected"}
     assert connected == {"oximeter", "bike"}
+    # Health values stay out of the log at DEBUG: the daemon runs at DEBUG (write_config), and
+    # bleak, dbus-fast and bleak-retry-connector log every value they carry at DEBUG.
     log = (tmp_path / "daemon.log").read_text()
-    for reading in got[:50]:  # health values stay out of the log at DEBUG
-        assert reading["raw"] not in log
+    assert_no_values_in(log, got)
+    assert " DEBUG bleak" not in log and " DEBUG dbus_fast" not in log
 
 
 def _glucose_sequences(entries: list[dict[str, Any]]) -> list[int]:
@@ -225,3 +254,50 @@ def test_an_unpaired_neighbour_is_listed_by_scan_but_never_ingested(
     assert {r["device"]["serial"] for r in got} == {"PLX-MINE"}
     assert neighbour.peripheral.connect_calls == 0
     assert len(neighbour.stored) == 2
+
+
+def test_at_debug_a_neighbour_of_the_same_kind_is_refused_without_its_serial_in_the_log(
+    bluez: BluezThread, tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
+) -> None:
+    broker = mosquitto("plain")
+    subscriber = mqtt_subscriber(broker, "rtm/v1/#")
+    mine = PulseOximeter(
+        address="C0:FF:EE:50:00:01", serial="PLX-MINE", stored_records=2, spot_check_every=5, seed=1
+    )
+    neighbour = PulseOximeter(
+        address="C0:FF:EE:50:00:02",
+        serial="PLX-NEIGHBOUR",
+        stored_records=2,
+        spot_check_every=5,
+        seed=2,
+    )
+    # Named by serial, not address: the hub connects to each oximeter it hears and asks.
+    device = (
+        '[[devices]]\nid = "oximeter"\ndriver = "gatt.plx"\nserial = "PLX-MINE"\n'
+        'patient = "pt-0001"\nsummary_interval = 0.2\n'
+    )
+    config = write_config(tmp_path, broker, [device], extra=BLE_SECTION)
+    jwk = hub_jwk(config)
+    start_device(bluez, neighbour, rate=20)  # heard first: connected, asked, refused
+    daemon = start_daemon(config, tmp_path / "daemon.log")
+    try:
+        wait_until(lambda: "reports another serial" in daemon.log(), 30, "the neighbour's refusal")
+        start_device(bluez, mine, rate=20)
+
+        def enough(messages: list[Received]) -> bool:
+            got = readings(messages, jwk)
+            spot = [r for r in got if r["time"]["device"] is not None]
+            return len(got) >= 10 and len(spot) >= 3
+
+        assert subscriber.wait_for(enough, timeout=40), daemon.log()
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.close()
+    got = readings(subscriber.snapshot(), jwk)
+    assert {r["device"]["serial"] for r in got} == {"PLX-MINE"}
+    assert neighbour.peripheral.connect_calls >= 1
+    assert len(neighbour.stored) == 2  # nothing fetched, nothing deleted
+    log = (tmp_path / "daemon.log").read_text()
+    assert "C0:FF:EE:50:00:02 reports another serial" in log
+    assert "PLX-NEIGHBOUR" not in log
+    assert_no_values_in(log, got)

@@ -4,9 +4,12 @@ real journal, signer and outbox. (The daemon end to end, with a broker, is in te
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from gateway.hub.signer import ChainHead, Signer
 from gateway.sdk import uuid16
 from gateway.sessions.ble import BleDeviceSession
 from gateway.sim.ble_devices import GlucoseMeter, PulseOximeter, run_on, start_device, stop_device
+from gateway.sim.ble_records import SpotCheck
 from gateway.sim.bluez import BluezThread, CharSpec, VirtualPeripheral
 from tests.blelab import bleak_session, needs_dbus
 from tests.harness import until
@@ -327,6 +331,158 @@ def test_pulse_oximeter_spot_checks_are_fetched_then_deleted_on_the_device(
     assert r.payloads()  # signatures verified while collecting
 
 
+def _delete_answers(oximeter: PulseOximeter) -> int:
+    """RACP answers to the hub's delete: one at the end of each transfer that had records."""
+    return sum(1 for v in oximeter.racp_responses if v[:3] == bytes((0x06, 0x00, 0x02)))
+
+
+def _raw(record: SpotCheck) -> str:
+    return base64.b64encode(record.encode(stored=True)).decode()
+
+
+async def _store(bluez: BluezThread, oximeter: PulseOximeter, record: SpotCheck) -> None:
+    """A spot-check taken while the hub is away: stored on the device."""
+
+    async def take() -> None:
+        oximeter.stored.append(record)
+
+    await asyncio.wrap_future(run_on(bluez, take()))
+
+
+def test_identical_spot_checks_in_one_transfer_stay_two_readings_and_a_reconnect_adds_none(
+    bluez: BluezThread, tmp_path: Path
+) -> None:
+    # Two spot-checks taken while the oximeter's clock was not set, with the same values: byte
+    # for byte the same record. This oximeter refuses to delete, so every connection reports
+    # every record again: only the count of each digest tells new from stored.
+    twin, other = SpotCheck(None, 97, 72), SpotCheck(None, 95, 80)
+    oximeter = PulseOximeter(
+        address="C0:FF:EE:50:00:03",
+        records=[twin, SpotCheck(None, 97, 72), other],
+        keeps_records=True,
+        spot_check_every=0,
+        seed=4,
+    )
+    device = DeviceConfig(
+        "plx", "gatt.plx", "pt-1", address=oximeter.peripheral.address, summary_interval=0.05
+    )
+
+    def stored_ones(r: Rig) -> list[str]:
+        return [p["raw"] for p in r.readings("plx") if p["raw"] in (_raw(twin), _raw(other))]
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            start_device(bluez, oximeter, rate=20)
+            await r.until(lambda: _delete_answers(oximeter) == 1)  # all committed, then refused
+            assert sorted(stored_ones(r)) == sorted([_raw(twin), _raw(twin), _raw(other)])
+            await bluez.drop_link(oximeter.peripheral)
+            await r.until(lambda: r.sessions[0].serving(2))
+            await r.until(lambda: _delete_answers(oximeter) == 2)  # the same three, again
+            assert len(stored_ones(r)) == 3
+            # A third measurement with the same values, taken while the hub is away: new.
+            await _store(bluez, oximeter, SpotCheck(None, 97, 72))
+            await bluez.drop_link(oximeter.peripheral)
+            await r.until(lambda: r.sessions[0].serving(3))
+            await r.until(lambda: _delete_answers(oximeter) == 3)
+            await r.until(lambda: len(stored_ones(r)) == 4)
+            await asyncio.sleep(0.2)  # a fifth would be signed by now
+            await asyncio.wrap_future(stop_device(bluez, oximeter))
+            digests = json.loads(str(r.outbox.get_meta("ble.stored-digests:plx")))
+            assert len(digests) == 4 and len(set(digests)) == 2  # one per record
+            return r
+
+    r = asyncio.run(run())
+    assert sorted(stored_ones(r)) == sorted([_raw(twin)] * 3 + [_raw(other)])
+    assert all(p["time"]["device"] is None for p in r.readings("plx"))
+    assert len(oximeter.stored) == 4  # it kept them all
+    assert len(oximeter.racp_requests) == 6  # report + delete on each of the 3 connections
+
+
+def test_identical_spot_checks_are_both_signed_before_the_oximeter_deletes_them(
+    bluez: BluezThread, tmp_path: Path
+) -> None:
+    twin = SpotCheck(None, 98, 64)
+    oximeter = PulseOximeter(
+        address="C0:FF:EE:50:00:04",
+        records=[twin, SpotCheck(None, 98, 64)],
+        spot_check_every=0,
+        seed=5,
+    )
+    device = DeviceConfig(
+        "plx", "gatt.plx", "pt-1", address=oximeter.peripheral.address, summary_interval=0.05
+    )
+
+    def twins(r: Rig) -> int:
+        return sum(1 for p in r.readings("plx") if p["raw"] == _raw(twin))
+
+    async def run() -> Rig:
+        async with rig(bluez, tmp_path, [device]) as r:
+            start_device(bluez, oximeter, rate=20)
+            await r.until(lambda: _delete_answers(oximeter) == 1)
+            assert not oximeter.stored  # deleted once both were committed
+            assert twins(r) == 2
+            await r.until(lambda: r.outbox.get_meta("ble.stored-digests:plx") == "[]")
+            # The same values again later: a new measurement, signed.
+            await _store(bluez, oximeter, SpotCheck(None, 98, 64))
+            await bluez.drop_link(oximeter.peripheral)
+            await r.until(lambda: r.sessions[0].serving(2))
+            await r.until(lambda: _delete_answers(oximeter) == 2)
+            await asyncio.wrap_future(stop_device(bluez, oximeter))
+            return r
+
+    r = asyncio.run(run())
+    assert twins(r) == 3
+    assert not oximeter.stored
+
+
+def test_a_failing_stored_record_callback_is_logged_by_its_type_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.sdk import TRACE, Reading, StoredRecords
+    from gateway.sessions.records import RecordSync
+
+    def done(value: bytes) -> bool:
+        raise ValueError(f"cannot read spo2={value[1]}")
+
+    def cursor(reading: Reading) -> int:
+        raise KeyError(f"pulse={reading.raw[0]}")
+
+    spec = StoredRecords(
+        control="c", records="r", request=lambda _: b"\x01", cursor=cursor, done=done
+    )
+    sync = RecordSync(spec, "k", None)
+    caplog.set_level(logging.DEBUG)
+    assert sync.request() == b"\x01"
+    assert sync.done(bytes((0, 97))) is True  # a broken driver ends the transfer
+    assert sync.accept("r", Reading((), bytes((72,)), {})) == (True, None)  # and keeps records
+    lines = [(rec.levelno, rec.getMessage(), rec.exc_info) for rec in caplog.records]
+    assert [(level, text) for level, text, _ in lines] == [
+        (
+            logging.ERROR,
+            "the driver's StoredRecords.done raised ValueError; report this to the "
+            "driver's maintainer",
+        ),
+        (
+            logging.ERROR,
+            "the driver's StoredRecords.cursor raised KeyError; report this to the "
+            "driver's maintainer",
+        ),
+    ]
+    assert all(info is None for _, _, info in lines)  # no traceback, no text: no values
+    broken = RecordSync(replace(spec, request=lambda last: bytes((1, 0, 300))), "k", None)
+    assert broken.request() is None  # no transfer: live values only
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .startswith("the driver's StoredRecords.request raised ValueError;")
+    )
+    caplog.clear()
+    caplog.set_level(TRACE)
+    sync.done(bytes((0, 97)))
+    traced = [rec for rec in caplog.records if rec.levelno == TRACE]
+    assert traced and traced[0].exc_info is not None  # the traceback, at TRACE
+
+
 CTS = uuid16(0x1805)
 CURRENT_TIME = uuid16(0x2A2B)
 
@@ -516,3 +672,19 @@ def test_record_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
     assert resumed.request() == bytes((0x01, 0x03, 0x01, 42, 0))
     assert resumed.accept(GLUCOSE_MEASUREMENT, record(40)) == (False, None)
     assert resumed.accept(GLUCOSE_MEASUREMENT, record(42)) == (True, ("k", 42))
+
+
+def test_the_stored_digests_stay_bounded_and_count_each_record() -> None:
+    from gateway.drivers.gatt_plx import DRIVER, SPOT_CHECK
+    from gateway.sdk import Reading
+    from gateway.sessions.records import MAX_DIGESTS, RecordSync
+
+    assert DRIVER.info.ble_session is not None and DRIVER.info.ble_session.stored is not None
+    spec = DRIVER.info.ble_session.stored
+    full = json.dumps([f"{n:016x}" for n in range(MAX_DIGESTS)])
+    sync = RecordSync(spec, "k", full)
+    same = Reading((), bytes((0, 97, 0, 72, 0)), {})
+    positions = [sync.accept(SPOT_CHECK, same)[1] for _ in range(3)]
+    assert all(p is not None for p in positions)  # three records, three readings
+    last = json.loads(str(positions[-1][1])) if positions[-1] else []
+    assert len(last) == MAX_DIGESTS and len(set(last[-3:])) == 1

@@ -156,10 +156,15 @@ def test_digest_positions_skip_stored_records_and_are_forgotten_after_the_delete
     assert sync.request() == racp.report_all()
     keep, cursor = sync.accept(gatt_plx.SPOT_CHECK, _spot_check(97))
     assert keep and cursor is not None and len(json.loads(str(cursor[1]))) == 1
-    assert sync.accept(gatt_plx.SPOT_CHECK, _spot_check(97)) == (False, None)
+    # The same bytes again in this transfer: a second measurement with the same values (F-DIGEST).
+    keep, cursor = sync.accept(gatt_plx.SPOT_CHECK, _spot_check(97))
+    assert keep and cursor is not None and len(json.loads(str(cursor[1]))) == 2
     resumed = RecordSync(spec, "k", cursor[1])
     assert resumed.accept(gatt_plx.SPOT_CHECK, _spot_check(97)) == (False, None)
-    assert resumed.arrived == 1
+    assert resumed.accept(gatt_plx.SPOT_CHECK, _spot_check(97)) == (False, None)
+    assert resumed.arrived == 2
+    keep, cursor = resumed.accept(gatt_plx.SPOT_CHECK, _spot_check(97))  # a third one: new
+    assert keep and cursor is not None and len(json.loads(str(cursor[1]))) == 3
     assert resumed.after_commit is not None
     assert resumed.after_commit.request == racp.delete_all()
     assert resumed.after_commit.answer(bytes((0x06, 0x00, 0x02, 0x01))) is True

@@ -43,7 +43,7 @@ from gateway.sessions.ble_ports import (
     Unavailable,
 )
 from gateway.sessions.core import DeviceUnavailable, ReadingPath
-from gateway.sessions.records import RecordSync, record_sync_for
+from gateway.sessions.records import RecordSync, all_committed, driver_failed, record_sync_for
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -274,12 +274,14 @@ class BleDeviceSession:
                     identity[key] = text
         wanted = self.device.serial
         if wanted is not None and identity.get("serial") != wanted:
-            # A neighbour's device of the same kind, or a rotated address of another one.
+            # A neighbour's device of the same kind, or a rotated address of another one. Its
+            # serial is the neighbour's business: named only at TRACE.
+            serial = identity.get("serial")
+            log.log(TRACE, "device %s: %s has serial %r", self.device.id, link.address, serial)
             self._rejected[link.address] = time.monotonic() + 600.0
             self._radio.forget(link.address)
             raise DeviceUnavailable(
-                f"{link.address} has serial {identity.get('serial')!r}, "
-                f"not {wanted!r}; looking further"
+                f"{link.address} reports another serial than the configured one; looking further"
             )
         self._path.identity = identity
 
@@ -353,7 +355,9 @@ class BleDeviceSession:
         ends the transfer is in and the journal has committed every kept record, run the
         driver's after-commit step, then store the position it resets, through the journal."""
         self._committing = []
-        final = await self._request(link, sync.control, sync.request(), sync.done, sync)
+        if (request := sync.request()) is None:  # the driver failed (logged): live values only
+            return
+        final = await self._request(link, sync.control, request, sync.done, sync)
         if final is None:
             return
         log.info(
@@ -365,7 +369,7 @@ class BleDeviceSession:
         step = sync.after_commit
         if step is None or not sync.arrived:
             return
-        if not await self._committed(self._committing):
+        if not await all_committed(self._committing, self._record_timeout):
             log.warning(
                 "device %s: stored records not yet committed; they stay on the "
                 "device until the next connection",
@@ -377,7 +381,7 @@ class BleDeviceSession:
             try:
                 return step.answer(value)
             except Exception:  # a driver bug: take it as a refusal
-                log.exception("the driver's AfterCommit.answer failed")
+                driver_failed("AfterCommit.answer")
                 return False
 
         final = await self._request(
@@ -393,14 +397,6 @@ class BleDeviceSession:
             self._journal.set_cursor(*reset)
         except OutboxError as exc:  # the digests stay: harmless, the device has no records
             log.warning("device %s: cannot store its record position (%s)", self.device.id, exc)
-
-    async def _committed(self, records: list[asyncio.Future[bool]]) -> bool:
-        """Whether the journal committed every one of `records` within the record timeout.
-        (`asyncio.wait` leaves them alone on a timeout: only the journal sets them.)"""
-        if not records:
-            return True
-        done, pending = await asyncio.wait(records, timeout=self._record_timeout)
-        return not pending and all(future.result() for future in done)
 
     async def _request(
         self,

@@ -14,8 +14,11 @@ Positions, kept in the outbox under `ble.<name>:<device id>`:
 - a cursor (Glucose sequence numbers, a vendor's event counters): the highest one stored; the
   hub asks for the records after it and drops any at or below it;
 - digests (`position="digest"`, Pulse Oximeter spot-checks, whose records carry no number): the
-  last `MAX_DIGESTS` digests of stored records' bytes; the hub asks for all records and drops
-  those whose digest it has.
+  digests of the last `MAX_DIGESTS` stored records' bytes, one per record, so a digest appears
+  as often as records with those bytes were stored; the hub asks for all records and, of the
+  records with one digest in a transfer, drops as many as the list holds that digest (two
+  identical spot-checks without a time stamp are two measurements: both are kept, and both
+  are known on the next transfer).
 
 Each record a sync keeps comes with that position (key, value), which the journal writes in the
 same outbox transaction as the reading: the position can never run ahead of what is stored.
@@ -23,13 +26,16 @@ same outbox transaction as the reading: the position can never run ahead of what
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import sys
+from collections import Counter
 from collections.abc import Callable
 
 from gateway.hub.outbox_file import MetaValue
-from gateway.sdk import AfterCommit, GattDriver, Reading, StoredRecords
+from gateway.sdk import TRACE, AfterCommit, GattDriver, Reading, StoredRecords
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +61,30 @@ class RecordSync:
         self.high: int | None = None
         """The highest position stored; None before the first (numbers may start at 0)."""
         self.digests: list[str] | None = None
+        self._unmatched = Counter[str]()
+        """Digest -> stored records with it that this transfer has not met again yet."""
         if spec.position == "digest":
             self.digests = _digest_list(stored)
+            self._unmatched.update(self.digests)
         elif isinstance(stored, int | float) and not isinstance(stored, bool):
             self.high = int(stored)
         self.arrived = 0
         """Records that arrived in this transfer, new or already stored."""
         self._kept: set[int] = set()
 
-    def request(self) -> bytes:
-        return bytes(self.spec.request(None if self.digests is not None else self.high))
+    def request(self) -> bytes | None:
+        """What to write to ask for the records; None if the driver cannot say (a bug)."""
+        try:
+            return bytes(self.spec.request(None if self.digests is not None else self.high))
+        except Exception:  # a driver bug: live values only on this connection
+            driver_failed("StoredRecords.request")
+            return None
 
     def done(self, value: bytes) -> bool:
         try:
             return bool(self.spec.done(value))
         except Exception:  # a driver bug: end the transfer rather than wait for ever
-            log.exception("the driver's StoredRecords.done failed")
+            driver_failed("StoredRecords.done")
             return True
 
     def accept(self, uuid: str, reading: Reading) -> tuple[bool, Cursor | None]:
@@ -81,7 +95,7 @@ class RecordSync:
         try:
             position = self.spec.cursor(reading)
         except Exception:  # a driver bug: keep the reading (a duplicate beats a loss)
-            log.exception("the driver's StoredRecords.cursor failed")
+            driver_failed("StoredRecords.cursor")
             return True, None
         if companion:  # follows its record: kept if that was kept
             return position is None or position in self._kept, None
@@ -97,10 +111,14 @@ class RecordSync:
     def _accept_digest(self, digests: list[str], reading: Reading) -> tuple[bool, Cursor | None]:
         self.arrived += 1
         digest = hashlib.sha256(reading.raw).hexdigest()[:16]
-        if digest in digests:
+        # The n-th record with these bytes in a transfer is already stored if the list held the
+        # digest n times when the transfer began: equal bytes are equal values, not the same
+        # measurement (a spot-check without a time stamp repeats 97 % and 72 /min).
+        if self._unmatched[digest] > 0:
+            self._unmatched[digest] -= 1
             return False, None
         digests.append(digest)
-        del digests[:-MAX_DIGESTS]
+        del digests[:-MAX_DIGESTS]  # bounded: the oldest records are forgotten
         return True, (self.key, json.dumps(digests, separators=(",", ":")))
 
     def ended(self, final: bytes) -> str:
@@ -111,7 +129,7 @@ class RecordSync:
         try:
             return describe(final)
         except Exception:  # a driver bug: the log line only
-            log.exception("the driver's StoredRecords.describe failed")
+            driver_failed("StoredRecords.describe")
             return "finished"
 
     def forget(self) -> Cursor | None:
@@ -119,7 +137,21 @@ class RecordSync:
         if self.digests is None:
             return None
         self.digests = []
+        self._unmatched.clear()
         return (self.key, "[]")
+
+
+def driver_failed(what: str) -> None:
+    """Log a driver callback's failure, from its `except` block: the exception's type only, the
+    traceback at TRACE (the exception's text and the frames' locals may carry the device's
+    values)."""
+    error = sys.exc_info()[1]
+    log.error(
+        "the driver's %s raised %s; report this to the driver's maintainer",
+        what,
+        type(error).__name__,
+    )
+    log.log(TRACE, "the driver's %s failed", what, exc_info=True)
 
 
 def _digest_list(stored: MetaValue | None) -> list[str]:
@@ -156,3 +188,12 @@ def record_sync_for(
     name = spec.position_key or ("stored-digests" if spec.position == "digest" else "cursor")
     key = f"ble.{name}:{device_id}"
     return RecordSync(spec, key, stored(key))
+
+
+async def all_committed(records: list[asyncio.Future[bool]], timeout: float) -> bool:
+    """Whether the journal committed every one of `records` (the futures `Journal.submit` sets)
+    within `timeout`. `asyncio.wait` leaves them alone on a timeout: only the journal sets them."""
+    if not records:
+        return True
+    done, pending = await asyncio.wait(records, timeout=timeout)
+    return not pending and all(future.result() for future in done)

@@ -9,7 +9,8 @@ Control Point of the GATT Specification Supplement), little-endian:
   (exponent -1, 1.0-10.0 %).
 - PLX Spot-check (0x2A5E, indicate), 14 bytes: flags 0x03 (Timestamp, Measurement Status),
   SpO2, PR, Date Time, Measurement Status 0x0080, plus bit 9 (data from storage, 0x0280) for
-  stored records.
+  stored records; 7 bytes, flags 0x02, for a record without a time stamp (the time stamp is
+  optional: two such records with the same values are byte for byte the same).
 - PLX Features (0x2A60, read): 4D 00 80 02 = Measurement Status support, spot-check storage,
   spot-check timestamp, PAI; then the Measurement Status bits it uses (7 and 9).
 - Glucose Measurement (0x2A18, notify), 15 or 17 bytes: flags 0x03 (time offset, concentration
@@ -25,7 +26,7 @@ Control Point of the GATT Specification Supplement), little-endian:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import ClassVar
@@ -75,17 +76,19 @@ class _Clock:
 class SpotCheck:
     """One spot-check measurement, as the oximeter stores it."""
 
-    time: datetime
+    time: datetime | None
+    """None: taken while the oximeter's clock was not set; sent without a time stamp."""
     spo2: int
     pulse_rate: int
 
     def encode(self, *, stored: bool) -> bytes:
         status = _VALIDATED | (_FROM_STORAGE if stored else 0)
+        stamp = b"" if self.time is None else date_time(self.time)
         return (
-            bytes((0x03,))
+            bytes((0x02 if self.time is None else 0x03,))
             + sfloat(self.spo2)
             + sfloat(self.pulse_rate)
-            + date_time(self.time)
+            + stamp
             + u16(status)
         )
 
@@ -93,8 +96,9 @@ class SpotCheck:
 class PulseOximeter(RecordStoreDevice[SpotCheck]):
     """A fingertip pulse oximeter: continuous values live, spot-checks indicated live every
     `spot_check_every` seconds (0: never), and `stored_records` spot-checks taken before the
-    hub connected, an hour apart. PLX records have no sequence number, so its RACP takes only
-    the "all records" operator: report, delete and count."""
+    hub connected, an hour apart (or exactly `records`, such as two identical ones without a
+    time stamp). PLX records have no sequence number, so its RACP takes only the "all records"
+    operator: report, delete and count (`keeps_records`: it refuses the delete)."""
 
     driver_id = "gatt.plx"
     service = PLX_SERVICE
@@ -113,6 +117,8 @@ class PulseOximeter(RecordStoreDevice[SpotCheck]):
         spot_check_every: int = 30,
         clock: datetime | None = None,
         battery_level: int = 90,
+        records: Sequence[SpotCheck] | None = None,
+        keeps_records: bool = False,
     ) -> None:
         if stored_records < 0 or spot_check_every < 0:
             raise ValueError("stored_records and spot_check_every must not be negative")
@@ -125,7 +131,7 @@ class PulseOximeter(RecordStoreDevice[SpotCheck]):
             stored=(),
             record_interval=record_interval,
             operators=frozenset({Operator.ALL}),
-            supports_delete=True,
+            supports_delete=not keeps_records,
             profile={
                 SPOT_CHECK: CharSpec(("indicate",)),
                 CONTINUOUS: CharSpec(("notify",)),
@@ -138,10 +144,16 @@ class PulseOximeter(RecordStoreDevice[SpotCheck]):
         self._spo2 = Walk(self.rng, 97, 94, 99, 0.4)
         self._pulse = Walk(self.rng, 72, 60, 90, 1.5)
         self._pai = Walk(self.rng, 4.0, 1.0, 10.0, 0.2)
-        self.stored = [
-            SpotCheck(time, *self._vitals())
-            for time in spread_times(self.rng, self.clock.now(), stored_records, timedelta(hours=1))
-        ]
+        self.stored = (
+            list(records)
+            if records is not None
+            else [
+                SpotCheck(time, *self._vitals())
+                for time in spread_times(
+                    self.rng, self.clock.now(), stored_records, timedelta(hours=1)
+                )
+            ]
+        )
 
     def _vitals(self) -> tuple[int, int]:
         return round(self._spo2.next()), round(self._pulse.next())
