@@ -200,7 +200,8 @@ def test_broker_killed_mid_handshake_is_retried_within_seconds(
         task = asyncio.create_task(uplink.run())
         await until(lambda: _established_to(broker.port))  # the client hello waits for an answer
         os.kill(pid, signal.SIGKILL)  # the broker dies with the handshake in progress
-        await asyncio.to_thread(broker.start)  # and comes back on the same port
+        await asyncio.to_thread(broker.stop)  # reaped
+        await asyncio.to_thread(broker.start)  # and back on the same port
         await until(lambda: outbox.depth() == 0, timeout=30)
         await uplink.stop(drain_timeout=2)
         await task
