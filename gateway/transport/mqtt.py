@@ -30,7 +30,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
@@ -213,8 +213,10 @@ class MqttClient:
     # -- connection set-up -------------------------------------------------------------------
 
     def _make_paho(self, timeout: float) -> paho.Client:
-        client = paho_client(self._settings, timeout, client_class=GuardedPahoClient)
-        assert isinstance(client, GuardedPahoClient)  # noqa: S101 - the class asked for above
+        client = cast(
+            GuardedPahoClient,
+            paho_client(self._settings, timeout, client_class=GuardedPahoClient),
+        )
         guard = InboundGuard(
             self._where(), max_packet=self._max_packet_size, v5=self._settings.protocol == "5"
         )

@@ -135,7 +135,11 @@ class InboundGuard:
 class GuardedPahoClient(paho.Client):
     """A paho client whose every read passes through an `InboundGuard` (set `guard` before
     connecting). paho reads a packet's fixed header a byte at a time before asking for its
-    body, so a violation is raised before any of an oversized body is buffered."""
+    body, so a violation is raised before any of an oversized body is buffered.
+
+    `_sock_recv` is paho's one read of the socket (1.6 to 2.2); it is private, so the tests
+    drive this class through real paho against a fake broker and fail if paho reads elsewhere.
+    """
 
     guard: InboundGuard | None = None
 
