@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gateway.transport.mqtt import MqttClient
-from gateway.transport.mqtt_connect import MqttProtocolViolation, MqttSettings
+from gateway.transport.mqtt_connect import MqttProtocolViolation, MqttSettings, ProtocolName
 from gateway.transport.mqtt_inbound import MAX_INCOMING_PACKET, InboundGuard, InboundViolation
 from tests.harness import run, start_daemon, until
 
@@ -230,12 +230,12 @@ def test_guard_refuses_what_a_publisher_is_never_sent(data: bytes, says: str) ->
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_client_drops_the_connection_and_says_why_once(
-    attack: str, protocol: str, caplog: pytest.LogCaptureFixture
+    attack: str, protocol: ProtocolName, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
         fake, server = await start_fake(ATTACKS[attack])
         async with server:
-            client = MqttClient(MqttSettings("127.0.0.1", fake.port, protocol=protocol))  # type: ignore[arg-type]
+            client = MqttClient(MqttSettings("127.0.0.1", fake.port, protocol=protocol))
             await client.connect(timeout=5)
             assert client.is_connected
             await client.publish("t/x", b"hello", qos=1)  # an ordinary PUBACK is taken
