@@ -21,10 +21,11 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.hub.clock import HubClock, clock_state
 from gateway.hub.uplink_batches import Batch, StoredEntry, make_batches
 from gateway.hub.uplink_connection import Publisher, PublisherFactory, ReconnectPolicy
 
@@ -81,6 +82,7 @@ class Uplink:
         flush_interval: float = 0.1,
         idle_timeout: float = 300.0,
         status_extra: Mapping[str, object] | None = None,
+        clock: Callable[[], HubClock] = clock_state,
     ) -> None:
         if batch_size < 1 or window < 1:
             raise ValueError("batch_size and window must be at least 1")
@@ -90,7 +92,7 @@ class Uplink:
         self._batch_size = batch_size
         self._window = window
         self._reconnect = ReconnectPolicy(
-            initial=backoff_initial, maximum=backoff_max, auth_pause=auth_backoff
+            initial=backoff_initial, maximum=backoff_max, auth_pause=auth_backoff, clock=clock
         )
         self._connect_timeout = connect_timeout
         self._ack_timeout = ack_timeout

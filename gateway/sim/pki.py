@@ -1,5 +1,7 @@
 """A throwaway PKI for a local broker: a CA, a server certificate for 127.0.0.1/localhost, a
-client certificate, and a second, unrelated CA (trusting only it must fail verification).
+client certificate, and a second, unrelated CA (trusting only it must fail verification). The
+server certificate can be made for other names (a host name mismatch) or for a validity window
+that does not include now (expired, not yet valid: what a hub with a wrong clock sees).
 
 Used by the tests, the benches and anyone trying mutual TLS without a real PKI. Made with
 `cryptography`; EC P-256 keys keep generation fast. The keys are written unencrypted: this is
@@ -43,9 +45,18 @@ class Pki:
 
 
 def make_pki(
-    directory: Path, *, client_identity: str = CLIENT_IDENTITY, valid_days: int = 2
+    directory: Path,
+    *,
+    client_identity: str = CLIENT_IDENTITY,
+    valid_days: int = 2,
+    server_names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    server_window: tuple[datetime.timedelta, datetime.timedelta] | None = None,
 ) -> Pki:
-    """Write a fresh CA, server and client certificates (and an unrelated CA) to `directory`."""
+    """Write a fresh CA, server and client certificates (and an unrelated CA) to `directory`.
+
+    `server_names` go into the server certificate (DNS names or IP addresses).
+    `server_window` is the server certificate's (not before, not after), relative to now: e.g.
+    (+1 day, +3 days) is not yet valid, (-3 days, -1 day) expired. The CA stays valid now."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(
         ca_file=directory / "ca.pem",
@@ -60,11 +71,12 @@ def make_pki(
     _make_ca("unrelated throwaway CA", pki.other_ca_file, lifetime)
     _make_leaf(
         ca,
-        common_name="localhost",
+        common_name=server_names[0],
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        san=[_general_name(name) for name in server_names],
         paths=(pki.server_cert, pki.server_key),
         lifetime=lifetime,
+        window=server_window,
     )
     _make_leaf(
         ca,
@@ -75,6 +87,13 @@ def make_pki(
         lifetime=lifetime,
     )
     return pki
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -95,13 +114,14 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 
 
 def _validity(
-    builder: x509.CertificateBuilder, lifetime: datetime.timedelta
+    builder: x509.CertificateBuilder,
+    lifetime: datetime.timedelta,
+    window: tuple[datetime.timedelta, datetime.timedelta] | None = None,
 ) -> x509.CertificateBuilder:
     # An hour back: a machine whose clock is a little behind still accepts the certificates.
+    start, end = window or (-datetime.timedelta(hours=1), lifetime)
     now = datetime.datetime.now(datetime.UTC)
-    return builder.not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(
-        now + lifetime
-    )
+    return builder.not_valid_before(now + start).not_valid_after(now + end)
 
 
 def _make_ca(
@@ -144,6 +164,7 @@ def _make_leaf(
     san: list[x509.GeneralName] | None,
     paths: tuple[Path, Path],
     lifetime: datetime.timedelta,
+    window: tuple[datetime.timedelta, datetime.timedelta] | None = None,
 ) -> None:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
@@ -161,7 +182,7 @@ def _make_leaf(
     )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    cert = _validity(builder, lifetime).sign(ca_key, hashes.SHA256())
+    cert = _validity(builder, lifetime, window).sign(ca_key, hashes.SHA256())
     cert_path, key_path = paths
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(key, key_path)

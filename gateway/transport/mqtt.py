@@ -10,9 +10,14 @@ connection drops first its future fails with `MqttDisconnected`. Nothing is queu
 connections: the caller's durable store is the source of truth, and it republishes after a
 reconnect (duplicates are allowed, loss is not).
 
+What the broker may send is bounded (`gateway.transport.mqtt_inbound`): packets up to 64 KiB,
+announced in MQTT 5's CONNECT and enforced on every read for 3.1.1 too, and no PUBLISH, since
+the hub subscribes to nothing. Anything else drops the connection with one ERROR line that says
+what to check; the caller reconnects with its normal backoff.
+
 Settings, TLS, the blocking connect and the meaning of each failure live in
 `gateway.transport.mqtt_connect`, shared with the verify command's subscriber. This module
-imports only the standard library, paho and that module; never drivers, the hub core or the
+imports only the standard library, paho and those modules; never drivers, the hub core or the
 tools (import-linter checks it).
 """
 
@@ -25,7 +30,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
@@ -37,6 +42,7 @@ from gateway.transport.mqtt_connect import (
     MqttConnectError,
     MqttDisconnected,
     MqttError,
+    MqttProtocolViolation,
     MqttPublishRejected,
     MqttSettings,
     MqttUnreachable,
@@ -47,6 +53,7 @@ from gateway.transport.mqtt_connect import (
     open_connection,
     paho_client,
 )
+from gateway.transport.mqtt_inbound import MAX_INCOMING_PACKET, GuardedPahoClient, InboundGuard
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -58,11 +65,16 @@ class MqttClient:
     """One MQTT connection at a time, driven by the running asyncio loop.
 
     `connect()` may be called again after the connection is lost or closed; each connection uses
-    a fresh paho client so no state leaks from one connection to the next.
+    a fresh paho client so no state leaks from one connection to the next. `max_packet_size`
+    bounds every packet the broker may send (see `gateway.transport.mqtt_inbound`).
     """
 
-    def __init__(self, settings: MqttSettings) -> None:
+    def __init__(
+        self, settings: MqttSettings, *, max_packet_size: int = MAX_INCOMING_PACKET
+    ) -> None:
         self._settings = settings
+        self._max_packet_size = max_packet_size
+        self._guard: InboundGuard | None = None
         self._paho: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: Any = None
@@ -201,7 +213,14 @@ class MqttClient:
     # -- connection set-up -------------------------------------------------------------------
 
     def _make_paho(self, timeout: float) -> paho.Client:
-        client = paho_client(self._settings, timeout)
+        client = cast(
+            GuardedPahoClient,
+            paho_client(self._settings, timeout, client_class=GuardedPahoClient),
+        )
+        guard = InboundGuard(
+            self._where(), max_packet=self._max_packet_size, v5=self._settings.protocol == "5"
+        )
+        client.guard = self._guard = guard
         # Only the log callback is set now: it may run on the connect thread and just stores a
         # string. The others touch asyncio objects and are set on the loop thread in _attach().
         client.on_log = self._on_log
@@ -214,7 +233,8 @@ class MqttClient:
         abandoned = False
 
         def blocking_connect() -> None:
-            open_connection(client, self._settings)  # raises MqttConnectError, closes its socket
+            # Raises MqttConnectError and closes its socket on failure.
+            open_connection(client, self._settings, max_packet_size=self._max_packet_size)
             with lock:
                 if abandoned:
                     close_quietly(client.socket())
@@ -336,8 +356,11 @@ class MqttClient:
         reason: ReasonCode,
         _properties: Properties | None,
     ) -> None:
+        violation = self._guard.violation if self._guard is not None else None
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(self._early_close_error())
+        elif violation is not None and not self._closing:
+            _LOGGER.error("mqtt: %s", violation)  # once: this connection is now gone
         elif self._connected and not self._closing:
             detail = self._last_error or reason.getName()
             _LOGGER.warning(
@@ -345,9 +368,12 @@ class MqttClient:
                 self._where(),
                 detail,
             )
-        self._lost(MqttDisconnected(f"connection to {self._where()} lost"))
+        how = "dropped after a protocol violation" if violation else "lost"
+        self._lost(MqttDisconnected(f"connection to {self._where()} {how}"))
 
     def _early_close_error(self) -> MqttConnectError:
+        if self._guard is not None and self._guard.violation is not None:
+            return MqttProtocolViolation(self._guard.violation)
         return early_close_error(self._settings, self._last_error)
 
     # -- teardown ---------------------------------------------------------------------------

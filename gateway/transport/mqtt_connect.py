@@ -3,8 +3,12 @@
 What lives here: `MqttSettings` (with the last will), the error classes with their `kind`, the
 TLS context, `paho_client` and `open_connection` (the blocking TCP connect and TLS handshake)
 and the mapping of socket errors, CONNACK reason codes and early hang-ups to errors that say
-what to check. Both the daemon's asyncio client (`gateway.transport.mqtt`) and the verify
-command's subscriber (`gateway.tools.verify`) connect through here, so they fail alike.
+what to check. The `kind` tells a caller how long retrying is worth waiting for: a stable
+refusal ("auth", "tls"), a certificate judged by the hub's clock ("tls-clock": only as stable
+as that clock), or a passing fault ("unreachable", which includes a TLS handshake cut short by
+a broker or load balancer restarting). Both the daemon's asyncio client
+(`gateway.transport.mqtt`) and the verify command's subscriber (`gateway.tools.verify`)
+connect through here, so they fail alike.
 
 What may not: driving a connection (the callers own their loops), drivers, the hub core, the
 tools. Only the standard library and paho are imported.
@@ -21,10 +25,14 @@ from typing import Any, ClassVar, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 ProtocolName = Literal["5", "3.1.1"]
-ErrorKind = Literal["auth", "tls", "unreachable", "protocol", "disconnected", "rejected"]
+ErrorKind = Literal[
+    "auth", "tls", "tls-clock", "unreachable", "protocol", "disconnected", "rejected"
+]
 
 # paho's own window is set far above the callers': they bound what is in flight, and a second,
 # smaller limit inside paho would silently queue messages in memory instead.
@@ -34,6 +42,9 @@ _PAHO_MAX_QUEUED = 65535
 # Bad credentials, not authorised, banned, bad authentication method:
 _AUTH_REASONS = frozenset({0x86, 0x87, 0x8A, 0x8C})
 _BUSY_REASONS = frozenset({0x88, 0x89, 0x9F})  # server unavailable, busy, connection rate exceeded
+# OpenSSL's verify codes for a certificate outside its validity period, as judged by this
+# machine's clock (X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED).
+_NOT_YET_VALID, _EXPIRED = 9, 10
 
 
 class MqttError(Exception):
@@ -53,9 +64,25 @@ class MqttAuthError(MqttConnectError):
 
 
 class MqttTlsError(MqttConnectError):
-    """A certificate or TLS problem: wrong CA, expired or missing client certificate, bad files."""
+    """A certificate or TLS problem: wrong CA, host name mismatch, client certificate refused,
+    bad files. Retrying the same settings won't help."""
 
     kind: ClassVar[ErrorKind] = "tls"
+
+
+class MqttCertificateTimeError(MqttTlsError):
+    """The broker's certificate is expired or not yet valid by this machine's clock. Stable if
+    the clock is right; a hub without a real-time clock that has not synchronised yet sees it
+    until NTP corrects the clock, so the caller decides by the clock's state."""
+
+    kind: ClassVar[ErrorKind] = "tls-clock"
+
+
+class MqttProtocolViolation(MqttConnectError):
+    """The broker sent what this client never asked for (an unrequested PUBLISH, a packet over
+    the announced maximum size): the connection is dropped and retried with the normal backoff."""
+
+    kind: ClassVar[ErrorKind] = "protocol"
 
 
 class MqttUnreachable(MqttConnectError):
@@ -151,11 +178,18 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
     return context
 
 
-def paho_client(settings: MqttSettings, timeout: float, *, reconnect: bool = False) -> paho.Client:
+def paho_client(
+    settings: MqttSettings,
+    timeout: float,
+    *,
+    reconnect: bool = False,
+    client_class: type[paho.Client] = paho.Client,
+) -> paho.Client:
     """A paho client for these settings, not connected. `reconnect` lets paho's own loop
-    reconnect after a loss (a subscriber on `loop_start`); the asyncio client reconnects itself."""
+    reconnect after a loss (a subscriber on `loop_start`); the asyncio client reconnects itself
+    and brings its own `client_class` (one that guards what it reads)."""
     v5 = settings.protocol == "5"
-    client = paho.Client(
+    client = client_class(
         CallbackAPIVersion.VERSION2,
         client_id=settings.client_id,
         protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
@@ -173,17 +207,30 @@ def paho_client(settings: MqttSettings, timeout: float, *, reconnect: bool = Fal
     return client
 
 
-def open_connection(client: paho.Client, settings: MqttSettings) -> None:
+def open_connection(
+    client: paho.Client, settings: MqttSettings, *, max_packet_size: int | None = None
+) -> None:
     """paho's blocking TCP connect and TLS handshake, then CONNECT is sent (CONNACK comes
     later, to `on_connect`). Raises an `MqttConnectError` that says what to check; whatever
-    socket the failed attempt opened is closed."""
+    socket the failed attempt opened is closed. `max_packet_size` is announced in CONNECT
+    (MQTT 5 Maximum Packet Size: a compliant broker sends nothing larger); MQTT 3.1.1 has no
+    such property, so a caller that needs the bound enforces it on what it reads."""
     if settings.tls:
         client.tls_set_context(tls_context(settings))
     # paho accepts only its default for MQTT 3.1.1 (where clean_session already says it).
-    clean_start = True if settings.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
+    v5 = settings.protocol == "5"
+    clean_start = True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
+    properties = None
+    if v5 and max_packet_size is not None:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.MaximumPacketSize = max_packet_size
     try:
         client.connect(
-            settings.host, settings.port, keepalive=settings.keepalive, clean_start=clean_start
+            settings.host,
+            settings.port,
+            keepalive=settings.keepalive,
+            clean_start=clean_start,
+            properties=properties,
         )
     except Exception as exc:
         close_quietly(client.socket())
@@ -203,22 +250,56 @@ def socket_error(exc: BaseException, settings: MqttSettings) -> MqttConnectError
     return _tls_failure(exc, settings) or _network_failure(exc, settings.where)
 
 
-def _tls_failure(exc: BaseException, settings: MqttSettings) -> MqttTlsError | None:
+def _tls_failure(exc: BaseException, settings: MqttSettings) -> MqttConnectError | None:
     where, names = settings.where, settings.names
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return MqttTlsError(
-            f"broker {where} certificate not trusted ({exc.verify_message}): check "
-            f"{names.ca_file} (the CA that signed it), the host name in the certificate and "
-            "this machine's clock"
+        return _verification_failure(exc, settings)
+    if settings.tls and _handshake_cut(exc):
+        # A broker or load balancer restarting drops the handshakes in progress: a passing
+        # fault, retried like any network error. A plain MQTT port answers a TLS hello by
+        # closing too; that keeps failing at the normal backoff, and the text says to check it.
+        return MqttUnreachable(
+            f"TLS handshake with {where} cut short ({_reason(exc)}): the broker or the network"
+            " restarted; if this persists, check that it is a TLS port"
         )
-    if isinstance(exc, ssl.SSLError) or (settings.tls and isinstance(exc, ConnectionResetError)):
-        # A plain MQTT port answers a TLS hello by closing: a reset, not an SSLError.
-        reason = exc.reason if isinstance(exc, ssl.SSLError) else "connection reset"
+    if isinstance(exc, ssl.SSLError):
+        # An alert from the broker (client certificate refused, no common protocol) or bytes
+        # that are not TLS: the same settings will fail the same way.
         return MqttTlsError(
-            f"TLS handshake with {where} failed ({reason}): is it a TLS port, and does it "
+            f"TLS handshake with {where} failed ({exc.reason}): is it a TLS port, and does it "
             f"want a client certificate ({names.client_cert})?"
         )
     return None
+
+
+def _verification_failure(
+    exc: ssl.SSLCertVerificationError, settings: MqttSettings
+) -> MqttTlsError:
+    where, names = settings.where, settings.names
+    if exc.verify_code in (_NOT_YET_VALID, _EXPIRED):
+        return MqttCertificateTimeError(
+            f"broker {where} certificate not valid at this machine's time ({exc.verify_message}):"
+            " check this machine's clock (NTP), then the broker's certificate dates"
+        )
+    return MqttTlsError(
+        f"broker {where} certificate not trusted ({exc.verify_message}): check "
+        f"{names.ca_file} (the CA that signed it) and the host name in the certificate"
+    )
+
+
+def _handshake_cut(exc: BaseException) -> bool:
+    """The peer went away during the handshake (EOF or reset), without a TLS alert."""
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return True
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason == "UNEXPECTED_EOF_WHILE_READING"
+    return isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
 
 
 def _network_failure(exc: BaseException, where: str) -> MqttConnectError:
