@@ -40,11 +40,10 @@ def test_a_state_dir_from_another_machine_is_refused_unless_the_move_is_declared
     assert bind_state_dir(state, moved=False, machine="b" * 32).moved_from is None
 
 
+@pytest.mark.skipif(machine_hash() is None, reason="this system has no machine id")
 def test_the_daemon_refuses_a_copied_state_dir_then_signs_the_declared_move(
     tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
 ) -> None:
-    if machine_hash() is None:
-        pytest.skip("this system has no machine id")
     broker = mosquitto("plain")
     config = write_config(tmp_path, broker, [])
     state = tmp_path / "state"
