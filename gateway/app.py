@@ -122,8 +122,9 @@ def _make_private(folder: Path) -> None:
     """Readings and the key are the patient's and the hub's: whatever the umask or how the folder
     was made, only the service user may enter it."""
     try:
-        mode = folder.stat().st_mode
-        if mode & 0o077 and folder.stat().st_uid == os.getuid():
+        info = folder.stat()
+        mode = info.st_mode
+        if mode & 0o077 and info.st_uid == os.getuid():
             folder.chmod(mode & 0o700)
             log.info("%s was open to other users; it is now private to the hub's user", folder)
     except OSError as exc:

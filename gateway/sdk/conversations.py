@@ -67,7 +67,8 @@ class StoredRecords:
       Context): such a value is kept when the record with the same `cursor` was kept in this
       transfer (or when it has no position), and moves no position itself.
     - `position="digest"`: the records carry no number. The hub asks for all of them
-      (`request(None)`), drops those whose bytes' digest it has stored, and keeps the digests
+      (`request(None)`), skips a record whose bytes' digest it has stored as many times as it
+      has stored that digest (two identical records stay two readings), and keeps the digests
       (the last 2000) instead of a position; `cursor` is not called.
     - `after_commit`: written once every record of a transfer that delivered records is
       committed (see `AfterCommit`); with digests, this is how the device's list is emptied.
