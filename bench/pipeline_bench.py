@@ -184,7 +184,7 @@ class Variant:
     label: str
     signer_walks_floats: bool = False
     """True: the journal vouches for no reading's floats, so the signer walks every body with a
-    null in it for NaN itself (what the journal's `_floats_finite` check saves)."""
+    null in it for NaN itself (what the journal's `floats_finite` check saves)."""
     window: int = 32
     batch_size: int = 100
     commit_interval: float = 0.005
@@ -193,7 +193,7 @@ class Variant:
         """The daemon's code as this variant runs it (a benchmark may patch what it compares)."""
         if not self.signer_walks_floats:
             return contextlib.nullcontext()
-        return mock.patch.object(journal_module, "_floats_finite", _vouch_for_nothing)
+        return mock.patch.object(journal_module, "floats_finite", _vouch_for_nothing)
 
 
 def _vouch_for_nothing(_reading: object) -> bool:

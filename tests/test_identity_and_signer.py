@@ -34,7 +34,7 @@ SCHEMA_PATH = ROOT / "docs" / "schema" / "payload.schema.json"
 
 
 def reading_body(**changes: Any) -> dict[str, object]:
-    """A reading body as `Journal._reading_body` builds it (observations in their wire form)."""
+    """A reading body as `hub.entry_bodies.reading_body` builds it (wire-form observations)."""
     body: dict[str, object] = {
         "kind": "reading",
         "patient": "p-7f3a9c",

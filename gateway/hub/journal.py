@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.hub.clock import HubClock, clock_state, rfc3339
+from gateway.hub.clock import HubClock, clock_state
+from gateway.hub.entry_bodies import event_body, floats_finite, reading_body
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import (
     DeviceDelta,
@@ -27,6 +27,7 @@ from gateway.hub.outbox_file import (
     OutboxError,
     OutboxSequenceError,
 )
+from gateway.hub.outbox_room import make_room
 from gateway.hub.signer import ChainHead, PreparedEntry, Signer, SigningError
 from gateway.sdk import Reading
 
@@ -227,14 +228,16 @@ class Journal:
                 event = item
                 if type(item) is _Captured:
                     try:
-                        body = _reading_body(item, hub_clock)
-                        prepared.append(prepare(body, floats_finite=_floats_finite(item.reading)))
+                        body = reading_body(
+                            item.device, item.patient, item.reading, item.hub_time, hub_clock
+                        )
+                        prepared.append(prepare(body, floats_finite=floats_finite(item.reading)))
                         continue
                     except SigningError as exc:
                         batch[index] = event = self._rejected(item, exc)
                 prepared.append(
                     prepare(
-                        _event_body(
+                        event_body(
                             event.name,  # type: ignore[union-attr]
                             event.detail,  # type: ignore[union-attr]
                             event.hub_time,
@@ -293,7 +296,7 @@ class Journal:
         cursors = {i.cursor[0]: i.cursor[1] for i in batch if type(i) is _Captured and i.cursor}
         waiting = [i.committed for i in batch if type(i) is _Captured and i.committed]
         try:  # a disk error while making room is a refusal like one while appending
-            drop_through = self._make_room(entries, hub_clock)
+            drop_through = make_room(self._outbox, self._signer, entries, hub_clock)
             self._outbox.append(entries, self._signer.head.hash, drop_through, deltas, meta=cursors)
         except OutboxSequenceError:
             self._unprepare(batch, saved_head)
@@ -326,41 +329,6 @@ class Journal:
                 reason,
             )
         self.last_error = reason
-
-    def _make_room(self, entries: list[Entry], hub_clock: HubClock) -> int | None:
-        """When the new entries would pass the cap, sign a gap event for the oldest readings
-        that must go, add it to the batch, and return the last seq to drop.
-
-        A tenth of the cap goes at once, so a long outage makes one gap event per tenth of the
-        outbox rather than one per commit."""
-        max_rows = self._outbox.max_rows
-        over = self._outbox.depth() + len(entries) + 1 - max_rows
-        if over <= 0:
-            return None
-        oldest = self._outbox.oldest_seqs(max(over, max_rows // 10))
-        if oldest is None:
-            return None
-        first, last, count = oldest
-        log.warning(
-            "outbox full (%d entries): dropping the oldest %d (seq %d..%d) and "
-            "signing a gap event; check the uplink (broker reachable?)",
-            self._outbox.max_rows,
-            count,
-            first,
-            last,
-        )
-        entries.append(Entry(0, "event", b"", 0.0))  # placeholder, replaced below
-        now = time.time()
-        signed = self._signer.sign(
-            _event_body(
-                "gap",
-                {"first_seq": first, "last_seq": last, "count": count, "reason": "outbox-cap"},
-                now,
-                hub_clock,
-            )
-        )
-        entries[-1] = Entry(signed.seq, "event", signed.jws, now)
-        return last
 
     def _summarise_errors(self) -> None:
         for device_id, counters in self._devices.items():
@@ -399,52 +367,3 @@ class Journal:
                     )
                     return
                 await asyncio.sleep(0.2)
-
-
-_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
-
-
-def _floats_finite(reading: Reading) -> bool:
-    """True when every value the driver supplied is a plain scalar and no float is NaN or
-    infinite: the only floats in a reading body, so the signer may skip its own walk. Raises
-    SigningError for a non-finite float; False for anything else (a subclass, a list)."""
-    for values in ([o.value for o in reading.observations], reading.status.values()):
-        for value in values:
-            kind = type(value)
-            if kind is float:
-                if not math.isfinite(value):  # type: ignore[arg-type]
-                    raise SigningError("a value is NaN or infinite, which JSON cannot carry")
-            elif kind not in _PLAIN_TYPES:
-                return False
-    return True
-
-
-def _reading_body(item: _Captured, hub_clock: HubClock) -> dict[str, object]:
-    """The signed body of a reading (docs/protocol.md): the reading's own fields, with the
-    device's clock nested under `time` beside the hub's."""
-    reading = item.reading.as_dict()
-    return {
-        "kind": "reading",
-        "patient": item.patient,
-        "device": item.device,
-        "time": {
-            "hub": rfc3339(item.hub_time),
-            "hub_clock": hub_clock,
-            "device": reading["device_time"],
-            "device_clock": reading["device_clock"],
-        },
-        "observations": reading["observations"],
-        "status": reading["status"],
-        "raw": reading["raw"],
-    }
-
-
-def _event_body(
-    name: str, detail: Mapping[str, object], hub_time: float, hub_clock: HubClock
-) -> dict[str, object]:
-    return {
-        "kind": "event",
-        "event": name,
-        "time": {"hub": rfc3339(hub_time), "hub_clock": hub_clock},
-        "detail": dict(detail),
-    }
