@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.hub.clock import clock_state
-from gateway.hub.config import Config, DeviceConfig, is_loopback
+from gateway.hub.config import Config, DeviceConfig
+from gateway.hub.config_mqtt import is_loopback
 from gateway.hub.identity import HubIdentity, IdentityError
 from gateway.hub.journal import Journal
 from gateway.hub.logs import loop_exception

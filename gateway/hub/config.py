@@ -5,37 +5,29 @@ technician can fix it without reading code. Nothing here opens a device or a soc
 per-driver option check takes the driver lookup as an argument.
 
 What lives here: the typed config objects, the meaning of every section and key, `load_config`
-and `check_driver_options`. Reading typed values out of a TOML table, and `ConfigError`, are in
-`gateway.hub.config_reader`.
+and `check_driver_options`. The `[mqtt]` table is read in `gateway.hub.config_mqtt`; reading
+typed values out of a TOML table, and `ConfigError`, in `gateway.hub.config_reader`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
 
+from gateway.hub.config_mqtt import MqttConfig, parse_mqtt
 from gateway.hub.config_reader import ConfigError, ConfigTable, kind_of
 from gateway.sdk import OptionError
-from gateway.transport.mqtt_url import parse_mqtt_url
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DRIVER_ID = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$")
 _USB = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?::(.+))?$")
-_TOPIC_PREFIX = re.compile(r"^[^#+\s]+[^#+/\s]$")
 _BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 _ADAPTER = re.compile(r"^hci[0-9]{1,3}$")
 _TRANSPORT_KEYS = ("port", "usb", "address", "serial")
-
-
-MAX_IN_FLIGHT = 100_000
-"""The most entries the uplink may lease at once (`batch_size` x `window`): about 100 MB of
-signed entries in memory at the most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,38 +38,6 @@ class HubConfig:
     @property
     def outbox_path(self) -> Path:
         return self.state_dir / "outbox.sqlite"
-
-
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
-    url: str
-    host: str
-    port: int
-    tls: bool
-    topic_prefix: str = "rtm/v1"
-    protocol: Literal["5", "3.1.1"] = "5"
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    client_id: str | None = None
-    keepalive: int = 60
-    batch_size: int = 100
-    window: int = 32
-    reconnect_max: float = 60.0
-    allow_plaintext: bool = False
-    """mqtt:// to a host that is not this machine was allowed explicitly (warned at start)."""
-
-
-def is_loopback(host: str) -> bool:
-    """This machine: plaintext to it never crosses a network."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +137,7 @@ def parse_config(data: Mapping[str, object], file: Path) -> Config:
     root.check_known({"hub", "mqtt", "devices", "outbox", "log", "ble"})
     base = file.parent
     hub = _hub(root.table("hub", required=True), base)
-    mqtt = _mqtt(root.table("mqtt", required=True), base, hub.id)
+    mqtt = parse_mqtt(root.table("mqtt", required=True), base, hub.id)
     devices = _devices(root, file)
     outbox_table = root.table("outbox")
     outbox_table.check_known({"max_rows", "commit_interval_ms"})
@@ -218,109 +178,6 @@ def _hub(table: ConfigTable, base: Path) -> HubConfig:
     hub_id = table.text("id", pattern=_ID, hint="letters, digits, '.', '_' or '-', at most 64")
     state = Path(table.text("state_dir", "/var/lib/rtm-gateway"))
     return HubConfig(hub_id, state if state.is_absolute() else base / state)
-
-
-def _mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
-    table.check_known(
-        {
-            "url",
-            "topic_prefix",
-            "protocol",
-            "ca_file",
-            "cert_file",
-            "key_file",
-            "username",
-            "password_file",
-            "client_id",
-            "keepalive",
-            "batch_size",
-            "window",
-            "reconnect_max",
-            "allow_plaintext",
-        }
-    )
-    url = table.text("url", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    try:
-        parts = parse_mqtt_url(url)
-    except ValueError as exc:
-        raise table.error("url", f"{exc}; expected mqtt://HOST:PORT or mqtts://HOST:PORT") from exc
-    if parts.username is not None or parts.password is not None:
-        raise table.error(
-            "url",
-            "credentials in the URL are not used (and would be shown wherever the URL is); "
-            "put the user in username and the password in a password_file",
-        )
-    tls = parts.tls
-    allow_plaintext = table.boolean("allow_plaintext", False)
-    if not tls and not allow_plaintext and not is_loopback(parts.host):
-        raise table.error(
-            "url",
-            f"mqtt:// would send the patient's readings (and any password) to {parts.host} "
-            "unencrypted; use mqtts://, or set allow_plaintext = true for a network you trust",
-        )
-    protocol = table.text("protocol", "5")
-    if protocol not in {"5", "3.1.1"}:
-        raise table.error("protocol", f'{protocol!r} is not supported; expected "5" or "3.1.1"')
-    cert_file = table.file_path("cert_file", base)
-    key_file = table.private_file("key_file", base)
-    if (cert_file is None) != (key_file is None):
-        raise table.error(
-            "key_file" if key_file is None else "cert_file",
-            "mutual TLS needs both cert_file and key_file",
-        )
-    system_ca = table.optional_str("ca_file") == "system"
-    ca_file = None if system_ca else table.file_path("ca_file", base)
-    if not tls and (ca_file or system_ca or cert_file):
-        raise table.error("url", "ca_file/cert_file are set but the url is not mqtts://")
-    if tls and ca_file is None and not system_ca:
-        raise table.error(
-            "ca_file",
-            "mqtts:// needs the CA that signed the broker's certificate (a PEM file), or "
-            '"system" to trust every public CA this machine trusts',
-        )
-    password_path = table.private_file("password_file", base)
-    password = None
-    if password_path is not None:
-        try:
-            password = password_path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise table.error("password_file", f"cannot read {password_path}: {exc}") from exc
-    username = table.optional_str("username")
-    if password is not None and username is None:
-        raise table.error("username", "password_file is set but username is missing")
-    batch_size = table.integer("batch_size", 100, 1, 10_000)
-    window = table.integer("window", 32, 1, 1000)
-    if batch_size * window > MAX_IN_FLIGHT:
-        # The uplink leases batch_size x window entries at once: bound what it holds in memory.
-        raise table.error(
-            "window",
-            f"batch_size x window is {batch_size * window:,}; at most {MAX_IN_FLIGHT:,} "
-            "entries may be in flight (lower one of them)",
-        )
-    return MqttConfig(
-        allow_plaintext=allow_plaintext,
-        url=url,
-        host=parts.host,
-        port=parts.port,
-        tls=tls,
-        topic_prefix=table.text(
-            "topic_prefix",
-            "rtm/v1",
-            pattern=_TOPIC_PREFIX,
-            hint="a topic prefix without '+', '#' or a trailing '/'",
-        ),
-        protocol="5" if protocol == "5" else "3.1.1",
-        ca_file=ca_file,
-        cert_file=cert_file,
-        key_file=key_file,
-        username=username,
-        password=password,
-        client_id=table.optional_str("client_id") or f"rtm-gateway-{hub_id}",
-        keepalive=table.integer("keepalive", 60, 5, 3600),
-        batch_size=batch_size,
-        window=window,
-        reconnect_max=table.number("reconnect_max", 60.0, 0.1, 3600.0),
-    )
 
 
 def _devices(root: ConfigTable, file: Path) -> tuple[DeviceConfig, ...]:
