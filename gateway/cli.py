@@ -153,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "sbom",
+        help="print a CycloneDX 1.5 bill of materials of this environment: the hub, its "
+        "dependencies and every installed vendor driver package",
+    )
+    p.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+
     p = sub.add_parser("verify", help="subscribe and verify signatures, sequence and chain")
     add_verify_arguments(p)
 
@@ -208,11 +215,18 @@ def _check_drivers(config: Config, registry: Registry | None = None) -> Registry
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.hub.config_reader import ConfigError
+    from gateway.tools.tls_check import check_tls
 
     try:
         config = _load(args.config)
+        # The TLS files as the daemon will load them, without connecting.
+        tls = check_tls(config.mqtt, config.file)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
+    for line in tls.lines:
+        print(line)
+    for warning in tls.warnings:
+        print(f"rtm-gateway: {warning}", file=sys.stderr)
     print(
         f"{config.file}: ok (hub {config.hub.id}, {len(config.devices)} device(s), "
         f"broker {config.mqtt.url})"
@@ -361,6 +375,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sbom(args: argparse.Namespace) -> int:
+    from gateway.tools.sbom import build_sbom
+
+    text = json.dumps(build_sbom(), indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.tools.demo import DemoError, run_demo
 
@@ -383,6 +408,7 @@ _COMMANDS = {
     "identity": _cmd_identity,
     "status": _cmd_status,
     "verify": run_verify_command,
+    "sbom": _cmd_sbom,
     "demo": _cmd_demo,
 }
 

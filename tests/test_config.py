@@ -8,6 +8,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.hub.config import load_config
+from gateway.sim.pki import make_pki
 
 GOOD = """
 [hub]
@@ -83,8 +84,11 @@ def test_the_documented_shape_loads(tmp_path: Path) -> None:
 
 def test_the_example_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     example = (Path(__file__).parent.parent / "config" / "example.toml").read_text()
-    for name in ("ca.pem", "hub.pem", "hub.key"):
-        (tmp_path / name).write_text("placeholder")
+    # Real PEM files: check-config builds the TLS context from them.
+    pki = make_pki(tmp_path / "pki")
+    for name, source in (("ca.pem", pki.ca_file), ("hub.pem", pki.client_cert)):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    (tmp_path / "hub.key").write_bytes(pki.client_key.read_bytes())
     (tmp_path / "hub.key").chmod(0o600)  # a secret: the owner's alone, or check-config refuses it
     config = write(tmp_path, example.replace("/etc/rtm-gateway/", f"{tmp_path}/"))
     assert main(["check-config", "-c", str(config)]) == 0, capsys.readouterr().err
@@ -220,13 +224,11 @@ def test_plaintext_elsewhere_and_public_cas_only_when_asked(tmp_path: Path) -> N
 def test_a_secret_file_others_can_read_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
 ) -> None:
+    pki = make_pki(tmp_path / "pki")  # check-config builds the TLS context from real files
     secret = tmp_path / "secret"
-    secret.write_text("s3cret")
+    secret.write_text("s3cret" if key == "password_file" else pki.client_key.read_text())
     secret.chmod(0o644)
-    cert = tmp_path / "hub.pem"
-    cert.write_text("not checked here")
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not checked here")
+    cert, ca = pki.client_cert, pki.ca_file
     extra = {
         "key_file": f'ca_file = "{ca}"\ncert_file = "{cert}"\nkey_file = "{secret}"',
         "password_file": f'username = "hub"\npassword_file = "{secret}"',

@@ -3,12 +3,17 @@
 The refusals that keep a patient's readings off an unsafe link live here: plaintext only to
 loopback unless asked for, no credentials in the URL, a CA for every mqtts:// URL, private key
 and password files (see `ConfigTable.private_file`), and a bound on what the uplink holds.
+`key_file` and `password_file` may name a systemd credential instead of a path
+("credential:mqtt-key"): the file of that name in `$CREDENTIALS_DIRECTORY`, which systemd fills
+from `LoadCredential=` (systemd/rtm-gateway.service.d/credentials.conf).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -43,6 +48,47 @@ class MqttConfig:
     reconnect_max: float = 60.0
     allow_plaintext: bool = False
     """mqtt:// to a host that is not this machine was allowed explicitly (warned at start)."""
+
+
+CREDENTIAL_PREFIX = "credential:"
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def secret_file(table: ConfigTable, key: str, base: Path) -> Path | None:
+    """A key or password file: a private file's path, or "credential:NAME" for the file systemd
+    put in `$CREDENTIALS_DIRECTORY` (LoadCredential=NAME:SOURCE in the unit)."""
+    value = table.optional_str(key)
+    if value is None or not value.startswith(CREDENTIAL_PREFIX):
+        return table.private_file(key, base)
+    name = value.removeprefix(CREDENTIAL_PREFIX)
+    if not _CREDENTIAL_NAME.fullmatch(name):
+        raise table.error(key, f"{name!r} is not a credential name (letters, digits, '-_.')")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise table.error(
+            key,
+            f"credential {name!r}: $CREDENTIALS_DIRECTORY is not set; systemd sets it for a "
+            f"service with LoadCredential={name}:/etc/rtm-gateway/credentials/{name} "
+            "(systemd/rtm-gateway.service.d/credentials.conf). Outside the service, run as "
+            "root with CREDENTIALS_DIRECTORY=/etc/rtm-gateway/credentials",
+        )
+    path = Path(directory) / name
+    if not path.is_file():
+        raise table.error(
+            key,
+            f"credential {name!r} not found: no {path}; add "
+            f"LoadCredential={name}:/etc/rtm-gateway/credentials/{name} to the unit",
+        )
+    mode = path.stat().st_mode
+    # systemd grants the service's user alone, by owner or by an ACL (which shows as group
+    # bits); a copy readable by everyone is a secret already out.
+    if mode & 0o007:
+        raise table.error(
+            key,
+            f"{path} is readable by others ({stat.filemode(mode)}); anyone who can read it "
+            f"can act as this hub. Run 'chmod 600 {path}' (and replace the secret)",
+        )
+    return path
 
 
 def is_loopback(host: str) -> bool:
@@ -97,7 +143,7 @@ def parse_mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
     if protocol not in {"5", "3.1.1"}:
         raise table.error("protocol", f'{protocol!r} is not supported; expected "5" or "3.1.1"')
     cert_file = table.file_path("cert_file", base)
-    key_file = table.private_file("key_file", base)
+    key_file = secret_file(table, "key_file", base)
     if (cert_file is None) != (key_file is None):
         raise table.error(
             "key_file" if key_file is None else "cert_file",
@@ -113,7 +159,7 @@ def parse_mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
             "mqtts:// needs the CA that signed the broker's certificate (a PEM file), or "
             '"system" to trust every public CA this machine trusts',
         )
-    password_path = table.private_file("password_file", base)
+    password_path = secret_file(table, "password_file", base)
     password = None
     if password_path is not None:
         try:

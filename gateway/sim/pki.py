@@ -1,7 +1,8 @@
 """A throwaway PKI for a local broker: a CA, a server certificate for 127.0.0.1/localhost, a
 client certificate, and a second, unrelated CA (trusting only it must fail verification). The
 server certificate can be made for other names (a host name mismatch) or for a validity window
-that does not include now (expired, not yet valid: what a hub with a wrong clock sees).
+that does not include now (expired, not yet valid: what a hub with a wrong clock sees); the
+client certificate for any window too (expired, or about to expire).
 
 Used by the tests, the benches and anyone trying mutual TLS without a real PKI. Made with
 `cryptography`; EC P-256 keys keep generation fast. The keys are written unencrypted: this is
@@ -51,12 +52,15 @@ def make_pki(
     valid_days: int = 2,
     server_names: tuple[str, ...] = ("localhost", "127.0.0.1"),
     server_window: tuple[datetime.timedelta, datetime.timedelta] | None = None,
+    client_window: tuple[datetime.timedelta, datetime.timedelta] | None = None,
 ) -> Pki:
     """Write a fresh CA, server and client certificates (and an unrelated CA) to `directory`.
 
     `server_names` go into the server certificate (DNS names or IP addresses).
     `server_window` is the server certificate's (not before, not after), relative to now: e.g.
-    (+1 day, +3 days) is not yet valid, (-3 days, -1 day) expired. The CA stays valid now."""
+    (+1 day, +3 days) is not yet valid, (-3 days, -1 day) expired. `client_window` is the same
+    for the client certificate (an expired one, or one about to expire). The CA stays valid
+    now."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(
         ca_file=directory / "ca.pem",
@@ -85,6 +89,7 @@ def make_pki(
         san=None,
         paths=(pki.client_cert, pki.client_key),
         lifetime=lifetime,
+        window=client_window,
     )
     return pki
 
