@@ -245,3 +245,32 @@ def test_candidates_hold_at_most_their_bound_and_never_drop_the_device_that_serv
     now[0] += 60.0
     assert candidates.verdict("C0:FF:EE:00:00:99") is None  # the hold-off ran out
     assert candidates.verdict("66:66:66:66:00:00") is None  # evicted: may be tried again
+
+
+def test_after_a_restart_the_address_that_served_last_is_still_preferred(
+    bluez: BluezThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = DeviceConfig("mine", "gatt.hrs", "pt-1", serial="HR-MINE")
+    mine = strap(MINE, serial="HR-MINE")
+    first, later = rogues(2)
+    air = OnAir(bluez, monkeypatch)
+    outbox = Outbox.open(tmp_path / "outbox.sqlite")  # what an earlier run left
+    outbox.set_meta("identity:mine", json.dumps({"address": MINE, "serial": "HR-MINE"}))
+    outbox.flush()
+    outbox.close()
+
+    async def run() -> None:
+        async with rig(bluez, tmp_path, [device]) as r:
+            session = r.sessions[0]
+            await r.until(lambda: MINE in session.candidates.served)
+            session.candidates.holdoff = (60.0, 60.0)
+            await bluez.add_peripheral(first)
+            await r.until(lambda: session.candidates.rejections == 1, timeout=30)
+            await bluez.add_peripheral(later)  # held off: the remembered address is preferred
+            await air.more(5, later.address)
+            await bluez.add_peripheral(mine)
+            await r.until(lambda: session.serving(1), timeout=30)
+            assert session.address == MINE
+
+    asyncio.run(run())
+    assert (first.connect_calls, later.connect_calls) == (1, 0)

@@ -136,6 +136,8 @@ class BleDeviceSession:
     async def run(self) -> None:
         if self.device.address:
             await self._radio.close_stale(self.device.address)
+        elif (last := self._memory.last("address")) is not None:
+            self.candidates.passed(last)  # it served before this start: preferred from now on
         failures = 0
         while True:
             advert = await self._radio.wait_for(self._wanted)

@@ -62,7 +62,8 @@ class Candidates:
             raise ValueError("max_rejected must be at least 1")
         self._max_rejected = max_rejected
         self._reject_for = reject_for
-        self._holdoff = holdoff
+        self.holdoff = holdoff
+        """Seconds (first, most) unknown addresses wait while rogues keep failing."""
         self._clock = clock
         self.rejected: OrderedDict[str, float] = OrderedDict()
         """Address -> until when it is not tried; oldest rejection first."""
@@ -107,6 +108,6 @@ class Candidates:
         self.rejected.move_to_end(address)
         while len(self.rejected) > self._max_rejected:
             self.rejected.popitem(last=False)
-        first, most = self._holdoff
+        first, most = self.holdoff
         self._in_a_row += 1
         self._unknown_after = now + min(most, first * 2 ** min(self._in_a_row - 1, 30))

@@ -54,6 +54,11 @@ class IdentityMemory:
                     self._last = {k: _text(value.get(k)) for k in IDENTIFIERS}
         return self._last
 
+    def last(self, identifier: str) -> str | None:
+        """The `identifier` ("address", "serial", "model") seen last time; None if not known."""
+        before = self._before()
+        return None if before is None else before.get(identifier)
+
     def seen(self, identity: Mapping[str, object]) -> list[tuple[str, str | None, str | None]]:
         """Compare `identity` with the last one seen; sign and log each difference, store the
         new one when it differs. Returns the changes as (identifier, from, to)."""
