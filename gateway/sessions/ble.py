@@ -1,8 +1,9 @@
 """One configured Bluetooth LE device, from advertisement to signed readings, for months.
 
 What lives here: `BleDeviceSession` (find the device's advertisement, connect, check the
-service table, learn its identity from Device Information, set its clock and read its battery
-through the `Companions` the app hands in, subscribe to the driver's characteristics, fetch
+service table, learn its identity (sessions/ble_identity.py: Device Information and the link's
+security; a change is signed by sessions/device_identity.py), set its clock and read its
+battery (sessions/ble_companions.py), subscribe to the driver's characteristics, fetch
 stored records, and start again after a lost link). Values go through the shared
 decode-and-submit path (sessions/core.py); stored records through the driver's `StoredRecords`
 declaration (sessions/records.py), in one forward pass: request, records (each with its
@@ -23,7 +24,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from functools import partial
 from operator import methodcaller
 from typing import TypeVar
@@ -33,7 +33,9 @@ from gateway.hub.config import DeviceConfig
 from gateway.hub.journal import Journal
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import OutboxError
-from gateway.sdk import TRACE, GattDecoder, GattDriver, uuid16
+from gateway.sdk import TRACE, GattDecoder, GattDriver
+from gateway.sessions.ble_companions import gatt_call, read_battery, set_clock
+from gateway.sessions.ble_identity import Candidates, read_identity
 from gateway.sessions.ble_ports import (
     NO_COMPANIONS,
     Advertisement,
@@ -43,13 +45,12 @@ from gateway.sessions.ble_ports import (
     Unavailable,
 )
 from gateway.sessions.core import DeviceUnavailable, ReadingPath
+from gateway.sessions.device_identity import IdentityMemory
 from gateway.sessions.records import RecordSync, all_committed, driver_failed, record_sync_for
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SERIAL_NUMBER = uuid16(0x2A25)
-MODEL_NUMBER = uuid16(0x2A24)
 RECORD_TIMEOUT = 30.0
 """Seconds a transfer may go without a record or an answer before the hub gives up on it."""
 TRANSFER_BUDGET = (600.0, 10_000)
@@ -78,6 +79,7 @@ class BleDeviceSession:
         record_timeout: float = RECORD_TIMEOUT,
         transfer_budget: tuple[float, int] = TRANSFER_BUDGET,
         max_backoff: float = 30.0,
+        candidates: Candidates | None = None,
     ) -> None:
         self.device = device
         self._driver = driver
@@ -103,7 +105,8 @@ class BleDeviceSession:
         self._streams = frozenset(
             c.uuid.lower() for c in driver.info.characteristics if c.mode == "notify"
         )
-        self._rejected: dict[str, float] = {}  # address -> until when (serial did not match)
+        self.candidates = candidates or Candidates()  # used when configured by serial
+        self._memory = IdentityMemory(device.id, outbox.get_meta, journal)
         self._sync: RecordSync | None = None
         self._committing: list[asyncio.Future[bool]] = []
         self._answers: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MAX_QUEUED_ANSWERS)
@@ -133,6 +136,8 @@ class BleDeviceSession:
     async def run(self) -> None:
         if self.device.address:
             await self._radio.close_stale(self.device.address)
+        elif (last := self._memory.last("address")) is not None:
+            self.candidates.passed(last)  # it served before this start: preferred from now on
         failures = 0
         while True:
             advert = await self._radio.wait_for(self._wanted)
@@ -184,10 +189,8 @@ class BleDeviceSession:
     def _wanted(self, advert: Advertisement) -> bool:
         if self.device.address is not None:
             return advert.address == self.device.address
-        until = self._rejected.get(advert.address)
-        if until is not None and until > time.monotonic():
-            return False
-        return self._claims(advert)
+        verdict = self.candidates.verdict(advert.address)
+        return self._claims(advert) if verdict is None else verdict
 
     def _lost(self, reason: str) -> None:
         if self._announced:
@@ -210,8 +213,8 @@ class BleDeviceSession:
         log.info("device %s: connected (%s)", self.device.id, link.address)
         self._journal.event("device-connected", {"device": self.device.id, "address": link.address})
         self._announced = True
-        await self._set_clock(link)
-        await self._read_battery(link)
+        await set_clock(self.device.id, link, self._companions, self._clock)
+        await read_battery(link, self._path, self._companions)
         self._path.open()
         self._sync = sync = record_sync_for(
             self._driver, link.has, self.device.id, self._outbox.get_meta
@@ -241,15 +244,7 @@ class BleDeviceSession:
         raise DeviceUnavailable(link.lost_reason or "link lost")
 
     async def _call(self, operation: Awaitable[_T], link: Link) -> _T:
-        """Await a GATT operation; a failure while connected is the link's end, not a crash."""
-        try:
-            return await operation
-        except (TimeoutError, OSError, EOFError) as exc:
-            raise DeviceUnavailable(f"GATT operation failed: {exc or type(exc).__name__}") from exc
-        except Exception as exc:  # bleak's errors (BleakError, BleakDBusError)
-            if link.lost.is_set():
-                raise DeviceUnavailable(link.lost_reason or "link lost") from exc
-            raise DeviceUnavailable(f"GATT operation failed: {exc}") from exc
+        return await gatt_call(operation, link)
 
     async def _check_services(self, link: Link) -> None:
         """The driver's service and required characteristics must be there; if they are not,
@@ -265,56 +260,26 @@ class BleDeviceSession:
             )
 
     async def _identify(self, link: Link) -> None:
-        identity = dict(self._path.identity, address=link.address)
-        for uuid, key in ((SERIAL_NUMBER, "serial"), (MODEL_NUMBER, "model")):
-            if link.has(uuid, "read"):
-                text = (await self._call(link.read(uuid), link)).decode("utf-8", "replace")
-                text = text.rstrip("\x00").strip()
-                if text:
-                    identity[key] = text
+        """Read who the device is; pass over one with another serial than the configured one;
+        sign a change against the identity seen last time. Readings then carry it."""
+        base = {k: self._path.identity[k] for k in ("id", "driver", "driver_version")}
+        identity = await read_identity(link, base, lambda uuid: self._call(link.read(uuid), link))
         wanted = self.device.serial
-        if wanted is not None and identity.get("serial") != wanted:
-            # A neighbour's device of the same kind, or a rotated address of another one. Its
-            # serial is the neighbour's business: named only at TRACE.
-            serial = identity.get("serial")
-            log.log(TRACE, "device %s: %s has serial %r", self.device.id, link.address, serial)
-            self._rejected[link.address] = time.monotonic() + 600.0
-            self._radio.forget(link.address)
-            raise DeviceUnavailable(
-                f"{link.address} reports another serial than the configured one; looking further"
-            )
+        if wanted is not None:
+            if identity.get("serial") != wanted:
+                # A neighbour's device of the same kind, or a rotated address of another one.
+                # Its serial is the neighbour's business: named only at TRACE.
+                serial = identity.get("serial")
+                log.log(TRACE, "device %s: %s has serial %r", self.device.id, link.address, serial)
+                self.candidates.failed(link.address)
+                self._radio.forget(link.address)
+                raise DeviceUnavailable(
+                    f"{link.address} reports another serial than the configured one; "
+                    "looking further"
+                )
+            self.candidates.passed(link.address)
+        self._memory.seen(identity)
         self._path.identity = identity
-
-    async def _set_clock(self, link: Link) -> None:
-        """Give the device the hub's time, only while the hub's clock is synchronised."""
-        clock = self._companions.clock
-        if clock is None or not link.has(clock[0], "write") or self._clock() != "synced":
-            return
-        uuid, encode = clock
-        try:
-            await self._call(link.write(uuid, encode(datetime.now().astimezone())), link)
-            log.info("device %s: clock set from the hub", self.device.id)
-        except DeviceUnavailable as exc:
-            if link.lost.is_set():
-                raise
-            log.warning("device %s: it refused the current time (%s)", self.device.id, exc)
-
-    async def _read_battery(self, link: Link) -> None:
-        battery = self._companions.battery
-        if battery is None:
-            return
-        identity = dict(
-            self._path.identity, driver=battery.info.id, driver_version=battery.info.version
-        )
-        for char in battery.info.characteristics:
-            if char.mode != "read" or not link.has(char.uuid, "read"):
-                continue
-            data = await self._call(link.read(char.uuid), link)
-            decoder = battery.gatt_decoder({})
-            for reading in self._path.decode_once(
-                partial(decoder.value, char.uuid, data), battery.info.id
-            ):
-                self._path.submit(reading, identity)
 
     # --- values -------------------------------------------------------------------------------
 

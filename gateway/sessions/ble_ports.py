@@ -1,8 +1,8 @@
 """What a BLE device session needs from outside: the transport, seen through small protocols
-(`Advertisement`, `Link`, `Radio`, and `Unavailable`, the error a connect raises), and the
-companion services (`Companions`). app.py hands in the real ones (bleak's transport, the Battery
-and Current Time drivers); tests may too. Nothing here does I/O or imports a transport or a
-driver.
+(`Advertisement`, `Link` with its `Security`, `Radio`, and `Unavailable`, the error a connect
+raises), and the companion services (`Companions`). app.py hands in the real ones (bleak's
+transport, the Battery and Current Time drivers); tests may too. Nothing here does I/O or
+imports a transport or a driver.
 """
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ class Advertisement(Protocol):
     def name(self) -> str | None: ...
 
 
+class Security(Protocol):
+    """What BlueZ reports about a connected device's link (transport/ble/link_security.py has
+    the rule): `encrypted` is True only when it is known to be."""
+
+    @property
+    def encrypted(self) -> bool: ...
+    @property
+    def bonded(self) -> bool: ...
+
+
 class Link(Protocol):
     address: str
     lost: asyncio.Event
@@ -52,6 +62,7 @@ class Link(Protocol):
     async def subscribe(
         self, uuid: str, callback: Callable[[bytes], None], timeout: float = ...
     ) -> None: ...
+    async def security(self) -> Security: ...
     async def close(self) -> None: ...
 
 

@@ -31,6 +31,10 @@ tests/test_bluetoothctl.py):
   bus; `graceful=False` is a crash: the bus only reports NameOwnerChanged. A start is a new
   process: a new bus connection owning the name, the adapter powered, no devices until they
   advertise during a discovery again, no sessions, no monitors.
+- Pairing state: Device1 `Paired` and `Bonded` start from `VirtualPeripheral.bonded` (bluetoothd
+  holds the device's keys); `Pair()` bonds; `set_bond(peripheral, paired=..., bonded=...)` sets
+  them live (PropertiesChanged); a link that ends clears `Paired` unless `Bonded`, and
+  RemoveDevice forgets the bond, as bluetoothd does. Link encryption itself is not modelled.
 - Passive scanning (bluetoothd --experimental): `org.bluez.AdvertisementMonitorManager1` with
   "or_patterns" monitors, see `gateway.sim.bluez_monitor`. Monitors need no discovery:
   Discovering stays False.
@@ -141,6 +145,9 @@ class BluezThread:
 
     async def vanish(self, peripheral: VirtualPeripheral) -> None:
         await self._call(self.bluez.vanish(peripheral))
+
+    async def set_bond(self, peripheral: VirtualPeripheral, *, paired: bool, bonded: bool) -> None:
+        await self._run(lambda: self.bluez.set_bond(peripheral, paired=paired, bonded=bonded))
 
     async def set_powered(self, powered: bool) -> None:
         await self._run(lambda: self.bluez.set_powered(powered))

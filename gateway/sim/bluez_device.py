@@ -1,6 +1,8 @@
 """The virtual BlueZ's `org.bluez.Device1` objects, shaped like bluetoothd 5.66's: what a
-scanner sees of a peripheral (merged as bluetoothd merges advertisements) and the Connect,
-Disconnect and Pair calls, which `VirtualBluez` (`gateway.sim.bluez_service`) carries out.
+scanner sees of a peripheral (merged as bluetoothd merges advertisements), its pairing state
+(`Paired`, `Bonded`: from the peripheral's `bonded`, or set by `VirtualBluez.set_bond`), and the
+Connect, Disconnect and Pair calls, which `VirtualBluez` (`gateway.sim.bluez_service`) carries
+out.
 """
 
 # No `from __future__ import annotations`: dbus-fast reads these annotations at import time,
@@ -35,8 +37,8 @@ class Device(BluezObject):
                 "Address": peripheral.address,
                 "AddressType": peripheral.address_type,
                 "Alias": peripheral.address.replace(":", "-"),
-                "Paired": False,
-                "Bonded": False,
+                "Paired": peripheral.bonded,
+                "Bonded": peripheral.bonded,
                 "Trusted": False,
                 "Blocked": False,
                 "LegacyPairing": False,
@@ -87,6 +89,7 @@ class Device(BluezObject):
         if self.props["Paired"]:
             raise DBusError("org.bluez.Error.AlreadyExists", "Already Exists")
         await self._owner.connect(self)
+        self.peripheral.bonded = True
         self.update(Paired=True, Bonded=True)
 
     @dbus_property(PropertyAccess.READ)

@@ -59,6 +59,9 @@ class VirtualPeripheral:
     address_type: str = "public"
     connect_delay: float = 0.0
     """Seconds before a Connect call answers (fault injection)."""
+    bonded: bool = False
+    """bluetoothd holds this device's keys: its Device1 shows Paired and Bonded, as after a
+    `Pair()` the device accepted with bonding. RemoveDevice forgets them, as bluetoothd does."""
     writes: list[tuple[str, bytes]] = field(default_factory=list)
     """Every value a central wrote, as (characteristic UUID, bytes), oldest first."""
     on_write: Callable[[str, bytes], None] | None = None

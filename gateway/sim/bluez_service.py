@@ -191,6 +191,16 @@ class VirtualBluez:
             str(obj.props["UUID"]) for obj in hosted.gatt if obj.props.get("Notifying")
         )
 
+    def set_bond(self, peripheral: VirtualPeripheral, *, paired: bool, bonded: bool) -> None:
+        """Set the pairing state bluetoothd reports for `peripheral` (PropertiesChanged), as a
+        pairing on the current link (`paired` without `bonded`) or a stored bond would."""
+        if bonded and not paired:
+            raise ValueError("a bonded device is paired")
+        peripheral.bonded = bonded
+        hosted = self._hosted.get(peripheral.address)
+        if hosted is not None and hosted.device is not None:
+            hosted.device.update(Paired=paired, Bonded=bonded)
+
     def set_powered(self, powered: bool) -> None:
         """Power the adapter on or off, as writing Adapter1.Powered does."""
         daemon = self._require_daemon()
@@ -214,6 +224,7 @@ class VirtualBluez:
                 daemon.monitors.report_lost(path)
                 daemon.bus.unexport(path)
                 hosted.device = None
+                hosted.peripheral.bonded = False  # RemoveDevice deletes the keys too
                 return True
         return False
 
@@ -312,6 +323,8 @@ class VirtualBluez:
             for obj in reversed(hosted.gatt):
                 self._daemon.bus.unexport(obj.path, obj)
         hosted.gatt = []
+        if device.props["Paired"] and not device.props["Bonded"]:
+            device.update(Paired=False)  # bluetoothd forgets a pairing it did not store
         device.update(Connected=False)
 
     def _require_daemon(self) -> BluezDaemon:

@@ -24,6 +24,7 @@ from bleak_retry_connector import clear_cache as clear_bluez_cache
 
 from gateway.transport.ble.errors import BleConnectError, BleUnavailable
 from gateway.transport.ble.link import GattLink
+from gateway.transport.ble.link_security import device_path
 from gateway.transport.ble.scanner import Advert
 
 
@@ -124,7 +125,8 @@ class BleConnector:
             self._links.discard(link)  # assigned just below, before any call
             release()
 
-        link = GattLink(client, advert.address, release_link)
+        path = device_path(advert.device.details, self.adapter, advert.address)
+        link = GattLink(client, advert.address, release_link, path)
         self._links.add(link)
         if not client.is_connected:  # lost between the connect and now
             link.on_disconnect(client)

@@ -1,8 +1,8 @@
 """One connected Bluetooth LE device, as the BLE session uses it.
 
-What lives here: `GattLink` (read, write, subscribe; `lost` is set when the link goes or `close`
-ends it; it frees its connection slot exactly once) and `NotifyCallback`. What may not: making
-connections (that is `connector`) or scanning.
+What lives here: `GattLink` (read, write, subscribe, the link's security as BlueZ reports it;
+`lost` is set when the link goes or `close` ends it; it frees its connection slot exactly once)
+and `NotifyCallback`. What may not: making connections (that is `connector`) or scanning.
 """
 
 from __future__ import annotations
@@ -15,15 +15,25 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakDBusError, BleakError
 
+from gateway.transport.ble.link_security import LinkSecurity, read_link_security
+
 NotifyCallback = Callable[[bytes], None]
 
 
 class GattLink:
     """A connected device. `lost` is set when the link goes (or `close` ends it)."""
 
-    def __init__(self, client: BleakClient, address: str, release: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: BleakClient,
+        address: str,
+        release: Callable[[], None],
+        device_path: str | None = None,
+    ) -> None:
         self._client = client
         self.address = address
+        self.device_path = device_path
+        """The device's BlueZ object path (None: its security is not known)."""
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self._release = release
@@ -69,6 +79,13 @@ class GattLink:
 
         async with asyncio.timeout(timeout):
             await self._client.start_notify(uuid, deliver)
+
+    async def security(self) -> LinkSecurity:
+        """BlueZ's `Paired` and `Bonded` for this device now, and whether the link is known
+        to be encrypted (link_security's rule)."""
+        if self.device_path is None:
+            return LinkSecurity()
+        return await read_link_security(self.device_path)
 
     def orphan(self, reason: str) -> None:
         """The link died with bluetoothd: there is nobody left to ask for a disconnect."""
