@@ -29,6 +29,8 @@ def markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "markers"
     folder.mkdir()
     monkeypatch.setenv("ACME_MARKERS", str(folder))
+    # The file the driver's `peek` opens: the outbox in write_config's state dir.
+    monkeypatch.setenv("ACME_PEEK", str(tmp_path / "state" / "outbox.sqlite"))
     return folder
 
 
@@ -195,6 +197,9 @@ def test_an_allowed_driver_runs_signed_into_hub_started_and_a_slow_decode_is_cut
         wait_until(lambda: "exceeded" in daemon.log() or "budget" in daemon.log(), 20, "budget")
         os.write(master, b"ok 7\n")
         assert subscriber.wait_for(lambda m: b"ok 7" in _plugin_readings(m, jwk), 20), daemon.log()
+        # What a driver must not do is logged by the audit hook, naming the driver.
+        os.write(master, b"peek\nnet\nok 8\n")
+        assert subscriber.wait_for(lambda m: b"ok 8" in _plugin_readings(m, jwk), 20), daemon.log()
         assert daemon.running
         assert daemon.stop() == 0, daemon.log()
     finally:
@@ -206,6 +211,10 @@ def test_an_allowed_driver_runs_signed_into_hub_started_and_a_slow_decode_is_cut
     assert "driver acme.probe: a decode took longer than its budget of 200 ms" in log
     assert "driver acme.probe raised DecodeBudgetExceeded instead of DecodeError" in log
     assert b"ok 0" not in _plugin_readings(subscriber.snapshot(), jwk)  # the slow input dropped
+    state = tmp_path / "state"
+    assert f"driver acme.probe opened {state / 'outbox.sqlite'} in the hub's state dir" in log
+    assert "driver acme.probe network access (socket.connect to ('127.0.0.1', 9))" in log
+    assert "acme_probe" not in log  # importing it opened files outside the state dir only
     assert probe.imported(markers) and not other.imported(markers)
     entries = verify_messages(subscriber.snapshot(), jwk)
     started = next(e.payload["detail"] for e in entries if e.payload.get("event") == "hub-started")

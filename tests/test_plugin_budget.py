@@ -10,7 +10,13 @@ from collections.abc import Mapping
 import pytest
 
 from gateway.hub.driver_match import name_pattern_problem
-from gateway.hub.plugin_budget import MAX_STUCK, DecodeBudgetExceeded, budgeted
+from gateway.hub.plugin_budget import (
+    MAX_RESULTS,
+    MAX_STUCK,
+    DecodeBudgetExceeded,
+    DecodeOutputTooLarge,
+    budgeted,
+)
 from gateway.hub.registry import InvalidDriverError, Registry, validate_driver
 from gateway.sdk import (
     BleMatch,
@@ -21,6 +27,8 @@ from gateway.sdk import (
     FeedResult,
     Flushable,
     GattDriver,
+    Observation,
+    Reading,
     uuid16,
 )
 from tests.test_registry import FakeDist, FakeEntryPoint, driver
@@ -41,6 +49,9 @@ class _Gate:
             self.gate.wait(10)
         if data == b"bug":
             raise KeyError("a driver bug")
+        if data.startswith(b"many"):
+            reading = Reading((Observation.known("spo2", 97),), raw=data[4:])
+            return FeedResult(readings=[reading] * (MAX_RESULTS + 1 if data == b"many" else 1))
         return FeedResult(errors=[DecodeError(f"{len(data)} bytes")])
 
     def flush(self) -> FeedResult:
@@ -71,6 +82,16 @@ def test_a_decode_within_budget_returns_its_result_and_errors_pass_through() -> 
     with pytest.raises(KeyError):  # a driver bug reaches ReadingPath as before
         decoder.feed(b"bug")
     assert wrapped.info.id == "acme.gate"
+
+
+def test_a_result_larger_than_one_input_can_mean_is_refused() -> None:
+    wrapped, _ = _gated()
+    decoder = wrapped.decoder({})
+    with pytest.raises(DecodeOutputTooLarge, match="more than 1000 results"):
+        decoder.feed(b"many")
+    with pytest.raises(DecodeOutputTooLarge, match="raw bytes"):
+        decoder.feed(b"many" + bytes(64 * 1024 + 1))
+    assert len(decoder.feed(b"many" + bytes(100)).readings) == 1
 
 
 def test_a_decode_over_budget_raises_and_the_next_call_gets_a_new_worker() -> None:

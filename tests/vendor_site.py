@@ -5,7 +5,8 @@ subprocess's PYTHONPATH and `importlib.metadata` finds it as installed.
 The driver module's body appends to a marker file in `$ACME_MARKERS` when it is imported, so a
 test can tell whether a command imported it. The driver itself is a serial line decoder:
 `ok N` is a reading (SpO2 90 + N % 10), `slow` sleeps `SLOW_SECONDS` first (a decoder that
-overruns its budget), anything else a `DecodeError`.
+overruns its budget), `peek` opens the file `$ACME_PEEK` and `net` connects to a local port
+(what a driver must not do), anything else a `DecodeError`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 Path(os.environ["ACME_MARKERS"], "{module}.imported").open("a").write("imported\\n")
 
+import socket
 import time
 
 from gateway.sdk import DecodeError, DriverInfo, FeedResult, Observation, Reading
@@ -40,6 +42,17 @@ class _Lines:
             if line == b"slow":
                 time.sleep({slow})
                 line = b"ok 0"
+            elif line == b"peek":
+                open(os.environ["ACME_PEEK"], "rb").close()
+                continue
+            elif line == b"net":
+                with socket.socket() as sock:
+                    sock.settimeout(1)
+                    try:
+                        sock.connect(("127.0.0.1", 9))
+                    except OSError:
+                        pass
+                continue
             words = line.split()
             if len(words) == 2 and words[0] == b"ok" and words[1].isdigit():
                 spo2 = Observation.known("spo2", 90 + int(words[1]) % 10)

@@ -1,10 +1,12 @@
-"""A time budget around a vendor driver's decoding.
+"""A time budget, and a size bound, around a vendor driver's decoding.
 
 What lives here: `budgeted` (a vendor driver seen through the SDK's `Driver`/`GattDriver`
 protocols, whose decoders run each call on a worker thread and give up waiting after the
-budget) and `DecodeBudgetExceeded`. The registry hands sessions the wrapped driver, so the
-sessions need no change: a call over budget raises, and `ReadingPath` counts it as a driver
-failure (logged by exception type only), gives the device a fresh decoder and carries on.
+budget), `DecodeBudgetExceeded`, and `DecodeOutputTooLarge` for a call that returns more than
+`MAX_RESULTS` results, or a reading over `MAX_OBSERVATIONS` observations or `MAX_RAW` raw
+bytes. The registry hands sessions the wrapped driver, so the sessions need no change: a call
+over budget (or over size) raises, and `ReadingPath` counts it as a driver failure (logged by
+exception type only), gives the device a fresh decoder and carries on.
 
 What it cannot do: stop a thread. A call over budget keeps running on its worker, which is
 abandoned (its result, if it ever comes, is dropped); a driver with `MAX_STUCK` abandoned calls
@@ -24,6 +26,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway.hub.plugin_audit import running
 from gateway.sdk import (
     Driver,
     DriverInfo,
@@ -38,10 +41,18 @@ log = logging.getLogger(__name__)
 
 MAX_STUCK = 2
 """Abandoned calls per driver before its calls fail without a worker."""
+MAX_RESULTS = 1000
+"""Readings plus errors one decode call may return."""
+MAX_OBSERVATIONS = 64
+MAX_RAW = 64 * 1024
 
 
 class DecodeBudgetExceeded(Exception):
     """A vendor driver's decoder did not return within its budget."""
+
+
+class DecodeOutputTooLarge(Exception):
+    """A vendor driver's decoder returned more than one input can mean."""
 
 
 class _Call:
@@ -58,9 +69,10 @@ class _Worker:
     """One daemon thread running one driver's calls in turn (a daemon thread, so a stuck call
     never holds up the process's exit). Once retired it ends after the call it is running."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, driver_id: str) -> None:
+        self._driver_id = driver_id
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"driver {driver_id}", daemon=True)
         self._thread.start()
 
     def submit(self, call: _Call) -> None:
@@ -70,12 +82,13 @@ class _Worker:
         self._calls.put(None)
 
     def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            try:
-                call.result = call.work()
-            except BaseException as exc:  # handed back to the caller's thread
-                call.error = exc
-            call.done.set()
+        with running(self._driver_id):  # the audit hook names the driver for what it does
+            while (call := self._calls.get()) is not None:
+                try:
+                    call.result = call.work()
+                except BaseException as exc:  # handed back to the caller's thread
+                    call.error = exc
+                call.done.set()
 
 
 class _Budget:
@@ -95,7 +108,7 @@ class _Budget:
                 f"driver {self.driver_id} has {len(self._abandoned)} decodes still running"
             )
         if self._worker is None:
-            self._worker = _Worker(f"driver {self.driver_id}")
+            self._worker = _Worker(self.driver_id)
         call = _Call(work)
         self._worker.submit(call)
         if not call.done.wait(self.seconds):
@@ -116,7 +129,21 @@ class _Budget:
         if call.error is not None:
             raise call.error
         assert call.result is not None  # noqa: S101 - set whenever error is not
+        _check_size(self.driver_id, call.result)
         return call.result
+
+
+def _check_size(driver_id: str, result: FeedResult) -> None:
+    """A decoder's result is bounded like its input: a driver that returns more is broken (or
+    hostile), and what it returned would be signed and kept for months."""
+    if len(result.readings) + len(result.errors) > MAX_RESULTS:
+        raise DecodeOutputTooLarge(f"driver {driver_id} returned more than {MAX_RESULTS} results")
+    for reading in result.readings:
+        if len(reading.observations) > MAX_OBSERVATIONS or len(reading.raw) > MAX_RAW:
+            raise DecodeOutputTooLarge(
+                f"driver {driver_id} returned a reading over {MAX_OBSERVATIONS} observations "
+                f"or {MAX_RAW} raw bytes"
+            )
 
 
 class _Stream:

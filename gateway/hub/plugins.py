@@ -7,8 +7,11 @@ its `[drivers] allow` pins; errors name the key path), `entry_points_named` (an 
 `rtm-gateway decode ID`, `drivers --load ID`), `provenance` (what `hub-started` signs about a
 loaded plugin) and `record_problem` (installed files that differ from the hashes pip recorded).
 
-What may not: importing a plugin. `gateway.hub.registry` imports exactly the entry points chosen
-here, and nothing else of the `rtm_gateway.drivers` group.
+`EntryPointLike` (what the registry needs of an entry point) and `PluginProblem` (a plugin
+skipped, and why) are shared with the registry.
+
+What may not: importing a plugin. `gateway.hub.registry` imports exactly the entry points
+chosen here, and nothing else of the `rtm_gateway.drivers` group.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import base64
 import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.hub.config_drivers import normalise_distribution
 from gateway.hub.config_reader import ConfigError
@@ -28,6 +31,27 @@ if TYPE_CHECKING:
     from gateway.hub.config import Config
 
 ENTRY_POINT_GROUP = "rtm_gateway.drivers"
+
+
+class EntryPointLike(Protocol):
+    """What the registry needs of an `importlib.metadata.EntryPoint` (a seam for tests)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+    def load(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PluginProblem:
+    """A plugin that was skipped, and why: for `rtm-gateway doctor`."""
+
+    name: str
+    source: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, order=True)

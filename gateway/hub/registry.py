@@ -12,7 +12,8 @@ configured device or `[drivers] allow` names (checked against the allow entry's 
 and version by `gateway.hub.plugins`), `Registry.with_plugins` only those named on a command
 line. `Registry.load()` imports every installed plugin: it is the vendor kit's view, for a
 driver author's machine and tests, and no hub command uses it. The sessions get a vendor
-driver wrapped in its decode budget (`gateway.hub.plugin_budget`).
+driver wrapped in its decode budget (`gateway.hub.plugin_budget`); what vendor code does while
+the hub runs it is logged by an audit hook (`gateway.hub.plugin_audit`).
 
 Nothing here opens a device. Keep imports light: the daemon imports this on every start, so
 `importlib.metadata` is only imported when the installed plugins are actually looked up.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from gateway.drivers import BUILTIN_DRIVERS, decode_bytes, serial_settings_for
 from gateway.hub.driver_description import DriverDescription, describe_driver
@@ -38,7 +39,15 @@ from gateway.hub.driver_validation import (
     characteristic_uuid,
     validate_driver,
 )
-from gateway.hub.plugins import ENTRY_POINT_GROUP, Provenance, provenance
+from gateway.hub.plugin_audit import running, watch
+from gateway.hub.plugins import (
+    ENTRY_POINT_GROUP,
+    EntryPointLike,
+    PluginProblem,
+    Provenance,
+    distribution_name,
+    provenance,
+)
 from gateway.sdk import (
     SDK_VERSION,
     TRACE,
@@ -74,27 +83,6 @@ BUILTIN = "builtin"
 logger = logging.getLogger(__name__)
 
 
-class EntryPointLike(Protocol):
-    """What the registry needs of an `importlib.metadata.EntryPoint` (a seam for tests)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def value(self) -> str: ...
-
-    def load(self) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PluginProblem:
-    """A plugin that was skipped, and why: for `rtm-gateway doctor`."""
-
-    name: str
-    source: str
-    reason: str
-
-
 @dataclass(frozen=True, slots=True)
 class _Entry:
     driver: AnyDriver
@@ -108,9 +96,7 @@ def _installed_entry_points() -> Iterable[EntryPointLike]:
 
 
 def _distribution(entry_point: EntryPointLike) -> str:
-    dist = getattr(entry_point, "dist", None)
-    name = getattr(dist, "name", None)
-    return name if isinstance(name, str) else f"entry point {entry_point.value}"
+    return distribution_name(entry_point) or f"entry point {entry_point.value}"
 
 
 def _skip(problems: list[PluginProblem], problem: PluginProblem, advice: str) -> None:
@@ -190,12 +176,15 @@ class Registry:
         chosen = entry_points_for_config(config, builtin_ids)
         taken = builtin_ids | {ep.name for ep in chosen}
         chosen += entry_points_named(driver_id for driver_id in extra if driver_id not in taken)
+        if chosen:
+            watch(config.hub.state_dir)
         return cls(entry_points=chosen, by_name=True, decode_budget=config.drivers.decode_budget)
 
     def _load(self, entry_point: EntryPointLike, problems: list[PluginProblem]) -> None:
         source = _distribution(entry_point)
         try:
-            candidate = entry_point.load()
+            with running(entry_point.name):  # the audit hook names the driver for its imports
+                candidate = entry_point.load()
         except Exception as exc:  # a plugin may fail to import in any way; it must not stop us
             # The whole traceback only at TRACE: the log line below names the cause, and
             # `rtm-gateway driver check MODULE` shows the rest to the driver's author.
