@@ -267,7 +267,7 @@ class Hub:
     ) -> None:
         self.config = config
         self._moved = moved
-        self.registry = registry or Registry.load()
+        self.registry = registry or Registry.for_config(config)
         self._opener = opener()
         self._notifier = notifier or Notifier()
         self.stop_event = asyncio.Event()
@@ -327,6 +327,7 @@ class Hub:
                 "clock": clock_state(),
                 "machine": binding.machine,
                 "boot": boot_id(),
+                "plugins": [plugin.as_dict() for plugin in self.registry.plugins()],
             },
         )
         self._install_signals()

@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
             help=f"configuration file (default {DEFAULT_CONFIG})",
         )
 
+    def with_load(p: argparse.ArgumentParser, why: str) -> None:
+        p.add_argument(
+            "--load",
+            nargs="+",
+            metavar="ID",
+            default=[],
+            help=f"also import these installed vendor drivers {why} (this runs their code)",
+        )
+
     p = sub.add_parser("run", help="run the hub daemon")
     with_config(p)
     p.add_argument(
@@ -79,7 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file without running")
     with_config(p)
 
-    p = sub.add_parser("drivers", help="list installed drivers and how each matches devices")
+    p = sub.add_parser(
+        "drivers",
+        help="list the drivers: built-in ones and the vendor drivers loaded (how each matches "
+        "devices), and the vendor packages installed but not loaded (from their metadata)",
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="load the vendor drivers this configuration allows, as the hub would",
+    )
+    with_load(p, "to describe them")
     p.add_argument("--json", action="store_true")
 
     add_driver_command(sub)
@@ -143,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         "when it exists)",
     )
     p.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
+    with_load(p, "so that their match rules name devices")
     p.add_argument("--adapter", default=None, help="adapter (default: the config's, or hci0)")
     p.add_argument("--json", action="store_true")
 
@@ -195,12 +216,14 @@ def _load(path: Path) -> Config:
     return config
 
 
-def _check_drivers(config: Config, registry: Registry | None = None) -> Registry:
-    """Each device's driver exists, fits its transport and takes its options."""
+def _check_drivers(config: Config, extra: Sequence[str] = ()) -> Registry:
+    """Each device's driver exists, fits its transport and takes its options. Only the vendor
+    drivers the config names (and `extra`, named on the command line) are imported; an allow
+    entry that does not fit what is installed is a ConfigError (exit 2) naming its key."""
     from gateway.hub.config import check_driver_options
     from gateway.hub.registry import Registry
 
-    registry = registry or Registry.load()
+    registry = Registry.for_config(config, extra)
 
     def check(device: DeviceConfig) -> None:
         registry.get_for(device.driver, ble=device.is_ble)
@@ -254,14 +277,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_drivers(args: argparse.Namespace) -> int:
+    from gateway.hub.config import load_config
+    from gateway.hub.config_reader import ConfigError
     from gateway.hub.registry import Registry
-    from gateway.tools.drivers import render_drivers
+    from gateway.tools.drivers import installed_rows, render_drivers, render_installed
 
-    descriptions = Registry.load().describe()
+    asked = set(args.load)
+    try:
+        if args.config is not None:
+            config = load_config(args.config)
+            registry = _check_drivers(config, args.load)
+            asked |= {d.driver for d in config.devices} | {a.id for a in config.drivers.allow}
+        else:
+            registry = Registry.with_plugins(args.load)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    descriptions = registry.describe()
+    others = installed_rows(asked, configured=args.config is not None)
     if args.json:
-        print(json.dumps([d.as_dict() for d in descriptions], indent=2))
-    elif descriptions:
-        print(render_drivers(descriptions))
+        rows = [{**d.as_dict(), "status": "loaded"} for d in descriptions]
+        print(json.dumps(rows + [row.as_dict() for row in others], indent=2))
+    else:
+        texts = (render_drivers(descriptions), render_installed(others))
+        print("\n".join(text for text in texts if text))
     return EXIT_OK
 
 
@@ -276,7 +314,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
     try:
         options = parse_options(args.options)
-        result = decode_recording(Registry.load(), args.driver, args.hex, options, args.char)
+        # Only the driver asked for is imported, if it is a vendor's.
+        registry = Registry.with_plugins([args.driver])
+        result = decode_recording(registry, args.driver, args.hex, options, args.char)
     except DecodeRequestError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     return print_decoded(result, as_json=args.json)
@@ -322,7 +362,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if path is not None:
         try:
             config = load_config(path)
-            registry = _check_drivers(config)  # loaded once, for the check and the scan
+            registry = _check_drivers(config, args.load)  # once, for the check and the scan
         except ConfigError as exc:
             return _fail(str(exc), EXIT_CONFIG)
         devices = config.devices
@@ -334,7 +374,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     try:
         rows = asyncio.run(
             scan(
-                args.seconds, adapter=adapter, devices=devices, registry=registry or Registry.load()
+                args.seconds,
+                adapter=adapter,
+                devices=devices,
+                # Without a config only the vendor drivers named by --load are imported.
+                registry=registry or Registry.with_plugins(args.load),
             )
         )
     except ScanError as exc:

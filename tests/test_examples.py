@@ -52,11 +52,20 @@ def test_the_examples_are_installed_and_found_through_entry_points() -> None:
     registry = Registry.load()
     for driver_id, distribution in EXAMPLES.items():
         assert registry.source(driver_id) == distribution
-    listed = run_cli("drivers", "--json")
+    listed = run_cli("drivers", "--json", "--load", *EXAMPLES)
     assert listed.returncode == 0, listed.stderr
     rows = {row["id"]: row for row in json.loads(listed.stdout)}
     assert rows["tindeq.progressor"]["category"] == "musculoskeletal"
     assert rows["openrtm.inhaler"]["category"] == "respiratory"
+    # Not asked for: listed from the packages' metadata, not imported (no declaration to show).
+    unasked = run_cli("drivers", "--json")
+    assert unasked.returncode == 0, unasked.stderr
+    rows = {row["id"]: row for row in json.loads(unasked.stdout)}
+    for driver_id, distribution in EXAMPLES.items():
+        assert rows[driver_id]["status"] == "not loaded"
+        assert rows[driver_id]["distribution"] == distribution
+        assert "category" not in rows[driver_id]
+    assert "is skipped" not in unasked.stderr  # the broken package was not imported either
 
 
 @pytest.mark.parametrize("driver_id", sorted(EXAMPLES))
@@ -67,7 +76,8 @@ def test_each_example_passes_the_conformance_kit(driver_id: str) -> None:
 
 
 def test_a_broken_vendor_package_is_skipped_with_the_reason_and_the_rest_works() -> None:
-    listed = run_cli("drivers")
+    broken = ("broken.import", "broken.metadata", "broken.future")
+    listed = run_cli("drivers", "--load", *broken, "tindeq.progressor")
     assert listed.returncode == 0
     assert "tindeq.progressor" in listed.stdout and "broken." not in listed.stdout
     log = listed.stderr
@@ -132,11 +142,18 @@ def test_the_examples_stream_from_their_simulators_to_the_broker_signed(
     finally:
         daemon.close()
 
-    # The broken vendor package installed beside them was skipped, with the reason, and
-    # nothing else suffered.
+    # The broken vendor package installed beside them is named by no device and no allow
+    # entry: it was never imported, so it had nothing to fail. The two that were imported are
+    # in the signed hub-started event, with where they came from.
     log = (tmp_path / "daemon.log").read_text()
-    assert "'broken.import' from rtm-driver-broken is skipped: failed to load" in log
+    assert "broken" not in log
     entries = verify_messages(subscriber.snapshot(), jwk)
+    started = next(e.payload["detail"] for e in entries if e.payload.get("event") == "hub-started")
+    plugins = {p["id"]: p for p in started["plugins"]}
+    assert set(plugins) == set(EXAMPLES)
+    for driver_id, distribution in EXAMPLES.items():
+        assert plugins[driver_id]["distribution"] == distribution
+        assert plugins[driver_id]["version"]
     assert sorted(set(seqs(entries))) == list(range(1, max(seqs(entries)) + 1))
     assert_chain(entries)
     messages = subscriber.snapshot()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from gateway.hub.config_drivers import DriversConfig, parse_drivers
 from gateway.hub.config_mqtt import MqttConfig, parse_mqtt
 from gateway.hub.config_reader import ConfigError, ConfigTable, kind_of
 from gateway.sdk import OptionError
@@ -109,6 +110,7 @@ class Config:
     outbox: OutboxConfig = OutboxConfig()
     log_level: str = "INFO"
     ble: BleConfig = BleConfig()
+    drivers: DriversConfig = field(default_factory=DriversConfig)
 
 
 # --- the sections -------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ def load_config(path: Path | str) -> Config:
 
 def parse_config(data: Mapping[str, object], file: Path) -> Config:
     root = ConfigTable(file, "", data)
-    root.check_known({"hub", "mqtt", "devices", "outbox", "log", "ble"})
+    root.check_known({"hub", "mqtt", "devices", "outbox", "log", "ble", "drivers"})
     base = file.parent
     hub = _hub(root.table("hub", required=True), base)
     mqtt = parse_mqtt(root.table("mqtt", required=True), base, hub.id)
@@ -154,7 +156,8 @@ def parse_config(data: Mapping[str, object], file: Path) -> Config:
             "log.level",
             f"{level!r} is not a log level; expected TRACE, DEBUG, INFO, WARNING or ERROR",
         )
-    return Config(file, hub, mqtt, devices, outbox, level, _ble(root.table("ble")))
+    drivers = parse_drivers(root.table("drivers"))
+    return Config(file, hub, mqtt, devices, outbox, level, _ble(root.table("ble")), drivers)
 
 
 def _ble(table: ConfigTable) -> BleConfig:

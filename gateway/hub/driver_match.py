@@ -1,7 +1,11 @@
 """How specifically a driver's BLE match rules claim an advertisement.
 
 What lives here: `ble_rank` (0 for no match, else how many things a rule checked, so the most
-specific claim wins) and `ble_claims` (whether any of a driver's rules matches). What may not:
+specific claim wins), `ble_claims` (whether any of a driver's rules matches) and
+`name_pattern_problem`, the bound on a rule's `local_name` pattern: it is matched against names
+any nearby device chooses, so only fixed-width patterns are accepted (literal characters,
+escapes, `[classes]`, `.` and exact repeats `{n}`). Such a pattern has no choice to backtrack
+over: matching costs at most one step per pattern item. What may not:
 the installed drivers or the choice among them (that is `Registry.match_ble` in
 `gateway.hub.registry`).
 """
@@ -58,3 +62,59 @@ def ble_claims(
         for rule in driver.info.match
         if isinstance(rule, BleMatch)
     )
+
+
+_MAX_PATTERN = 128
+_MAX_REPEAT = 64
+_EXACT_REPEAT = re.compile(r"\{([0-9]+)\}")
+_FIXED_WIDTH = (
+    "a name rule must be fixed-width: literal characters, escapes, [classes], '.' and exact "
+    f"repeats {{n}} (n <= {_MAX_REPEAT}), matched at the start of the name"
+)
+
+
+def name_pattern_problem(pattern: str) -> str | None:
+    """None when `pattern` is a `local_name` rule the hub accepts, else what is wrong.
+
+    A nearby device chooses its name, so a pattern with nested or optional repeats
+    (`(a+)+$`, `.?.?.?x`) would let it stall the event loop in backtracking. Patterns made
+    only of fixed-width items match in linear time."""
+    if len(pattern) > _MAX_PATTERN:
+        return f"its name pattern is longer than {_MAX_PATTERN} characters"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"its name pattern is not a regular expression ({exc})"
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            escaped = pattern[index + 1 : index + 2]
+            if escaped.isdigit():
+                return f"its name pattern uses a back reference; {_FIXED_WIDTH}"
+            index += 2
+        elif char == "[":
+            index = _class_end(pattern, index) + 1
+        elif char == "{":
+            repeat = _EXACT_REPEAT.match(pattern, index)
+            if repeat is None or int(repeat[1]) > _MAX_REPEAT:
+                return f"its name pattern has a repeat other than {{n}}; {_FIXED_WIDTH}"
+            index = repeat.end()
+        elif char in "*+?|()" or (char == "^" and index) or (char == "$" and pattern[index + 1 :]):
+            return f"its name pattern uses {char!r}; {_FIXED_WIDTH}"
+        else:
+            index += 1
+    return None
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """The index of the `]` closing the character class that opens at `start` (the pattern
+    compiled, so there is one)."""
+    index = start + 1
+    if pattern[index : index + 1] == "^":
+        index += 1
+    if pattern[index : index + 1] == "]":  # a leading ] is a literal
+        index += 1
+    while pattern[index] != "]":
+        index += 2 if pattern[index] == "\\" else 1
+    return index

@@ -1,9 +1,19 @@
-"""The driver registry: built-in drivers plus plugins from the `rtm_gateway.drivers` entry points.
+"""The driver registry: built-in drivers plus the vendor drivers (plugins of the
+`rtm_gateway.drivers` entry-point group) that were asked for.
 
-What lives here: loading and validating drivers, lookup by id, and choosing the driver for a USB
-serial device or a BLE advertisement (the rules are ranked in `gateway.hub.driver_match`; the
-rows of `rtm-gateway drivers` are built in `gateway.hub.driver_description`). A broken or
-invalid plugin is logged and skipped; it never stops the hub or the other drivers.
+What lives here: loading drivers, lookup by id, and choosing the driver for a USB serial device
+or a BLE advertisement (the rules are ranked in `gateway.hub.driver_match`; the rows of
+`rtm-gateway drivers` are built in `gateway.hub.driver_description`; what makes a driver valid,
+and the errors, are in `gateway.hub.driver_validation`). A broken or invalid plugin is logged
+and skipped; it never stops the hub or the other drivers.
+
+Which plugins are imported is chosen before any is: `Registry.for_config` imports only those a
+configured device or `[drivers] allow` names (checked against the allow entry's distribution
+and version by `gateway.hub.plugins`), `Registry.with_plugins` only those named on a command
+line. `Registry.load()` imports every installed plugin: it is the vendor kit's view, for a
+driver author's machine and tests, and no hub command uses it. The sessions get a vendor
+driver wrapped in its decode budget (`gateway.hub.plugin_budget`); what vendor code does while
+the hub runs it is logged by an audit hook (`gateway.hub.plugin_audit`).
 
 Nothing here opens a device. Keep imports light: the daemon imports this on every start, so
 `importlib.metadata` is only imported when the installed plugins are actually looked up.
@@ -12,160 +22,71 @@ Nothing here opens a device. Keep imports light: the daemon imports this on ever
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 from gateway.drivers import BUILTIN_DRIVERS, decode_bytes, serial_settings_for
 from gateway.hub.driver_description import DriverDescription, describe_driver
 from gateway.hub.driver_match import ble_rank
+from gateway.hub.driver_validation import (
+    AmbiguousMatchError,
+    AnyDriver,
+    DriverTransportError,
+    InvalidDriverError,
+    RegistryError,
+    UnknownDriverError,
+    characteristic_uuid,
+    validate_driver,
+)
+from gateway.hub.plugin_audit import running, watch
+from gateway.hub.plugins import (
+    ENTRY_POINT_GROUP,
+    EntryPointLike,
+    PluginProblem,
+    Provenance,
+    distribution_name,
+    provenance,
+)
 from gateway.sdk import (
     SDK_VERSION,
     TRACE,
     BleMatch,
-    DecodeError,
     Driver,
-    DriverInfo,
     FeedResult,
     GattDriver,
-    ObservationType,
     SerialSettings,
     UsbMatch,
 )
 
-AnyDriver = Driver | GattDriver
+if TYPE_CHECKING:
+    from gateway.hub.config import Config
 
-ENTRY_POINT_GROUP = "rtm_gateway.drivers"
+__all__ = [
+    "BUILTIN",
+    "ENTRY_POINT_GROUP",
+    "AmbiguousMatchError",
+    "AnyDriver",
+    "DriverTransportError",
+    "EntryPointLike",
+    "InvalidDriverError",
+    "PluginProblem",
+    "Registry",
+    "RegistryError",
+    "UnknownDriverError",
+    "characteristic_uuid",
+    "validate_driver",
+]
+
 BUILTIN = "builtin"
 
-_ID = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")
-
 logger = logging.getLogger(__name__)
-
-
-class RegistryError(Exception):
-    """Base of the registry's errors."""
-
-
-class UnknownDriverError(RegistryError, KeyError):
-    """No installed driver has this id."""
-
-    def __init__(self, driver_id: str, installed: Iterable[str]) -> None:
-        self.driver_id = driver_id
-        self.installed = tuple(installed)
-        super().__init__(
-            f"no driver {driver_id!r} is installed; installed drivers: "
-            f"{', '.join(self.installed) or 'none'} (see `rtm-gateway drivers`)"
-        )
-
-    def __str__(self) -> str:  # KeyError's own __str__ would quote the message
-        return str(self.args[0])
-
-
-class AmbiguousMatchError(RegistryError):
-    """Two or more drivers claim the same device equally strongly."""
-
-    def __init__(self, device: str, driver_ids: Iterable[str]) -> None:
-        self.device = device
-        self.driver_ids = tuple(driver_ids)
-        super().__init__(
-            f"{device} is claimed by drivers {', '.join(self.driver_ids)}: name the driver for "
-            "this device in its configuration, or uninstall the plugin that should not claim it"
-        )
-
-
-class DriverTransportError(RegistryError, LookupError):
-    """A device names a driver of the wrong kind (a BLE driver for a serial port)."""
-
-
-class InvalidDriverError(RegistryError):
-    """An object that is not a usable driver for this hub's SDK."""
-
-
-class EntryPointLike(Protocol):
-    """What the registry needs of an `importlib.metadata.EntryPoint` (a seam for tests)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def value(self) -> str: ...
-
-    def load(self) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PluginProblem:
-    """A plugin that was skipped, and why: for `rtm-gateway doctor`."""
-
-    name: str
-    source: str
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     driver: AnyDriver
     source: str
-
-
-def validate_driver(candidate: object) -> AnyDriver:
-    """Return `candidate` as a driver, or raise `InvalidDriverError` saying what is wrong."""
-    driver: AnyDriver
-    if isinstance(candidate, Driver):
-        driver, expected = candidate, "serial"
-    elif isinstance(candidate, GattDriver):
-        driver, expected = candidate, "ble"
-    else:
-        raise InvalidDriverError(
-            f"{type(candidate).__name__} is not a driver (needs `info` and `decoder(options)`, "
-            "or `gatt_decoder(options)` for Bluetooth LE)"
-        )
-    info = driver.info
-    if not isinstance(info, DriverInfo):
-        raise InvalidDriverError("its `info` is not a gateway.sdk.DriverInfo")
-    if not isinstance(info.id, str) or not _ID.fullmatch(info.id):
-        raise InvalidDriverError(f"id {info.id!r} is not dotted lower-case like 'vendor.model'")
-    version = info.sdk_version
-    if not (
-        isinstance(version, tuple)
-        and len(version) == 2
-        and all(isinstance(part, int) for part in version)
-    ):
-        raise InvalidDriverError(f"sdk_version {version!r} is not a (major, minor) pair")
-    if version[0] != SDK_VERSION[0] or version[1] > SDK_VERSION[1]:
-        raise InvalidDriverError(
-            f"it needs driver SDK {version[0]}.{version[1]}, this hub has "
-            f"{SDK_VERSION[0]}.{SDK_VERSION[1]}"
-        )
-    if info.transport != expected:
-        raise InvalidDriverError(
-            f"it declares transport {info.transport!r} but implements a {expected} driver"
-        )
-    rule_type = UsbMatch if expected == "serial" else BleMatch
-    for rule in info.match:
-        if not isinstance(rule, rule_type):
-            raise InvalidDriverError(
-                f"match rule {rule!r} is not a gateway.sdk "
-                f"{rule_type.__name__} for a {expected} driver"
-            )
-    if expected == "ble" and not info.characteristics:
-        raise InvalidDriverError("a Bluetooth LE driver must declare its characteristics")
-    wrong = [kind for kind in info.observation_types if not isinstance(kind, ObservationType)]
-    if wrong:
-        raise InvalidDriverError(f"{wrong[0]!r} in observation_types is not an ObservationType")
-    return driver
-
-
-def characteristic_uuid(text: str) -> str:
-    """A characteristic named by its 16-bit SIG number ("2A37", "0x2a37") or full UUID."""
-    cleaned = text.strip().lower().removeprefix("0x")
-    if re.fullmatch(r"[0-9a-f]{4}", cleaned):
-        return f"0000{cleaned}-0000-1000-8000-00805f9b34fb"
-    if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", cleaned):
-        return cleaned
-    raise DecodeError(f"{text!r} is not a characteristic UUID (16-bit like 2A37, or full)")
 
 
 def _installed_entry_points() -> Iterable[EntryPointLike]:
@@ -175,9 +96,7 @@ def _installed_entry_points() -> Iterable[EntryPointLike]:
 
 
 def _distribution(entry_point: EntryPointLike) -> str:
-    dist = getattr(entry_point, "dist", None)
-    name = getattr(dist, "name", None)
-    return name if isinstance(name, str) else f"entry point {entry_point.value}"
+    return distribution_name(entry_point) or f"entry point {entry_point.value}"
 
 
 def _skip(problems: list[PluginProblem], problem: PluginProblem, advice: str) -> None:
@@ -192,20 +111,30 @@ def _skip(problems: list[PluginProblem], problem: PluginProblem, advice: str) ->
 
 
 class Registry:
-    """The installed drivers, indexed by id and by USB match rule.
+    """The loaded drivers, indexed by id and by USB match rule.
 
-    `builtins` defaults to `gateway.drivers.BUILTIN_DRIVERS` and `entry_points` to the installed
-    `rtm_gateway.drivers` entry points; tests pass their own. Built-ins load first, so a plugin
-    cannot take over a built-in id.
+    `builtins` defaults to `gateway.drivers.BUILTIN_DRIVERS` and `entry_points` to every
+    installed `rtm_gateway.drivers` entry point; the hub's commands pass the chosen ones (see
+    the module's docstring), tests their own. Built-ins load first, so a plugin cannot take
+    over a built-in id. `by_name`: the entry points were chosen by name, so a plugin whose
+    driver id is not its entry point's name is refused. `decode_budget`: seconds a plugin's
+    decoder may take per input in the drivers `get_serial`/`get_ble` hand to sessions (None:
+    unbounded).
     """
 
     def __init__(
         self,
         builtins: Iterable[AnyDriver] | None = None,
         entry_points: Iterable[EntryPointLike] | None = None,
+        *,
+        by_name: bool = False,
+        decode_budget: float | None = None,
     ) -> None:
         self._entries: dict[str, _Entry] = {}
         self._usb: dict[tuple[int, int], list[tuple[UsbMatch, str]]] = {}
+        self._provenance: dict[str, Provenance] = {}
+        self._by_name = by_name
+        self.decode_budget = decode_budget
         problems: list[PluginProblem] = []
         for driver in BUILTIN_DRIVERS if builtins is None else builtins:
             # A broken built-in is our bug, not the user's: let it fail loudly in tests.
@@ -216,13 +145,46 @@ class Registry:
 
     @classmethod
     def load(cls) -> Registry:
-        """The built-in drivers and every installed plugin."""
+        """The built-in drivers and every installed plugin, each imported: the vendor kit's
+        and tests' view (a driver author's machine). No hub command uses it."""
         return cls()
+
+    @classmethod
+    def builtin(cls) -> Registry:
+        """The built-in drivers alone: no plugin is imported."""
+        return cls(entry_points=())
+
+    @classmethod
+    def with_plugins(cls, driver_ids: Iterable[str]) -> Registry:
+        """The built-ins and the installed plugins with these ids (asked for by name on a
+        command line: `decode ID`, `drivers --load ID`); no other plugin is imported."""
+        from gateway.hub.plugins import entry_points_named
+
+        builtin_ids = {driver.info.id for driver in BUILTIN_DRIVERS}
+        wanted = [driver_id for driver_id in driver_ids if driver_id not in builtin_ids]
+        return cls(entry_points=entry_points_named(wanted), by_name=True)
+
+    @classmethod
+    def for_config(cls, config: Config, extra: Iterable[str] = ()) -> Registry:
+        """The built-ins and the plugins this configuration lets the hub import (a configured
+        device or `[drivers] allow` names them), with its decode budget; and those in `extra`
+        (named on a command line). Raises `ConfigError` naming the key path when an allow entry
+        does not fit what is installed."""
+        from gateway.hub.plugins import entry_points_for_config, entry_points_named
+
+        builtin_ids = {driver.info.id for driver in BUILTIN_DRIVERS}
+        chosen = entry_points_for_config(config, builtin_ids)
+        taken = builtin_ids | {ep.name for ep in chosen}
+        chosen += entry_points_named(driver_id for driver_id in extra if driver_id not in taken)
+        if chosen:
+            watch(config.hub.state_dir)
+        return cls(entry_points=chosen, by_name=True, decode_budget=config.drivers.decode_budget)
 
     def _load(self, entry_point: EntryPointLike, problems: list[PluginProblem]) -> None:
         source = _distribution(entry_point)
         try:
-            candidate = entry_point.load()
+            with running(entry_point.name):  # the audit hook names the driver for its imports
+                candidate = entry_point.load()
         except Exception as exc:  # a plugin may fail to import in any way; it must not stop us
             # The whole traceback only at TRACE: the log line below names the cause, and
             # `rtm-gateway driver check MODULE` shows the rest to the driver's author.
@@ -252,9 +214,22 @@ class Registry:
             )
             _skip(problems, PluginProblem(entry_point.name, source, reason), advice)
             return
-        self._add(driver, source, problems)
+        if self._by_name and driver.info.id != entry_point.name:
+            _skip(
+                problems,
+                PluginProblem(
+                    entry_point.name,
+                    source,
+                    f"its entry point is named {entry_point.name!r} but its driver id is "
+                    f"{driver.info.id!r} (the hub chooses plugins by entry-point name)",
+                ),
+                f"report it to the maintainers of {source}, or uninstall it",
+            )
+            return
+        if self._add(driver, source, problems):
+            self._provenance[driver.info.id] = provenance(driver.info.id, entry_point)
 
-    def _add(self, driver: AnyDriver, source: str, problems: list[PluginProblem]) -> None:
+    def _add(self, driver: AnyDriver, source: str, problems: list[PluginProblem]) -> bool:
         driver_id = driver.info.id
         first = self._entries.get(driver_id)
         if first is not None:
@@ -263,7 +238,7 @@ class Registry:
                 PluginProblem(driver_id, source, f"its id is already provided by {first.source}"),
                 "uninstall one of the two",
             )
-            return
+            return False
         if source != BUILTIN:
             for rule in driver.info.match:
                 for other_id, other in self._entries.items():
@@ -279,11 +254,12 @@ class Registry:
                             "make the rule more specific (a name pattern, manufacturer data), "
                             "or uninstall one of the two",
                         )
-                        return
+                        return False
         self._entries[driver_id] = _Entry(driver, source)
         for rule in driver.info.match:
             if isinstance(rule, UsbMatch):
                 self._usb.setdefault((rule.vid, rule.pid), []).append((rule, driver_id))
+        return True
 
     def include(self, driver: AnyDriver, source: str, *, replace: bool = False) -> None:
         """Add a driver after loading (the conformance kit checks one not yet installed);
@@ -315,9 +291,23 @@ class Registry:
             raise UnknownDriverError(driver_id, self.ids())
         return entry.driver
 
-    def get_serial(self, driver_id: str) -> Driver:
-        """A serial driver by id; `InvalidDriverError` for a Bluetooth LE one."""
+    def _for_session(self, driver_id: str) -> AnyDriver:
+        """The driver for a device session: a plugin under its decode budget, if one is set."""
         driver = self.get(driver_id)
+        if self.decode_budget is None or self._entries[driver_id].source == BUILTIN:
+            return driver
+        from gateway.hub.plugin_budget import budgeted
+
+        return budgeted(driver, self.decode_budget)
+
+    def plugins(self) -> tuple[Provenance, ...]:
+        """Where each loaded plugin came from (for `hub-started`), sorted by id."""
+        return tuple(self._provenance[driver_id] for driver_id in sorted(self._provenance))
+
+    def get_serial(self, driver_id: str) -> Driver:
+        """A serial driver by id (for a session: a plugin comes under its decode budget);
+        `DriverTransportError` for a Bluetooth LE one."""
+        driver = self._for_session(driver_id)
         if not isinstance(driver, Driver):
             raise DriverTransportError(
                 f'{driver_id} is a Bluetooth LE driver: give the device address = "AA:BB:..." '
@@ -327,8 +317,9 @@ class Registry:
         return driver
 
     def get_ble(self, driver_id: str) -> GattDriver:
-        """A Bluetooth LE driver by id; `DriverTransportError` for a serial one."""
-        driver = self.get(driver_id)
+        """A Bluetooth LE driver by id (for a session: a plugin comes under its decode budget);
+        `DriverTransportError` for a serial one."""
+        driver = self._for_session(driver_id)
         if isinstance(driver, Driver):
             raise DriverTransportError(
                 f'{driver_id} is a serial driver: give the device port = "/dev/..." or '

@@ -77,6 +77,7 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway.hub.registry import Registry
     from gateway.kit.conformance import ConformanceError, check_driver
 
     if args.inputs < 1:
@@ -87,7 +88,9 @@ def _check(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"checking {args.target} ...", file=sys.stderr)
     try:
-        report = check_driver(args.target, fuzz_inputs=args.inputs)
+        # Of the installed vendor drivers, only the one asked for is imported.
+        registry = Registry.with_plugins([args.target])
+        report = check_driver(args.target, registry=registry, fuzz_inputs=args.inputs)
     except ConformanceError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())

@@ -114,7 +114,9 @@ def _defining_module(driver: object) -> str:
     module but its class is the SDK's.)"""
     from importlib.metadata import entry_points
 
-    for entry_point in entry_points(group="rtm_gateway.drivers"):
+    info = getattr(driver, "info", None)
+    # Only the entry point named by the driver's id: the others stay unimported.
+    for entry_point in entry_points(group="rtm_gateway.drivers", name=getattr(info, "id", "")):
         try:
             loaded = entry_point.load()
         except Exception:  # noqa: S112 - a broken plugin is another driver's problem here

@@ -5,9 +5,10 @@ rtm-gateway, as the SDK's names do within SDK 1.x.
 
 What a vendor's package finds here:
 
-- The hub's view of a driver: `Registry` (`Registry.load()` finds installed drivers through
-  the entry points, as the daemon does), `validate_driver` (the checks the hub makes when it
-  loads one) and `characteristic_uuid` (a fixture's "2a19" or full UUID as the hub spells it).
+- The hub's view of a driver: `Registry` (`Registry.load()` imports every installed driver
+  through the entry points; a hub imports only those its configuration allows),
+  `validate_driver` (the checks the hub makes when it loads one) and `characteristic_uuid`
+  (a fixture's "2a19" or full UUID as the hub spells it).
 - A simulated device for the virtual Bluetooth lab: subclass `SimulatedBleDevice` (or host a
   bare `VirtualPeripheral`), declare characteristics with `CharSpec`, encode values with
   `sfloat`, `u16`, `date_time`, refuse writes with `att_error(ATT_...)`, wander with `Walk`;

@@ -78,8 +78,10 @@ async def scan(
     registry: Registry | None = None,
     devices: Sequence[DeviceConfig] = (),
 ) -> list[ScanRow]:
-    """Listen for `seconds`; the devices heard, strongest signal first."""
-    registry = registry or Registry.load()
+    """Listen for `seconds`; the devices heard, strongest signal first. `registry`: the drivers
+    whose match rules name the devices; by default the built-ins alone (a vendor driver's rules
+    are part of its code, so only the vendor drivers a configuration allows can match)."""
+    registry = registry or Registry.builtin()
     scanner = BleScanner(adapter, passive=False, watchdog=max(seconds * 2, 10.0))
     task = asyncio.create_task(scanner.run())
     try:

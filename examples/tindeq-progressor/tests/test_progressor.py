@@ -366,8 +366,20 @@ def test_rtm_gateway_scan_names_the_driver(lab: BluezThread) -> None:
     running = start_device(lab, device)
     try:
         # The command a technician runs; the lab pointed this process's environment at its bus.
+        # A vendor driver's match rules are its code: without a configuration that allows it,
+        # scan imports it only when asked (--load).
         scanned = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "scan", "--seconds", "1.5", "--json"],
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "scan",
+                "--seconds",
+                "1.5",
+                "--json",
+                "--load",
+                "tindeq.progressor",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
