@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.kit.commands import add_driver_command, run_driver_command
+from gateway.tools.simulate_command import add_simulate_command, run_simulate_command
 from gateway.tools.verify_command import add_verify_arguments, run_verify_command
 
 if TYPE_CHECKING:
@@ -120,34 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser(
-        "simulate",
-        help="run a simulated device: serial on a pseudo-terminal, "
-        "or Bluetooth LE on a virtual BlueZ (--ble)",
-    )
-    p.add_argument(
-        "driver",
-        nargs="+",
-        help="driver id of the device to simulate, e.g. "
-        "contec.cms50d; with --ble, one or more of gatt.plx gatt.gls gatt.ftms "
-        "gatt.hrs",
-    )
-    p.add_argument("--link", type=Path, help="serial: path of the pseudo-terminal link to create")
-    p.add_argument(
-        "--ble",
-        action="store_true",
-        help="start a virtual Bluetooth lab (a private "
-        "D-Bus bus with a virtual BlueZ) and print its address",
-    )
-    p.add_argument("--address", help="--ble: the device's Bluetooth address")
-    p.add_argument("--serial", help="--ble: the device's Device Information serial number")
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=None,
-        help="frames (or lines) per second (default: the device's own rate)",
-    )
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    add_simulate_command(sub)
 
     p = sub.add_parser(
         "scan",
@@ -322,31 +296,6 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return print_decoded(result, as_json=args.json)
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway.sim import SimulatorError, run_simulator
-
-    try:
-        if args.ble:
-            from gateway.sim.ble_lab import run_ble_lab
-
-            run_ble_lab(
-                args.driver,
-                rate_hz=args.rate,
-                seconds=args.seconds,
-                address=args.address,
-                serial=args.serial,
-            )
-            return EXIT_OK
-        if args.link is None or len(args.driver) != 1:
-            return _fail(
-                "a serial simulator needs one driver and --link PATH (or use --ble)", EXIT_CONFIG
-            )
-        run_simulator(args.driver[0], args.link, rate_hz=args.rate, seconds=args.seconds)
-    except SimulatorError as exc:
-        return _fail(str(exc), EXIT_CONFIG)
-    return EXIT_OK
-
-
 def _cmd_scan(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -446,7 +395,7 @@ _COMMANDS = {
     "check-config": _cmd_check_config,
     "drivers": _cmd_drivers,
     "decode": _cmd_decode,
-    "simulate": _cmd_simulate,
+    "simulate": run_simulate_command,
     "scan": _cmd_scan,
     "driver": run_driver_command,
     "identity": _cmd_identity,
