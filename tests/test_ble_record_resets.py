@@ -23,6 +23,7 @@ pytestmark = needs_dbus
 
 COUNT = bytes((0x04, 0x01))
 ALL = bytes((0x01, 0x01))
+FIRST = bytes((0x01, 0x05))
 
 
 def report_from(sequence: int) -> bytes:
@@ -74,7 +75,7 @@ def test_a_cleared_meter_restarting_at_1_has_its_new_records_signed(
 
     r, second = asyncio.run(run())
     assert _records(r, "glucose") == [*range(1, 31), 1, 2, 3]
-    assert second == [report_from(31), COUNT, ALL]  # nothing after 30; 3 records, not 30
+    assert second == [FIRST, ALL]  # its oldest record is not the one the hub saw: all
     (event,) = r.events("records-reset")
     assert event["detail"] == {
         "device": "glucose",
@@ -84,6 +85,40 @@ def test_a_cleared_meter_restarting_at_1_has_its_new_records_signed(
         "refetched": 3,
         "duplicates": 0,
     }
+
+
+def test_a_counter_restarted_without_clearing_is_told_by_the_count(
+    bluez: BluezThread, tmp_path: Path
+) -> None:
+    meter = GlucoseMeter(address="C0:FF:EE:61:00:05", records=6, context=False, seed=25)
+    device = DeviceConfig("glucose", "gatt.gls", "pt-1", address=meter.peripheral.address)
+
+    async def run() -> tuple[Rig, list[bytes]]:
+        async with rig(bluez, tmp_path, [device]) as r:
+            start_device(bluez, meter, rate=0.001)
+            await r.until(lambda: r.outbox.get_meta("ble.last-record:glucose") == 6)
+            await on_meter(bluez, lambda: setattr(meter, "next_sequence", 1))  # a firmware bug
+            for _ in range(2):  # numbered 1 and 2 again, beside the old 1..6
+                await asyncio.wrap_future(run_on(bluez, meter.add_record(live=False)))
+            before = await reconnect(r, meter, 2)
+            await r.until(lambda: len(_records(r, "glucose")) == 8)
+            await r.until(lambda: bool(r.events("records-reset")))
+            await asyncio.wrap_future(stop_device(bluez, meter))
+            return r, meter.racp_requests[before:]
+
+    r, second = asyncio.run(run())
+    assert _records(r, "glucose") == [1, 2, 3, 4, 5, 6, 1, 2]
+    assert second == [FIRST, report_from(7), COUNT, ALL]  # nothing after 6; 8 records, not 6
+    (event,) = r.events("records-reset")
+    assert event["detail"] == {
+        "device": "glucose",
+        "reason": "counter-restarted",
+        "previous": 6,
+        "cursor": 2,
+        "refetched": 2,
+        "duplicates": 6,
+    }
+    assert r.events("records-skipped")[0]["detail"]["count"] == 6
 
 
 def test_a_meter_replaced_under_the_same_address_has_its_records_signed(
@@ -140,7 +175,7 @@ def test_records_after_the_16_bit_wrap_arrive_and_the_overlap_is_logged_and_sign
 
     r, second = asyncio.run(run())
     assert _records(r, "glucose") == [65533, 65534, 65535, 0, 1, 2]
-    assert second == [report_from(65535), ALL]  # at the top: all, for what follows the wrap
+    assert second == [FIRST, report_from(65535), ALL]  # at the top: all, for after the wrap
     (wrapped,) = r.events("records-reset")
     assert wrapped["detail"] == {
         "device": "glucose",
@@ -174,13 +209,13 @@ def test_a_meter_whose_count_matches_is_asked_nothing_more(
             start_device(bluez, meter, rate=0.001)
             await r.until(lambda: r.outbox.get_meta("ble.last-record:glucose") == 5)
             before = await reconnect(r, meter, 2)
-            await r.until(lambda: len(meter.racp_responses) == 3)  # 1st report, 2nd, count
+            await r.until(lambda: len(meter.racp_responses) == 4)  # report; first, report, count
             await asyncio.wrap_future(run_on(bluez, meter.add_record()))  # live, then stored
             await r.until(lambda: len(_records(r, "glucose")) == 6)
             await asyncio.wrap_future(stop_device(bluez, meter))
             return r, meter.racp_requests[before:]
 
     r, second = asyncio.run(run())
-    assert second == [report_from(6), COUNT]
+    assert second == [FIRST, report_from(6), COUNT]
     assert _records(r, "glucose") == [1, 2, 3, 4, 5, 6]
     assert r.events("records-reset") == [] and r.events("records-skipped") == []

@@ -42,6 +42,14 @@ def record(sequence: int, minutes: int = 0) -> Reading:
     return Reading((), raw, {"sequence_number": sequence}, stamp, "set")
 
 
+Answer = tuple[list[Reading], bytes]
+
+
+def oldest(sequence: int = 1, minutes: int = 1) -> Answer:
+    """The answer to "first record": the meter's oldest, then success."""
+    return [record(sequence, minutes)], REPORTED
+
+
 def count_answer(count: int) -> bytes:
     return bytes((racp.COUNT_RESPONSE, 0x00)) + count.to_bytes(2, "little")
 
@@ -75,7 +83,7 @@ class Hub:
             store=self.store,
         )
 
-    def transfer(self, sync: RecordSync, *answers: tuple[list[Reading], bytes]) -> list[int]:
+    def transfer(self, sync: RecordSync, *answers: Answer) -> list[int]:
         """Run a connection's steps: each answer is the records a request brings, then the
         value that ends it. The requests written, and the sequence numbers kept, come back."""
         self.requests: list[bytes] = []
@@ -128,18 +136,18 @@ def test_the_position_keeps_its_key_and_the_state_beside_it_the_meter() -> None:
 def test_nothing_new_asks_the_count_and_an_unchanged_count_is_the_end() -> None:
     box = Hub()
     first_connection(box, 30)
-    assert box.transfer(box.sync(), ([], NOTHING), ([], count_answer(30))) == []
-    assert box.requests == [racp.report_from(31), racp.report_count()]
+    assert box.transfer(box.sync(), oldest(), ([], NOTHING), ([], count_answer(30))) == []
+    assert box.requests == [racp.report_first(), racp.report_from(31), racp.report_count()]
     assert box.events == []
 
 
-def test_a_cleared_meter_is_told_by_its_count_and_its_new_records_are_kept() -> None:
+def test_a_cleared_meter_is_told_by_its_oldest_record_and_its_new_records_are_kept() -> None:
     box = Hub()
     first_connection(box, 30)
     new = [record(n, 1000 + n) for n in (1, 2, 3)]  # numbered again from 1, later in time
-    kept = box.transfer(box.sync(), ([], NOTHING), ([], count_answer(3)), (new, REPORTED))
+    kept = box.transfer(box.sync(), ([new[0]], REPORTED), (new, REPORTED))
     assert kept == [1, 2, 3]
-    assert box.requests == [racp.report_from(31), racp.report_count(), racp.report_all()]
+    assert box.requests == [racp.report_first(), racp.report_all()]
     assert box.detail("records-reset") == {
         "device": "meter",
         "reason": "counter-restarted",
@@ -151,8 +159,25 @@ def test_a_cleared_meter_is_told_by_its_count_and_its_new_records_are_kept() -> 
     assert box.meta[KEY] == 3
     # And the next connection asks after 3, with nothing to reset.
     box.events.clear()
-    assert box.transfer(box.sync(), ([record(4, 1004)], REPORTED)) == [4]
-    assert box.requests == [racp.report_from(4)] and box.events == []
+    assert box.transfer(box.sync(), ([new[0]], REPORTED), ([record(4, 1004)], REPORTED)) == [4]
+    assert box.requests == [racp.report_first(), racp.report_from(4)] and box.events == []
+
+
+def test_a_cleared_meter_that_passed_the_old_position_is_still_told() -> None:
+    box = Hub()
+    first_connection(box, 5)
+    new = [record(n, 2000 + n) for n in range(1, 9)]  # 8 new ones: 6..8 are after 5
+    kept = box.transfer(box.sync(), ([new[0]], REPORTED), (new, REPORTED))
+    assert kept == list(range(1, 9))  # not only 6..8
+    assert box.detail("records-reset")["reason"] == "counter-restarted"
+
+
+def test_a_full_meter_dropping_its_oldest_is_the_same_meter() -> None:
+    box = Hub()
+    first_connection(box, 5)
+    kept = box.transfer(box.sync(), oldest(3, 3), ([record(6, 6)], REPORTED))
+    assert kept == [6]
+    assert box.requests == [racp.report_first(), racp.report_from(6)] and box.events == []
 
 
 def test_a_counter_restarted_without_clearing_keeps_only_the_new_content() -> None:
@@ -160,7 +185,13 @@ def test_a_counter_restarted_without_clearing_keeps_only_the_new_content() -> No
     first_connection(box, 5)
     old = [record(n, n) for n in range(1, 6)]
     new = [record(n, 1000 + n) for n in (1, 2)]
-    kept = box.transfer(box.sync(), ([], NOTHING), ([], count_answer(7)), (old + new, REPORTED))
+    answers: tuple[Answer, ...] = (
+        oldest(),
+        ([], NOTHING),
+        ([], count_answer(7)),
+        (old + new, REPORTED),
+    )
+    kept = box.transfer(box.sync(), *answers)
     assert kept == [1, 2]
     assert box.detail("records-reset")["duplicates"] == 5
     assert box.detail("records-skipped") == {
@@ -197,8 +228,8 @@ def test_a_replaced_meter_without_records_is_adopted_once() -> None:
 def test_a_position_from_an_older_hub_takes_the_identity_without_a_reset() -> None:
     box = Hub()
     box.meta[KEY] = 41  # a hub before the state kept only this
-    assert box.transfer(box.sync(), ([], NOTHING), ([], count_answer(41))) == []
-    assert box.requests == [racp.report_from(42), racp.report_count()]
+    assert box.transfer(box.sync(), oldest(), ([], NOTHING), ([], count_answer(41))) == []
+    assert box.requests == [racp.report_first(), racp.report_from(42), racp.report_count()]
     state = json.loads(str(box.meta[STATE]))
     assert (state["high"], state["known"], state["serial"]) == (41, 41, "GLS-1")
     assert box.events == []
@@ -208,9 +239,9 @@ def test_the_counter_wraps_after_65535_and_the_records_after_it_are_fetched() ->
     box = Hub()
     box.transfer(box.sync(), ([record(65533, 1), record(65534, 2)], REPORTED))
     meter = [record(65533, 1), record(65534, 2), record(65535, 3), record(0, 4), record(1, 5)]
-    kept = box.transfer(box.sync(), (meter[2:3], REPORTED), (meter, REPORTED))
+    kept = box.transfer(box.sync(), oldest(65533, 1), (meter[2:3], REPORTED), (meter, REPORTED))
     assert kept == [65535, 0, 1]
-    assert box.requests == [racp.report_from(65535), racp.report_all()]
+    assert box.requests == [racp.report_first(), racp.report_from(65535), racp.report_all()]
     assert box.detail("records-reset") == {
         "device": "meter",
         "reason": "counter-wrapped",
@@ -227,18 +258,18 @@ def test_a_position_left_at_65535_does_not_stop_the_path() -> None:
     box = Hub()
     box.meta[KEY] = 65535  # an older hub's, after a forged record: it asked for nothing more
     meter = [record(n, n) for n in (1, 2, 3)]
-    assert box.transfer(box.sync(), (meter, REPORTED)) == [1, 2, 3]
-    assert box.requests == [racp.report_all()]
+    assert box.transfer(box.sync(), oldest(), (meter, REPORTED)) == [1, 2, 3]
+    assert box.requests == [racp.report_first(), racp.report_all()]
     assert box.meta[KEY] == 3
-    assert box.transfer(box.sync(), ([record(4, 4)], REPORTED)) == [4]
-    assert box.requests == [racp.report_from(4)]
+    assert box.transfer(box.sync(), oldest(), ([record(4, 4)], REPORTED)) == [4]
+    assert box.requests == [racp.report_first(), racp.report_from(4)]
 
 
 def test_a_forged_record_far_ahead_is_refused_and_one_nearer_is_told_by_the_count() -> None:
     box = Hub()
     first_connection(box, 10)
     sync = box.sync()
-    assert box.transfer(sync, ([], NOTHING), ([], count_answer(10))) == []
+    assert box.transfer(sync, oldest(), ([], NOTHING), ([], count_answer(10))) == []
     # Live values (forged, or a meter's bug): 65535 is more than half the counter behind 10...
     assert sync.accept(GLUCOSE_MEASUREMENT, record(65535, 99)) == (False, None)
     assert box.detail("records-skipped")["reason"] == "before-position"
@@ -248,11 +279,16 @@ def test_a_forged_record_far_ahead_is_refused_and_one_nearer_is_told_by_the_coun
     box.meta.update(positions)
     # Nothing after 30000, and a count that is not the one the hub knows: all, de-duplicated.
     meter = [record(n, n) for n in range(1, 13)]
-    kept = box.transfer(box.sync(), ([], NOTHING), ([], count_answer(12)), (meter, REPORTED))
-    assert kept == [11, 12]
+    answers: tuple[Answer, ...] = (
+        oldest(),
+        ([], NOTHING),
+        ([], count_answer(12)),
+        (meter, REPORTED),
+    )
+    assert box.transfer(box.sync(), *answers) == [11, 12]
     assert box.detail("records-reset")["reason"] == "counter-restarted"
-    assert box.transfer(box.sync(), ([record(13, 13)], REPORTED)) == [13]
-    assert box.requests == [racp.report_from(13)]
+    assert box.transfer(box.sync(), oldest(), ([record(13, 13)], REPORTED)) == [13]
+    assert box.requests == [racp.report_first(), racp.report_from(13)]
 
 
 def test_skipped_records_are_logged_by_count_and_signed(
@@ -263,7 +299,7 @@ def test_skipped_records_are_logged_by_count_and_signed(
     caplog.set_level(logging.WARNING, logger="gateway.sessions")
     # A device that ignores the filter and sends everything again.
     replay = [record(n, n) for n in (1, 2, 3)] + [record(4, 4)]
-    assert box.transfer(box.sync(), (replay, REPORTED)) == [4]
+    assert box.transfer(box.sync(), oldest(), (replay, REPORTED)) == [4]
     assert box.detail("records-skipped") == {
         "device": "meter",
         "count": 3,
@@ -280,7 +316,7 @@ def test_a_live_replay_is_reported_at_once_then_at_most_once_a_minute() -> None:
     box = Hub()
     first_connection(box, 3)
     sync = box.sync()
-    assert box.transfer(sync, ([], NOTHING), ([], count_answer(3))) == []
+    assert box.transfer(sync, oldest(), ([], NOTHING), ([], count_answer(3))) == []
     for _ in range(5):
         assert sync.accept(GLUCOSE_MEASUREMENT, record(2, 2)) == (False, None)
     assert [d["count"] for n, d in box.events if n == "records-skipped"] == [1]
@@ -313,7 +349,7 @@ def test_a_count_the_device_refuses_leaves_the_position_alone() -> None:
     first_connection(box, 5)
     refused = bytes((0x06, 0x00, racp.REPORT_COUNT, 0x02))  # op code not supported
     assert racp.record_count(refused) is False
-    assert box.transfer(box.sync(), ([], NOTHING), ([], refused)) == []
+    assert box.transfer(box.sync(), oldest(), ([], NOTHING), ([], refused)) == []
     assert box.events == [] and box.meta[KEY] == 5
 
 
@@ -325,7 +361,8 @@ def test_a_failing_count_callback_is_a_refusal() -> None:
     spec = replace(GLS, count=replace(GLS.count, answer=broken))
     box = Hub()
     first_connection(box, 5)
-    assert box.transfer(box.sync(spec=spec), ([], NOTHING), ([], count_answer(1))) == []
+    answers: tuple[Answer, ...] = (oldest(), ([], NOTHING), ([], count_answer(1)))
+    assert box.transfer(box.sync(spec=spec), *answers) == []
     assert box.events == []
 
 
@@ -334,6 +371,7 @@ def test_serial_number_arithmetic_and_the_racp_count() -> None:
     assert not newer(65535, 0, 65536) and not newer(7, 7, 65536)
     assert not newer(0, 65535, 0) and newer(65535, 0, 0)  # a counter that never wraps
     assert racp.report_count() == bytes((0x04, 0x01))
+    assert racp.report_first() == bytes((0x01, 0x05))
     assert racp.record_count(count_answer(513)) == 513
     assert racp.record_count(REPORTED) is None  # a report's answer, not the count's
 

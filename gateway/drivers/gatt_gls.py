@@ -4,8 +4,8 @@ What lives here: `decode_glucose_measurement` (0x2A18), `decode_measurement_cont
 `decode_glucose_feature` (0x2A51) and `DRIVER`, whose `StoredRecords` declaration says how the
 hub fetches stored records through the Record Access Control Point (bytes in
 gateway/drivers/racp.py): the records after the highest `sequence_number` stored (a 16-bit
-counter that wraps; its count of records tells a restart), a Measurement Context (decoded in
-gatt_gls_context.py) kept with its measurement. No I/O.
+counter that wraps; its oldest record and its count of records tell a restart), a Measurement
+Context (decoded in gatt_gls_context.py) kept with its measurement. No I/O.
 
 Glucose Measurement, little-endian, optional fields in this order when their flag is set:
 
@@ -192,6 +192,7 @@ DRIVER = GattTableDriver(
             describe=racp.describe,
             position_key="last-record",  # where hubs before SDK 1.3 kept it
             count=RecordCount(racp.report_count(), racp.record_count),
+            oldest=racp.report_first(),
             wrap=racp.MAX_SEQUENCE + 1,
         )
     ),

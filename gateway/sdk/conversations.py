@@ -103,6 +103,10 @@ class StoredRecords:
       for the records after the position brings none, the hub asks; a count other than the one
       it knows means the counter restarted (a cleared memory): all records are asked for, and
       de-duplicated by digest.
+    - `oldest`: the request for the device's oldest record alone (the RACP's "first record").
+      With a position stored, each connection asks it first: another record than the oldest
+      the hub saw, at or before its position, means the memory was cleared or replaced, even
+      when new records already passed the old position; all are asked for, de-duplicated.
     - `wrap`: the number of positions the counter has (65536 for a 16-bit sequence number), 0
       when it never wraps. Positions are then compared as serial numbers (RFC 1982): after
       65535 come 0 and 1. A transfer that ends at the last position asks for all records once
@@ -121,6 +125,7 @@ class StoredRecords:
     describe: Callable[[bytes], str] | None = None
     position_key: str = ""
     count: RecordCount | None = None
+    oldest: bytes | None = None
     wrap: int = 0
 
 

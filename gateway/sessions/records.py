@@ -12,15 +12,13 @@ driver's after-commit step (`after_commit`, e.g. a delete on the device) and its
 Positions, kept in the outbox under `ble.<name>:<device id>`:
 
 - a cursor (Glucose sequence numbers, a vendor's event counters): the highest one stored; the
-  hub asks for the records after it and drops any at or below it (serial-number arithmetic
-  when the counter wraps, `StoredRecords.wrap`). Beside it, under `ble.<name>-state:<device
-  id>`, a `CursorState` (sessions/records_state.py): the device's serial and model, the records
-  it holds as far as the hub knows, the digests of the last records stored. A device with
-  another serial or model (replaced under the same id), or whose record count says its counter
-  restarted (`StoredRecords.count`, asked when nothing came after the position), is asked for
-  all its records, and those whose digest the hub holds are skipped; a transfer that ends at
-  the counter's last value asks for all once more, for those after the wrap. A signed
-  `records-reset` event says what happened;
+  hub asks for the records after it and drops any at or below it (as serial numbers when the
+  counter wraps). Beside it, `ble.<name>-state:<device id>` (sessions/records_state.py): the
+  device's serial and model, its oldest record and record count, the digests of the last
+  records stored. A replaced device, or a counter that restarted (another oldest record, or
+  another count when nothing follows the position), is asked for all its records, and those
+  whose digest the hub holds are skipped (a signed `records-reset` event); a transfer that
+  ends at the counter's last value asks for all once more, for those after the wrap;
 - digests (`position="digest"`, Pulse Oximeter spot-checks, whose records carry no number): the
   digests of the last `MAX_DIGESTS` stored records' bytes, one per record, so a digest appears
   as often as records with those bytes were stored; the hub asks for all records and, of the
@@ -64,7 +62,7 @@ MAX_DIGESTS = 2000
 Cursor = tuple[str, MetaValue]
 Positions = Mapping[str, MetaValue]
 Store = Callable[[str, MetaValue], None]
-_Phase = Literal["start", "report", "top", "count", "reset", "done"]
+_Phase = Literal["start", "oldest", "report", "top", "count", "reset", "done"]
 
 
 class Step(NamedTuple):
@@ -122,8 +120,8 @@ class RecordSync:
             self._unmatched.update(self.digests)
         else:
             self.state = CursorState.load(stored, state)
-            if self._adopt(identity or {}):
-                self._reason = "device-replaced"
+            replaced, self._dirty = self.state.adopt(identity or {})
+            self._reason = "device-replaced" if replaced else None
         self.arrived = 0
         """Records that arrived on this connection, new or already stored."""
         self._kept: set[int] = set()
@@ -136,22 +134,8 @@ class RecordSync:
         self._last_arrival: int | None = None
         self._wrapped = False
         self._last_report: bytes | None = None
-
-    def _adopt(self, identity: Mapping[str, object]) -> bool:
-        """Take the connected device's serial and model; True when they say it is another
-        device than the one the state was kept for (replaced under the same configured id)."""
-        state = self.state
-        replaced = False
-        for name in ("serial", "model"):
-            now = identity.get(name)
-            if not isinstance(now, str) or not now:
-                continue
-            before = getattr(state, name)
-            if before != now:
-                replaced = replaced or before is not None
-                setattr(state, name, now)
-                self._dirty = True
-        return replaced
+        self._probed: tuple[int, str] | None = None
+        """The record the device sent as its oldest (position, digest)."""
 
     # --- the conversation ------------------------------------------------------------------
 
@@ -169,7 +153,14 @@ class RecordSync:
         previous one (None to begin); None when the transfer is over."""
         phase, self._phase = self._phase, "done"
         if phase == "start":
-            return self._report("reset" if self._reason else "report")
+            oldest = self.spec.oldest
+            if self._reason or oldest is None or self.state.high is None:
+                return self._report("reset" if self._reason else "report")
+            self._phase, self._in_step, self._probed = "oldest", True, None
+            return Step(oldest, self.done)
+        if phase == "oldest":
+            self._in_step = False
+            return self._after_oldest()
         if phase == "count":
             return self._counted(answer)
         if phase == "done":
@@ -177,6 +168,22 @@ class RecordSync:
         self._last_report = answer
         self._end_report(phase)
         return self._follow_up() if phase == "report" and self.digests is None else None
+
+    def _after_oldest(self) -> Step | None:
+        """The same oldest record as before, or a later one (a full memory dropped its oldest):
+        the same memory. Another one at or before it: a memory cleared or replaced."""
+        seen, before, wrap = self._probed, self.state.oldest, self.spec.wrap
+        if not seen or not before or seen[1] == before[1] or newer(seen[0], before[0], wrap):
+            if seen is not None and seen != before:
+                self.state.oldest, self._dirty = seen, True
+            return self._report("report")
+        log.warning(
+            "device %s: its oldest stored record is not the one the hub saw: its memory was "
+            "cleared or its record counter restarted; asking for all of them",
+            self.device,
+        )
+        self._reason = "counter-restarted"
+        return self._report("reset")
 
     def _follow_up(self) -> Step | None:
         """After the report of the records after the position: what its outcome calls for."""
@@ -256,25 +263,8 @@ class RecordSync:
             state.high, self._dirty = last, True
         reason = self._reason if phase == "reset" else "counter-wrapped" if self._wrapped else None
         if reason is not None:
-            detail = {
-                "device": self.device,
-                "reason": reason,
-                "previous": self._step_from,
-                "cursor": state.high,
-                "refetched": self._step_kept,
-                "duplicates": self._step_skipped,
-            }
-            level = logging.INFO if reason == "counter-wrapped" else logging.WARNING
-            log.log(
-                level,
-                "device %s: stored records %s (%s): %d new, %d already stored",
-                self.device,
-                "fetched past the wrap" if reason == "counter-wrapped" else "fetched again",
-                reason,
-                self._step_kept,
-                self._step_skipped,
-            )
-            self._event("records-reset", detail)
+            kept, skipped = self._step_kept, self._step_skipped
+            self.skips.reset(reason, self._step_from, state.high, kept, skipped)
         self._store_quietly()
 
     def _store_quietly(self) -> None:
@@ -314,6 +304,9 @@ class RecordSync:
         self.arrived += 1
         if position is None:
             return True, None
+        return self._accept_position(position, reading)
+
+    def _accept_position(self, position: int, reading: Reading) -> tuple[bool, Positions | None]:
         state, wrap = self.state, self.spec.wrap
         if self._in_step:
             self._step_arrived += 1
@@ -322,6 +315,11 @@ class RecordSync:
                 state.known += 1
                 self._dirty = True
         digest = record_digest(position, reading)
+        if self._in_step and self._phase == "oldest":  # looked at, not taken: fetched next
+            self._probed = self._probed or (position, digest)
+            return False, None
+        if self._listing_all and self._step_arrived == 1:
+            state.oldest, self._dirty = (position, digest), True
         resetting = self._in_step and self._phase == "reset"
         new = not state.knows(digest) and (
             resetting or state.high is None or newer(position, state.high, wrap)

@@ -6,9 +6,9 @@ What lives here (pure: no I/O): `CursorState` (the highest position stored, the 
 device holds as far as the hub knows, its Device Information serial and model, the digests of
 the last `MAX_RECENT` records stored), `record_digest`, `newer` (serial-number arithmetic,
 RFC 1982, for counters that wrap) and `Skips` (records dropped, counted by reason: a WARNING
-with the count, never a value, and a signed `records-skipped` event). sessions/records.py
-decides with them; the journal stores a state (as JSON, `CursorState.dump`) in the same
-transaction as the record it describes.
+with the count, never a value, and a signed `records-skipped` event; and `records-reset`).
+sessions/records.py decides with them; the journal stores a state (as JSON,
+`CursorState.dump`) in the same transaction as the record it describes.
 
 The digests are what make a re-fetch safe: after a counter restart, a replaced device or a wrap,
 the hub asks for every record and skips those whose digest it holds. 1000 digests of 12 hex
@@ -84,6 +84,8 @@ class CursorState:
     model: str | None = None
     recent: str = ""
     """The digests of the last records stored, oldest first, `DIGEST_CHARS` each."""
+    oldest: tuple[int, str] | None = None
+    """The device's oldest record when the hub last saw its whole memory: position, digest."""
     _seen: set[str] = field(default_factory=set)
 
     @classmethod
@@ -107,6 +109,11 @@ class CursorState:
         for name in ("serial", "model"):
             if isinstance(value := loaded.get(name), str) and value:
                 setattr(state, name, value)
+        oldest = loaded.get("oldest")
+        if isinstance(oldest, list) and len(oldest) == 2:
+            position, digest = oldest
+            if isinstance(position, int) and isinstance(digest, str):
+                state.oldest = (position, digest)
         recent = loaded.get("recent")
         if isinstance(recent, str) and len(recent) % DIGEST_CHARS == 0:
             state.recent = recent[-MAX_RECENT * DIGEST_CHARS :]
@@ -114,6 +121,17 @@ class CursorState:
             state.recent[i : i + DIGEST_CHARS] for i in range(0, len(state.recent), DIGEST_CHARS)
         }
         return state
+
+    def adopt(self, identity: Mapping[str, object]) -> tuple[bool, bool]:
+        """Take the connected device's serial and model: (another device than the one this
+        state was kept for, replaced under the same configured id?, did the state change?)."""
+        replaced = changed = False
+        for name in ("serial", "model"):
+            now = identity.get(name)
+            if isinstance(now, str) and now and now != (before := getattr(self, name)):
+                replaced, changed = replaced or before is not None, True
+                setattr(self, name, now)
+        return replaced, changed
 
     def knows(self, digest: str) -> bool:
         return digest in self._seen
@@ -123,8 +141,8 @@ class CursorState:
         self._seen.add(digest)  # an evicted digest stays known until the next connection
 
     def dump(self) -> str:
-        state = {"high": self.high, "known": self.known, "serial": self.serial}
-        state.update(model=self.model, recent=self.recent)
+        state: dict[str, object] = {"high": self.high, "known": self.known}
+        state.update(serial=self.serial, model=self.model, oldest=self.oldest, recent=self.recent)
         return json.dumps(state, separators=(",", ":"))
 
 
@@ -161,3 +179,20 @@ class Skips:
                 "records-skipped", {"device": self.device, "count": count, "reason": reason}
             )
         self._unreported.clear()
+
+    def reset(
+        self, reason: str, previous: int | None, cursor: int | None, kept: int, skipped: int
+    ) -> None:
+        """A request for every record ended: what was asked for again and why, signed."""
+        level = logging.INFO if reason == "counter-wrapped" else logging.WARNING
+        log.log(
+            level,
+            "device %s: stored records %s (%s): %d new, %d already stored",
+            self.device,
+            "fetched past the wrap" if reason == "counter-wrapped" else "fetched again",
+            reason,
+            kept,
+            skipped,
+        )
+        detail = {"device": self.device, "reason": reason, "previous": previous, "cursor": cursor}
+        self._event("records-reset", {**detail, "refetched": kept, "duplicates": skipped})
