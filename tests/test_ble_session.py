@@ -668,12 +668,14 @@ def test_record_sync_takes_record_0_first_and_skips_what_is_stored() -> None:
     spec = DRIVER.info.ble_session.stored
     fresh = RecordSync(spec, "k", None)
     assert fresh.request() == bytes((0x01, 0x01))  # all: nothing is stored yet
-    assert fresh.accept(GLUCOSE_MEASUREMENT, record(0)) == (True, ("k", 0))
+    keep, positions = fresh.accept(GLUCOSE_MEASUREMENT, record(0))
+    assert keep and isinstance(positions, dict) and positions["k"] == 0  # + "k-state"
     assert fresh.accept(GLUCOSE_MEASUREMENT, record(0)) == (False, None)
     resumed = RecordSync(spec, "k", 41)
     assert resumed.request() == bytes((0x01, 0x03, 0x01, 42, 0))
     assert resumed.accept(GLUCOSE_MEASUREMENT, record(40)) == (False, None)
-    assert resumed.accept(GLUCOSE_MEASUREMENT, record(42)) == (True, ("k", 42))
+    keep, positions = resumed.accept(GLUCOSE_MEASUREMENT, record(42))
+    assert keep and isinstance(positions, dict) and positions["k"] == 42
 
 
 def test_the_stored_digests_stay_bounded_and_count_each_record() -> None:
@@ -688,5 +690,5 @@ def test_the_stored_digests_stay_bounded_and_count_each_record() -> None:
     same = Reading((), bytes((0, 97, 0, 72, 0)), {})
     positions = [sync.accept(SPOT_CHECK, same)[1] for _ in range(3)]
     assert all(p is not None for p in positions)  # three records, three readings
-    last = json.loads(str(positions[-1][1])) if positions[-1] else []
+    last = json.loads(str(positions[-1]["k"])) if positions[-1] else []
     assert len(last) == MAX_DIGESTS and len(set(last[-3:])) == 1

@@ -155,16 +155,16 @@ def test_digest_positions_skip_stored_records_and_are_forgotten_after_the_delete
     sync = RecordSync(spec, "k", json.dumps([]))
     assert sync.request() == racp.report_all()
     keep, cursor = sync.accept(gatt_plx.SPOT_CHECK, _spot_check(97))
-    assert keep and cursor is not None and len(json.loads(str(cursor[1]))) == 1
+    assert keep and cursor is not None and len(json.loads(str(cursor["k"]))) == 1
     # The same bytes again in this transfer: a second measurement with the same values (F-DIGEST).
     keep, cursor = sync.accept(gatt_plx.SPOT_CHECK, _spot_check(97))
-    assert keep and cursor is not None and len(json.loads(str(cursor[1]))) == 2
-    resumed = RecordSync(spec, "k", cursor[1])
+    assert keep and cursor is not None and len(json.loads(str(cursor["k"]))) == 2
+    resumed = RecordSync(spec, "k", cursor["k"])
     assert resumed.accept(gatt_plx.SPOT_CHECK, _spot_check(97)) == (False, None)
     assert resumed.accept(gatt_plx.SPOT_CHECK, _spot_check(97)) == (False, None)
     assert resumed.arrived == 2
     keep, cursor = resumed.accept(gatt_plx.SPOT_CHECK, _spot_check(97))  # a third one: new
-    assert keep and cursor is not None and len(json.loads(str(cursor[1]))) == 3
+    assert keep and cursor is not None and len(json.loads(str(cursor["k"]))) == 3
     assert resumed.after_commit is not None
     assert resumed.after_commit.request == racp.delete_all()
     assert resumed.after_commit.answer(bytes((0x06, 0x00, 0x02, 0x01))) is True
@@ -184,7 +184,8 @@ def test_a_glucose_context_is_kept_only_with_its_measurement() -> None:
 
     assert sync.accept(GLUCOSE_MEASUREMENT, record(9)) == (False, None)
     assert sync.accept(MEASUREMENT_CONTEXT, record(9)) == (False, None)
-    assert sync.accept(GLUCOSE_MEASUREMENT, record(11)) == (True, ("k", 11))
+    keep, positions = sync.accept(GLUCOSE_MEASUREMENT, record(11))
+    assert keep and isinstance(positions, dict) and positions["k"] == 11  # + "k-state"
     assert sync.accept(MEASUREMENT_CONTEXT, record(11)) == (True, None)
     assert sync.done(bytes((0x06, 0x00, 0x01, 0x01)))  # the report's response
     assert not sync.done(bytes((0x06, 0x00, 0x01, 0x01, 0, 0, 0, 0, 0, 0)))  # a record

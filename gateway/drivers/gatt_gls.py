@@ -3,7 +3,8 @@
 What lives here: `decode_glucose_measurement` (0x2A18), `decode_measurement_context` (0x2A34),
 `decode_glucose_feature` (0x2A51) and `DRIVER`, whose `StoredRecords` declaration says how the
 hub fetches stored records through the Record Access Control Point (bytes in
-gateway/drivers/racp.py): the records after the highest `sequence_number` stored, a Measurement
+gateway/drivers/racp.py): the records after the highest `sequence_number` stored (a 16-bit
+counter that wraps; its oldest record and its count of records tell a restart), a Measurement
 Context (decoded in gatt_gls_context.py) kept with its measurement. No I/O.
 
 Glucose Measurement, little-endian, optional fields in this order when their flag is set:
@@ -44,6 +45,7 @@ from gateway.sdk import (
     Observation,
     ObservationType,
     Reading,
+    RecordCount,
     StatusValue,
     StoredRecords,
     bits_reading,
@@ -189,6 +191,9 @@ DRIVER = GattTableDriver(
             abort=racp.abort(),
             describe=racp.describe,
             position_key="last-record",  # where hubs before SDK 1.3 kept it
+            count=RecordCount(racp.report_count(), racp.record_count),
+            oldest=racp.report_first(),
+            wrap=racp.MAX_SEQUENCE + 1,
         )
     ),
 )

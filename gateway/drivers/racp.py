@@ -3,10 +3,12 @@
 
 Pure bytes, no I/O, and not a driver: the BLE session runs the conversation a driver declares.
 Layout: Op Code uint8, Operator uint8, Operand. The hub asks for stored records (op 1) with
-operator 1 "all" or 3 ">=" and filter type 1 "sequence number" (uint16, Glucose), deletes what it
-has stored (op 2, operator 1, Pulse Oximeter, whose records carry no sequence number), and aborts
-a transfer (op 3). The device answers with op 6 "response code" (operand: the request's op code
-and a response value; 4 bytes in all) or op 5 "number of stored records".
+operator 1 "all", 3 ">=" and filter type 1 "sequence number" (uint16, Glucose) or 5 "first"
+(the oldest alone), deletes what it has stored (op 2, operator 1, Pulse Oximeter, whose records
+carry no sequence number), asks how many records the device holds (op 4, operator 1), and
+aborts a transfer (op 3). The oldest record and the count tell a counter that restarted. The
+device answers with op 6 "response code" (operand: the request's op code and a response value;
+4 bytes in all) or op 5 "number of stored records" (uint16).
 """
 
 from __future__ import annotations
@@ -57,6 +59,27 @@ def report_after(last: int | None) -> bytes:
     if last is None or last >= MAX_SEQUENCE:
         return report_all()
     return report_from(max(last + 1, 0))
+
+
+def report_first() -> bytes:
+    """The oldest record alone (op 1, operator 5 "first record")."""
+    return bytes((REPORT, 0x05))
+
+
+def report_count() -> bytes:
+    """How many records the device holds (op 4, operator "all")."""
+    return bytes((REPORT_COUNT, 0x01))
+
+
+def record_count(value: bytes) -> int | bool | None:
+    """The answer to `report_count`: the number of records (op 5, uint16), False when the
+    device refused (a response to op 4), None for any other value."""
+    if len(value) == 4 and value[0] == COUNT_RESPONSE:
+        return int.from_bytes(value[2:4], "little")
+    response = parse_response(value)
+    if response is not None and response.request == REPORT_COUNT:
+        return False
+    return None
 
 
 def delete_all() -> bytes:

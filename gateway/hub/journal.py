@@ -42,7 +42,7 @@ class _Captured:
     patient: str
     reading: Reading
     hub_time: float
-    cursor: tuple[str, MetaValue] | None = None
+    cursor: tuple[str, MetaValue] | Mapping[str, MetaValue] | None = None
     committed: asyncio.Future[bool] | None = None
 
 
@@ -107,12 +107,13 @@ class Journal:
         reading: Reading,
         hub_time: float,
         *,
-        cursor: tuple[str, MetaValue] | None = None,
+        cursor: tuple[str, MetaValue] | Mapping[str, MetaValue] | None = None,
         committed: asyncio.Future[bool] | None = None,
     ) -> None:
-        """Queue a reading for signing and storing. `cursor` (key, value) is stored in the
-        outbox's meta table in its transaction, so a stored-record position never runs ahead of
-        what is stored. `committed` is set True once both are: acknowledge the record after."""
+        """Queue a reading for signing and storing. `cursor` (key, value, or a mapping of them)
+        is stored in the outbox's meta table in its transaction, so a stored-record position
+        never runs ahead of what is stored. `committed` is set True once both are: acknowledge
+        the record after."""
         self._enqueue(_Captured(device, device_id, patient, reading, hub_time, cursor, committed))
         delta = self._delta(device_id)
         delta.readings += 1
@@ -293,7 +294,10 @@ class Journal:
             device_id: DeviceDelta(d.readings, d.decode_errors, d.last_reading, d.last_error)
             for device_id, d in self._deltas.items()
         }
-        cursors = {i.cursor[0]: i.cursor[1] for i in batch if type(i) is _Captured and i.cursor}
+        cursors: dict[str, MetaValue] = {}
+        for i in batch:
+            if type(i) is _Captured and i.cursor:
+                cursors.update(i.cursor if isinstance(i.cursor, Mapping) else (i.cursor,))
         waiting = [i.committed for i in batch if type(i) is _Captured and i.committed]
         try:  # a disk error while making room is a refusal like one while appending
             drop_through = make_room(self._outbox, self._signer, entries, hub_clock)

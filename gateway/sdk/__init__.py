@@ -11,7 +11,8 @@ surface:
   with their UCUM units and MDC / LOINC codes), `DecodeError`, `OptionError`;
 - `declaration`: `DriverInfo`, match rules, `Characteristic`, `SerialSettings`, `SDK_VERSION`
   (its docstring has the compatibility rule);
-- `conversations`: `GattWrite`, `StoredRecords`, `AfterCommit`, `BleSession`, `SerialSession`;
+- `conversations`: `GattWrite`, `StoredRecords`, `AfterCommit`, `RecordCount`, `BleSession`,
+  `SerialSession`;
 - `protocols`: `Driver`, `GattDriver`, their decoders, `FeedResult`, `TableGattDecoder`;
 - `table_driver`: `GattTableDriver`, a BLE driver declared as data;
 - `fields`: IEEE 11073 SFLOAT/FLOAT, integers, Date Time, bits by name.
@@ -21,6 +22,7 @@ from gateway.sdk.conversations import (
     AfterCommit,
     BleSession,
     GattWrite,
+    RecordCount,
     SerialSession,
     StoredRecords,
 )
@@ -106,6 +108,7 @@ __all__ = [
     "ObservationType",
     "OptionError",
     "Reading",
+    "RecordCount",
     "SerialSession",
     "SerialSettings",
     "StatusValue",

@@ -1,6 +1,6 @@
 """Conversations: the writes and stored-record transfers the transport makes for a driver that
-needs more than listening (`GattWrite`, `StoredRecords`, `AfterCommit`, `BleSession`,
-`SerialSession`). The
+needs more than listening (`GattWrite`, `StoredRecords`, `AfterCommit`, `RecordCount`,
+`BleSession`, `SerialSession`). The
 driver only declares them, so it stays pure.
 
 Standard library only, no I/O; imported through `gateway.sdk`, never directly by drivers.
@@ -44,6 +44,21 @@ class AfterCommit:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordCount:
+    """How to ask a device how many records it holds (the RACP's "report number of stored
+    records"), so the hub can tell a counter that restarted from a device with nothing new.
+    Added in SDK 1.3.
+
+    - `request`: the bytes to write to `StoredRecords.control`.
+    - `answer(value)`: for a value arriving on `control`, None while it is not the answer to
+      `request`; the number of records; False when the device refused.
+    """
+
+    request: bytes
+    answer: Callable[[bytes], int | bool | None]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRecords:
     """Records a device keeps while the hub is away, fetched on every connection after the last
     one the hub has stored. The hub keeps that position (`cursor`) in the outbox, written in the
@@ -77,6 +92,25 @@ class StoredRecords:
     - `position_key`: the name the hub keeps the position under in its outbox
       (`ble.<name>:<device id>`); empty means `cursor` (or `stored-digests` with digests).
       Leave it empty: it exists so built-in profiles keep the names older hubs used.
+
+    Counter restarts (positions from `cursor`). The hub keeps with the position the device's
+    Device Information serial and model and the digests of the last records it stored. A
+    device that reports another serial or model under the same configured id is taken as
+    replaced: the hub asks for all its records (`request(None)`) and skips only those whose
+    digest it holds. Optional (SDK 1.3):
+
+    - `count`: how to ask how many records the device holds (`RecordCount`). When the request
+      for the records after the position brings none, the hub asks; a count other than the one
+      it knows means the counter restarted (a cleared memory): all records are asked for, and
+      de-duplicated by digest.
+    - `oldest`: the request for the device's oldest record alone (the RACP's "first record").
+      With a position stored, each connection asks it first: another record than the oldest
+      the hub saw, at or before its position, means the memory was cleared or replaced, even
+      when new records already passed the old position; all are asked for, de-duplicated.
+    - `wrap`: the number of positions the counter has (65536 for a 16-bit sequence number), 0
+      when it never wraps. Positions are then compared as serial numbers (RFC 1982): after
+      65535 come 0 and 1. A transfer that ends at the last position asks for all records once
+      more, to fetch those after the wrap (and after a forged record at the top).
     """
 
     control: str
@@ -90,6 +124,9 @@ class StoredRecords:
     abort: bytes | None = None
     describe: Callable[[bytes], str] | None = None
     position_key: str = ""
+    count: RecordCount | None = None
+    oldest: bytes | None = None
+    wrap: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,7 +217,7 @@ class BleDeviceSession:
         await read_battery(link, self._path, self._companions)
         self._path.open()
         self._sync = sync = record_sync_for(
-            self._driver, link.has, self.device.id, self._outbox.get_meta
+            self._driver, link.has, self._path.identity, self._outbox.get_meta, self._journal
         )
         subscribed: set[str] = set()
         for char in self._driver.info.characteristics:
@@ -320,10 +320,12 @@ class BleDeviceSession:
         ends the transfer is in and the journal has committed every kept record, run the
         driver's after-commit step, then store the position it resets, through the journal."""
         self._committing = []
-        if (request := sync.request()) is None:  # the driver failed (logged): live values only
-            return
-        final = await self._request(link, sync.control, request, sync.done, sync)
-        if final is None:
+        final, asked = None, sync.next_step(None)  # the report, then what its answer calls for
+        while asked is not None:
+            if (final := await self._request(link, sync.control, *asked, sync)) is None:
+                return
+            asked = sync.next_step(final)
+        if final is None:  # the driver failed (logged): live values only
             return
         log.info(
             "device %s: stored-record transfer ended: %s (%d records arrived)",

@@ -141,9 +141,9 @@ class ReadingPath(Generic[DecoderT]):
         )
 
     def submit_record(
-        self, reading: Reading, cursor: tuple[str, MetaValue]
+        self, reading: Reading, cursor: tuple[str, MetaValue] | Mapping[str, MetaValue]
     ) -> asyncio.Future[bool]:
-        """Hand a stored record to the journal with its position, to be committed in one
+        """Hand a stored record to the journal with its positions, to be committed in one
         transaction; the future is set True once they are (see `Journal.submit`)."""
         committed = asyncio.get_running_loop().create_future()
         self.readings += 1

@@ -33,6 +33,8 @@ from typing import ClassVar
 
 from gateway.sdk import uuid16
 from gateway.sim.ble_base import (
+    DEVICE_INFORMATION,
+    SERIAL_NUMBER,
     Walk,
     date_time,
     local_now,
@@ -238,7 +240,8 @@ class GlucoseRecord:
 
 class GlucoseMeter(RecordStoreDevice[GlucoseRecord]):
     """A blood glucose meter holding `records` measurements (sequence numbers from
-    `first_sequence`, about 8 hours apart), served over RACP: report and count with the
+    `first_sequence`, about 8 hours apart; a uint16 counter: after 65535 comes 0), served over
+    RACP: report and count (op 4: the number of stored records) with the
     `operators` given (all, >= sequence number, first, last by default), abort; delete only if
     `supports_delete`. Records go out `record_interval` seconds apart (0: as fast as the loop
     allows, yielding between records). `run` takes a new measurement every period."""
@@ -269,8 +272,8 @@ class GlucoseMeter(RecordStoreDevice[GlucoseRecord]):
         clock: datetime | None = None,
         battery_level: int = 90,
     ) -> None:
-        if records < 0 or not 0 <= first_sequence <= 0xFFFF - max(records - 1, 0):
-            raise ValueError("records must be >= 0 and their sequence numbers fit in uint16")
+        if records < 0 or not 0 <= first_sequence <= 0xFFFF:
+            raise ValueError("records must be >= 0 and first_sequence fit in uint16")
         profile: dict[str, CharSpec] = {GLUCOSE_MEASUREMENT: CharSpec(("notify",))}
         if context:
             profile[GLUCOSE_CONTEXT] = CharSpec(("notify",))
@@ -298,8 +301,6 @@ class GlucoseMeter(RecordStoreDevice[GlucoseRecord]):
         ]
 
     def _measure(self, time: datetime, mg_dl: int | None = None) -> GlucoseRecord:
-        if self.next_sequence > 0xFFFF:
-            raise ValueError("the meter's sequence numbers are used up (uint16)")
         rng = self.rng
         context = None
         if self.has_context and rng.random() < 0.3:
@@ -320,16 +321,36 @@ class GlucoseMeter(RecordStoreDevice[GlucoseRecord]):
             sensor_status=status,
             context=context,
         )
-        self.next_sequence += 1
+        self.next_sequence = (self.next_sequence + 1) & 0xFFFF  # a uint16: 65535, then 0
         return record
 
-    async def add_record(self, mg_dl: int | None = None) -> GlucoseRecord:
+    def clear_memory(self, *, records: int = 0, first_sequence: int = 1) -> None:
+        """The meter's memory is cleared (some meters do this on a battery change) and its
+        counter starts again at `first_sequence`; then it takes `records` new measurements.
+        On the device's loop, or while it is not running."""
+        self.next_sequence = first_sequence
+        self.stored = [
+            self._measure(time)
+            for time in spread_times(self.rng, self.clock.now(), records, timedelta(hours=8))
+        ]
+
+    def replace(self, serial: str, *, records: int = 0, first_sequence: int = 1) -> None:
+        """Another meter of this model takes this one's place under the same address (the
+        patient's replacement): its own serial number, counter and records. Seen from the next
+        connection on (the service table is read on connecting)."""
+        services = self.peripheral.services
+        info = {**services[DEVICE_INFORMATION], SERIAL_NUMBER: CharSpec(("read",), serial.encode())}
+        self.peripheral.services = {**services, DEVICE_INFORMATION: info}
+        self.serial = serial
+        self.clear_memory(records=records, first_sequence=first_sequence)
+
+    async def add_record(self, mg_dl: int | None = None, *, live: bool = True) -> GlucoseRecord:
         """A new measurement taken now: stored, and notified live if a central listens and no
-        transfer runs (it would break the transfer's order; the next sync gets it). On the
-        device's loop."""
+        transfer runs (it would break the transfer's order; the next sync gets it); `live`
+        False: stored only (the meter's owner did not open the app). On the device's loop."""
         record = self._measure(self.clock.now(), mg_dl)
         self.stored.append(record)
-        if not self.transferring and self.listening(GLUCOSE_MEASUREMENT):
+        if live and not self.transferring and self.listening(GLUCOSE_MEASUREMENT):
             await self.send_record(record)
         return record
 
