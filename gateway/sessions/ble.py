@@ -116,7 +116,6 @@ class BleDeviceSession:
         """Connected and subscribed: values reach the journal."""
         self._announced = False
         self.connects = 0
-        self.records_skipped = 0
         self.address: str | None = device.address
 
     @property
@@ -305,10 +304,10 @@ class BleDeviceSession:
             return
         self._transfer_activity = time.monotonic()
         for reading in self._path.decode(methodcaller("value", uuid, data)):
-            keep, cursor = sync.accept(uuid, reading)
+            keep, cursor = sync.accept(uuid, reading)  # a skip is counted and reported there
             if not keep:
-                self.records_skipped += 1
-            elif cursor is None:
+                continue
+            if cursor is None:
                 self._path.submit(reading)
             else:
                 self._committing.append(self._path.submit_record(reading, cursor))
