@@ -378,3 +378,19 @@ def test_the_verifiers_memory_per_log_is_bounded() -> None:
     assert state.hash_at(last) == Seen(f"h{last}", f"h{last - 1}")  # the recent ones are kept
     assert state.hash_at(1) is None and state.holds(1)  # an old one: held, hash forgotten
     assert not state.holds(last + 1)
+
+
+def test_a_head_file_one_group_behind_is_not_a_restore(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    one = start(state_dir, 3)  # log A up to seq 4
+    old_head = (state_dir / HEAD_FILE).read_bytes()
+    two = start(state_dir, 2)  # log A up to seq 6
+    (state_dir / HEAD_FILE).write_bytes(old_head)  # as if the last write never reached disk
+    assert start(state_dir, 1).log == one.log == two.log  # the outbox is ahead: it goes on
+    head_of_a = (state_dir / HEAD_FILE).read_bytes()
+    (state_dir / "outbox.sqlite").unlink()
+    three = start(state_dir, 1)  # log B, announced after log A's seq 7
+    (state_dir / HEAD_FILE).write_bytes(head_of_a)  # B's first head write lost
+    four = start(state_dir, 1)  # the outbox says B began after this very head: it goes on
+    assert four.log == three.log != one.log
+    assert [started(r)["detail"]["reason"] for r in (three, four)] == ["new-outbox"] * 2
