@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from tests.harness import (
     verify_messages,
     write_config,
 )
-from tests.test_log_identity import corrupt_pages
+from tests.test_log_identity import HUB, Run, corrupt_pages, payload, start
+from tests.test_verify_streams import _publish_retained, _verify
 
 
 def _bodies(messages: Iterable[Received]) -> list[dict[str, Any]]:
@@ -105,3 +107,45 @@ def test_a_bad_config_exits_2_so_systemd_does_not_restart_it(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert "no_such_key" in result.stderr
     assert not state.exists()  # refused before anything was written
+
+
+def test_verify_strict_state_follows_a_restore_and_fails_the_old_log_after_it(
+    tmp_path: Path, mosquitto: BrokerFactory
+) -> None:
+    """`rtm-gateway verify --strict --state` over a restore: log A, then the announced log B."""
+    broker = mosquitto("plain")
+    state_dir, backup = tmp_path / "state", tmp_path / "backup"
+    start(state_dir, 4)
+    shutil.copytree(state_dir, backup)
+    log_a = start(state_dir, 5)  # log A: seq 1..10 (the outbox was never sent: all of it)
+    for name in ("outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm"):
+        if (backup / name).exists():
+            shutil.copy2(backup / name, state_dir / name)
+    log_b = start(state_dir, 3)  # the restored outbox: log B
+    jwk = tmp_path / "hub.jwk"
+    jwk.write_text(json.dumps(log_a.state.identity.public_jwk()))
+    verify_state = tmp_path / "verify-state.json"
+    flags = ("--hub", HUB, "--jwk", str(jwk), "--state", str(verify_state), "--strict")
+
+    def publish(run: Run) -> int:
+        by_leaf: dict[str, list[dict[str, Any]]] = {"readings": [], "events": []}
+        for obj in run.entries:
+            kind = payload(obj, run.state)["kind"]
+            by_leaf["readings" if kind == "reading" else "events"].append(obj)
+        _publish_retained(
+            broker,
+            [(f"rtm/v1/{HUB}/{leaf}", json.dumps(objs).encode()) for leaf, objs in by_leaf.items()],
+        )
+        return len(run.entries)
+
+    first = _verify(broker, *flags, count=publish(log_a))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert json.loads(verify_state.read_text())["hubs"][HUB]["log"] == log_a.log
+    second = _verify(broker, *flags, "--json", count=publish(log_b))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout)["hubs"][0]["log_switches"] == 1
+    head = json.loads(verify_state.read_text())["hubs"][HUB]
+    assert (head["log"], head["seq"]) == (log_b.log, 4)  # log-started and 3 readings
+    replay = _verify(broker, *flags, count=publish(log_a))  # log A again, after the switch
+    assert replay.returncode == 1, replay.stdout
+    assert "log-started" in replay.stdout
