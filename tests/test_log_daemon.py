@@ -1,6 +1,8 @@
 """F-SEQ against the real daemon (`rtm-gateway run`), a real mosquitto and a simulated serial
 oximeter: a damaged outbox is set aside, the daemon stays up and goes on signing into a new,
-announced log that `--strict` verification accepts; a bad config exits 2 (no restart loop)."""
+announced log that `--strict` verification accepts; `rtm-gateway verify --strict --state`
+follows a switch after a restore and fails the old log after it; a bad config exits 2 (no
+restart loop)."""
 
 from __future__ import annotations
 
