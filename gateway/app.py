@@ -24,6 +24,8 @@ from gateway.hub.config import Config, DeviceConfig
 from gateway.hub.config_mqtt import is_loopback
 from gateway.hub.identity import HubIdentity, IdentityError
 from gateway.hub.journal import Journal
+from gateway.hub.log_head import HeadFile
+from gateway.hub.log_start import open_log
 from gateway.hub.logs import loop_exception
 from gateway.hub.machine import Binding, MachineMovedError, bind_state_dir, boot_id
 from gateway.hub.outbox import Outbox
@@ -75,16 +77,25 @@ def run_hub(config: Config, registry: Registry | None = None, *, moved: bool = F
 
 @dataclass(frozen=True, slots=True)
 class HubState:
+    """What start-up opened. `log` and `head` are where signing goes on (`head_file` keeps up
+    with them); `log_started` is the detail of the `log-started` event signed at this start,
+    None when the log went on."""
+
     identity: HubIdentity
     outbox: Outbox
     binding: Binding
+    log: str
+    head: ChainHead
+    head_file: HeadFile
+    log_started: dict[str, object] | None
 
 
 def open_state(
-    state_dir: Path, outbox_path: Path, max_rows: int, *, moved: bool = False
+    state_dir: Path, outbox_path: Path, max_rows: int, *, hub_id: str, moved: bool = False
 ) -> HubState:
     """Create the state dir if needed, check it belongs to this machine, load (or create) the
-    identity and open the outbox."""
+    identity, open the outbox and decide the log (`gateway.hub.log_start`: a damaged outbox
+    is set aside and a new, announced log started, rather than a failed start)."""
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -113,10 +124,23 @@ def open_state(
             "is the state dir writable and the disk not full?"
         ) from exc
     try:
-        outbox = Outbox.open(outbox_path, max_rows=max_rows)
+        opened = open_log(state_dir, outbox_path, max_rows, identity, hub_id)
     except OutboxError as exc:
         raise StartupError(str(exc)) from exc
-    return HubState(identity, outbox, binding)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot start the log in {state_dir}: {exc.strerror}; is the state dir "
+            "writable and the disk not full?"
+        ) from exc
+    return HubState(
+        identity,
+        opened.outbox,
+        binding,
+        opened.log,
+        opened.head,
+        opened.head_file,
+        opened.started,
+    )
 
 
 def _make_private(folder: Path) -> None:
@@ -280,6 +304,7 @@ class Hub:
             config.hub.state_dir,
             config.hub.outbox_path,
             config.outbox.max_rows,
+            hub_id=config.hub.id,
             moved=self._moved,
         )
         outbox = state.outbox
@@ -288,11 +313,11 @@ class Hub:
         finally:
             self._remove_signals()
             outbox.close()
+            state.head_file.close()
 
     async def _run(self, state: HubState) -> int:
         config = self.config
-        last_seq, last_hash = state.outbox.head()
-        signer = Signer(state.identity, config.hub.id, ChainHead(last_seq, last_hash))
+        signer = Signer(state.identity, config.hub.id, state.head, log=state.log)
         uplink = Uplink(
             state.outbox,
             publisher_factory(mqtt_settings(config)),
@@ -309,6 +334,7 @@ class Hub:
             signer,
             on_commit=uplink.wake,
             commit_interval=config.outbox.commit_interval,
+            head_file=state.head_file,
         )
         sessions = [
             self._session(device, journal) for device in config.devices if not device.is_ble
@@ -332,11 +358,12 @@ class Hub:
         )
         self._install_signals()
         log.info(
-            "hub %s: started with %d device(s); outbox holds %d entries (last seq %d)",
+            "hub %s: started with %d device(s); outbox holds %d entries (log %s, last seq %d)",
             config.hub.id,
             len(self.sessions),
             state.outbox.depth(),
-            last_seq,
+            state.log,
+            state.head.seq,
         )
         mqtt = config.mqtt
         if not mqtt.tls and not is_loopback(mqtt.host):

@@ -48,6 +48,8 @@ def reading_body(**changes: Any) -> dict[str, object]:
         "time": {
             "hub": "2025-03-01T10:15:30.123Z",
             "hub_clock": "synced",
+            "boot": "6f1c2a4e-3b7d-4c1e-9a52-0d8e7f6a5b4c",
+            "mono": 81_234_567,
             "device": "2025-03-01T11:15:29.000",
             "device_clock": "set",
         },
@@ -69,7 +71,12 @@ def event_body(
     return {
         "kind": "event",
         "event": event,
-        "time": {"hub": "2025-03-01T10:15:31Z", "hub_clock": "unsynced"},
+        "time": {
+            "hub": "2025-03-01T10:15:31Z",
+            "hub_clock": "unsynced",
+            "boot": "6f1c2a4e-3b7d-4c1e-9a52-0d8e7f6a5b4c",
+            "mono": 81_235_001,
+        },
         "detail": detail if detail is not None else {"version": "0.1.0"},
     }
 
@@ -182,8 +189,15 @@ def test_joserfc_verifies_flattened_jws(identity: HubIdentity, joserfc_key: OKPK
     verified = jws.deserialize_json(obj, joserfc_key, algorithms=["Ed25519"])
     assert verified.headers() == {"alg": "Ed25519", "kid": identity.kid}
     payload = json.loads(verified.payload)
-    assert payload == {"v": 1, "hub": "hub-0001", "seq": 1, "prev": "", **reading_body()}
-    assert list(payload)[:5] == ["v", "hub", "seq", "prev", "kind"]
+    assert payload == {
+        "v": 1,
+        "hub": "hub-0001",
+        "log": signer.log,
+        "seq": 1,
+        "prev": "",
+        **reading_body(),
+    }
+    assert list(payload)[:6] == ["v", "hub", "log", "seq", "prev", "kind"]
     assert verify_entry(entry.jws, identity.public) == payload
 
 
@@ -309,6 +323,8 @@ def test_schema_accepts_signed_readings_and_events(
                 time={
                     "hub": "2025-03-01T10:15:30Z",
                     "hub_clock": "unknown",
+                    "boot": "",
+                    "mono": 0,
                     "device": None,
                     "device_clock": "unknown",
                 },
@@ -318,6 +334,30 @@ def test_schema_accepts_signed_readings_and_events(
             ),
             event_body("gap", {"first_seq": 1, "last_seq": 2, "count": 2, "reason": "outbox-cap"}),
             event_body("device-lost", {"device": "oxi-1"}),
+            event_body(
+                "log-started", {"reason": "new-outbox", "previous": None, "set_aside": None}
+            ),
+            event_body(
+                "log-started",
+                {
+                    "reason": "outbox-damaged",
+                    "previous": {"log": "AAAAAAAAAAAAAAAAAAAAAA", "last_seq": 9, "last_hash": "x"},
+                    "set_aside": {
+                        "file": "outbox.sqlite.damaged-x",
+                        "entries": None,
+                        "unsent_unknown": True,
+                    },
+                },
+            ),
+            event_body(
+                "clock-stepped",
+                {
+                    "by_s": -3600.5,
+                    "from": "2025-03-01T10:15:31.000Z",
+                    "to": "2025-03-01T09:15:30.500Z",
+                    "hub_clock": "synced",
+                },
+            ),
             {**reading_body(), "future_field": {"x": 1}},  # open for additions within v1
         ],
     )

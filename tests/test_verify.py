@@ -111,7 +111,8 @@ def test_duplicates_are_counted_and_harmless(identity: HubIdentity) -> None:
 def test_different_content_under_one_seq_is_a_conflict(identity: HubIdentity) -> None:
     signer = Signer(identity, HUB)
     first = signer.sign(reading_body())
-    replay = Signer(identity, HUB)  # e.g. a hub restored from an old backup reusing seqs
+    # A hub that reuses seqs within one log (what a restored backup did before logs had ids)
+    replay = Signer(identity, HUB, log=signer.log)
     other = replay.sign(reading_body(patient="p-other"))
     verifier = Verifier({HUB: identity.public})
     verifier.feed(READINGS, batch(first, other))
@@ -168,7 +169,7 @@ def test_gaps_are_reported_apart_from_announced_gaps(identity: HubIdentity) -> N
 
 
 def test_eddsa_is_accepted_and_a_forged_none_is_rejected(identity: HubIdentity) -> None:
-    payload = {"v": 1, "hub": HUB, "seq": 1, "prev": "", **event_body()}
+    payload = {"v": 1, "hub": HUB, "log": "A" * 22, "seq": 1, "prev": "", **event_body()}
     with pytest.warns(SecurityWarning, match="deprecated"):
         eddsa = jws.serialize_json(
             {"protected": {"alg": "EdDSA", "kid": identity.kid}},
@@ -302,12 +303,12 @@ def test_strict_fails_gaps_a_cut_tail_and_schema_errors(identity: HubIdentity) -
 def test_an_earlier_head_anchors_the_next_run(identity: HubIdentity) -> None:
     signer = Signer(identity, HUB)
     entries = [signer.sign(reading_body()) for _ in range(6)]
-    head = LogHead(3, entries[2].hash)
+    head = LogHead(3, entries[2].hash, signer.log)
     follows = Verifier({HUB: identity.public}, strict=True, earlier={HUB: head})
     follows.feed(READINGS, batch(entries[2], entries[3], entries[4]))  # seq 3: a re-send
     hub = follows.report().hubs[0]
     assert (hub.ok, hub.first_seq, hub.last_seq, hub.duplicates) == (True, 4, 5, 1)
-    assert hub.head == LogHead(5, entries[4].hash)
+    assert hub.head == LogHead(5, entries[4].hash, signer.log)
 
     late = Verifier({HUB: identity.public}, strict=True, earlier={HUB: head})
     late.feed(READINGS, batch(entries[5]))
@@ -322,7 +323,8 @@ def test_an_earlier_head_anchors_the_next_run(identity: HubIdentity) -> None:
     assert (hub.replayed, hub.ok, hub.first_seq, hub.head) == (2, False, None, head)
     assert hub.problems[0].kind == "replay"
 
-    rewound = Signer(identity, HUB)  # a hub restored from a backup taken at seq 2
+    # A hub restored from a backup taken at seq 2 that went on in the same log
+    rewound = Signer(identity, HUB, log=signer.log)
     for _ in range(2):
         rewound.sign(reading_body())
     fork = rewound.sign(reading_body(patient="p-other"))  # another seq 3

@@ -148,7 +148,7 @@ def test_a_replayed_capture_fails_against_the_state(
     first = _verify(broker, *flags, count=3)
     assert first.returncode == 0, first.stdout + first.stderr
     heads = json.loads(state.read_text())["hubs"]
-    assert heads == {HUB_A: {"log": None, "seq": 3, "hash": log[2].hash}}
+    assert heads == {HUB_A: {"log": signer.log, "seq": 3, "hash": log[2].hash}}
 
     # The same capture again, into a fresh run: without the state it would pass.
     replayed = _verify(broker, *flags, "--json", count=3)

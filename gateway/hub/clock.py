@@ -1,7 +1,10 @@
-"""The hub's clock: UTC time stamps and whether the kernel says the clock is synchronised.
+"""The hub's clock: UTC time stamps, whether the kernel says the clock is synchronised, and the
+monotonic reference that goes with every entry (boot id and CLOCK_BOOTTIME).
 
 A Raspberry Pi has no real-time clock, so until NTP has synchronised it the wall clock can be
 years off. Every reading says which case it was taken in; readings are never dropped for it.
+A step of the wall clock (NTP, `date -s`, a forged NTP answer) is found by `StepDetector`,
+which compares wall time with boottime, and the journal signs a `clock-stepped` event for it.
 """
 
 from __future__ import annotations
@@ -9,8 +12,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+from gateway.hub.machine import boot_id
 
 HubClock = Literal["synced", "unsynced", "unknown"]
 
@@ -67,3 +74,51 @@ def rfc3339(epoch: float) -> str:
 
 _last_second = math.nan
 _last_prefix = ""
+
+
+# --- the monotonic reference (F-CLOCK) -------------------------------------------------------
+
+_BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+_clock_gettime_ns = time.clock_gettime_ns
+
+
+def boottime_ms() -> int:
+    """CLOCK_BOOTTIME in whole milliseconds: time since boot, suspend included, never stepped.
+    With `boot_id` it places an entry on a clock nobody can set."""
+    return _clock_gettime_ns(_BOOTTIME) // 1_000_000
+
+
+BOOT_ID: Final = boot_id() or ""
+"""The kernel's boot id, read once: a new one each boot ("" where the kernel has none)."""
+
+STEP_THRESHOLD_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStep:
+    """The wall clock moved by `by_s` seconds more (or less) than boottime since the last
+    look: `before` is where the wall clock would be without the step, `after` where it is."""
+
+    by_s: float
+    before: float
+    after: float
+
+
+class StepDetector:
+    """Finds wall-clock steps by comparing wall time with boottime between two looks.
+
+    Both clocks run at the same (NTP-disciplined) rate, so their difference moves only when
+    someone sets the wall clock: NTP's step, `date -s`, a forged NTP answer. A difference
+    that moved by more than `STEP_THRESHOLD_S` is a step (a leap second's 1 s is not)."""
+
+    __slots__ = ("_offset",)
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+
+    def look(self, wall: float, boot_ms: int) -> ClockStep | None:
+        offset = wall - boot_ms / 1000.0
+        last, self._offset = self._offset, offset
+        if last is None or abs(offset - last) <= STEP_THRESHOLD_S:
+            return None
+        return ClockStep(round(offset - last, 3), wall - (offset - last), wall)

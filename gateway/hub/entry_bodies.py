@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from gateway.hub.clock import HubClock, rfc3339
+from gateway.hub.clock import BOOT_ID, HubClock, boottime_ms, rfc3339
 from gateway.hub.signer import SigningError
 from gateway.sdk import Reading
 
@@ -36,9 +36,12 @@ def reading_body(
     reading_: Reading,
     hub_time: float,
     hub_clock: HubClock,
+    *,
+    mono: int,
 ) -> dict[str, object]:
     """The signed body of a reading (docs/protocol.md): the reading's own fields, with the
-    device's clock nested under `time` beside the hub's."""
+    device's clock nested under `time` beside the hub's (wall time, its sync state, and the
+    boot id and boottime in ms when the hub took the reading: `mono`)."""
     reading = reading_.as_dict()
     return {
         "kind": "reading",
@@ -47,6 +50,8 @@ def reading_body(
         "time": {
             "hub": rfc3339(hub_time),
             "hub_clock": hub_clock,
+            "boot": BOOT_ID,
+            "mono": mono,
             "device": reading["device_time"],
             "device_clock": reading["device_clock"],
         },
@@ -57,11 +62,21 @@ def reading_body(
 
 
 def event_body(
-    name: str, detail: Mapping[str, object], hub_time: float, hub_clock: HubClock
+    name: str,
+    detail: Mapping[str, object],
+    hub_time: float,
+    hub_clock: HubClock,
+    mono: int | None = None,
 ) -> dict[str, object]:
+    """The signed body of a hub event; `mono` (boottime ms) is read now when not given."""
     return {
         "kind": "event",
         "event": name,
-        "time": {"hub": rfc3339(hub_time), "hub_clock": hub_clock},
+        "time": {
+            "hub": rfc3339(hub_time),
+            "hub_clock": hub_clock,
+            "boot": BOOT_ID,
+            "mono": boottime_ms() if mono is None else mono,
+        },
         "detail": dict(detail),
     }

@@ -3,8 +3,11 @@
 `Journal` stamps hub time, signs readings and hub events in order (sequence number and hash
 chain) and commits them to the outbox in small groups (one fsync per group). When the outbox is
 full it drops the oldest entries and signs a `gap` event for them in the same transaction, so
-nothing disappears silently. Sessions hand it readings (`submit`), events (`event`) and decode
-errors (`count_error`), and it alone writes their cursors; no device or transport code here.
+nothing disappears silently. After each group it rewrites the head file (`log_head`); between
+groups it signs `clock-changed` when the clock's sync state moves and `clock-stepped` when the
+wall clock was set (`clock.StepDetector`). Sessions hand it readings (`submit`), events
+(`event`) and decode errors (`count_error`), and it alone writes their cursors; no device or
+transport code here.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.hub.clock import HubClock, clock_state
+from gateway.hub.clock import HubClock, StepDetector, boottime_ms, clock_state, rfc3339
 from gateway.hub.entry_bodies import event_body, floats_finite, reading_body
+from gateway.hub.log_head import HeadFile, LogPosition
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import (
     DeviceDelta,
@@ -42,6 +46,7 @@ class _Captured:
     patient: str
     reading: Reading
     hub_time: float
+    mono: int
     cursor: tuple[str, MetaValue] | Mapping[str, MetaValue] | None = None
     committed: asyncio.Future[bool] | None = None
 
@@ -51,6 +56,7 @@ class _HubEvent:
     name: str
     detail: Mapping[str, object]
     hub_time: float
+    mono: int
 
 
 @dataclass(slots=True)
@@ -76,7 +82,12 @@ class Journal:
         max_pending: int = 50_000,
         error_summary_interval: float = 60.0,
         clock: Callable[[], HubClock] = clock_state,
+        head_file: HeadFile | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        boot_clock: Callable[[], int] = boottime_ms,
     ) -> None:
+        """`clock` says the sync state; `wall_clock` and `boot_clock` (boottime in ms) are
+        compared between groups to find steps. `head_file` is rewritten after each group."""
         self._outbox = outbox
         self._signer = signer
         self._on_commit = on_commit
@@ -85,6 +96,10 @@ class Journal:
         self._max_pending = max_pending
         self._error_summary_interval = error_summary_interval
         self._clock = clock
+        self._head_file = head_file
+        self._wall = wall_clock
+        self._boot = boot_clock
+        self._steps = StepDetector()
         self._pending: deque[_Captured | _HubEvent] = deque()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one batch at a time between `run` and `drain`
@@ -114,7 +129,11 @@ class Journal:
         is stored in the outbox's meta table in its transaction, so a stored-record position
         never runs ahead of what is stored. `committed` is set True once both are: acknowledge
         the record after."""
-        self._enqueue(_Captured(device, device_id, patient, reading, hub_time, cursor, committed))
+        self._enqueue(
+            _Captured(
+                device, device_id, patient, reading, hub_time, self._boot(), cursor, committed
+            )
+        )
         delta = self._delta(device_id)
         delta.readings += 1
         delta.last_reading = hub_time
@@ -124,7 +143,7 @@ class Journal:
         self._outbox.set_meta(key, value)
 
     def event(self, name: str, detail: Mapping[str, object]) -> None:
-        self._enqueue(_HubEvent(name, detail, time.time()))
+        self._enqueue(_HubEvent(name, detail, self._wall(), self._boot()))
 
     def count_error(self, device_id: str, message: str) -> None:
         delta = self._delta(device_id)
@@ -204,7 +223,8 @@ class Journal:
                 _HubEvent(
                     "readings-lost",
                     {"count": lost, "reason": "the outbox refused writes for too long"},
-                    time.time(),
+                    self._wall(),
+                    self._boot(),
                 )
             )
         pending = self._pending
@@ -218,10 +238,16 @@ class Journal:
                 batch.insert(
                     0,
                     _HubEvent(
-                        "clock-changed", {"from": self._last_clock, "to": hub_clock}, time.time()
+                        "clock-changed",
+                        {"from": self._last_clock, "to": hub_clock},
+                        self._wall(),
+                        self._boot(),
                     ),
                 )
             self._last_clock = hub_clock
+        stepped = self._stepped(hub_clock)
+        if stepped is not None:
+            batch.insert(0, stepped)
         try:
             prepare = self._signer.prepare
             prepared = []
@@ -230,7 +256,12 @@ class Journal:
                 if type(item) is _Captured:
                     try:
                         body = reading_body(
-                            item.device, item.patient, item.reading, item.hub_time, hub_clock
+                            item.device,
+                            item.patient,
+                            item.reading,
+                            item.hub_time,
+                            hub_clock,
+                            mono=item.mono,
                         )
                         prepared.append(prepare(body, floats_finite=floats_finite(item.reading)))
                         continue
@@ -243,6 +274,7 @@ class Journal:
                             event.detail,  # type: ignore[union-attr]
                             event.hub_time,
                             hub_clock,
+                            event.mono,
                         )
                     )
                 )
@@ -250,6 +282,28 @@ class Journal:
             self._unprepare(batch, saved_head)
             raise
         return batch, saved_head, hub_clock, prepared
+
+    def _stepped(self, hub_clock: HubClock) -> _HubEvent | None:
+        """A `clock-stepped` event when the wall clock was set since the last group. Steps are
+        signed whatever the sync state (`hub_clock` says which): the first NTP sync of a Pi
+        without a real-time clock is one, and a step while synced is the one to look at."""
+        wall, boot = self._wall(), self._boot()
+        step = self._steps.look(wall, boot)
+        if step is None:
+            return None
+        log.warning(
+            "the hub clock was stepped by %+.3f s (%s); readings keep their boottime "
+            "(time.mono) and a clock-stepped event is signed",
+            step.by_s,
+            hub_clock,
+        )
+        detail = {
+            "by_s": step.by_s,
+            "from": rfc3339(step.before),
+            "to": rfc3339(step.after),
+            "hub_clock": hub_clock,
+        }
+        return _HubEvent("clock-stepped", detail, wall, boot)
 
     @staticmethod
     def _rejected(item: _Captured, exc: SigningError) -> _HubEvent:
@@ -265,6 +319,7 @@ class Journal:
             "reading-rejected",
             {"device": item.device_id, "reason": str(exc), "raw": item.reading.as_dict()["raw"]},
             item.hub_time,
+            item.mono,
         )
 
     def _unprepare(self, batch: list[_Captured | _HubEvent], saved_head: ChainHead) -> None:
@@ -313,6 +368,9 @@ class Journal:
             self._unprepare(batch, saved_head)
             raise
         self._in_flight = 0
+        if self._head_file is not None and entries:
+            head = self._signer.head
+            self._head_file.write(LogPosition(self._signer.log, head.seq, head.hash))
         if self.last_error is not None:
             log.info("the outbox takes writes again; %d entries committed", len(entries))
             self.last_error = None

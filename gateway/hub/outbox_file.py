@@ -161,9 +161,9 @@ def translate_error(exc: BaseException, path: Path, doing: str) -> OutboxError:
     if corrupt:
         return OutboxCorruptError(
             f"cannot {doing} {path}: the file is damaged or not an outbox ({exc}). It has been "
-            f"left in place: stop rtm-gateway, move {path} and any {path.name}-wal and "
-            f"{path.name}-shm next to it aside for inspection, then start again to create a "
-            "new outbox."
+            f"left in place; restart rtm-gateway: at start it will move {path} (with its "
+            "-wal and -shm) aside as .damaged-<time> for inspection, create a new outbox and "
+            "start a new, announced log."
         )
     if busy:
         return OutboxLockedError(

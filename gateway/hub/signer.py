@@ -1,6 +1,6 @@
 """The signer: payload bodies in, signed log entries out, linked by the per-hub hash chain.
 
-What lives here: `Signer`, which sets v, hub, seq and prev on a body, encodes it (orjson) and
+What lives here: `Signer`, which sets v, hub, log, seq and prev on a body, encodes it (orjson) and
 signs it into one log entry — a JWS in the flattened JSON serialization (RFC 7515 §7.2.2), alg
 "Ed25519" (RFC 9864) — whose `prev` is the chain hash of the entry before (`ChainHead`); and
 the split of that work into `prepare` / `signatures` / `finish` that the journal batches.
@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import json
 import math
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
@@ -26,7 +27,7 @@ from gateway.hub.identity import ALG, HubIdentity, b64url
 PAYLOAD_VERSION: Final = 1
 KINDS: Final = frozenset({"reading", "event"})
 
-_RESERVED: Final = frozenset({"v", "hub", "seq", "prev"})
+_RESERVED: Final = frozenset({"v", "hub", "log", "seq", "prev"})
 
 
 class SigningError(Exception):
@@ -124,24 +125,44 @@ class PreparedEntry(NamedTuple):
     hash: str
 
 
+def new_log_id() -> str:
+    """A fresh log id: 128 random bits, base64url without padding (22 characters)."""
+    return _b64url_str(secrets.token_bytes(16))
+
+
 class Signer:
     """Signs payload bodies into the hub's one log of readings and events.
 
-    Each `sign` sets v, hub, seq (head + 1) and prev (the head's hash) and advances `head`.
+    Each `sign` sets v, hub, log, seq (head + 1) and prev (the head's hash) and advances
+    `head`. `log` is the log's id (`new_log_id`; a fresh one when not given): receivers key
+    on (hub, log, seq), so a seq is unique within its log.
     Not thread-safe: the journal's task owns it. To roll back after a failed outbox commit,
     assign the earlier head back (`signer.head = before`), so the seqs are signed again.
     """
 
-    __slots__ = ("_hash", "_hub", "_json_start", "_protected", "_seq", "_sign")
+    __slots__ = ("_hash", "_hub", "_json_start", "_log", "_protected", "_seq", "_sign")
 
-    def __init__(self, identity: HubIdentity, hub_id: str, head: ChainHead = ChainHead()) -> None:
+    def __init__(
+        self,
+        identity: HubIdentity,
+        hub_id: str,
+        head: ChainHead = ChainHead(),
+        *,
+        log: str | None = None,
+    ) -> None:
         self._hub = hub_id
+        self._log = new_log_id() if log is None else log
         self.head = head
         header = json.dumps({"alg": ALG, "kid": identity.kid}, separators=(",", ":"))
         # Precomputed: the protected header is the same for every entry this key signs.
         self._protected = b64url(header.encode("ascii")).encode("ascii")
         self._json_start = b'{"protected":"' + self._protected + b'","payload":"'
         self._sign = identity.private_key.sign
+
+    @property
+    def log(self) -> str:
+        """The id of the log this signer signs into."""
+        return self._log
 
     @property
     def head(self) -> ChainHead:
@@ -159,7 +180,7 @@ class Signer:
 
     def sign(self, body: Mapping[str, object]) -> SignedEntry:
         """Sign one entry. `body` has "kind" ("reading" or "event") and the kind's fields,
-        but not v, hub, seq or prev, which the signer owns."""
+        but not v, hub, log, seq or prev, which the signer owns."""
         prepared = self.prepare(body)
         return self.finish(prepared, self._sign(prepared.signing_input))
 
@@ -181,6 +202,7 @@ class Signer:
         payload: dict[str, object] = {
             "v": PAYLOAD_VERSION,
             "hub": self._hub,
+            "log": self._log,
             "seq": seq,
             "prev": self._hash,
         }

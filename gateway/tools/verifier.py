@@ -5,12 +5,15 @@
 the key pinned for that hub id (`keys`, hub -> key), so an entry signed with another hub's key
 fails; a key from a hub's unsigned status message is used only with `trust_status_keys`, and
 then that hub fails all the same (the report says why). Per hub it checks each entry's
-signature (`gateway.hub.jws`), then the hub's one log of readings and events: duplicates (same
-seq, same content — harmless, QoS 1 is at-least-once), conflicts (same seq, different content),
+signature (`gateway.hub.jws`), then each of the hub's logs of readings and events, keyed on
+(hub, log, seq): duplicates (same seq, same content — harmless, QoS 1 is at-least-once),
+conflicts (same seq, different content, or an entry after its log was closed),
 chain breaks (`prev` is not the hash of the entry before), replays (seqs before the head
 an earlier run verified, `earlier`), gaps (seqs never seen, apart from ranges a signed gap
 event announced; a cut tail when an expected last seq is given), out-of-order arrivals and the
-payload schema. What fails is decided in `gateway.tools.verify_verdict`.
+payload schema. A `log-started` entry switches logs (`gateway.tools.verify_switch`); what
+one log keeps, and its memory bound, is `gateway.tools.verify_logs`. What fails is decided in
+`gateway.tools.verify_verdict`.
 
 What may not live here: sockets, MQTT, files other than the packaged schema (the key map and
 the state file are read by `gateway.tools.verify_files`), anything of the hub's own pipeline.
@@ -28,8 +31,10 @@ from typing import Any, Final
 
 from gateway.hub.identity import IdentityError, PublicKey
 from gateway.hub.jws import JWSEntry, SignatureError, parse_jws
+from gateway.tools.verify_logs import LogState, Seen
 from gateway.tools.verify_report import KeySource, LogHead, StoppedBy, VerifyReport
-from gateway.tools.verify_verdict import HubLog, Policy, Seen, hub_report
+from gateway.tools.verify_switch import log_switch
+from gateway.tools.verify_verdict import HubLog, Policy, hub_report
 
 DEFAULT_PREFIX: Final = "rtm/v1"
 
@@ -46,7 +51,8 @@ class Verifier:
     it, and the hub fails anyway. Give `hub` to look at one hub only. `earlier` maps hub id ->
     the head an earlier run verified (`--state`); `expected_last` hub id -> the last seq that
     must have arrived. `strict` fails unexplained gaps, a first seq other than the expected
-    next one and schema errors. `check_schema`: None means "if jsonschema is installed" (strict
+    next one, schema errors, a new log no `log-started` announced and an announcement that
+    contradicts what was verified. `check_schema`: None means "if jsonschema is installed" (strict
     then fails when it is not). `feed` may be called from another thread than `report`.
     """
 
@@ -257,8 +263,10 @@ class Verifier:
         if kind != expected_kind:
             hub_log.malformed += 1
             hub_log.problem("malformed", seq, topic, f"kind {kind!r} on a {expected_kind}s topic")
+        log_id = payload.get("log")
+        key = log_id if isinstance(log_id, str) else ""
         earlier = hub_log.earlier
-        if earlier is not None and seq < earlier.seq:
+        if earlier is not None and key == (earlier.log or "") and seq < earlier.seq:
             # The earlier run keeps only its head: an older seq cannot be told apart from a
             # replayed capture or a log rewound to a backup, so it is never accepted.
             hub_log.replayed += 1
@@ -270,12 +278,29 @@ class Verifier:
                 "a replayed or rewound log",
             )
             return
-        self._link(hub_log, topic, seq, Seen(entry.chain_hash(), prev), payload)
+        state = hub_log.log_state(key)
+        if state.closed_at is not None and seq > state.closed_at and not state.holds(seq):
+            hub_log.conflicts += 1
+            hub_log.problem(
+                "conflict",
+                seq,
+                topic,
+                f"log {key} was closed at seq {state.closed_at} by the hub's log-started "
+                f"in log {state.closed_by}: a later entry in it is a replay or a fork",
+            )
+            return
+        self._link(hub_log, state, topic, seq, Seen(entry.chain_hash(), prev), payload)
 
-    def _link(
-        self, hub_log: HubLog, topic: str, seq: int, seen: Seen, payload: Mapping[str, object]
+    def _link(  # noqa: PLR0917 - the entry's parts, checked once in _entry
+        self,
+        hub_log: HubLog,
+        state: LogState,
+        topic: str,
+        seq: int,
+        seen: Seen,
+        payload: Mapping[str, object],
     ) -> None:
-        known = hub_log.entries.get(seq)
+        known = state.hash_at(seq)
         if known is not None:
             if known.hash == seen.hash:
                 hub_log.duplicates += 1
@@ -289,20 +314,23 @@ class Verifier:
                     "same seq: the hub reused a sequence number",
                 )
             return
-        if seq < hub_log.max_seq:
+        if state.holds(seq):  # received long ago: its hash left the window (see verify_logs)
+            hub_log.duplicates += 1
+            hub_log.unchecked += 1
+            return
+        if seq < state.max_seq:
             hub_log.out_of_order += 1
-        if seq > hub_log.max_seq:
-            log_id = payload.get("log")
-            hub_log.log = log_id if isinstance(log_id, str) else hub_log.log
-        hub_log.max_seq = max(hub_log.max_seq, seq)
-        hub_log.entries[seq] = seen
-        self._check_chain(hub_log, topic, seq, seen)
+        state.remember(seq, seen)
+        self._check_chain(hub_log, state, topic, seq, seen)
         if payload.get("kind") == "reading":
             hub_log.readings += 1
         else:
             hub_log.events += 1
-            if payload.get("event") == "gap":
-                self._announce(hub_log, topic, seq, payload.get("detail"))
+            event = payload.get("event")
+            if event == "gap":
+                self._announce(hub_log, state, topic, seq, payload.get("detail"))
+            elif event == "log-started":
+                log_switch(hub_log, state, topic, seq, payload.get("detail"))
         if self._validator is not None:
             error = next(iter(self._validator.iter_errors(payload)), None)
             if error is not None:
@@ -312,12 +340,12 @@ class Verifier:
             self._on_entry(topic, payload)
 
     @staticmethod
-    def _check_chain(hub_log: HubLog, topic: str, seq: int, seen: Seen) -> None:
-        """Check the links to both neighbours, whichever arrived first."""
-        before = hub_log.entries.get(seq - 1)
+    def _check_chain(hub_log: HubLog, state: LogState, topic: str, seq: int, seen: Seen) -> None:
+        """Check the links to both neighbours in the same log, whichever arrived first."""
+        before = state.hash_at(seq - 1)
         if before is not None and seen.prev != before.hash:
             hub_log.chain_breaks += 1
-            earlier = hub_log.earlier is not None and hub_log.earlier.seq == seq - 1
+            earlier = state.anchor == seq - 1
             why = " that an earlier run verified: the log was rewound or forked"
             reason = f"prev is not the hash of seq {seq - 1}{why if earlier else ''}"
             hub_log.problem("chain-break", seq, topic, reason)
@@ -329,17 +357,17 @@ class Verifier:
             hub_log.problem(
                 "chain-break", seq, topic, "empty prev after seq 1: the hub's log was restarted"
             )
-        after = hub_log.entries.get(seq + 1)
+        after = state.hash_at(seq + 1)
         if after is not None and after.prev != seen.hash:
             hub_log.chain_breaks += 1
             hub_log.problem("chain-break", seq + 1, topic, f"prev is not the hash of seq {seq}")
 
     @staticmethod
-    def _announce(hub_log: HubLog, topic: str, seq: int, detail: object) -> None:
+    def _announce(hub_log: HubLog, state: LogState, topic: str, seq: int, detail: object) -> None:
         first = detail.get("first_seq") if isinstance(detail, Mapping) else None
         last = detail.get("last_seq") if isinstance(detail, Mapping) else None
         if isinstance(first, int) and isinstance(last, int) and 1 <= first <= last < seq:
-            hub_log.announced.append((first, last))
+            state.announced.append((first, last))
         else:
             hub_log.malformed += 1
             hub_log.problem(

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 ProblemKind = Literal[
-    "bad-signature", "malformed", "conflict", "chain-break", "schema", "replay", "key-change"
+    "bad-signature",
+    "malformed",
+    "conflict",
+    "chain-break",
+    "schema",
+    "replay",
+    "key-change",
+    "log-switch",
 ]
 SeqRange = tuple[int, int]
 StoppedBy = Literal["count", "time", "interrupted", ""]
@@ -41,7 +48,8 @@ class LogHead:
 class HubReport:
     """What was seen from one hub. `gaps` are inclusive seq ranges nobody explained (with
     `--state`, from the earlier run's last seq; with an expected last seq, up to it);
-    `announced_gaps` are ranges the hub itself reported dropped in signed gap events.
+    `announced_gaps` are ranges the hub itself reported dropped in signed gap events. Seqs are
+    per log (`logs`); `first_seq`, `last_seq` and `head` are of the newest log.
     `failures` says, in words, why the hub failed; empty means ok. `head` is the highest
     entry held, or the earlier run's when nothing newer came."""
 
@@ -68,6 +76,10 @@ class HubReport:
     problems: tuple[Problem, ...]
     failures: tuple[str, ...]
     head: LogHead | None
+    logs: tuple[str, ...] = ()
+    """The log ids seen, oldest first ("" for entries that carry none)."""
+    log_switches: int = 0
+    """Announced log switches (log-started events naming the log before) accepted."""
 
     @property
     def ok(self) -> bool:
@@ -97,6 +109,8 @@ class HubReport:
             "expected_first_seq": self.expected_first_seq,
             "gaps": [list(r) for r in self.gaps],
             "announced_gaps": [list(r) for r in self.announced_gaps],
+            "logs": list(self.logs),
+            "log_switches": self.log_switches,
             "key_source": self.key_source,
             "head": (
                 {"log": self.head.log, "seq": self.head.seq, "hash": self.head.hash}
@@ -177,6 +191,8 @@ def _render_hub(hub: HubReport) -> list[str]:
     shown = [f"{n} {label}" for n, label in counts if n]
     if shown:
         lines.append("  " + ", ".join(shown))
+    if hub.log_switches:
+        lines.append(f"  announced log switches: {hub.log_switches} ({len(hub.logs)} logs)")
     if hub.gaps:
         lines.append("  gaps (missing, unexplained): " + ranges_text(hub.gaps))
     if hub.announced_gaps:

@@ -10,13 +10,13 @@ expected next one, schema errors and payloads left unchecked. Pure: no I/O, no c
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.hub.identity import PublicKey
 from gateway.hub.jws import JWSEntry
+from gateway.tools.verify_logs import MAX_LOGS, LogState, Seen
 from gateway.tools.verify_report import (
     HubReport,
     KeySource,
@@ -31,27 +31,22 @@ MAX_PROBLEMS: Final = 100
 """Problems kept per hub in a report; the counters go on counting past it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    hash: str
-    prev: str
-
-
 @dataclass(slots=True)
 class HubLog:
-    """Mutable per-hub state behind a `HubReport`. `earlier` is the head an earlier run
-    verified (`--state`): it sits in `entries` as the anchor the next entry must chain to."""
+    """Mutable per-hub state behind a `HubReport`: its logs (`LogState`, keyed by log id;
+    "" for entries without one), `log` the newest, `base` the one the others must be
+    announced from (the earlier run's, or the first seen). `earlier` is the head an earlier
+    run verified (`--state`): it sits in its log as the anchor the next entry chains to."""
 
     hub: str
     earlier: LogHead | None = None
-    entries: dict[int, Seen] = field(default_factory=dict)
+    logs: dict[str, LogState] = field(default_factory=dict)
+    log: str | None = None
+    base: str | None = None
     status_key: PublicKey | None = None
     pending: list[tuple[str, JWSEntry]] = field(default_factory=list)
-    announced: list[SeqRange] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     status: Mapping[str, object] | None = None
-    log: str | None = None
-    max_seq: int = 0
     received: int = 0
     verified: int = 0
     readings: int = 0
@@ -65,23 +60,39 @@ class HubLog:
     out_of_order: int = 0
     schema_errors: int = 0
     key_changes: int = 0
+    log_switches: int = 0
+    contradictions: int = 0
+    unchecked: int = 0
 
     def __post_init__(self) -> None:
         if self.earlier is not None:
             # The earlier run's head: a re-sent copy is a duplicate, other content under its
             # seq a conflict, and the next entry's prev must be its hash.
-            self.entries[self.earlier.seq] = Seen(self.earlier.hash, prev="")
-            self.max_seq = self.earlier.seq
-            self.log = self.earlier.log
+            key = self.earlier.log or ""
+            state = self.log_state(key)
+            state.anchor = self.earlier.seq
+            state.remember(self.earlier.seq, Seen(self.earlier.hash, prev=""), received=False)
+
+    def log_state(self, key: str) -> LogState:
+        """The log `key`, made on first sight (the first one seen is the base)."""
+        state = self.logs.get(key)
+        if state is None:
+            if len(self.logs) >= MAX_LOGS:  # forget the oldest closed log
+                oldest = next((k for k, v in self.logs.items() if v.closed_at is not None), None)
+                if oldest is not None:
+                    del self.logs[oldest]
+            state = self.logs[key] = LogState(key)
+            if self.base is None:
+                self.base = self.log = key
+        return state
 
     def problem(self, kind: ProblemKind, seq: int | None, topic: str, reason: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(Problem(kind, seq, topic, reason))
 
-    def new_seqs(self) -> list[int]:
-        """The seqs held from this run, sorted (the earlier run's head is not one of them)."""
-        anchor = self.earlier.seq if self.earlier is not None else None
-        return sorted(seq for seq in self.entries if seq != anchor)
+    def unannounced(self) -> list[str]:
+        """Logs other than the base that no valid log-started announced."""
+        return [k for k, v in self.logs.items() if k != self.base and v.announced_by is None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +106,21 @@ class Policy:
 
 
 def hub_report(hub_log: HubLog, key_source: KeySource, policy: Policy) -> HubReport:
-    announced = merge(hub_log.announced)
-    held = sorted(hub_log.entries)
-    missing = missing_ranges(held)
-    if policy.expected_last is not None and policy.expected_last > hub_log.max_seq:
-        missing.append((hub_log.max_seq + 1, policy.expected_last))  # a cut tail
-    gaps = tuple(r for gap in missing for r in subtract(gap, announced))
+    announced: list[SeqRange] = []
+    gaps: list[SeqRange] = []
+    newest = hub_log.logs.get(hub_log.log) if hub_log.log is not None else None
+    for state in hub_log.logs.values():
+        log_announced = merge(state.announced)
+        announced.extend(log_announced)
+        missing = state.missing()
+        top = max(state.max_seq, state.anchor or 0)
+        if state.closed_at is not None and state.closed_at > top:
+            missing.append((top + 1, state.closed_at))  # the old log's tail never came
+        if state is newest and policy.expected_last is not None and policy.expected_last > top:
+            missing.append((top + 1, policy.expected_last))  # a cut tail
+        gaps.extend(r for gap in missing for r in subtract(gap, log_announced))
+    if newest is None and policy.expected_last is not None:
+        gaps.append((1, policy.expected_last))  # a hub expected but never heard from
     problems = list(hub_log.problems)
     unverified = len(hub_log.pending)
     if unverified:
@@ -113,23 +133,31 @@ def hub_report(hub_log: HubLog, key_source: KeySource, policy: Policy) -> HubRep
                 "carried no key",
             )
         )
-    new = hub_log.new_seqs()
+    unannounced = hub_log.unannounced()
+    problems.extend(
+        Problem(
+            "log-switch",
+            None,
+            hub_log.hub,
+            f"log {key} began without a log-started event naming the log before it",
+        )
+        for key in unannounced
+    )
     earlier = hub_log.earlier
     expected_first = earlier.seq + 1 if earlier is not None else None
-    head_seq = max(hub_log.entries, default=None)
-    head = (
-        LogHead(head_seq, hub_log.entries[head_seq].hash, hub_log.log)
-        if head_seq is not None
-        else None
-    )
+    earlier_new = hub_log.logs[earlier.log or ""].received() if earlier is not None else []
+    received = newest.received() if newest is not None else []
+    head_at = newest.head() if newest is not None else None
+    head = LogHead(head_at[0], head_at[1], hub_log.log or None) if head_at is not None else None
     failures = _failures(
         hub_log,
         key_source=key_source,
         policy=policy,
-        gaps=gaps,
+        gaps=tuple(gaps),
         unverified=unverified,
-        new=new,
+        earlier_first=earlier_new[0][0] if earlier_new else None,
         expected_first=expected_first,
+        unannounced=len(unannounced),
     )
     return HubReport(
         hub=hub_log.hub,
@@ -145,16 +173,18 @@ def hub_report(hub_log: HubLog, key_source: KeySource, policy: Policy) -> HubRep
         replayed=hub_log.replayed,
         out_of_order=hub_log.out_of_order,
         schema_errors=hub_log.schema_errors,
-        first_seq=new[0] if new else None,
-        last_seq=new[-1] if new else None,
+        first_seq=received[0][0] if received else None,
+        last_seq=received[-1][1] if received else None,
         expected_first_seq=expected_first,
-        gaps=gaps,
-        announced_gaps=tuple(announced),
+        gaps=tuple(gaps),
+        announced_gaps=tuple(merge(announced)),
         key_source=key_source,
         status=hub_log.status,
         problems=tuple(problems),
         failures=tuple(failures),
         head=head,
+        logs=tuple(hub_log.logs),
+        log_switches=hub_log.log_switches,
     )
 
 
@@ -165,8 +195,9 @@ def _failures(
     policy: Policy,
     gaps: tuple[SeqRange, ...],
     unverified: int,
-    new: list[int],
+    earlier_first: int | None,
     expected_first: int | None,
+    unannounced: int,
 ) -> list[str]:
     failures = [
         f"{count} {what}"
@@ -187,8 +218,15 @@ def _failures(
         )
     if not policy.strict:
         return failures
-    if expected_first is not None and new and new[0] != expected_first:
-        failures.append(f"first seq {new[0]}, expected {expected_first} (strict)")
+    if expected_first is not None and earlier_first not in (None, expected_first):
+        failures.append(f"first seq {earlier_first}, expected {expected_first} (strict)")
+    if unannounced:
+        failures.append(f"{unannounced} new logs without a log-started announcement (strict)")
+    if hub_log.contradictions:
+        failures.append(
+            f"{hub_log.contradictions} log-started announcements that contradict what was "
+            "verified (strict)"
+        )
     if gaps:
         failures.append(f"unexplained gaps: {ranges_text(gaps)} (strict)")
     if hub_log.schema_errors:
@@ -196,10 +234,6 @@ def _failures(
     if not policy.schema_checked and hub_log.verified:
         failures.append("payloads were not checked against the schema (strict)")
     return failures
-
-
-def missing_ranges(seqs: list[int]) -> list[SeqRange]:
-    return [(a + 1, b - 1) for a, b in itertools.pairwise(seqs) if b > a + 1]
 
 
 def merge(ranges: list[SeqRange]) -> list[SeqRange]:

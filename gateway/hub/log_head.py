@@ -1,0 +1,115 @@
+"""The head file: where the hub's signed log stands, kept beside the key in the state dir.
+
+`head.json` holds the log id, the last seq and the last chain hash the outbox committed. The
+journal rewrites it after every commit group, atomically (a temporary file, fsync, rename,
+fsync of the directory), so after a crash it names the last committed group or the one
+before. At start the hub compares it with the outbox (`gateway.hub.log_start`): an outbox that
+is missing, older or of another log than the head file is not continued. What may not live
+here: the outbox, signing, the decision what to do at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+HEAD_FILE: Final = "head.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LogPosition:
+    """A point in one log: its id, the last seq and that entry's chain hash."""
+
+    log: str | None
+    seq: int
+    hash: str
+
+    def as_detail(self) -> dict[str, object]:
+        """The `previous` member of a `log-started` event."""
+        return {"log": self.log, "last_seq": self.seq, "last_hash": self.hash}
+
+
+def read_head_file(state_dir: Path) -> LogPosition | None:
+    """The head file's position; None when there is none or it cannot be read (both mean the
+    hub cannot prove the outbox is the newest, and starts a new log)."""
+    path = state_dir / HEAD_FILE
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        data = exc
+    if isinstance(data, Exception):
+        log.error("the head file %s cannot be read (%s); a new log is started", path, data)
+        return None
+    log_id = data.get("log") if isinstance(data, dict) else None
+    seq = data.get("seq") if isinstance(data, dict) else None
+    chain_hash = data.get("hash") if isinstance(data, dict) else None
+    if (
+        not isinstance(log_id, str)
+        or not isinstance(seq, int)
+        or isinstance(seq, bool)
+        or seq < 0
+        or not isinstance(chain_hash, str)
+    ):
+        log.error("the head file %s is not a head record; a new log is started", path)
+        return None
+    return LogPosition(log_id, seq, chain_hash)
+
+
+class HeadFile:
+    """Writes `head.json` atomically. Keeps the directory open, so each write costs one
+    open, write, fsync and rename of the small file plus one fsync of the directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._path = state_dir / HEAD_FILE
+        self._tmp = state_dir / f".{HEAD_FILE}.tmp"
+        self._dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._failing = False
+
+    def write(self, position: LogPosition) -> None:
+        """Record `position`; an OSError is logged (once until a write succeeds), not raised:
+        the outbox already holds the entries, and the next group's write tries again."""
+        text = json.dumps(
+            {"log": position.log, "seq": position.seq, "hash": position.hash},
+            separators=(",", ":"),
+        ).encode("ascii")
+        failure = self._replace(text)
+        if failure is not None:
+            if not self._failing:
+                log.error(
+                    "cannot write the head file %s (%s): a restored or lost outbox may then "
+                    "go unnoticed; free space or fix the state dir's permissions",
+                    self._path,
+                    failure.strerror,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("the head file %s is written again", self._path)
+        self._failing = False
+
+    def _replace(self, text: bytes) -> OSError | None:
+        try:
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, text)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self._tmp, self._path)
+            os.fsync(self._dir_fd)
+        except OSError as exc:
+            return exc
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._dir_fd)
