@@ -3,7 +3,7 @@
 `Journal` stamps hub time, signs readings and hub events in order (sequence number and hash
 chain) and commits them to the outbox in small groups (one fsync per group). When the outbox is
 full it drops the oldest entries and signs a `gap` event for them in the same transaction, so
-nothing disappears silently. After each group it rewrites the head file (`log_head`); between
+nothing disappears silently. After each group it tells the head file (`log_head`); between
 groups it signs `clock-changed` when the clock's sync state moves and `clock-stepped` when the
 wall clock was set (`clock.StepDetector`). Sessions hand it readings (`submit`), events
 (`event`) and decode errors (`count_error`), and it alone writes their cursors; no device or
@@ -87,7 +87,8 @@ class Journal:
         boot_clock: Callable[[], int] = boottime_ms,
     ) -> None:
         """`clock` says the sync state; `wall_clock` and `boot_clock` (boottime in ms) are
-        compared between groups to find steps. `head_file` is rewritten after each group."""
+        compared between groups to find steps. `head_file` is told of each group (it writes at
+        most once a second, and the rest on `drain`)."""
         self._outbox = outbox
         self._signer = signer
         self._on_commit = on_commit
@@ -179,11 +180,14 @@ class Journal:
         next_summary = time.monotonic() + self._error_summary_interval
         retry_delay = 0.0
         while True:
-            timeout = max(0.0, next_summary - time.monotonic())
+            head_due = self._head_file.due() if self._head_file else None
+            wake_at = next_summary if head_due is None else min(next_summary, head_due)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
                     await self._wake.wait()
             self._wake.clear()
+            if self._head_file is not None:
+                self._head_file.write_due()
             if time.monotonic() >= next_summary:
                 self._summarise_errors()
                 next_summary = time.monotonic() + self._error_summary_interval
@@ -370,7 +374,7 @@ class Journal:
         self._in_flight = 0
         if self._head_file is not None and entries:
             head = self._signer.head
-            self._head_file.write(LogPosition(self._signer.log, head.seq, head.hash))
+            self._head_file.committed(LogPosition(self._signer.log, head.seq, head.hash))
         if self.last_error is not None:
             log.info("the outbox takes writes again; %d entries committed", len(entries))
             self.last_error = None
@@ -417,6 +421,8 @@ class Journal:
         deadline = time.monotonic() + timeout
         async with self._lock:  # after a batch that `run` is signing right now
             await self._drain_locked(deadline)
+            if self._head_file is not None:
+                self._head_file.flush()
 
     async def _drain_locked(self, deadline: float) -> None:
         while self._pending or self._deltas:

@@ -1,9 +1,9 @@
 """The head file: where the hub's signed log stands, kept beside the key in the state dir.
 
 `head.json` holds the log id, the last seq and the last chain hash the outbox committed. The
-journal rewrites it after every commit group, atomically (a temporary file, fsync, rename,
-fsync of the directory), so after a crash it names the last committed group or the one
-before. At start the hub compares it with the outbox (`gateway.hub.log_start`): an outbox that
+journal tells it of every commit group; it is rewritten atomically (a temporary file, fsync,
+rename, fsync of the directory) at most once per `HEAD_INTERVAL` and on shutdown, so after a
+crash it names a group committed at most that long before the last one. At start the hub compares it with the outbox (`gateway.hub.log_start`): an outbox that
 is missing, older or of another log than the head file is not continued. What may not live
 here: the outbox, signing, the decision what to do at start.
 """
@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -64,15 +65,49 @@ def read_head_file(state_dir: Path) -> LogPosition | None:
     return LogPosition(log_id, seq, chain_hash)
 
 
+HEAD_INTERVAL: Final = 1.0
+"""Seconds between head-file writes while groups commit: each write costs two fsyncs, which
+at a few readings a second would double the hub's disk writes. A head file behind the outbox
+is safe (`log_start` continues an outbox at or past it); only a restored copy made within the
+last interval goes unnoticed."""
+
+
 class HeadFile:
     """Writes `head.json` atomically. Keeps the directory open, so each write costs one
-    open, write, fsync and rename of the small file plus one fsync of the directory."""
+    open, write, fsync and rename of the small file plus one fsync of the directory.
 
-    def __init__(self, state_dir: Path) -> None:
+    `committed` records a group's position and writes it if `interval` has passed since the
+    last write; otherwise the position waits for `write_due` (the journal's loop calls it at
+    `due()`) or `flush` (on shutdown)."""
+
+    def __init__(self, state_dir: Path, interval: float = HEAD_INTERVAL) -> None:
         self._path = state_dir / HEAD_FILE
         self._tmp = state_dir / f".{HEAD_FILE}.tmp"
         self._dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._failing = False
+        self._interval = interval
+        self._waiting: LogPosition | None = None
+        self._next = 0.0  # monotonic time from which the next write may go
+
+    def committed(self, position: LogPosition) -> None:
+        """A group committed up to `position`: write it now if the interval allows."""
+        self._waiting = position
+        self.write_due()
+
+    def due(self) -> float | None:
+        """When (monotonic) a waiting position should be written; None when none waits."""
+        return None if self._waiting is None else self._next
+
+    def write_due(self) -> None:
+        if self._waiting is not None and time.monotonic() >= self._next:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the waiting position now (on shutdown, or when due)."""
+        if self._waiting is not None:
+            self.write(self._waiting)
+            self._waiting = None
+            self._next = time.monotonic() + self._interval
 
     def write(self, position: LogPosition) -> None:
         """Record `position`; an OSError is logged (once until a write succeeds), not raised:
