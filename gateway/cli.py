@@ -259,7 +259,7 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
     asked = set(args.load)
     try:
         if args.config is not None:
-            config = load_config(args.config)
+            config = load_config(args.config, secrets=False)
             registry = _check_drivers(config, args.load)
             asked |= {d.driver for d in config.devices} | {a.id for a in config.drivers.allow}
         else:
@@ -310,7 +310,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     registry = None
     if path is not None:
         try:
-            config = load_config(path)
+            config = load_config(path, secrets=False)
             registry = _check_drivers(config, args.load)  # once, for the check and the scan
         except ConfigError as exc:
             return _fail(str(exc), EXIT_CONFIG)
@@ -342,7 +342,7 @@ def _cmd_identity(args: argparse.Namespace) -> int:
     from gateway.hub.identity import HubIdentity, IdentityError
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, secrets=False)
         identity = HubIdentity.load_or_create(config.hub.state_dir)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
@@ -358,7 +358,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from gateway.tools.status import StatusError, collect_status, render_status
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, secrets=False)
         report = collect_status(config)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)

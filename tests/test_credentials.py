@@ -81,6 +81,25 @@ def test_without_credentials_directory_check_config_exits_2(
     assert "LoadCredential=mqtt-key:" in err
 
 
+def test_commands_that_never_connect_run_outside_the_service(
+    credentials: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """status and identity need neither the key nor the password: a technician runs them
+    without the service's $CREDENTIALS_DIRECTORY, while run still refuses to start."""
+    _, config = credentials
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert main(["identity", "-c", str(config)]) == 0, capsys.readouterr().err
+    assert '"kty": "OKP"' in capsys.readouterr().out
+    assert main(["status", "-c", str(config)]) == 0, capsys.readouterr().err
+    loaded = load_config(config, secrets=False)
+    assert loaded.mqtt.password is None  # never read
+    assert loaded.mqtt.key_file == Path("/run/credentials/rtm-gateway.service/mqtt-key")
+    assert main(["run", "-c", str(config)]) == 2
+    assert "$CREDENTIALS_DIRECTORY is not set" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["mqtt-key", "mqtt-password"])
 def test_a_missing_credential_names_its_key_and_the_unit_line(
     credentials: tuple[Path, Path], name: str

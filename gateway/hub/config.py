@@ -116,8 +116,12 @@ class Config:
 # --- the sections -------------------------------------------------------------------------------
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate a configuration file. Raises `ConfigError` naming file and key path."""
+def load_config(path: Path | str, *, secrets: bool = True) -> Config:
+    """Read and validate a configuration file. Raises `ConfigError` naming file and key path.
+
+    `secrets=False` (commands that never connect: status, identity, scan, drivers) leaves
+    `credential:` secrets unresolved and the password file unread, so they run outside the
+    service, where `$CREDENTIALS_DIRECTORY` is not set."""
     file = Path(path)
     try:
         text = file.read_bytes().decode("utf-8")
@@ -131,15 +135,15 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(file, "", f"not valid TOML: {exc}") from exc
     except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
         raise ConfigError(file, "", "not valid TOML: values nested too deeply") from exc
-    return parse_config(data, file)
+    return parse_config(data, file, secrets=secrets)
 
 
-def parse_config(data: Mapping[str, object], file: Path) -> Config:
+def parse_config(data: Mapping[str, object], file: Path, *, secrets: bool = True) -> Config:
     root = ConfigTable(file, "", data)
     root.check_known({"hub", "mqtt", "devices", "outbox", "log", "ble", "drivers"})
     base = file.parent
     hub = _hub(root.table("hub", required=True), base)
-    mqtt = parse_mqtt(root.table("mqtt", required=True), base, hub.id)
+    mqtt = parse_mqtt(root.table("mqtt", required=True), base, hub.id, secrets=secrets)
     devices = _devices(root, file)
     outbox_table = root.table("outbox")
     outbox_table.check_known({"max_rows", "commit_interval_ms"})

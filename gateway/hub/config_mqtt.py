@@ -52,17 +52,21 @@ class MqttConfig:
 
 CREDENTIAL_PREFIX = "credential:"
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+_SERVICE_CREDENTIALS = "/run/credentials/rtm-gateway.service"  # where systemd puts them
 
 
-def secret_file(table: ConfigTable, key: str, base: Path) -> Path | None:
+def secret_file(table: ConfigTable, key: str, base: Path, *, resolve: bool = True) -> Path | None:
     """A key or password file: a private file's path, or "credential:NAME" for the file systemd
-    put in `$CREDENTIALS_DIRECTORY` (LoadCredential=NAME:SOURCE in the unit)."""
+    put in `$CREDENTIALS_DIRECTORY` (LoadCredential=NAME:SOURCE in the unit). Without
+    `resolve`, a credential is named where the service would find it, unchecked."""
     value = table.optional_str(key)
     if value is None or not value.startswith(CREDENTIAL_PREFIX):
         return table.private_file(key, base)
     name = value.removeprefix(CREDENTIAL_PREFIX)
     if not _CREDENTIAL_NAME.fullmatch(name):
         raise table.error(key, f"{name!r} is not a credential name (letters, digits, '-_.')")
+    if not resolve:
+        return Path(os.environ.get("CREDENTIALS_DIRECTORY") or _SERVICE_CREDENTIALS) / name
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         raise table.error(
@@ -101,7 +105,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
+def parse_mqtt(
+    table: ConfigTable, base: Path, hub_id: str, *, secrets: bool = True
+) -> MqttConfig:
+    """The `[mqtt]` table. `secrets=False` leaves `credential:` files unresolved and the
+    password unread (see `load_config`)."""
     table.check_known(
         {
             "url",
@@ -143,7 +151,7 @@ def parse_mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
     if protocol not in {"5", "3.1.1"}:
         raise table.error("protocol", f'{protocol!r} is not supported; expected "5" or "3.1.1"')
     cert_file = table.file_path("cert_file", base)
-    key_file = secret_file(table, "key_file", base)
+    key_file = secret_file(table, "key_file", base, resolve=secrets)
     if (cert_file is None) != (key_file is None):
         raise table.error(
             "key_file" if key_file is None else "cert_file",
@@ -159,15 +167,15 @@ def parse_mqtt(table: ConfigTable, base: Path, hub_id: str) -> MqttConfig:
             "mqtts:// needs the CA that signed the broker's certificate (a PEM file), or "
             '"system" to trust every public CA this machine trusts',
         )
-    password_path = secret_file(table, "password_file", base)
+    password_path = secret_file(table, "password_file", base, resolve=secrets)
     password = None
-    if password_path is not None:
+    if password_path is not None and secrets:
         try:
             password = password_path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise table.error("password_file", f"cannot read {password_path}: {exc}") from exc
     username = table.optional_str("username")
-    if password is not None and username is None:
+    if password_path is not None and username is None:
         raise table.error("username", "password_file is set but username is missing")
     batch_size = table.integer("batch_size", 100, 1, 10_000)
     window = table.integer("window", 32, 1, 1000)
