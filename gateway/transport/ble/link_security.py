@@ -72,8 +72,14 @@ async def read_link_security(path: str, timeout: float = 5.0) -> LinkSecurity:
                     body=[DEVICE1],
                 )
             )
-    except (OSError, EOFError, ValueError, TimeoutError) as exc:
-        log.debug("bluetooth: cannot read the pairing state of %s: %s", path, exc)
+    except Exception as exc:  # dbus-fast's DBusError, InternalError, InvalidAddressError, OSError
+        # The label is informative: a bus that refuses us must not end the device's session.
+        log.warning(
+            "bluetooth: cannot read the pairing state of %s (%s); its readings say the link "
+            "is not known to be encrypted",
+            path,
+            type(exc).__name__,
+        )
         return NOT_KNOWN
     finally:
         if bus is not None:
@@ -84,10 +90,10 @@ async def read_link_security(path: str, timeout: float = 5.0) -> LinkSecurity:
     if reply is None or reply.message_type is MessageType.ERROR:
         log.debug("bluetooth: cannot read the pairing state of %s: %s", path, reply)
         return NOT_KNOWN
-    props = reply.body[0]
+    props = reply.body[0] if reply.body and isinstance(reply.body[0], dict) else {}
 
     def flag(name: str) -> bool:
         value = props.get(name)
-        return bool(getattr(value, "value", False))
+        return getattr(value, "value", False) is True
 
     return LinkSecurity(paired=flag("Paired"), bonded=flag("Bonded"))
