@@ -19,7 +19,9 @@ from gateway.hub.plugin_budget import (
 )
 from gateway.hub.registry import InvalidDriverError, Registry, validate_driver
 from gateway.sdk import (
+    AfterCommit,
     BleMatch,
+    BleSession,
     Characteristic,
     DecodeError,
     Driver,
@@ -29,11 +31,12 @@ from gateway.sdk import (
     GattDriver,
     Observation,
     Reading,
+    StoredRecords,
     uuid16,
 )
 from tests.test_registry import FakeDist, FakeEntryPoint, driver
 
-BUDGET = 0.05
+BUDGET = 0.5  # generous: a call within it must finish on a loaded CI machine too
 
 
 class _Gate:
@@ -49,6 +52,8 @@ class _Gate:
             self.gate.wait(10)
         if data == b"bug":
             raise KeyError("a driver bug")
+        if data == b"exit":
+            raise SystemExit(3)
         if data.startswith(b"many"):
             reading = Reading((Observation.known("spo2", 97),), raw=data[4:])
             return FeedResult(readings=[reading] * (MAX_RESULTS + 1 if data == b"many" else 1))
@@ -81,6 +86,9 @@ def test_a_decode_within_budget_returns_its_result_and_errors_pass_through() -> 
     assert [str(e) for e in decoder.feed(b"abc").errors] == ["3 bytes"]
     with pytest.raises(KeyError):  # a driver bug reaches ReadingPath as before
         decoder.feed(b"bug")
+    # A vendor's sys.exit() would get past the sessions' `except Exception` and end the hub.
+    with pytest.raises(RuntimeError, match=r"driver acme\.gate raised SystemExit"):
+        decoder.feed(b"exit")
     assert wrapped.info.id == "acme.gate"
 
 
@@ -130,10 +138,49 @@ def test_the_registry_budgets_plugins_for_sessions_but_not_builtins() -> None:
     assert session_driver is not registry.get("acme.gate")  # `get` is the driver itself
     with pytest.raises(DecodeBudgetExceeded):
         session_driver.decoder({}).feed(b"wait")
+    # Every device of the driver shares its budget: a second session's decoder finds the
+    # driver's stuck call, and after MAX_STUCK of them no new thread is started for any.
+    assert registry.get_serial("acme.gate") is session_driver
+    with pytest.raises(DecodeBudgetExceeded):
+        registry.get_serial("acme.gate").decoder({}).feed(b"wait")
+    with pytest.raises(DecodeBudgetExceeded, match="2 decodes still running"):
+        registry.get_serial("acme.gate").decoder({}).feed(b"ab")
     gate.gate.set()
     assert registry.get_serial("contec.cms50d") is registry.get("contec.cms50d")
     assert [p.id for p in registry.plugins()] == ["acme.gate"]
     assert registry.plugins()[0].distribution == "acme"
+
+
+def test_a_vendors_stored_record_callbacks_run_under_the_budget_too() -> None:
+    """The session calls StoredRecords and AfterCommit callbacks on the event loop for every
+    record: a vendor's that hangs is cut off like a decode, and raises into the session's
+    guard (which logs the type and goes on with live values)."""
+    gate = threading.Event()
+
+    def hang(_value: object) -> bool:
+        gate.wait(10)
+        return True
+
+    stored = StoredRecords(
+        records=uuid16(0x2A18),
+        control=uuid16(0x2A52),
+        request=lambda _after: b"\x01\x01",
+        cursor=lambda _reading: 1,
+        done=hang,
+        after_commit=AfterCommit(b"\x02", hang),
+    )
+    info = dataclasses.replace(driver("acme.meter").info, ble_session=BleSession(stored=stored))
+    wrapped = budgeted(_GateDriver(info, _Gate()), BUDGET)
+    bounded = wrapped.info.ble_session
+    assert bounded is not None and bounded.stored is not None
+    assert bounded.stored.request(None) == b"\x01\x01"
+    with pytest.raises(DecodeBudgetExceeded):
+        bounded.stored.done(b"\x10")
+    after = bounded.stored.after_commit
+    assert after is not None
+    with pytest.raises(DecodeBudgetExceeded):
+        after.answer(b"\x10")
+    gate.set()
 
 
 def test_a_plugin_chosen_by_name_must_carry_that_driver_id() -> None:

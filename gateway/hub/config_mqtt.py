@@ -105,9 +105,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_mqtt(
-    table: ConfigTable, base: Path, hub_id: str, *, secrets: bool = True
-) -> MqttConfig:
+def parse_mqtt(table: ConfigTable, base: Path, hub_id: str, *, secrets: bool = True) -> MqttConfig:
     """The `[mqtt]` table. `secrets=False` leaves `credential:` files unresolved and the
     password unread (see `load_config`)."""
     table.check_known(

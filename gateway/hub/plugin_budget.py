@@ -1,12 +1,14 @@
 """A time budget, and a size bound, around a vendor driver's decoding.
 
 What lives here: `budgeted` (a vendor driver seen through the SDK's `Driver`/`GattDriver`
-protocols, whose decoders run each call on a worker thread and give up waiting after the
-budget), `DecodeBudgetExceeded`, and `DecodeOutputTooLarge` for a call that returns more than
-`MAX_RESULTS` results, or a reading over `MAX_OBSERVATIONS` observations or `MAX_RAW` raw
-bytes. The registry hands sessions the wrapped driver, so the sessions need no change: a call
-over budget (or over size) raises, and `ReadingPath` counts it as a driver failure (logged by
-exception type only), gives the device a fresh decoder and carries on.
+protocols, whose decoders and stored-record callbacks run each call on the driver's worker
+thread and give up waiting after the budget; the event loop waits for the call, so the budget
+also bounds how long one input holds up the hub), `DecodeBudgetExceeded`, and
+`DecodeOutputTooLarge` for a call that returns more than `MAX_RESULTS` results, or a reading
+over `MAX_OBSERVATIONS` observations or `MAX_RAW` raw bytes. The registry hands sessions the
+wrapped driver, so the sessions need no change: a call over budget (or over size) raises, and
+`ReadingPath` counts it as a driver failure (logged by exception type only), gives the device
+a fresh decoder and carries on.
 
 What it cannot do: stop a thread. A call over budget keeps running on its worker, which is
 abandoned (its result, if it ever comes, is dropped); a driver with `MAX_STUCK` abandoned calls
@@ -20,24 +22,30 @@ Built-in drivers are not wrapped: they are our code, fuzzed in CI, and cost noth
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.hub.plugin_audit import running
 from gateway.sdk import (
+    AfterCommit,
     Driver,
     DriverInfo,
     FeedResult,
     Flushable,
     GattDecoder,
     GattDriver,
+    RecordCount,
+    StoredRecords,
     StreamDecoder,
 )
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 MAX_STUCK = 2
 """Abandoned calls per driver before its calls fail without a worker."""
@@ -58,10 +66,10 @@ class DecodeOutputTooLarge(Exception):
 class _Call:
     __slots__ = ("done", "error", "result", "work")
 
-    def __init__(self, work: Callable[[], FeedResult]) -> None:
+    def __init__(self, work: Callable[[], object]) -> None:
         self.work = work
         self.done = threading.Event()
-        self.result: FeedResult | None = None
+        self.result: object = None
         self.error: BaseException | None = None
 
 
@@ -102,6 +110,15 @@ class _Budget:
         self._abandoned: list[_Call] = []
 
     def run(self, work: Callable[[], FeedResult]) -> FeedResult:
+        """One decode call: bounded in time, its result bounded in size."""
+        result = self.call(work)
+        _check_size(self.driver_id, result)
+        return result
+
+    def call(self, work: Callable[[], _T]) -> _T:
+        """Any of the driver's calls, bounded in time. What the driver raises comes back as
+        it is, except what is not an `Exception` (a vendor's `sys.exit()`), which would get
+        past the sessions' guards and end the hub: that becomes a RuntimeError."""
         self._abandoned = [call for call in self._abandoned if not call.done.is_set()]
         if len(self._abandoned) >= MAX_STUCK:
             raise DecodeBudgetExceeded(
@@ -126,11 +143,12 @@ class _Budget:
                 len(self._abandoned),
             )
             raise DecodeBudgetExceeded(f"driver {self.driver_id} exceeded its decode budget")
-        if call.error is not None:
-            raise call.error
-        assert call.result is not None  # noqa: S101 - set whenever error is not
-        _check_size(self.driver_id, call.result)
-        return call.result
+        error = call.error
+        if error is not None:
+            if isinstance(error, Exception):
+                raise error
+            raise RuntimeError(f"driver {self.driver_id} raised {type(error).__name__}") from error
+        return call.result  # type: ignore[return-value]  # what `work` returned
 
 
 def _check_size(driver_id: str, result: FeedResult) -> None:
@@ -182,15 +200,42 @@ class _FlushingGatt(_Gatt):
         return self._budget.run(inner.flush)
 
 
+def _bounded(budget: _Budget, fn: Callable[..., _T]) -> Callable[..., _T]:
+    return lambda *args: budget.call(lambda: fn(*args))
+
+
+def _budgeted_info(info: DriverInfo, budget: _Budget) -> DriverInfo:
+    """`info` with the driver's stored-record callbacks under the budget too: the session
+    calls them on the event loop for every record."""
+    session = info.ble_session
+    stored = session.stored if session is not None else None
+    if session is None or stored is None:
+        return info
+    after, count = stored.after_commit, stored.count
+    bounded: StoredRecords = dataclasses.replace(
+        stored,
+        request=_bounded(budget, stored.request),
+        cursor=_bounded(budget, stored.cursor),
+        done=_bounded(budget, stored.done),
+        describe=None if stored.describe is None else _bounded(budget, stored.describe),
+        after_commit=None
+        if after is None
+        else AfterCommit(after.request, _bounded(budget, after.answer)),
+        count=None if count is None else RecordCount(count.request, _bounded(budget, count.answer)),
+    )
+    return dataclasses.replace(info, ble_session=dataclasses.replace(session, stored=bounded))
+
+
 class _BudgetedDriver:
-    __slots__ = ("_budget", "_inner")
+    __slots__ = ("_budget", "_info", "_inner")
 
     def __init__(self, inner: Driver, budget: _Budget) -> None:
         self._inner, self._budget = inner, budget
+        self._info = _budgeted_info(inner.info, budget)
 
     @property
     def info(self) -> DriverInfo:
-        return self._inner.info
+        return self._info
 
     def decoder(self, options: Mapping[str, object]) -> StreamDecoder:
         inner = self._inner.decoder(options)
@@ -199,14 +244,15 @@ class _BudgetedDriver:
 
 
 class _BudgetedGattDriver:
-    __slots__ = ("_budget", "_inner")
+    __slots__ = ("_budget", "_info", "_inner")
 
     def __init__(self, inner: GattDriver, budget: _Budget) -> None:
         self._inner, self._budget = inner, budget
+        self._info = _budgeted_info(inner.info, budget)
 
     @property
     def info(self) -> DriverInfo:
-        return self._inner.info
+        return self._info
 
     def gatt_decoder(self, options: Mapping[str, object]) -> GattDecoder:
         inner = self._inner.gatt_decoder(options)
@@ -215,7 +261,8 @@ class _BudgetedGattDriver:
 
 
 def budgeted(driver: Driver | GattDriver, seconds: float) -> Driver | GattDriver:
-    """`driver` with each decode call bounded by `seconds` (see the module's docstring).
+    """`driver` with each decode call and each stored-record callback bounded by `seconds`
+    (see the module's docstring), all devices of the driver sharing one budget and worker.
     Making a decoder (`decoder(options)`, where options are checked) is not bounded: it runs
     once per connection, not per input."""
     budget = _Budget(driver.info.id, seconds)

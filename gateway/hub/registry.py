@@ -133,6 +133,7 @@ class Registry:
         self._entries: dict[str, _Entry] = {}
         self._usb: dict[tuple[int, int], list[tuple[UsbMatch, str]]] = {}
         self._provenance: dict[str, Provenance] = {}
+        self._budgeted: dict[str, AnyDriver] = {}  # one budget (and worker) per vendor driver
         self._by_name = by_name
         self.decode_budget = decode_budget
         problems: list[PluginProblem] = []
@@ -296,9 +297,12 @@ class Registry:
         driver = self.get(driver_id)
         if self.decode_budget is None or self._entries[driver_id].source == BUILTIN:
             return driver
-        from gateway.hub.plugin_budget import budgeted
+        wrapped = self._budgeted.get(driver_id)
+        if wrapped is None:
+            from gateway.hub.plugin_budget import budgeted
 
-        return budgeted(driver, self.decode_budget)
+            wrapped = self._budgeted[driver_id] = budgeted(driver, self.decode_budget)
+        return wrapped
 
     def plugins(self) -> tuple[Provenance, ...]:
         """Where each loaded plugin came from (for `hub-started`), sorted by id."""
