@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
+import py_compile
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,31 @@ def test_an_installed_file_that_differs_from_its_record_is_refused_before_import
     )
     assert "acme_probe/driver.py differs from the hash in its RECORD" in refused.stderr
     assert not probe.imported(markers)
+
+
+def test_a_compiled_file_beside_a_checked_source_is_not_what_runs(
+    tmp_path: Path, mosquitto: BrokerFactory, markers: Path, probe: VendorPackage
+) -> None:
+    """A `.pyc` RECORD does not list, stamped with its source's time and size (what Python
+    checks before using it), would run instead of the source RECORD vouches for."""
+    source = probe.driver_file
+    tampered = tmp_path / "tampered.py"
+    tampered.write_text(
+        'import os\nfrom pathlib import Path\nPath(os.environ["ACME_MARKERS"], '
+        '"tampered").write_text("ran")\n' + source.read_text()
+    )
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    py_compile.compile(str(tampered), cfile=str(cached), doraise=True)
+    stat = source.stat()
+    header = struct.pack("<II", int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF)
+    data = cached.read_bytes()
+    cached.write_bytes(data[:8] + header + data[16:])  # as if compiled from the source
+    config = _config(tmp_path, mosquitto, _allow())
+    checked = run_cli("check-config", "-c", str(config))
+    assert checked.returncode == 0, checked.stderr
+    assert probe.imported(markers)  # the plugin was imported, from its source
+    assert not (markers / "tampered").exists()
+    assert cached.read_bytes()[8:16] == header  # and nothing was written beside it
 
 
 def _plugin_readings(messages: list[Received], jwk: dict[str, Any]) -> list[bytes]:

@@ -5,7 +5,9 @@ distribution and version, read from the packages' metadata: nothing is imported)
 `entry_points_for_config` (the entry points a configuration lets the hub import, checked against
 its `[drivers] allow` pins; errors name the key path), `entry_points_named` (an explicit choice:
 `rtm-gateway decode ID`, `drivers --load ID`), `provenance` (what `hub-started` signs about a
-loaded plugin) and `record_problem` (installed files that differ from the hashes pip recorded).
+loaded plugin), `record_problem` (installed files that differ from the hashes pip recorded)
+and `sources_only` (a plugin imported from its checked sources, not from compiled files beside
+them that RECORD may not list).
 
 `EntryPointLike` (what the registry needs of an entry point) and `PluginProblem` (a plugin
 skipped, and why) are shared with the registry.
@@ -17,8 +19,11 @@ chosen here, and nothing else of the `rtm_gateway.drivers` group.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
-from collections.abc import Collection, Iterable
+import sys
+import tempfile
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -246,3 +251,20 @@ def record_problem(entry_point: object) -> str | None:
         if actual != expected.value:
             return f"{file} differs from the hash in its RECORD"
     return None
+
+
+@contextlib.contextmanager
+def sources_only() -> Iterator[None]:
+    """Import (within the block) from source files, never from `__pycache__`: a compiled file
+    that pip did not write is not in RECORD, so `record_problem` cannot vouch for it, and one
+    with its source's time stamp and size would run instead of the checked source. Python
+    looks for compiled files under `sys.pycache_prefix` when it is set: an empty folder, with
+    writing off, leaves it only the sources. (Modules a plugin imports later, when decoding,
+    are read as usual.)"""
+    saved = sys.pycache_prefix, sys.dont_write_bytecode
+    with tempfile.TemporaryDirectory(prefix="rtm-gateway-nopyc-") as empty:
+        sys.pycache_prefix, sys.dont_write_bytecode = empty, True
+        try:
+            yield
+        finally:
+            sys.pycache_prefix, sys.dont_write_bytecode = saved

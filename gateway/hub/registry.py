@@ -47,6 +47,7 @@ from gateway.hub.plugins import (
     Provenance,
     distribution_name,
     provenance,
+    sources_only,
 )
 from gateway.sdk import (
     SDK_VERSION,
@@ -184,7 +185,8 @@ class Registry:
     def _load(self, entry_point: EntryPointLike, problems: list[PluginProblem]) -> None:
         source = _distribution(entry_point)
         try:
-            with running(entry_point.name):  # the audit hook names the driver for its imports
+            # The audit hook names the driver for its imports; only checked sources are run.
+            with running(entry_point.name), sources_only():
                 candidate = entry_point.load()
         except Exception as exc:  # a plugin may fail to import in any way; it must not stop us
             # The whole traceback only at TRACE: the log line below names the cause, and
