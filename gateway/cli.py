@@ -374,8 +374,11 @@ def _cmd_sbom(args: argparse.Namespace) -> int:
     text = json.dumps(build_sbom(), indent=2) + "\n"
     if args.output is None:
         sys.stdout.write(text)
-    else:
+        return EXIT_OK
+    try:
         args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        return _fail(f"cannot write {args.output}: {exc.strerror or exc}")
     return EXIT_OK
 
 

@@ -47,13 +47,19 @@ def ignored_advisories(path: Path) -> list[str]:
     return ids
 
 
-def verdict(report: dict[str, Any] | None, returncode: int, stderr: str) -> tuple[int, list[str]]:
+def verdict(
+    report: dict[str, Any] | None, returncode: int, stderr: str, *, require: bool = False
+) -> tuple[int, list[str]]:
     """The exit status and the lines to print for one pip-audit run (its JSON report, if it
-    wrote one)."""
+    wrote one). An audit that could look nothing up passes with "audit skipped" unless
+    `require` (release builds: --require-database), when it fails."""
+    skipped_status = 1 if require else 0
     if report is None:
         if any(marker in stderr for marker in NETWORK_ERRORS):
             last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-            return 0, [f"audit skipped: no network (the vulnerability database: {last[:200]})"]
+            return skipped_status, [
+                f"audit skipped: no network (the vulnerability database: {last[:200]})"
+            ]
         return 1, [f"audit failed: pip-audit exited {returncode}", stderr.strip()[-2000:]]
     deps = report.get("dependencies", [])
     vulnerable = [d for d in deps if d.get("vulns")]
@@ -74,9 +80,10 @@ def verdict(report: dict[str, Any] | None, returncode: int, stderr: str) -> tupl
         )
         return 1, lines
     if deps and len(skipped) == len(deps):
-        return 0, [
-            f"audit skipped: no network (the vulnerability database answered for none of the "
-            f"{len(deps)} pinned packages)"
+        reasons = sorted({str(d["skip_reason"]) for d in skipped})
+        return skipped_status, [
+            f"audit skipped: the vulnerability database answered for none of the {len(deps)} "
+            f"pinned packages ({'; '.join(reasons)[:300]})"
         ]
     lines += [f"audit: not looked up: {d['name']} ({d['skip_reason']})" for d in skipped]
     audited = len(deps) - len(skipped)
@@ -89,6 +96,11 @@ def main() -> int:
     parser.add_argument("--lock", type=Path, default=ROOT / "requirements" / "hub.lock")
     parser.add_argument(
         "--ignore-file", type=Path, default=ROOT / "requirements" / "audit-ignore.txt"
+    )
+    parser.add_argument(
+        "--require-database",
+        action="store_true",
+        help="fail when the vulnerability database cannot be reached (release builds)",
     )
     args = parser.parse_args()
     pip_audit = Path(sys.executable).parent / "pip-audit"
@@ -115,7 +127,9 @@ def main() -> int:
             command, capture_output=True, text=True, timeout=600, check=False
         )
         report = json.loads(out.read_text()) if out.exists() and out.stat().st_size else None
-    status, lines = verdict(report, result.returncode, result.stderr)
+    status, lines = verdict(
+        report, result.returncode, result.stderr, require=args.require_database
+    )
     print("\n".join(lines))
     return status
 

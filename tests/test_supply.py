@@ -226,9 +226,16 @@ def test_the_audit_says_when_it_looked_nothing_up() -> None:
     audit = load_script("audit")
     skipped = {"dependencies": [{"name": "x", "skip_reason": "not found"}]}
     status, lines = audit.verdict(skipped, 0, "")
+    assert (status, lines[0]) == (
+        0,
+        "audit skipped: the vulnerability database answered for none of the 1 pinned "
+        "packages (not found)",
+    )
+    assert audit.verdict(skipped, 0, "", require=True)[0] == 1  # a release build insists
+    offline = "requests.exceptions.ConnectionError: Max retries"
+    status, lines = audit.verdict(None, 1, offline)
     assert (status, lines[0].startswith("audit skipped: no network")) == (0, True)
-    status, lines = audit.verdict(None, 1, "requests.exceptions.ConnectionError: Max retries")
-    assert (status, lines[0].startswith("audit skipped: no network")) == (0, True)
+    assert audit.verdict(None, 1, offline, require=True)[0] == 1
     status, lines = audit.verdict(None, 2, "pip-audit: error: unrecognized arguments")
     assert (status, lines[0]) == (1, "audit failed: pip-audit exited 2")
     clean = {"dependencies": [{"name": "x", "version": "1", "vulns": []}]}
@@ -261,3 +268,17 @@ def test_the_audit_without_network_is_skipped_not_failed(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("audit skipped: no network")
+
+
+def test_sbom_to_a_file_it_cannot_write_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    target = tmp_path / "missing" / "sbom.json"
+    assert main(["sbom", "-o", str(target)]) == 1
+    assert f"rtm-gateway: cannot write {target}: No such file or directory" in (
+        capsys.readouterr().err
+    )
+    assert main(["sbom", "-o", str(tmp_path / "sbom.json")]) == 0
+    assert json.loads((tmp_path / "sbom.json").read_text())["bomFormat"] == "CycloneDX"

@@ -174,27 +174,22 @@ def _licenses(dist: metadata.Distribution) -> list[dict[str, Any]]:
 
 
 def _record_sha256(dist: metadata.Distribution) -> str | None:
-    """SHA-256 of the RECORD file, when every file it lists with a hash still has that hash."""
-    record = dist.read_text("RECORD")
-    if record is None:
-        return None
+    """SHA-256 of the RECORD file, when every file it lists with a hash still has that hash.
+    RECORD is CSV (a path with a comma is quoted): `Distribution.files` reads it as such."""
     record_bytes = None
-    for line in record.splitlines():
-        path, _, rest = line.partition(",")
-        digest = rest.split(",", 1)[0]
-        if path.endswith(".dist-info/RECORD"):
-            # The file's own bytes (line endings as written), so anyone can recompute the hash.
-            record_bytes = Path(str(dist.locate_file(path))).read_bytes()
-        if not digest:
-            continue  # RECORD itself and generated files carry no hash
-        algorithm, _, expected = digest.partition("=")
-        if algorithm != "sha256":
-            return None
-        located = Path(str(dist.locate_file(path)))
-        try:
+    try:
+        for file in dist.files or ():
+            located = Path(str(file.locate()))
+            if file.name == "RECORD" and file.parent.name.endswith(".dist-info"):
+                # The file's own bytes (line endings as written): anyone can recompute it.
+                record_bytes = located.read_bytes()
+            if file.hash is None:
+                continue  # RECORD itself and generated files carry no hash
+            if file.hash.mode != "sha256":
+                return None
             actual = hashlib.sha256(located.read_bytes()).digest()
-        except OSError:
-            return None
-        if base64.urlsafe_b64encode(actual).rstrip(b"=").decode() != expected:
-            return None
+            if base64.urlsafe_b64encode(actual).rstrip(b"=").decode() != file.hash.value:
+                return None
+    except OSError:  # a listed file gone or unreadable: no hash to vouch with
+        return None
     return hashlib.sha256(record_bytes).hexdigest() if record_bytes is not None else None
