@@ -302,3 +302,25 @@ def test_a_serial_start_command_is_sent_each_time_the_port_opens(tmp_path: Path)
         os.close(master)
         os.close(slave)
         outbox.close()
+
+
+def test_a_changed_device_identity_is_stored_only_with_its_signed_event(outbox: Outbox) -> None:
+    """The identity a change leads to commits in the transaction of the event that says so: a
+    power cut between them would otherwise leave a new identity that no event explains."""
+    from gateway.sessions.device_identity import IdentityMemory
+
+    journal, key = journal_for(outbox)
+    memory = IdentityMemory("strap", outbox.get_meta, journal)
+    assert memory.seen({"address": "AA:00:00:00:00:01", "serial": "S1", "model": "M"}) == []
+    stored = outbox.get_meta("identity:strap")
+    assert stored is not None and "S1" in str(stored)  # the first identity: stored, not signed
+    changes = memory.seen({"address": "AA:00:00:00:00:02", "serial": "S2", "model": "M"})
+    assert [c[0] for c in changes] == ["address", "serial"]
+    assert outbox.get_meta("identity:strap") == stored  # not before the events are committed
+    assert journal.commit_once()
+    events = [p for p in payloads(outbox, key) if p["kind"] == "event"]
+    assert [(e["event"], e["detail"]["changed"]) for e in events] == [
+        ("device-identity-changed", "address"),
+        ("device-identity-changed", "serial"),
+    ]
+    assert "S2" in str(outbox.get_meta("identity:strap"))

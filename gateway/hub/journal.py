@@ -57,6 +57,7 @@ class _HubEvent:
     detail: Mapping[str, object]
     hub_time: float
     mono: int
+    meta: Mapping[str, MetaValue] | None = None
 
 
 @dataclass(slots=True)
@@ -143,8 +144,16 @@ class Journal:
         """Store a position alone (a reset), once the key's queued ones are committed."""
         self._outbox.set_meta(key, value)
 
-    def event(self, name: str, detail: Mapping[str, object]) -> None:
-        self._enqueue(_HubEvent(name, detail, self._wall(), self._boot()))
+    def event(
+        self,
+        name: str,
+        detail: Mapping[str, object],
+        *,
+        meta: Mapping[str, MetaValue] | None = None,
+    ) -> None:
+        """Queue a hub event; `meta` (key: value) is stored in the event's transaction, so
+        state that the event explains is never committed without it."""
+        self._enqueue(_HubEvent(name, detail, self._wall(), self._boot(), meta))
 
     def count_error(self, device_id: str, message: str) -> None:
         delta = self._delta(device_id)
@@ -357,6 +366,8 @@ class Journal:
         for i in batch:
             if type(i) is _Captured and i.cursor:
                 cursors.update(i.cursor if isinstance(i.cursor, Mapping) else (i.cursor,))
+            elif type(i) is _HubEvent and i.meta:
+                cursors.update(i.meta)
         waiting = [i.committed for i in batch if type(i) is _Captured and i.committed]
         try:  # a disk error while making room is a refusal like one while appending
             drop_through = make_room(self._outbox, self._signer, entries, hub_clock)

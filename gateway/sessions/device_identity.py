@@ -68,7 +68,8 @@ class IdentityMemory:
             return []
         changes = [] if before is None else [(k, before[k], now[k]) for k in IDENTIFIERS]
         changes = [c for c in changes if c[1] != c[2]]
-        for what, old, new in changes:
+        stored = json.dumps(now, separators=(",", ":"))
+        for index, (what, old, new) in enumerate(changes):
             log.warning(
                 "device %s: its %s changed from %s to %s; if the device was not replaced, "
                 "another device may be answering in its place: check the device near the "
@@ -78,15 +79,20 @@ class IdentityMemory:
                 old or "(none)",
                 new or "(none)",
             )
+            # The new identity commits with the last event, never before the events that
+            # explain it: a power cut in between must not leave a change unsigned.
+            last = index == len(changes) - 1
             self._journal.event(
                 "device-identity-changed",
                 {"device": self.device_id, "changed": what, "from": old, "to": new},
+                meta={self.key: stored} if last else None,
             )
         self._last = now
-        try:
-            self._journal.set_cursor(self.key, json.dumps(now, separators=(",", ":")))
-        except OutboxError as exc:  # the event is signed; the next start compares again
-            log.warning("device %s: cannot store its identity (%s)", self.device_id, exc)
+        if not changes:  # the first identity ever seen: nothing to sign, stored alone
+            try:
+                self._journal.set_cursor(self.key, stored)
+            except OutboxError as exc:  # the next start stores it again
+                log.warning("device %s: cannot store its identity (%s)", self.device_id, exc)
         return changes
 
 
