@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +46,7 @@ from gateway.transport.serial import (
     find_usb_port,
     list_system_ports,
     open_serial,
+    port_info,
 )
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ class _SerialStream:
 
     def __init__(self, stream: SerialByteStream) -> None:
         self._stream = stream
+        self.identity: Mapping[str, str | None] = {}  # USB serial and model, when known
 
     async def read(self) -> bytes:
         try:
@@ -200,9 +202,19 @@ class SerialOpener:
         if path is None:
             raise DeviceUnavailable("no port configured")
         try:
-            return _SerialStream(await open_serial(path, settings))
+            stream = _SerialStream(await open_serial(path, settings))
         except (SerialPortError, ValueError) as exc:  # pyserial raises ValueError for settings
             raise DeviceUnavailable(str(exc)) from exc
+        try:
+            info = await asyncio.to_thread(port_info, self._lister, path)
+        except OSError:  # sysfs mid hot-plug: the identity is unknown this time, not changed
+            info = None
+        if info is not None and info.vid is not None and info.pid is not None:
+            # Who is behind the port: a replaced adapter or device shows as another serial
+            # number or model (the session signs device-identity-changed).
+            model = f"usb:{info.vid:04x}:{info.pid:04x}"
+            stream.identity = {"serial": info.serial_number, "model": model}
+        return stream
 
 
 class BleRadio:
@@ -337,7 +349,9 @@ class Hub:
             head_file=state.head_file,
         )
         sessions = [
-            self._session(device, journal) for device in config.devices if not device.is_ble
+            self._session(device, journal, state.outbox)
+            for device in config.devices
+            if not device.is_ble
         ]
         ble_sessions = self._ble_sessions(journal, state.outbox)
         self.sessions = [*sessions, *ble_sessions]
@@ -393,10 +407,12 @@ class Hub:
         log.info("stopped cleanly; %d entries wait in the outbox", state.outbox.depth())
         return 0
 
-    def _session(self, device: DeviceConfig, journal: Journal) -> DeviceSession:
+    def _session(self, device: DeviceConfig, journal: Journal, outbox: Outbox) -> DeviceSession:
         driver = self.registry.get_serial(device.driver)
         settings = self.registry.serial_settings(device.driver, device.options)
-        return DeviceSession(device, driver, settings, self._opener, journal)
+        return DeviceSession(
+            device, driver, settings, self._opener, journal, stored=outbox.get_meta
+        )
 
     def _ble_sessions(self, journal: Journal, outbox: Outbox) -> list[BleDeviceSession]:
         devices = [device for device in self.config.devices if device.is_ble]

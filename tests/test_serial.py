@@ -4,6 +4,7 @@ port-listing seam, and unplugging."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -91,3 +92,55 @@ def test_a_port_that_does_not_exist_is_unavailable(tmp_path: Path) -> None:
     )
     with pytest.raises(DeviceUnavailable, match="cannot open"):
         asyncio.run(SerialOpener()(device, CMS50D))
+
+
+def test_another_usb_device_behind_a_configured_one_is_signed_as_an_identity_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device configured by VID:PID alone is opened wherever the lister finds one; when the
+    one found has another serial number (another oximeter, or another patient's), the hub says
+    so in a signed event and a WARNING, and still serves it."""
+    from gateway.drivers import contec_cms50d
+    from gateway.hub.outbox import Outbox
+    from gateway.sessions.serial import DeviceSession
+    from tests.test_journal_and_serial_session import journal_for, payloads
+
+    ports: list[PortInfo] = []
+    outbox = Outbox.open(tmp_path / "outbox.sqlite")
+    journal, key = journal_for(outbox)
+    device = usb_device(None)
+    driver = contec_cms50d.DRIVER
+    session = DeviceSession(
+        device, driver, CMS50D, SerialOpener(lambda: list(ports)), journal, stored=outbox.get_meta
+    )
+
+    async def plug(serial_number: str) -> None:
+        master, slave = os.openpty()
+        ports[:] = [PortInfo(os.ttyname(slave), 0x10C4, 0xEA60, serial_number)]
+        task = asyncio.create_task(session.run())
+        try:
+            async with asyncio.timeout(10):
+                while not session.connected:  # noqa: ASYNC110  # the session task's flag
+                    await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            os.close(master)
+            os.close(slave)
+        while journal.pending:
+            journal.commit_once()
+
+    try:
+        with caplog.at_level("WARNING", "gateway.sessions.device_identity"):
+            asyncio.run(plug("A"))
+            assert "changed" not in caplog.text  # the first identity is stored silently
+            asyncio.run(plug("A"))  # the same device again: nothing
+            asyncio.run(plug("B"))
+        events = [p for p in payloads(outbox, key) if p.get("event") == "device-identity-changed"]
+        assert [e["detail"] for e in events] == [
+            {"device": "oximeter", "changed": "serial", "from": "A", "to": "B"}
+        ]
+        assert "device oximeter: its serial changed from A to B" in caplog.text
+    finally:
+        outbox.close()

@@ -4,12 +4,16 @@
 transport) and feeds the bytes down the shared decode-and-submit path (sessions/core.py: driver
 failures isolated, errors counted, continuous streams summarised, flushed when the stream ends)
 to the `Journal`. When the device goes away it reopens it with backoff, for as long as
-the daemon runs. No transport is imported here: the device is seen through the protocols below.
+the daemon runs. Who is behind the port (a USB device's serial number and model, as the opened
+stream reports them) is remembered per device; a change is a signed `device-identity-changed`
+event (sessions/device_identity.py). No transport is imported here: the device is seen through
+the protocols below.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from operator import methodcaller
 from typing import Protocol
 
@@ -17,8 +21,10 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from gateway.hub.config import DeviceConfig
 from gateway.hub.journal import Journal
+from gateway.hub.outbox_file import MetaValue
 from gateway.sdk import TRACE, Driver, SerialSettings, StreamDecoder
 from gateway.sessions.core import DeviceUnavailable, ReadingPath
+from gateway.sessions.device_identity import IdentityMemory
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,10 @@ class DeviceSession:
         journal: Journal,
         *,
         max_backoff: float = 30.0,
+        stored: Callable[[str], MetaValue | None] | None = None,
     ) -> None:
+        """`stored` reads the outbox's meta table: with it, the USB serial number and model
+        an opened stream reports (`identity`) are remembered, and a change is signed."""
         self.device = device
         self._driver = driver
         self._settings = settings
@@ -75,6 +84,8 @@ class DeviceSession:
             continuous=driver.info.continuous,
         )
         self.connected = False
+        self._memory = None if stored is None else IdentityMemory(device.id, stored, journal)
+        self._address = str(identity["address"])
 
     @property
     def readings(self) -> int:
@@ -100,6 +111,9 @@ class DeviceSession:
             self.connected = True
             log.info("device %s: connected on %s", self.device.id, self.device.where)
             self._journal.event("device-connected", {"device": self.device.id})
+            found: Mapping[str, str | None] = getattr(stream, "identity", None) or {}
+            if self._memory is not None and found:  # a port without USB ids has none
+                self._memory.seen({"address": self._address, **found})
             try:
                 await self._stream(stream)
             except DeviceUnavailable as exc:

@@ -55,6 +55,16 @@ def find_usb_port(lister: PortLister, vid: int, pid: int, serial_number: str | N
     return None
 
 
+def port_info(lister: PortLister, path: str) -> PortInfo | None:
+    """What the lister knows of the port at `path` (a symlink such as /dev/serial/by-id/...
+    resolved): its USB ids and serial number; None for a port it does not list."""
+    real = os.path.realpath(path)
+    for port in lister():
+        if port.device in (path, real):
+            return port
+    return None
+
+
 class SerialByteStream:
     """An open serial port as a stream of byte chunks."""
 
