@@ -14,7 +14,7 @@ commit, so a crash or a lost link mid-transfer resumes on the next connection wi
 or a hole.
 
 The BLE transport is reached through the small protocols below, and the companion services
-through `Companions`, so this module imports neither bleak nor any driver (app.py wires both).
+through `Companions`, so this module imports neither bleak nor any driver (gateway.app wires both).
 """
 
 from __future__ import annotations

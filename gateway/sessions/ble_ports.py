@@ -1,6 +1,6 @@
 """What a BLE device session needs from outside: the transport, seen through small protocols
 (`Advertisement`, `Link` with its `Security`, `Radio`, and `Unavailable`, the error a connect
-raises), and the companion services (`Companions`). app.py hands in the real ones (bleak's
+raises), and the companion services (`Companions`). gateway.app hands in the real ones (bleak's
 transport, the Battery and Current Time drivers); tests may too. Nothing here does I/O or
 imports a transport or a driver.
 """

@@ -13,12 +13,13 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
+from gateway.app.devices import BleRadio, SerialOpener, ble_companions
 from gateway.hub.clock import clock_state
 from gateway.hub.config import Config, DeviceConfig
 from gateway.hub.config_mqtt import is_loopback
@@ -34,27 +35,13 @@ from gateway.hub.registry import AnyDriver, Registry
 from gateway.hub.signer import ChainHead, Signer
 from gateway.hub.systemd import Notifier
 from gateway.hub.uplink import Uplink
-from gateway.sdk import SerialSettings
-from gateway.sessions.core import DeviceUnavailable
-from gateway.sessions.serial import ByteStream, DeviceSession
+from gateway.sessions.serial import DeviceSession
 from gateway.transport.mqtt import publisher_factory
 from gateway.transport.mqtt_connect import MqttSettings
-from gateway.transport.serial import (
-    PortLister,
-    SerialByteStream,
-    SerialPortError,
-    find_usb_port,
-    list_system_ports,
-    open_serial,
-    port_info,
-)
 
 if TYPE_CHECKING:
-    from gateway.hub.config import BleConfig
     from gateway.sessions.ble import BleDeviceSession
-    from gateway.sessions.ble_ports import Advertisement, Companions, Link
-    from gateway.transport.ble.connector import BleConnector
-    from gateway.transport.ble.scanner import BleScanner
+    from gateway.sessions.ble_ports import Advertisement
 
 log = logging.getLogger(__name__)
 
@@ -157,106 +144,6 @@ def _make_private(folder: Path) -> None:
         log.warning(
             "cannot make %s private to the hub's user (%s); chmod 700 it", folder, exc.strerror
         )
-
-
-class _SerialStream:
-    """The serial transport seen through the serial session's `ByteStream` protocol."""
-
-    def __init__(self, stream: SerialByteStream) -> None:
-        self._stream = stream
-        self.identity: Mapping[str, str | None] = {}  # USB serial and model, when known
-
-    async def read(self) -> bytes:
-        try:
-            return await self._stream.read()
-        except SerialPortError as exc:
-            raise DeviceUnavailable(str(exc)) from exc
-
-    async def write(self, data: bytes) -> None:
-        try:
-            await self._stream.write(data)
-        except (SerialPortError, OSError, TimeoutError) as exc:
-            raise DeviceUnavailable(str(exc) or type(exc).__name__) from exc
-
-    async def close(self) -> None:
-        await self._stream.close()
-
-
-class SerialOpener:
-    """Finds a device's port (by path, or by USB VID:PID) and opens it."""
-
-    def __init__(self, lister: PortLister = list_system_ports) -> None:
-        self._lister = lister
-
-    async def __call__(self, device: DeviceConfig, settings: SerialSettings) -> ByteStream:
-        path = device.port
-        if path is None and device.usb is not None:
-            try:
-                path = await asyncio.to_thread(
-                    find_usb_port, self._lister, device.usb.vid, device.usb.pid, device.usb.serial
-                )
-            except OSError as exc:  # sysfs can vanish under the lister during a hot-plug
-                raise DeviceUnavailable(f"cannot list serial ports: {exc}") from exc
-            if path is None:
-                raise DeviceUnavailable(f"no USB serial port {device.usb.describe()} present")
-        if path is None:
-            raise DeviceUnavailable("no port configured")
-        try:
-            stream = _SerialStream(await open_serial(path, settings))
-        except (SerialPortError, ValueError) as exc:  # pyserial raises ValueError for settings
-            raise DeviceUnavailable(str(exc)) from exc
-        try:
-            info = await asyncio.to_thread(port_info, self._lister, path)
-        except OSError:  # sysfs mid hot-plug: the identity is unknown this time, not changed
-            info = None
-        if info is not None and info.vid is not None and info.pid is not None:
-            # Who is behind the port: a replaced adapter or device shows as another serial
-            # number or model (the session signs device-identity-changed).
-            model = f"usb:{info.vid:04x}:{info.pid:04x}"
-            stream.identity = {"serial": info.serial_number, "model": model}
-        return stream
-
-
-class BleRadio:
-    """The BLE transport (one scanner, one connector per adapter) seen through the session's
-    `Radio` protocol: transport errors become `DeviceUnavailable`."""
-
-    def __init__(self, ble: BleConfig) -> None:
-        from gateway.transport.ble.connector import BleConnector
-        from gateway.transport.ble.scanner import BleScanner
-
-        self.scanner: BleScanner = BleScanner(
-            ble.adapter, passive=ble.passive, watchdog=ble.scanner_watchdog
-        )
-        self.connector: BleConnector = BleConnector(
-            ble.adapter, max_connections=ble.max_connections, connect_timeout=ble.connect_timeout
-        )
-        self.scanner.watch.listen(self.connector.bluez_restarted)
-
-    async def wait_for(self, predicate: Callable[[Advertisement], bool]) -> Advertisement:
-        return await self.scanner.wait_for(predicate)
-
-    def forget(self, address: str) -> None:
-        self.scanner.forget(address)
-
-    async def connect(self, advert: Advertisement, name: str) -> Link:
-        from gateway.sessions.ble_ports import Unavailable
-        from gateway.transport.ble.errors import BleConnectError, BleUnavailable
-        from gateway.transport.ble.scanner import Advert
-
-        assert isinstance(advert, Advert)  # noqa: S101  # only the scanner's adverts come here
-        try:
-            return await self.connector.connect(advert, name)
-        except BleConnectError as exc:
-            raise Unavailable(str(exc), retry_after=4.0 if exc.out_of_slots else 0.0) from exc
-        except BleUnavailable as exc:
-            raise Unavailable(str(exc), retry_after=5.0) from exc
-
-    async def close_stale(self, address: str) -> None:
-        await self.connector.close_stale(address)
-
-    async def clear_cache(self, address: str) -> None:
-        await self.connector.clear_cache(address)
 
 
 def mqtt_settings(config: Config) -> MqttSettings:
@@ -469,15 +356,3 @@ class Hub:
         while True:
             self._notifier.watchdog()
             await asyncio.sleep(interval)
-
-
-def ble_companions() -> Companions:
-    """The services the hub serves on every BLE device beside its own profile: the battery
-    level (Battery service) read on each connection and the hub's time written to the Current
-    Time service. Wired here so that sessions import no driver."""
-    from gateway.drivers import gatt_bas, gatt_cts
-    from gateway.sessions.ble_ports import Companions
-
-    return Companions(
-        battery=gatt_bas.DRIVER, clock=(gatt_cts.CURRENT_TIME, gatt_cts.encode_current_time)
-    )
