@@ -208,3 +208,42 @@ def test_an_advertisement_flood_costs_bounded_memory_and_one_check_per_advert() 
     assert remembered == MAX_ADVERTS
     assert checks == 50_001  # one predicate call per advertisement, not one per device kept
     assert peak < 10_000_000, f"{peak / 1e6:.1f} MB traced during the flood"
+
+
+def test_addresses_no_session_wanted_are_forgotten_soon_and_wanted_ones_kept() -> None:
+    """F-ADVERT: a random-address flood leaves the store within `unknown_expire` (30 s, as
+    BlueZ forgets temporary devices), while a device a session connected to is remembered for
+    the long `expire`, so its session finds it again at once."""
+    from bleak.backends.device import BLEDevice
+    from bleak.backends.scanner import AdvertisementData
+
+    from gateway.transport.ble.scanner import BleScanner
+
+    def heard(scanner: BleScanner, address: str) -> None:
+        data = AdvertisementData(
+            local_name=None,
+            manufacturer_data={},
+            service_data={},
+            service_uuids=[uuid16(0x180D)],
+            tx_power=None,
+            rssi=-60,
+            platform_data=(),
+        )
+        scanner._on_advertisement(BLEDevice(address, None, None), data)
+
+    wanted = "C0:FF:EE:00:00:42"
+
+    async def scenario() -> tuple[set[str], str]:
+        scanner = BleScanner(unknown_expire=0.05, expire=600.0)
+        for n in range(100):
+            heard(scanner, f"7A:00:00:00:{n >> 8:02X}:{n & 255:02X}")
+        heard(scanner, wanted)
+        found = await scanner.wait_for(lambda a: a.address == wanted, timeout=5)
+        await asyncio.sleep(0.1)  # past unknown_expire, far from expire
+        scanner._expire_old()
+        again = await scanner.wait_for(lambda a: a.address == wanted, timeout=5)
+        return set(scanner.adverts), again.address if again is found else "another advert"
+
+    remembered, again = asyncio.run(scenario())
+    assert remembered == {wanted}
+    assert again == wanted

@@ -45,6 +45,11 @@ _RESTART_BACKOFF_MAX = 10.0
 MAX_ADVERTS = 2000
 """Devices remembered at once. A radio sending random addresses would otherwise grow the store
 by ~1 KB an address for as long as they are kept; the oldest heard goes first."""
+UNKNOWN_EXPIRE = 30.0
+"""Seconds an address no session has wanted is remembered (BlueZ's own temporary-device
+timeout): a flood of random addresses leaves within this long, not `expire`."""
+MAX_WANTED = 256
+"""Addresses a session's predicate accepted, remembered for the long `expire`."""
 
 
 @dataclass(slots=True)
@@ -88,6 +93,7 @@ class BleScanner:
         active_every: float = 300.0,
         active_window: float = 10.0,
         max_adverts: int = MAX_ADVERTS,
+        unknown_expire: float = UNKNOWN_EXPIRE,
     ) -> None:
         self.adapter = adapter
         self.passive = passive
@@ -98,7 +104,10 @@ class BleScanner:
         self._last_window = -float("inf")
         self.watchdog = watchdog
         self.expire = expire
+        self.unknown_expire = unknown_expire
         self.max_adverts = max_adverts
+        self._wanted: OrderedDict[str, None] = OrderedDict()
+        """Addresses a waiter accepted (bounded, the most recent last): kept for `expire`."""
         self.adverts: OrderedDict[str, Advert] = OrderedDict()
         """By address, the least recently heard first."""
         self.restarts = 0
@@ -129,6 +138,7 @@ class BleScanner:
                 continue
             try:
                 if predicate(advert):
+                    self._want(advert.address)
                     waiter.set_result(advert)
             except Exception as exc:  # the waiter's bug is the waiter's, not bleak's callback's
                 waiter.set_exception(exc)
@@ -139,9 +149,13 @@ class BleScanner:
         """The newest advertisement for which `predicate` holds; waits for one to come."""
         now = time.monotonic()
         for advert in reversed(self.adverts.values()):  # the newest first
-            if now - advert.seen >= self.expire:
+            age = now - advert.seen
+            if age >= self.expire:
                 break  # all older ones expired too
+            if age >= self.unknown_expire and advert.address not in self._wanted:
+                continue
             if predicate(advert):
+                self._want(advert.address)
                 return advert
         waiter: asyncio.Future[Advert] = asyncio.get_running_loop().create_future()
         self._waiters[waiter] = predicate
@@ -292,7 +306,21 @@ class BleScanner:
             return False
         return True
 
+    def _want(self, address: str) -> None:
+        wanted = self._wanted
+        wanted.pop(address, None)
+        wanted[address] = None
+        while len(wanted) > MAX_WANTED:
+            wanted.popitem(last=False)
+
     def _expire_old(self) -> None:
-        cutoff = time.monotonic() - self.expire
-        for address in [a for a, advert in self.adverts.items() if advert.seen < cutoff]:
+        """Forget devices not heard for `expire`, and addresses no session wanted for
+        `unknown_expire`."""
+        now = time.monotonic()
+        wanted = self._wanted
+        for address in [
+            a
+            for a, advert in self.adverts.items()
+            if now - advert.seen >= (self.expire if a in wanted else self.unknown_expire)
+        ]:
             del self.adverts[address]
