@@ -59,10 +59,9 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     assert "NoNewPrivilege" in _verify(broken, tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
-def test_systemds_exposure_score_stays_below_the_reviewed_2_3(tmp_path: Path) -> None:
-    unit = tmp_path / "rtm-gateway.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/rtm-gateway", "/usr/bin/true"))
+def exposure_score(unit: Path) -> float:
+    """`systemd-analyze security --offline=true`'s overall exposure of a unit file (lower is
+    better; the review measured 2.3)."""
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(unit)],
         capture_output=True,
@@ -72,4 +71,11 @@ def test_systemds_exposure_score_stays_below_the_reviewed_2_3(tmp_path: Path) ->
     )
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert found, result.stdout[-500:] + result.stderr[-500:]
-    assert float(found.group(1)) <= 2.0
+    return float(found.group(1))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemds_exposure_score_stays_below_the_reviewed_2_3(tmp_path: Path) -> None:
+    unit = tmp_path / "rtm-gateway.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/rtm-gateway", "/usr/bin/true"))
+    assert exposure_score(unit) <= 2.0
