@@ -28,6 +28,7 @@ from gateway.hub.logs import loop_exception
 from gateway.hub.machine import Binding, MachineMovedError, bind_state_dir, boot_id
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import OutboxError
+from gateway.hub.outbox_space import SpaceLimits
 from gateway.hub.registry import AnyDriver, Registry
 from gateway.hub.signer import ChainHead, Signer
 from gateway.hub.systemd import Notifier
@@ -81,7 +82,12 @@ class HubState:
 
 
 def open_state(
-    state_dir: Path, outbox_path: Path, max_rows: int, *, moved: bool = False
+    state_dir: Path,
+    outbox_path: Path,
+    max_rows: int,
+    *,
+    moved: bool = False,
+    space: SpaceLimits | None = None,
 ) -> HubState:
     """Create the state dir if needed, check it belongs to this machine, load (or create) the
     identity and open the outbox."""
@@ -113,7 +119,7 @@ def open_state(
             "is the state dir writable and the disk not full?"
         ) from exc
     try:
-        outbox = Outbox.open(outbox_path, max_rows=max_rows)
+        outbox = Outbox.open(outbox_path, max_rows=max_rows, space=space)
     except OutboxError as exc:
         raise StartupError(str(exc)) from exc
     return HubState(identity, outbox, binding)
@@ -281,6 +287,7 @@ class Hub:
             config.hub.outbox_path,
             config.outbox.max_rows,
             moved=self._moved,
+            space=config.outbox.space,
         )
         outbox = state.outbox
         try:
