@@ -135,6 +135,19 @@ class Usage:
                 else:
                     device_rows.pop(device, None)
 
+    def remove_sums(self, gone: Iterable[tuple[int, str | None, int, int]]) -> None:
+        """Rows deleted, summed: (kind code, device, rows, body bytes) per kind and device."""
+        device_rows = self.device_rows
+        for kind, device, count, length in gone:
+            self.rows -= count
+            self.bytes -= length + count * ROW_OVERHEAD
+            if kind == 0:
+                left = device_rows.get(device, 0) - count
+                if left > 0:
+                    device_rows[device] = left
+                else:
+                    device_rows.pop(device, None)
+
     def commit(self) -> None:
         self._committed = (self.rows, self.bytes, dict(self.device_rows))
 
