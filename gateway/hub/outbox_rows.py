@@ -34,12 +34,9 @@ ON CONFLICT (id) DO UPDATE SET
     last_error = coalesce(excluded.last_error, last_error)
 """
 # Every delete says what it removed (RETURNING), so the running sums need no query of their own.
-# Acks delete many rows: summed in SQLite, then deleted (no Python object per row).
-_ACKED_SUM_SQL: Final = (
-    "SELECT kind, device, count(*), coalesce(sum(length(body)), 0) FROM outbox "
-    "WHERE seq BETWEEN ? AND ? GROUP BY kind, device"
+_ACKED_SQL: Final = (
+    "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING kind, device, length(body)"
 )
-_ACKED_SQL: Final = "DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
 _DROP_THROUGH_SQL: Final = (
     "DELETE FROM outbox WHERE seq <= ? AND kind = 0 RETURNING kind, device, length(body)"
 )
@@ -75,8 +72,7 @@ def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
 def delete_ranges(conn: sqlite3.Connection, usage: Usage, runs: Iterable[tuple[int, int]]) -> None:
     """Delete every row in `runs` (acknowledged: readings and events alike)."""
     for first, last in runs:
-        usage.remove_sums(conn.execute(_ACKED_SUM_SQL, (first, last)))
-        conn.execute(_ACKED_SQL, (first, last))
+        usage.remove(conn.execute(_ACKED_SQL, (first, last)))
 
 
 def delete_readings(

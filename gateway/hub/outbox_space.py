@@ -135,19 +135,6 @@ class Usage:
                 else:
                     device_rows.pop(device, None)
 
-    def remove_sums(self, gone: Iterable[tuple[int, str | None, int, int]]) -> None:
-        """Rows deleted, summed: (kind code, device, rows, body bytes) per kind and device."""
-        device_rows = self.device_rows
-        for kind, device, count, length in gone:
-            self.rows -= count
-            self.bytes -= length + count * ROW_OVERHEAD
-            if kind == 0:
-                left = device_rows.get(device, 0) - count
-                if left > 0:
-                    device_rows[device] = left
-                else:
-                    device_rows.pop(device, None)
-
     def commit(self) -> None:
         self._committed = (self.rows, self.bytes, dict(self.device_rows))
 
@@ -322,7 +309,8 @@ class Room:
         if not fills_disk and held * 2 < self.configured:
             return
         # Room for the ballast to come back (twice its size), taken `full_step` at a time.
-        cap = held - (2 * self.ballast.size if self.ballast.size else self.configured // 20)
+        step = 2 * self.ballast.size if self.ballast.size else self.configured // 20
+        cap = max(held // 2, held - step)
         if self._full_cap is None or cap < self._full_cap:
             log.warning(
                 "outbox %s: the outbox filled its disk; its byte cap is lowered to %d bytes "
