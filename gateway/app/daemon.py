@@ -31,6 +31,7 @@ from gateway.hub.logs import loop_exception
 from gateway.hub.machine import Binding, MachineMovedError, bind_state_dir, boot_id
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import OutboxError
+from gateway.hub.outbox_space import SpaceLimits
 from gateway.hub.registry import AnyDriver, Registry
 from gateway.hub.signer import ChainHead, Signer
 from gateway.hub.systemd import Notifier
@@ -79,7 +80,13 @@ class HubState:
 
 
 def open_state(
-    state_dir: Path, outbox_path: Path, max_rows: int, *, hub_id: str, moved: bool = False
+    state_dir: Path,
+    outbox_path: Path,
+    max_rows: int,
+    *,
+    hub_id: str,
+    moved: bool = False,
+    space: SpaceLimits | None = None,
 ) -> HubState:
     """Create the state dir if needed, check it belongs to this machine, load (or create) the
     identity, open the outbox and decide the log (`gateway.hub.log_start`: a damaged outbox
@@ -112,7 +119,7 @@ def open_state(
             "is the state dir writable and the disk not full?"
         ) from exc
     try:
-        opened = open_log(state_dir, outbox_path, max_rows, identity, hub_id)
+        opened = open_log(state_dir, outbox_path, max_rows, identity, hub_id, space=space)
     except OutboxError as exc:
         raise StartupError(str(exc)) from exc
     except OSError as exc:
@@ -205,6 +212,7 @@ class Hub:
             config.outbox.max_rows,
             hub_id=config.hub.id,
             moved=self._moved,
+            space=config.outbox.space,
         )
         outbox = state.outbox
         try:

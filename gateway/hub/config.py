@@ -21,6 +21,7 @@ from types import MappingProxyType
 from gateway.hub.config_drivers import DriversConfig, parse_drivers
 from gateway.hub.config_mqtt import MqttConfig, parse_mqtt
 from gateway.hub.config_reader import ConfigError, ConfigTable, kind_of
+from gateway.hub.outbox_space import SpaceLimits
 from gateway.sdk import OptionError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -65,6 +66,11 @@ class DeviceConfig:
     """BLE: the Device Information serial number, for devices whose address rotates."""
     options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     summary_interval: float = 1.0
+    max_rate: float | None = None
+    """Live readings per second kept (a token bucket); 0 is no limit. None: 10/s for a
+    driver that is not `continuous` (those are summarised instead), no limit for one that is."""
+    burst: int | None = None
+    """Readings the bucket holds: how many may come at once. None: twice `max_rate`, at least 1."""
 
     @property
     def is_ble(self) -> bool:
@@ -85,6 +91,8 @@ class DeviceConfig:
 class OutboxConfig:
     max_rows: int = 1_000_000
     commit_interval: float = 0.005
+    space: SpaceLimits = field(default_factory=SpaceLimits)
+    """`max_bytes`, `reserve_bytes`, `ballast_bytes` (see `outbox_space.SpaceLimits`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +154,23 @@ def parse_config(data: Mapping[str, object], file: Path, *, secrets: bool = True
     mqtt = parse_mqtt(root.table("mqtt", required=True), base, hub.id, secrets=secrets)
     devices = _devices(root, file)
     outbox_table = root.table("outbox")
-    outbox_table.check_known({"max_rows", "commit_interval_ms"})
+    outbox_table.check_known(
+        {"max_rows", "commit_interval_ms", "max_bytes", "reserve_bytes", "ballast_bytes"}
+    )
+
+    def size(key: str, low: int) -> int | None:
+        if key not in outbox_table.data:
+            return None
+        return outbox_table.integer(key, 0, low, 1 << 50)
+
     outbox = OutboxConfig(
         max_rows=outbox_table.integer("max_rows", 1_000_000, 100, 100_000_000),
         commit_interval=outbox_table.number("commit_interval_ms", 5.0, 0.0, 1000.0) / 1000.0,
+        space=SpaceLimits(
+            max_bytes=size("max_bytes", 1 << 20),
+            reserve=size("reserve_bytes", 0),
+            ballast_bytes=size("ballast_bytes", 0),
+        ),
     )
     log_table = root.table("log")
     log_table.check_known({"level"})
@@ -208,7 +229,18 @@ def _devices(root: ConfigTable, file: Path) -> tuple[DeviceConfig, ...]:
 
 
 def _device(table: ConfigTable, index: int) -> DeviceConfig:
-    table.check_known({"id", "driver", "patient", "options", "summary_interval", *_TRANSPORT_KEYS})
+    table.check_known(
+        {
+            "id",
+            "driver",
+            "patient",
+            "options",
+            "summary_interval",
+            "max_rate",
+            "burst",
+            *_TRANSPORT_KEYS,
+        }
+    )
     driver = table.text("driver", pattern=_DRIVER_ID, hint="a driver id such as contec.cms50d")
     patient = table.text(
         "patient",
@@ -256,6 +288,10 @@ def _device(table: ConfigTable, index: int) -> DeviceConfig:
         serial=serial,
         options=MappingProxyType(dict(options.data)),
         summary_interval=table.number("summary_interval", 1.0, 0.01, 3600.0),
+        max_rate=table.number("max_rate", 0.0, 0.0, 100_000.0)
+        if "max_rate" in table.data
+        else None,
+        burst=table.integer("burst", 1, 1, 1_000_000) if "burst" in table.data else None,
     )
 
 

@@ -350,12 +350,9 @@ class Journal:
     ) -> bool:
         jws = self._signer.jws
         entries = [
-            Entry(
-                ready.seq,
-                "reading" if type(item) is _Captured else "event",
-                jws(ready, signature),
-                item.hub_time,
-            )
+            Entry(ready.seq, "reading", jws(ready, signature), item.hub_time, item.device_id)
+            if type(item) is _Captured
+            else Entry(ready.seq, "event", jws(ready, signature), item.hub_time)
             for item, ready, signature in zip(batch, prepared, signatures, strict=True)
         ]
         deltas = {

@@ -36,6 +36,7 @@ from gateway.hub.identity import HubIdentity
 from gateway.hub.log_head import HeadFile, LogPosition, read_head_file
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import Entry, OutboxCorruptError
+from gateway.hub.outbox_space import SpaceLimits
 from gateway.hub.signer import ChainHead, Signer, new_log_id
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,13 @@ class _SetAside:
 
 
 def open_log(
-    state_dir: Path, outbox_path: Path, max_rows: int, identity: HubIdentity, hub_id: str
+    state_dir: Path,
+    outbox_path: Path,
+    max_rows: int,
+    identity: HubIdentity,
+    hub_id: str,
+    *,
+    space: SpaceLimits | None = None,
 ) -> OpenedLog:
     """Open the outbox and decide the log (see the module's docstring). Raises OutboxError
     for what a person must fix (locked, not writable, full disk), never for a damaged file."""
@@ -81,7 +88,7 @@ def open_log(
     set_aside: _SetAside | None = None
     damage: OutboxCorruptError | None = None
     try:
-        outbox = Outbox.open(outbox_path, max_rows=max_rows)
+        outbox = Outbox.open(outbox_path, max_rows=max_rows, space=space)
     except OutboxCorruptError as exc:
         damage = exc
     if damage is not None:
@@ -93,9 +100,9 @@ def open_log(
             damage,
             outbox_path.with_name(set_aside.file),
         )
-        outbox = Outbox.open(outbox_path, max_rows=max_rows)
+        outbox = Outbox.open(outbox_path, max_rows=max_rows, space=space)
     try:
-        return _decide(state_dir, outbox, head, set_aside, _Signing(identity, hub_id))
+        return _decide(state_dir, outbox, head, set_aside, _Signing(identity, hub_id, space))
     except BaseException:
         with contextlib.suppress(Exception):  # it may be closed already: keep the first error
             outbox.close()
@@ -106,6 +113,7 @@ def open_log(
 class _Signing:
     identity: HubIdentity
     hub_id: str
+    space: SpaceLimits | None = None  # for an outbox opened again after one is set aside
 
 
 def _decide(
@@ -156,7 +164,7 @@ def _decide(
             path.with_name(set_aside.file),
             entries,
         )
-        outbox = Outbox.open(path, max_rows=outbox.max_rows)
+        outbox = Outbox.open(path, max_rows=outbox.max_rows, space=signing.space)
     return _start(state_dir, outbox, reason, previous, set_aside, signing)
 
 

@@ -2,9 +2,10 @@
 
 One SQLite file in WAL mode with ``synchronous=FULL``. A batch of entries is one transaction and
 one fsync (group commit); once `Outbox.append` returns, the batch survives kill -9 and power loss.
-Rows leave only through `Outbox.ack` (after the broker's PUBACK) or through ``drop_through`` when
-the size cap is reached, and then the caller puts a signed gap event for the dropped range in the
-same transaction, so nothing disappears silently. The cap drops readings only, never events.
+Rows leave only through `Outbox.ack` (after the broker's PUBACK) or through a drop when a cap
+(rows or bytes) is reached, and then the caller puts a signed gap event for the dropped seqs in
+the same transaction, so nothing disappears silently. The cap drops readings only, never events.
+Rows and bytes held are running sums; the byte cap and the ballast are `outbox_space.Room`'s.
 
 What lives here: the `Outbox` writer (append, lease, ack, flush, per-device counters, meta
 values, checkpoints). Opening the file (lock, WAL, schema, migrations), the exception tree and
@@ -34,13 +35,14 @@ from typing import Final
 from gateway.hub.outbox_file import (
     DeviceDelta,
     DeviceStats,
+    Dropped,
     Entry,
-    Kind,
     MetaValue,
     OutboxSequenceError,
     OutboxStats,
     connect,
     file_size,
+    is_disk_full,
     meta_value,
     probe_write,
     read_devices,
@@ -48,12 +50,26 @@ from gateway.hub.outbox_file import (
     take_lock,
     translate_error,
 )
+from gateway.hub.outbox_rows import (
+    DEVICE_SQL,
+    INSERT_SQL,
+    KIND_CODES,
+    KINDS,
+    LEASE_SQL,
+    Guard,
+    delete_ranges,
+    delete_readings,
+    device_counter_rows,
+    device_oldest,
+    oldest_readings,
+    ranges,
+    vacuum_some,
+)
+from gateway.hub.outbox_space import ROW_OVERHEAD, Room, SpaceLimits, Usage
 
 log = logging.getLogger(__name__)
+_LEASE_SQL, _ranges = LEASE_SQL, ranges  # the names tests know
 
-# Stored as 0/1: smaller rows, and the tuple gives mypy the Literal back on the way out.
-_KINDS: Final[tuple[Kind, Kind]] = ("reading", "event")
-_KIND_CODES: Final[Mapping[str, int]] = {"reading": 0, "event": 1}
 # Meta keys the outbox owns; `set_meta` refuses them so a caller cannot rewind the sequence.
 _RESERVED_META: Final = frozenset({"last_seq", "last_hash", "last_ack", "created", "opened"})
 
@@ -61,38 +77,24 @@ _RESERVED_META: Final = frozenset({"last_seq", "last_hash", "last_ack", "created
 # inside `append`'s own commit, and counts rows as well as commits so a burst is bounded too.
 CHECKPOINT_EVERY_COMMITS: Final = 256
 CHECKPOINT_EVERY_ROWS: Final = 20_000
+# ... and the WAL's estimated bytes (`Room.wal_budget`), so a full disk's ballast can hold it.
+WAL_BYTES_PER_COMMIT: Final = 4 * 4096  # a commit rewrites a few pages besides its rows
 # After a long outage drains, give the freed pages back to the filesystem a little at a time.
 VACUUM_FREE_PAGES: Final = 2_048
 VACUUM_STEP_PAGES: Final = 256
-
-_LEASE_SQL: Final = "SELECT seq, kind, body, created FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
-_INSERT_SQL: Final = "INSERT INTO outbox (seq, kind, body, created) VALUES (?, ?, ?, ?)"
-_DEVICE_SQL: Final = """
-INSERT INTO devices (id, readings, decode_errors, last_reading, last_error)
-VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
-    readings = readings + excluded.readings,
-    decode_errors = decode_errors + excluded.decode_errors,
-    last_reading = coalesce(excluded.last_reading, last_reading),
-    last_error = coalesce(excluded.last_error, last_error)
-"""
-
-
-def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
-    """Compress sequence numbers to inclusive (first, last) runs, so deletes are PK ranges."""
-    out: list[tuple[int, int]] = []
-    for seq in sorted(set(seqs)):
-        if out and seq == out[-1][1] + 1:
-            out[-1] = (out[-1][0], seq)
-        else:
-            out.append((seq, seq))
-    return out
 
 
 class Outbox:
     """The open outbox of one state directory. Create it with `Outbox.open`."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int, max_rows: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        lock_fd: int,
+        max_rows: int,
+        room: Room,
+    ) -> None:
         self._path = path
         self._conn = conn
         self._lock_fd = lock_fd
@@ -102,20 +104,29 @@ class Outbox:
         self._txn_acks: list[tuple[int, int]] = []
         self._txn_meta: dict[str, MetaValue] = {}
         self._replay = False
-        self._commits_since_ckpt = 0
-        self._rows_since_ckpt = 0
+        self._commits_since_ckpt = self._rows_since_ckpt = self._bytes_since_ckpt = 0
+        self._ckpt_failed = False
         self._last_seq, self._last_hash = read_head(conn, path)
-        self._depth = self._committed_depth = self._count()
+        self._usage = Usage.load(conn)
+        self._room = room
         probe_write(conn, path)
+        self._room.start()
 
     # ---- opening and closing -----------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, max_rows: int = 1_000_000) -> Outbox:
+    def open(
+        cls,
+        path: Path,
+        max_rows: int = 1_000_000,
+        *,
+        space: SpaceLimits | None = None,
+    ) -> Outbox:
         """Open the outbox at `path`, creating it (and its directory) on first run.
 
         Takes an exclusive advisory lock on ``<path>.lock`` so a second daemon on the same state
-        dir is refused instead of interleaving sequence numbers.
+        dir is refused instead of interleaving sequence numbers. `space` sets the byte cap and the
+        ballast (``<path>.ballast``); by default both are derived from the free space.
         """
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1")
@@ -124,7 +135,8 @@ class Outbox:
         try:
             conn = connect(path)
             try:
-                return cls(path, conn, lock_fd, max_rows)
+                room = Room(path, space or SpaceLimits())
+                return cls(path, conn, lock_fd, max_rows, room)
             except sqlite3.Error as exc:
                 conn.close()
                 raise translate_error(exc, path, "open the outbox") from exc
@@ -169,6 +181,32 @@ class Outbox:
     def max_rows(self) -> int:
         return self._max_rows
 
+    @property
+    def max_bytes(self) -> int:
+        """The byte cap in force: the configured or derived one, lower while the outbox itself
+        has filled its disk (until the ballast can be made again)."""
+        return self._room.max_bytes
+
+    @property
+    def room(self) -> Room:
+        return self._room
+
+    def stored_bytes(self) -> int:
+        """Bytes the rows count against the cap (bodies plus a fixed overhead per row)."""
+        return self._usage.bytes
+
+    def device_rows(self) -> dict[str | None, int]:
+        """Readings held per device (None: readings stored before devices were recorded)."""
+        return dict(self._usage.device_rows)
+
+    def device_oldest(
+        self, device: str | None, after_seq: int, limit: int
+    ) -> list[tuple[int, int]]:
+        """(seq, stored size) of `device`'s `limit` oldest readings after `after_seq`."""
+        with self._guard("read from"):
+            rows = device_oldest(self._conn, device, after_seq, limit)
+        return [(seq, length + ROW_OVERHEAD) for seq, length in rows]
+
     def head(self) -> tuple[int, str]:
         """(last_seq, last_hash) of the last committed entry; (0, "") for a new outbox.
 
@@ -178,13 +216,13 @@ class Outbox:
 
     def depth(self) -> int:
         """Rows waiting for an ack (acks not yet flushed are already subtracted)."""
-        return self._depth
+        return self._usage.rows
 
     def lease(self, after_seq: int, limit: int) -> list[Entry]:
         """The `limit` oldest entries with seq > `after_seq`, in seq order (a PK range scan)."""
         with self._guard("read from"):
             rows = self._conn.execute(_LEASE_SQL, (after_seq, limit)).fetchall()
-        return [Entry(seq, _KINDS[kind], body, created) for seq, kind, body, created in rows]
+        return [Entry(seq, KINDS[kind], body, created) for seq, kind, body, created in rows]
 
     def oldest_seqs(self, n: int) -> tuple[int, int, int] | None:
         """(first_seq, last_seq, count) of the `n` oldest readings, or None when there are none.
@@ -194,19 +232,14 @@ class Outbox:
         so an announcement of an earlier drop can never itself be dropped unannounced.
         """
         with self._guard("read from"):
-            first, last, count = self._conn.execute(
-                "SELECT min(seq), max(seq), count(*) FROM "
-                "(SELECT seq FROM outbox WHERE kind = 0 ORDER BY seq LIMIT ?)",
-                (n,),
-            ).fetchone()
-        return None if count == 0 else (first, last, count)
+            return oldest_readings(self._conn, n)
 
     def stats(self) -> OutboxStats:
         with self._guard("read from"):
             row = self._conn.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
             last_ack = self.get_meta("last_ack")
         return OutboxStats(
-            depth=self._depth,
+            depth=self._usage.rows,
             oldest_created=None if row is None else float(row[0]),
             newest_seq=self._last_seq,
             last_ack=None if last_ack is None else float(last_ack),
@@ -230,15 +263,16 @@ class Outbox:
         self,
         entries: Sequence[Entry],
         last_hash: str,
-        drop_through: int | None = None,
+        drop_through: int | Sequence[Dropped] | None = None,
         devices: Mapping[str, DeviceDelta] | None = None,
         meta: Mapping[str, MetaValue] | None = None,
     ) -> None:
         """Store `entries` and everything pending in ONE transaction (one fsync).
 
         `entries` must continue the sequence: seqs last_seq + 1, + 2, ... `last_hash` is the
-        chain hash after the last of them. `drop_through` deletes every reading with seq <= it
-        (the cap; the gap event announcing it should be among `entries`; events are kept).
+        chain hash after the last of them. `drop_through` deletes every reading with seq <= it,
+        or given `Dropped` records, the readings of their device in their ranges (the cap; the
+        gap events announcing them should be among `entries`; events are kept).
         `devices` is added to the per-device counters. `meta` values are stored in the same
         transaction (positions that must not run ahead of the entries; unlike `set_meta` they are
         not replayed after a failed commit: the caller retries them with the entries). On error
@@ -253,7 +287,10 @@ class Outbox:
                 )
         if not entries and last_hash != self._last_hash:
             raise OutboxSequenceError(f"outbox {self._path}: last_hash changed without new entries")
-        if drop_through is not None and drop_through > self._last_seq:
+        through = drop_through if isinstance(drop_through, int) else None
+        drops = () if isinstance(drop_through, int) else drop_through or ()
+        top = max((r[1] for d in drops for r in d.ranges), default=through)
+        if top is not None and top > self._last_seq:
             raise OutboxSequenceError(
                 f"outbox {self._path}: drop_through={drop_through} would drop entries not yet "
                 f"stored (the stored sequence ends at {self._last_seq})"
@@ -261,26 +298,18 @@ class Outbox:
         if meta and (reserved := _RESERVED_META.intersection(meta)):
             raise ValueError(f"meta keys {sorted(reserved)} belong to the outbox")
         new_seq = self._last_seq + len(entries)
+        usage = self._usage
         with self._guard("write to", rollback=True):
             self._begin()
-            cur = self._conn.executemany(
-                _INSERT_SQL,
-                [(e.seq, _KIND_CODES[e.kind], e.body, e.created) for e in entries],
+            # The drop first: on a full disk the new rows need the pages it frees.
+            delete_readings(self._conn, usage, through, drops)
+            self._conn.executemany(
+                INSERT_SQL,
+                [(e.seq, KIND_CODES[e.kind], e.body, e.created, e.device) for e in entries],
             )
-            delta = len(entries)
-            if drop_through is not None:
-                cur = self._conn.execute(
-                    "DELETE FROM outbox WHERE seq <= ? AND kind = 0", (drop_through,)
-                )
-                delta -= cur.rowcount
+            added = usage.add_entries(entries)
             if devices:
-                self._conn.executemany(
-                    _DEVICE_SQL,
-                    [
-                        (dev, d.readings, d.decode_errors, d.last_reading, d.last_error)
-                        for dev, d in devices.items()
-                    ],
-                )
+                self._conn.executemany(DEVICE_SQL, device_counter_rows(devices))
             if meta:
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items())
@@ -290,21 +319,21 @@ class Outbox:
                     "UPDATE meta SET value = ? WHERE key = ?",
                     [(new_seq, "last_seq"), (last_hash, "last_hash")],
                 )
-            self._depth += delta
             self._commit()
         self._last_seq, self._last_hash = new_seq, last_hash
         self._rows_since_ckpt += len(entries)
+        self._bytes_since_ckpt += added
         self._housekeeping()
 
     def ack(self, seqs: Iterable[int], now: float | None = None) -> None:
         """The broker acknowledged these: delete them, committed with the next append/flush."""
-        ranges = _ranges(seqs)
-        if not ranges:
+        runs = _ranges(seqs)
+        if not runs:
             return
         with self._guard("write to", rollback=True):
             self._begin()
-            self._delete_ranges(ranges)
-            self._txn_acks.extend(ranges)
+            delete_ranges(self._conn, self._usage, runs)
+            self._txn_acks.extend(runs)
             self._set_meta_in_txn("last_ack", time.time() if now is None else now)
 
     def flush(self) -> None:
@@ -329,21 +358,24 @@ class Outbox:
         self.flush()
         with self._guard("checkpoint"):
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        self._commits_since_ckpt = self._rows_since_ckpt = 0
+        self._commits_since_ckpt = self._rows_since_ckpt = self._bytes_since_ckpt = 0
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _guard(self, doing: str, *, rollback: bool = False) -> _Guard:
-        return _Guard(self, doing, rollback)
+    def _guard(self, doing: str, *, rollback: bool = False) -> Guard:
+        on_full = lambda: self._room.disk_full(self._usage.bytes)  # noqa: E731
+        return Guard(self._path, doing, self._abort if rollback else None, on_full)
 
     def _begin(self) -> None:
+        if self._in_txn and not self._conn.in_transaction:
+            self._abort()  # SQLite rolled it back itself (a full disk): redo what it carried
         if self._in_txn:
             return
         self._conn.execute("BEGIN IMMEDIATE")
         self._in_txn = True
         if self._replay:
             # The previous transaction failed: redo the acks and meta values it carried.
-            self._delete_ranges(self._txn_acks)
+            delete_ranges(self._conn, self._usage, self._txn_acks)
             for key, value in self._txn_meta.items():
                 self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
             self._replay = False
@@ -353,8 +385,9 @@ class Outbox:
         self._in_txn = False
         self._txn_acks.clear()
         self._txn_meta.clear()
-        self._committed_depth = self._depth
+        self._usage.commit()
         self._commits_since_ckpt += 1
+        self._bytes_since_ckpt += WAL_BYTES_PER_COMMIT
 
     def _abort(self) -> None:
         """After a failed statement or commit: roll back, keep acks and meta for the next try."""
@@ -364,7 +397,7 @@ class Outbox:
             except sqlite3.Error as exc:
                 log.warning("outbox %s: rollback failed (%s)", self._path, exc)
         self._in_txn = False
-        self._depth = self._committed_depth
+        self._usage.rollback()
         self._replay = bool(self._txn_acks or self._txn_meta)
         if self._replay:
             # Redo them now so lease/depth go on seeing the acks; if that fails too, the next
@@ -376,61 +409,41 @@ class Outbox:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 self._in_txn = False
-                self._depth = self._committed_depth
+                self._usage.rollback()
                 self._replay = True
-
-    def _delete_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
-        for first, last in ranges:
-            cur = self._conn.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last))
-            self._depth -= cur.rowcount
 
     def _set_meta_in_txn(self, key: str, value: MetaValue) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         self._txn_meta[key] = value
 
     def _housekeeping(self) -> None:
-        """Bound the WAL and give freed pages back; failures here lose nothing, so only log."""
-        if self._in_txn or (
+        """Bound the WAL and give freed pages back; failures here lose nothing, so only log.
+        Without the ballast (the disk was full) it runs after every commit, so what acks and
+        drops free reaches the filesystem and the ballast can come back."""
+        if self._in_txn:
+            return
+        self._room.recover(self._usage.bytes)
+        urgent = self._room.ballast.size > 0 and not self._room.ballast.present
+        if not urgent and (
             self._commits_since_ckpt < CHECKPOINT_EVERY_COMMITS
             and self._rows_since_ckpt < CHECKPOINT_EVERY_ROWS
+            and self._bytes_since_ckpt < self._room.wal_budget
         ):
             return
-        try:
+        try:  # PASSIVE: the WAL file stays, and its room is reused by the next transactions
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self._commits_since_ckpt = self._rows_since_ckpt = 0
-            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-            if free > VACUUM_FREE_PAGES:
-                # The pragma frees one page per step and execute() steps only once;
-                # executescript() steps it to the end, in a transaction of its own.
-                self._conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})")
+            self._commits_since_ckpt = self._rows_since_ckpt = self._bytes_since_ckpt = 0
+            above, step = (0, 64) if urgent else (VACUUM_FREE_PAGES, VACUUM_STEP_PAGES)
+            vacuum_some(self._conn, above, step)
+            self._ckpt_failed = False
         except sqlite3.Error as exc:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+            if is_disk_full(exc):
+                self._room.disk_full(self._usage.bytes)
+            if self._ckpt_failed:  # once per run of failures: on a full disk it is every commit
+                return
+            self._ckpt_failed = True
             log.warning(
                 "outbox %s: checkpoint/vacuum failed (%s); will retry later", self._path, exc
             )
-
-    def _count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
-
-
-class _Guard:
-    """Translates sqlite3 errors into outbox errors, rolling back a failed write."""
-
-    __slots__ = ("_box", "_doing", "_rollback")
-
-    def __init__(self, box: Outbox, doing: str, rollback: bool) -> None:
-        self._box, self._doing, self._rollback = box, doing, rollback
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        if exc is None:
-            return
-        if self._rollback:
-            self._box._abort()
-        if isinstance(exc, sqlite3.Error):
-            raise translate_error(exc, self._box.path, self._doing) from exc

@@ -3,11 +3,11 @@
 What lives here: the exclusive lock on ``<outbox>.lock`` (`take_lock`); the connection with WAL,
 ``synchronous=FULL`` and no auto-checkpoint, since the writer runs its own (`connect`); the
 schema and its migrations (`SCHEMA_VERSION`); the checks every open makes (`read_head`,
-`probe_write`); the row records (`Entry`, `Kind`, `DeviceDelta`, `MetaValue`, `DeviceStats`,
-`OutboxStats`); the exception tree; and `translate_error`, which turns an sqlite3 or OS error
-into the outbox error that says what to do (read-only, disk full, damaged, locked). What may
-not: writing entries (that is `gateway.hub.outbox`) or reading for `status` (that is
-`gateway.hub.outbox_status`).
+`probe_write`); the row records (`Entry`, `Kind`, `Dropped`, `DeviceDelta`, `MetaValue`,
+`DeviceStats`, `OutboxStats`); the exception tree; `is_disk_full`; and `translate_error`, which
+turns an sqlite3 or OS error into the outbox error that says what to do (read-only, disk full,
+damaged, locked). What may not: writing entries (that is `gateway.hub.outbox`) or reading for
+`status` (that is `gateway.hub.outbox_status`).
 """
 
 from __future__ import annotations
@@ -28,18 +28,20 @@ log = logging.getLogger(__name__)
 Kind = Literal["reading", "event"]
 MetaValue = str | int | float
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # Truncate a WAL that a burst grew beyond this once it has been checkpointed.
 WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 
 _SQLITE_FULL: Final = 13
 
-_SCHEMA_V1: Final = (
+# The current schema for a new file (schema 1 had no `device` column).
+_SCHEMA: Final = (
     """CREATE TABLE outbox (
         seq INTEGER PRIMARY KEY,
         kind INTEGER NOT NULL CHECK (kind IN (0, 1)),
         body BLOB NOT NULL,
-        created REAL NOT NULL
+        created REAL NOT NULL,
+        device TEXT
     )""",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
     """CREATE TABLE devices (
@@ -51,8 +53,20 @@ _SCHEMA_V1: Final = (
     ) WITHOUT ROWID""",
 )
 
+# The cap drops the oldest readings of the device holding the most (`Outbox.device_oldest`).
+# Partial: events are never dropped, and an index entry per event would only cost writes.
+_DEVICE_INDEX: Final = "CREATE INDEX outbox_device ON outbox (device, seq) WHERE kind = 0"
+
+
+def _add_device_column(conn: sqlite3.Connection) -> None:
+    """Schema 2: each reading names its device, so the cap can take from the chattiest. Rows
+    stored before have none; they share one bucket (device null) at the cap."""
+    conn.execute("ALTER TABLE outbox ADD COLUMN device TEXT")
+    conn.execute(_DEVICE_INDEX)
+
+
 # user_version N -> function that upgrades a database from N to N + 1, inside one transaction.
-_MIGRATIONS: Final[Mapping[int, Callable[[sqlite3.Connection], None]]] = {}
+_MIGRATIONS: Final[Mapping[int, Callable[[sqlite3.Connection], None]]] = {1: _add_device_column}
 
 
 class OutboxError(Exception):
@@ -85,12 +99,23 @@ class OutboxSequenceError(OutboxError):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One signed log entry. `body` is the JWS (flattened JSON) text; `created` is hub epoch s."""
+    """One signed log entry. `body` is the JWS (flattened JSON) text; `created` is hub epoch s.
+    `device` is the id of a reading's device (None for events), for the per-device share."""
 
     seq: int
     kind: Kind
     body: bytes
     created: float
+    device: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Readings of one device dropped at the cap: the inclusive seq `ranges` (runs of dropped
+    seqs, in order) that a signed gap event announces in the same transaction."""
+
+    device: str | None
+    ranges: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +152,13 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL, or ENOSPC/EDQUOT from the OS: the filesystem (or quota) has no room."""
+    if isinstance(exc, sqlite3.Error):
+        return ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) == _SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def translate_error(exc: BaseException, path: Path, doing: str) -> OutboxError:
     """Turn an sqlite3 or OS error into the outbox error that says what to do about it."""
     if isinstance(exc, sqlite3.Error):
@@ -150,8 +182,9 @@ def translate_error(exc: BaseException, path: Path, doing: str) -> OutboxError:
     if full:
         return OutboxFullError(
             f"cannot {doing} {path}: the disk is full ({exc}). Everything committed before is "
-            "intact and this batch was not stored; free space on that filesystem or lower the "
-            "outbox's max_rows."
+            "intact and this batch was not stored; the hub released its ballast file and drops "
+            "the oldest readings under a signed gap event until the batch fits. Free space on "
+            "that filesystem, or lower the outbox's max_bytes."
         )
     if readonly:
         return OutboxNotWritableError(
@@ -260,13 +293,14 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
 
 def _create_or_migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
     if version == 0:
-        for ddl in _SCHEMA_V1:
+        for ddl in _SCHEMA:
             conn.execute(ddl)
+        conn.execute(_DEVICE_INDEX)
         conn.executemany(
             "INSERT INTO meta VALUES (?, ?)",
             [("last_seq", 0), ("last_hash", ""), ("created", time.time())],
         )
-        version = 1
+        version = SCHEMA_VERSION
     if version > SCHEMA_VERSION:
         raise OutboxError(
             f"{path} was written by a newer rtm-gateway (schema {version}, this one knows "

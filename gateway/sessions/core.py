@@ -15,7 +15,13 @@ take. It owns one device's decoder and does, in one place:
   pauses for longer than an interval, the cadence starts again at its next value. Of several
   values decoded from one input, the last is kept;
 - flush at link end: a decoder that holds part of a record (`Flushable`) hands it over when the
-  stream or connection ends, and what it returns is signed.
+  stream or connection ends, and what it returns is signed;
+- the per-device rate limit: a token bucket of `max_rate` live readings a second holding
+  `burst` (defaults: 10/s and 20 for a driver that is not continuous, none for one that is,
+  since those are summarised). A reading over the limit is dropped before it is signed, counted,
+  and reported once per `RATE_REPORT_INTERVAL` (and when the stream ends) as a signed
+  `rate-limited` event and a WARNING with counts only. Stored records are never limited: they
+  are the device's memory, acknowledged to it only once stored.
 
 No I/O lives here, and no transport or driver is imported.
 """
@@ -26,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from gateway.hub.config import DeviceConfig
 from gateway.hub.journal import Journal
@@ -36,6 +42,11 @@ from gateway.sdk import TRACE, DecodeError, FeedResult, Flushable, Reading
 log = logging.getLogger(__name__)
 
 DecoderT = TypeVar("DecoderT")
+
+# Live readings a second a device that is not `continuous` may sign, unless configured.
+DEFAULT_MAX_RATE: Final = 10.0
+# Seconds between `rate-limited` events (and WARNINGs) while a device is over its rate.
+RATE_REPORT_INTERVAL = 60.0
 
 
 class DeviceUnavailable(Exception):
@@ -70,6 +81,17 @@ class ReadingPath(Generic[DecoderT]):
         self._next_due: dict[str, float] = {}
         self.readings = 0
         self.decode_errors = 0
+        rate = (
+            device.max_rate
+            if device.max_rate is not None
+            else (None if continuous else DEFAULT_MAX_RATE)
+        )
+        self.max_rate = rate or None  # 0 is no limit
+        self._burst = float(device.burst or max(1, round(2 * (rate or 0))))
+        self._tokens, self._filled = self._burst, time.monotonic()
+        self.rate_dropped = 0
+        self._unreported = 0
+        self._window_start = 0.0
 
     def open(self) -> None:
         """A stream or connection starts: a fresh decoder."""
@@ -86,6 +108,8 @@ class ReadingPath(Generic[DecoderT]):
                 return
             for reading in self._take(result):
                 self.submit(reading)
+        if self._unreported:
+            self._report_rate(time.monotonic())
 
     def decode(self, call: Callable[[DecoderT], FeedResult]) -> list[Reading]:
         """The readings `call(decoder)` returns, its errors counted. A driver that raises gets
@@ -134,7 +158,10 @@ class ReadingPath(Generic[DecoderT]):
         return readings[-1:]
 
     def submit(self, reading: Reading, identity: Mapping[str, object] | None = None) -> None:
-        """Hand a reading to the journal (under `identity`, for a companion service's value)."""
+        """Hand a reading to the journal (under `identity`, for a companion service's value),
+        unless the device is over its rate: then it is only counted."""
+        if self.max_rate is not None and not self._admit():
+            return
         self.readings += 1
         self._journal.submit(
             identity or self.identity, self.device.id, self.device.patient, reading, time.time()
@@ -157,6 +184,45 @@ class ReadingPath(Generic[DecoderT]):
             committed=committed,
         )
         return committed
+
+    def _admit(self) -> bool:
+        """Take a token from the bucket; report the dropped count when an interval is over."""
+        now = time.monotonic()
+        rate = self.max_rate or 0.0
+        self._tokens = min(self._burst, self._tokens + (now - self._filled) * rate)
+        self._filled = now
+        admitted = self._tokens >= 1.0
+        if admitted:
+            self._tokens -= 1.0
+        else:
+            if not self._unreported:
+                self._window_start = now
+            self._unreported += 1
+            self.rate_dropped += 1
+        if self._unreported and now - self._window_start >= RATE_REPORT_INTERVAL:
+            self._report_rate(now)
+        return admitted
+
+    def _report_rate(self, now: float) -> None:
+        dropped, self._unreported = self._unreported, 0
+        interval = max(now - self._window_start, 0.0)
+        log.warning(
+            "device %s: %d readings over its rate of %g/s dropped in the last %.0f s; check "
+            "the device (it sends more than it should) or raise its max_rate",
+            self.device.id,
+            dropped,
+            self.max_rate,
+            interval,
+        )
+        self._journal.event(
+            "rate-limited",
+            {
+                "device": self.device.id,
+                "dropped": dropped,
+                "interval_s": round(interval, 3),
+                "max_rate": self.max_rate,
+            },
+        )
 
     def count_error(self, error: DecodeError) -> None:
         self.decode_errors += 1
