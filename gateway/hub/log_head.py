@@ -5,7 +5,8 @@ whether that position is final. The journal tells it of every commit group; it i
 atomically (a temporary file, fsync, rename, fsync of the directory) at most once per
 `HEAD_INTERVAL` with `"final": false`, so after a crash it names a group committed at most that
 long before the last one (a lower bound: later entries of its log may exist, and may have been
-sent), and on shutdown with `"final": true` (the log's exact last position). At start the hub
+sent), and on shutdown (and at start, before a group follows) with `"final": true` (the log's
+exact last position; the next group's write makes it not final at once). At start the hub
 compares it with the outbox (`gateway.hub.log_start`): an outbox that is missing, older or of
 another log than the head file is not continued. What may not live here: the outbox, signing,
 the decision what to do at start.
