@@ -1,6 +1,7 @@
 """F-SEQ against the real daemon (`rtm-gateway run`), a real mosquitto and a simulated serial
 oximeter: a damaged outbox is set aside, the daemon stays up and goes on signing into a new,
-announced log that `--strict` verification accepts; `rtm-gateway verify --strict --state`
+announced log that `--strict` verification accepts (after a clean stop naming the old log's
+exact end, after kill -9 a lower bound); `rtm-gateway verify --strict --state`
 follows a switch after a restore and fails the old log after it; a bad config exits 2 (no
 restart loop)."""
 
@@ -87,12 +88,68 @@ def test_a_damaged_outbox_is_set_aside_and_the_daemon_goes_on_in_a_new_log(
     damaged = next(s for s in started if s["log"] != log_a)
     assert damaged["seq"] == 1 and damaged["detail"]["reason"] == "outbox-damaged"
     assert damaged["detail"]["previous"]["log"] == log_a
+    # A clean stop wrote the head file final: the announcement names log A's exact end.
+    seqs_a = [c.payload["seq"] for c in checked if c.payload["log"] == log_a]
+    assert damaged["detail"]["previous"]["exact"] is True
+    assert damaged["detail"]["previous"]["last_seq"] == max(seqs_a)
     assert damaged["detail"]["set_aside"]["file"] == aside[0]
     # Every (log, seq) has one content, and the pinned-key strict check accepts the switch.
     contents: dict[tuple[str, int], set[str]] = {}
     for c in checked:
         contents.setdefault((c.payload["log"], c.payload["seq"]), set()).add(c.jws["payload"])
     assert all(len(v) == 1 for v in contents.values())
+    verifier = Verifier({"hub-test": PublicKey.from_jwk(jwk)}, strict=True, check_schema=True)
+    for message in subscriber.snapshot():
+        verifier.feed(message.topic, message.payload)
+    report = verifier.report()
+    assert report.ok, report.render()
+    assert report.hubs[0].log_switches == 1
+
+
+def test_after_a_crash_the_lagging_head_file_is_announced_as_a_lower_bound(
+    tmp_path: Path, mosquitto: BrokerFactory, mqtt_subscriber: SubscriberFactory
+) -> None:
+    """kill -9 while readings flow: the head file (written at most once a second) may be
+    behind what was sent; after a damaged outbox the new log says so (`exact: false`), and
+    `--strict` verification of everything sent accepts the switch."""
+    broker = mosquitto("plain")
+    subscriber = mqtt_subscriber(broker, "rtm/v1/#")
+    link = tmp_path / "ttyCMS"
+    start_simulator(link, tmp_path / "sim.log", rate=60)
+    config = write_config(tmp_path, broker, [cms50d_device(link, interval=0.05)])
+    jwk = hub_jwk(config)
+    state = tmp_path / "state"
+
+    first = start_daemon(config, tmp_path / "hub1.log")
+    assert subscriber.wait_for(lambda m: _readings_in(m, None, other=True) >= 20, 30), first.log()
+    first.kill9()  # no drain: the head file stays as the last interval write left it
+    head = json.loads((state / "head.json").read_text())
+    assert head["final"] is False
+    (log_a,) = {b["log"] for b in _bodies(subscriber.snapshot())}
+    for name in ("outbox.sqlite", "outbox.sqlite-wal"):  # after kill -9 the WAL holds the rest
+        path = state / name
+        if path.exists():
+            path.write_bytes(b"\x55" * path.stat().st_size)
+
+    second = start_daemon(config, tmp_path / "hub2.log")
+    try:
+        arrived = subscriber.wait_for(lambda m: _readings_in(m, log_a, other=True) >= 5, 30)
+        assert arrived, second.log()
+    finally:
+        assert second.stop() == 0
+    checked = verify_messages(subscriber.snapshot(), jwk)
+    damaged = next(
+        c.payload
+        for c in checked
+        if c.payload.get("event") == "log-started" and c.payload["log"] != log_a
+    )
+    assert damaged["detail"]["reason"] == "outbox-damaged"
+    assert damaged["detail"]["previous"] == {
+        "log": log_a,
+        "last_seq": head["seq"],
+        "last_hash": head["hash"],
+        "exact": False,
+    }
     verifier = Verifier({"hub-test": PublicKey.from_jwk(jwk)}, strict=True, check_schema=True)
     for message in subscriber.snapshot():
         verifier.feed(message.topic, message.payload)
@@ -119,7 +176,7 @@ def test_verify_strict_state_follows_a_restore_and_fails_the_old_log_after_it(
     state_dir, backup = tmp_path / "state", tmp_path / "backup"
     start(state_dir, 4)
     shutil.copytree(state_dir, backup)
-    log_a = start(state_dir, 5)  # log A: seq 1..10 (the outbox was never sent: all of it)
+    log_a = start(state_dir, 5, clean=True)  # log A: 1..10 (the outbox never sent: all of it)
     for name in ("outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm"):
         if (backup / name).exists():
             shutil.copy2(backup / name, state_dir / name)

@@ -7,7 +7,10 @@ seq is unique within its log. At start `open_log` compares the outbox with the h
 - the outbox holds the head file's log, at or past its seq: the log goes on;
 - no outbox yet, or one the hub cannot prove is the newest (older than the head file, of
   another log, no head file), or a damaged one: a new log starts, and its first entry is a
-  signed `log-started` event naming the previous log's last seq and hash where known.
+  signed `log-started` event naming the previous log's last seq and hash where known, and
+  whether that seq is `exact` (from the kept outbox, or a head file written final on shutdown)
+  or a lower bound (a head file written while groups committed, before a crash: later entries
+  of that log may have been sent).
 
 A damaged outbox (or one superseded by the head file) is set aside under
 ``outbox.sqlite.damaged-<UTC time>`` (``superseded-``), never deleted, and a fresh outbox
@@ -126,6 +129,7 @@ def _decide(
     seq, chain_hash = outbox.head()
     stored_log = outbox.get_meta(LOG_META)
     here = LogPosition(stored_log if isinstance(stored_log, str) else None, seq, chain_hash)
+    # `here` is exact: the outbox holds its log's last entry (a log's entries go on only here).
     previous: LogPosition | None = head
     if set_aside is not None:
         reason = "outbox-damaged"
@@ -136,7 +140,7 @@ def _decide(
     elif _continues(outbox, here, head):
         head_file = HeadFile(state_dir)
         assert here.log is not None  # _continues checked it  # noqa: S101
-        head_file.write(here)  # a head file one group behind catches up
+        head_file.write(here, final=True)  # a head file behind catches up; nothing follows yet
         return OpenedLog(outbox, here.log, ChainHead(seq, chain_hash), None, head_file)
     elif seq == 0 and here.log is None:
         reason = "new-outbox"
@@ -175,7 +179,7 @@ def _continues(outbox: Outbox, here: LogPosition, head: LogPosition) -> bool:
         return here.seq > head.seq or (here.seq == head.seq and here.hash == head.hash)
     previous = outbox.get_meta(PREVIOUS_META)
     with contextlib.suppress(ValueError, TypeError):
-        return here.log is not None and json.loads(str(previous)) == head.as_detail()
+        return here.log is not None and head.same_point(json.loads(str(previous)))
     return False
 
 
@@ -205,12 +209,14 @@ def _start(  # noqa: PLR0917 - one call site, every argument a different thing
         meta={LOG_META: log_id, PREVIOUS_META: json.dumps(previous_detail)},
     )
     head_file = HeadFile(state_dir)
-    head_file.write(LogPosition(log_id, signed.seq, signed.hash))
+    head_file.write(LogPosition(log_id, signed.seq, signed.hash), final=True)
     log.info(
         "signing into a new log %s (%s; previous: %s)",
         log_id,
         reason,
-        "none" if previous is None else f"log {previous.log} up to seq {previous.seq}",
+        "none"
+        if previous is None
+        else f"log {previous.log} up to seq {previous.seq}{'' if previous.exact else ' or later'}",
     )
     return OpenedLog(outbox, log_id, signed.head, detail, head_file)
 

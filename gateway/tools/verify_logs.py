@@ -9,7 +9,8 @@ the verifier keeps only what its checks need:
 - the seqs received as merged ranges (gaps are the holes between them; a log with gaps every
   other seq holds one range per gap, at most `MAX_RANGES`, then the oldest are merged and
   counted as unchecked);
-- its announced gaps, its head, and where a later log-started closed it.
+- its announced gaps, its head, and where a later log-started closed it (exactly, or at a
+  lower bound when the hub's head file lagged: then it ends at the highest seq it reaches).
 
 So a hub costs at most about `MAX_LOGS` x (`WINDOW` hashes + `MAX_RANGES` ranges) whatever the
 stream's length: about 3 MB. Pure: no I/O, no clock, no keys.
@@ -49,7 +50,10 @@ class LogState:
     """One log: `anchor` is the seq an earlier run verified last (its hash is in the window
     but it is not one of this run's seqs); `start` the seq of its `log-started` entry;
     `announced_by` the log its log-started named before it ("" when none: a first start);
-    `closed_at` where the next log's (`closed_by`) announcement says it ended."""
+    `closed_by` the next log, whose announcement named `last_named` as this one's last seq:
+    exact, then also `closed_at` (a later entry is a conflict), or a lower bound (`closed_at`
+    None: later entries that chain still belong to it, see `end`). `set_aside_from` is where
+    the entries the announcement says were set aside (and never arrived) may begin."""
 
     log: str
     anchor: int | None = None
@@ -57,6 +61,8 @@ class LogState:
     announced_by: str | None = None
     closed_at: int | None = None
     closed_by: str | None = None
+    last_named: int | None = None
+    set_aside_from: int | None = None
     max_seq: int = 0
     forgotten_holes: int = 0
     announced: list[SeqRange] = field(default_factory=list)
@@ -125,6 +131,20 @@ class LogState:
     def sizes(self) -> tuple[int, int]:
         """(chain hashes kept, seq ranges kept): at most (`WINDOW` + 1, `MAX_RANGES`)."""
         return len(self._hashes), len(self._ranges)
+
+    def end(self) -> int | None:
+        """The last seq of a closed log (None while open): `closed_at` when the announcement
+        was exact, else the highest of its lower bound and every seq of the log held."""
+        if self.closed_at is not None or self.last_named is None:
+            return self.closed_at
+        return max(self.last_named, self.max_seq, self.anchor or 0)
+
+    def set_aside(self) -> SeqRange | None:
+        """The seqs whose missing entries the closing announcement says were set aside."""
+        end = self.end()
+        if self.set_aside_from is None or end is None or end < self.set_aside_from:
+            return None
+        return self.set_aside_from, end
 
     def head(self) -> tuple[int, str] | None:
         """The highest seq whose hash is known, and the hash."""

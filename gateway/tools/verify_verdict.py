@@ -78,7 +78,7 @@ class HubLog:
         state = self.logs.get(key)
         if state is None:
             if len(self.logs) >= MAX_LOGS:  # forget the oldest closed log
-                oldest = next((k for k, v in self.logs.items() if v.closed_at is not None), None)
+                oldest = next((k for k, v in self.logs.items() if v.closed_by is not None), None)
                 if oldest is not None:
                     del self.logs[oldest]
             state = self.logs[key] = LogState(key)
@@ -110,14 +110,19 @@ def hub_report(hub_log: HubLog, key_source: KeySource, policy: Policy) -> HubRep
     gaps: list[SeqRange] = []
     newest = hub_log.logs.get(hub_log.log) if hub_log.log is not None else None
     for state in hub_log.logs.values():
-        log_announced = merge(state.announced)
-        announced.extend(log_announced)
         missing = state.missing()
         top = max(state.max_seq, state.anchor or 0)
-        if state.closed_at is not None and state.closed_at > top:
-            missing.append((top + 1, state.closed_at))  # the old log's tail never came
+        end = state.end()
+        if end is not None and end > top:
+            missing.append((top + 1, end))  # the old log's tail never came
         if state is newest and policy.expected_last is not None and policy.expected_last > top:
             missing.append((top + 1, policy.expected_last))  # a cut tail
+        set_aside = state.set_aside()
+        log_announced = merge(
+            state.announced
+            + ([] if set_aside is None else [r for gap in missing for r in _within(gap, set_aside)])
+        )
+        announced.extend(log_announced)
         gaps.extend(r for gap in missing for r in subtract(gap, log_announced))
     if newest is None and policy.expected_last is not None:
         gaps.append((1, policy.expected_last))  # a hub expected but never heard from
@@ -244,6 +249,12 @@ def merge(ranges: list[SeqRange]) -> list[SeqRange]:
         else:
             merged.append((first, last))
     return merged
+
+
+def _within(gap: SeqRange, bounds: SeqRange) -> list[SeqRange]:
+    """The part of `gap` inside `bounds` (none or one range)."""
+    first, last = max(gap[0], bounds[0]), min(gap[1], bounds[1])
+    return [(first, last)] if first <= last else []
 
 
 def subtract(gap: SeqRange, announced: list[SeqRange]) -> list[SeqRange]:
