@@ -210,10 +210,11 @@ def test_a_meter_whose_count_matches_is_asked_nothing_more(
             await r.until(lambda: r.outbox.get_meta("ble.last-record:glucose") == 5)
             before = await reconnect(r, meter, 2)
             await r.until(lambda: len(meter.racp_responses) == 4)  # report; first, report, count
+            asked = meter.racp_requests[before:]  # what the connection asked when it came up
             await asyncio.wrap_future(run_on(bluez, meter.add_record()))  # live, then stored
             await r.until(lambda: len(_records(r, "glucose")) == 6)
             await asyncio.wrap_future(stop_device(bluez, meter))
-            return r, meter.racp_requests[before:]
+            return r, asked
 
     r, second = asyncio.run(run())
     assert second == [FIRST, report_from(6), COUNT]

@@ -128,7 +128,9 @@ def test_current_time_round_trip(moment: datetime, reason: int) -> None:
     assert reading.device_clock == "set"
     assert reading.device_time is not None
     wall = moment.replace(tzinfo=None)
-    assert timedelta(0) <= wall - reading.device_time < timedelta(seconds=1 / 256)
+    # Within one fraction: 1/256 s is 3906.25 µs, and timedelta(seconds=1/256) truncates it to
+    # 3906 µs, which a moment 3906 µs past a fraction's start (still in it) would fail.
+    assert timedelta(0) <= wall - reading.device_time <= timedelta(microseconds=3906)
     assert reading.status["day_of_week"] == moment.isoweekday()
     assert (
         gatt_cts.encode_current_time(reading.device_time.replace(tzinfo=moment.tzinfo), reason)
