@@ -127,9 +127,7 @@ def main() -> int:
             command, capture_output=True, text=True, timeout=600, check=False
         )
         report = json.loads(out.read_text()) if out.exists() and out.stat().st_size else None
-    status, lines = verdict(
-        report, result.returncode, result.stderr, require=args.require_database
-    )
+    status, lines = verdict(report, result.returncode, result.stderr, require=args.require_database)
     print("\n".join(lines))
     return status
 
