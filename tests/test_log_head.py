@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.hub.log_head import HEAD_FILE, HEAD_INTERVAL, HeadFile, LogPosition, read_head_file
 from gateway.hub.signer import ChainHead, Signer
 from gateway.tools.verifier import Verifier
@@ -88,6 +90,27 @@ def test_the_waiting_position_is_written_by_write_due_once_the_interval_passed(
     finally:
         head.close()
     assert read_head_file(tmp_path) == LogPosition("L", 2, "h2", exact=False)
+
+
+def test_a_final_head_file_that_cannot_be_rewritten_is_withdrawn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a clean start the file says final; if the next group's rewrite fails (a full
+    disk), the entries are still published, so the file must not keep claiming the log's end:
+    it is removed (which needs no free space) and the next start announces from the outbox."""
+    head = HeadFile(tmp_path, interval=3600)
+    try:
+        head.write(LogPosition("L", 5, "h5"), final=True)
+        assert _head(tmp_path)["final"] is True
+        (tmp_path / f".{HEAD_FILE}.tmp").mkdir()  # the rewrite's temporary file cannot be made
+        head.committed(LogPosition("L", 6, "h6"))
+        assert not (tmp_path / HEAD_FILE).exists()
+        assert "cannot write the head file" in caplog.text
+        (tmp_path / f".{HEAD_FILE}.tmp").rmdir()  # room again: the waiting position is written
+        head.flush()
+        assert _head(tmp_path) == {"log": "L", "seq": 6, "hash": "h6", "final": True}
+    finally:
+        head.close()
 
 
 def test_a_head_file_from_before_final_is_not_final(tmp_path: Path) -> None:

@@ -114,8 +114,33 @@ class HeadFile:
         self._waiting = position
         if self._final:
             self._write_waiting(position, final=False)
+            if self._final:  # the rewrite failed (a full disk): the file must not claim an end
+                self._withdraw_final()
         else:
             self.write_due()
+
+    def _withdraw_final(self) -> None:
+        """Remove a final head file that the log has passed and that cannot be rewritten.
+        Unlinking needs no free space; with no head file the next start announces a new log
+        (`head-missing`) from the outbox, which is exact, instead of a false end."""
+        failure: OSError | None = None
+        try:
+            os.unlink(self._path)
+            os.fsync(self._dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failure = exc
+        if failure is not None:
+            log.error(
+                "cannot remove the head file %s (%s); if the outbox is lost before it is "
+                "written again, the new log's announcement names an end the log has passed",
+                self._path,
+                failure.strerror,
+            )
+            return
+        self._final = False
+        self._written = None
 
     def due(self) -> float | None:
         """When (monotonic) a waiting position should be written; None when none waits."""
