@@ -5,7 +5,8 @@ What lives here: loading drivers, lookup by id, and choosing the driver for a US
 or a BLE advertisement (the rules are ranked in `gateway.hub.driver_match`; the rows of
 `rtm-gateway drivers` are built in `gateway.hub.driver_description`; what makes a driver valid,
 and the errors, are in `gateway.hub.driver_validation`). A broken or invalid plugin is logged
-and skipped; it never stops the hub or the other drivers.
+and skipped; the other drivers go on, but a hub whose config names it does not start (a
+config error, exit status 2: `check-config` says so first).
 
 Which plugins are imported is chosen before any is: `Registry.for_config` imports only those a
 configured device or `[drivers] allow` names (checked against the allow entry's distribution

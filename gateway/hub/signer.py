@@ -1,4 +1,4 @@
-"""The signer: payload bodies in, signed log entries out, linked by the per-hub hash chain.
+"""The signer: payload bodies in, signed log entries out, linked by the log's hash chain.
 
 What lives here: `Signer`, which sets v, hub, log, seq and prev on a body, encodes it (orjson) and
 signs it into one log entry — a JWS in the flattened JSON serialization (RFC 7515 §7.2.2), alg
