@@ -54,6 +54,8 @@ class _Gate:
             raise KeyError("a driver bug")
         if data == b"exit":
             raise SystemExit(3)
+        if data == b"wide":  # one observation more than a reading may carry
+            return FeedResult(readings=[Reading((Observation.known("spo2", 97),) * 65, raw=data)])
         if data.startswith(b"many"):
             reading = Reading((Observation.known("spo2", 97),), raw=data[4:])
             return FeedResult(readings=[reading] * (MAX_RESULTS + 1 if data == b"many" else 1))
@@ -100,6 +102,8 @@ def test_a_result_larger_than_one_input_can_mean_is_refused() -> None:
     with pytest.raises(DecodeOutputTooLarge, match="raw bytes"):
         decoder.feed(b"many" + bytes(64 * 1024 + 1))
     assert len(decoder.feed(b"many" + bytes(100)).readings) == 1
+    with pytest.raises(DecodeOutputTooLarge, match="over 64 observations"):
+        decoder.feed(b"wide")
 
 
 def test_a_decode_over_budget_raises_and_the_next_call_gets_a_new_worker() -> None:
