@@ -252,6 +252,7 @@ class Room:
         )
         # Lowered when the outbox itself filled its disk; lifted once the ballast is back.
         self._full_cap: int | None = None
+        self.refusals = 0  # writes the full disk refused (commits, checkpoints, reads' spills)
 
     @property
     def max_bytes(self) -> int:
@@ -282,6 +283,12 @@ class Room:
             budget = min(budget, self.ballast.size // 4)
         return max(256 * 1024, budget)
 
+    @property
+    def ack_budget(self) -> int:
+        """Bytes of acknowledged rows one transaction deletes at most: deleting rewrites
+        pages, about half a byte of WAL per byte deleted, so half the WAL budget."""
+        return self.wal_budget // 2
+
     def start(self) -> None:
         if not self.ballast.ensure(force=True) and self.ballast.size:
             log.warning(
@@ -300,6 +307,7 @@ class Room:
         journal's next try then drops the oldest readings under signed gap events, in the
         ballast's room, instead of only retrying. A small outbox on a disk that something else
         filled would gain little by dropping: the journal keeps its readings and retries."""
+        self.refusals += 1
         self.ballast.release()
         try:
             st = os.statvfs(self._path.parent)
