@@ -81,8 +81,8 @@ def derive_max_bytes(room: int, reserve: int) -> int:
 class Usage:
     """Rows and bytes the outbox holds, as a running sum (`rows`, `bytes`, `device_rows`).
 
-    `add` and `remove` change the live values inside a transaction; `commit` makes them the
-    committed ones and `rollback` goes back to those."""
+    `add`, `remove` and `remove_counted` change the live values inside a transaction; `commit`
+    makes them the committed ones and `rollback` goes back to those."""
 
     __slots__ = ("_committed", "bytes", "device_rows", "rows")
 
@@ -130,6 +130,19 @@ class Usage:
             self.bytes -= length + ROW_OVERHEAD
             if kind == 0:
                 left = device_rows.get(device, 0) - 1
+                if left > 0:
+                    device_rows[device] = left
+                else:
+                    device_rows.pop(device, None)
+
+    def remove_counted(self, groups: Iterable[tuple[int, str | None, int, int]]) -> None:
+        """Rows about to be deleted, counted: (kind code, device, rows, body bytes)."""
+        device_rows = self.device_rows
+        for kind, device, count, size in groups:
+            self.rows -= count
+            self.bytes -= size + count * ROW_OVERHEAD
+            if kind == 0:
+                left = device_rows.get(device, 0) - count
                 if left > 0:
                     device_rows[device] = left
                 else:
