@@ -88,7 +88,8 @@ async def fill_and_drain(
             await submit(20)
             await until(lambda: journal.pending < 100, timeout=30)
             assert time.monotonic() < deadline, "the disk never filled"
-        failures = journal.commit_failures
+        # A write the disk refused: a commit of the journal's, or a checkpoint's.
+        failures = outbox.room.refusals
         committed_at_full = journal.committed
         # Readings are stored again while the disk is still full: the cap logic made room.
         while journal.committed < committed_at_full + 2000:
@@ -117,6 +118,7 @@ async def fill_and_drain(
         await until(lambda: outbox.depth() == 0, timeout=20)
         return {
             "failures": failures,
+            "refusals_at_end": outbox.room.refusals,
             "committed_at_full": committed_at_full,
             "ballast_after_full": ballast_after_full,
             "ballast_at_end": outbox.room.ballast.present,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.hub import outbox as ob
-from gateway.hub import outbox_file
+from gateway.hub import outbox_file, outbox_wal
 from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_file import (
     DeviceDelta,
@@ -260,8 +260,8 @@ def test_meta_is_committed_with_flush_and_reserved_keys_refused(db: Path) -> Non
 def test_checkpoints_bound_the_wal_and_vacuum_returns_space(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ob, "CHECKPOINT_EVERY_COMMITS", 4)
-    monkeypatch.setattr(ob, "VACUUM_FREE_PAGES", 16)
+    monkeypatch.setattr(outbox_wal, "CHECKPOINT_EVERY_COMMITS", 4)
+    monkeypatch.setattr(outbox_wal, "VACUUM_FREE_PAGES", 16)
     wal = db.with_name(db.name + "-wal")
     with Outbox.open(db) as o:
         for i in range(40):  # 4 MB in all, 100 kB per commit
@@ -421,10 +421,10 @@ TMPFS_CHILD = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
     from tests.test_outbox import entries
-    from gateway.hub import outbox
+    from gateway.hub import outbox_wal
     from gateway.hub.outbox import Outbox
     from gateway.hub.outbox_file import OutboxFullError
-    outbox.CHECKPOINT_EVERY_COMMITS = 4  # the daemon's steady state, reached quickly
+    outbox_wal.CHECKPOINT_EVERY_COMMITS = 4  # the daemon's steady state, reached quickly
     mnt = Path(sys.argv[1])
     (mnt / "ballast").write_bytes(bytes(128 * 1024))
     path = mnt / "outbox.db"

@@ -8,17 +8,19 @@ the same transaction, so nothing disappears silently. The cap drops readings onl
 Rows and bytes held are running sums; the byte cap and the ballast are `outbox_space.Room`'s.
 
 What lives here: the `Outbox` writer (append, lease, ack, flush, per-device counters, meta
-values, checkpoints). Opening the file (lock, WAL, schema, migrations), the exception tree and
-the row records (`Entry`, `DeviceDelta`, ...) are in `gateway.hub.outbox_file`; the read-only
-`read_status` for ``rtm-gateway status`` is in `gateway.hub.outbox_status`. What may not:
+values; when to checkpoint is `gateway.hub.outbox_wal`'s). Opening the file (lock, WAL, schema,
+migrations), the exception tree and the row records (`Entry`, `DeviceDelta`, ...) are in
+`gateway.hub.outbox_file`; the read-only `read_status` for ``rtm-gateway status`` is in
+`gateway.hub.outbox_status`. What may not:
 signing, MQTT, asyncio or threads. The outbox is a plain blocking object whose calls each take a
 few milliseconds; the daemon calls it from its event loop in batches. It opens its connection
 with ``check_same_thread=False`` so a caller may move it to a worker thread, but the caller must
 serialise access: an `Outbox` is not safe for concurrent use.
 
 Acks are deleted in the write transaction that is already open (or one begun for them), and that
-transaction is committed by the next `append` or `flush`: one fsync covers both, and `lease`,
-`depth` and `oldest_seqs` already see the deletion.
+transaction is committed by the next `append` or `flush` (or by `ack` itself once it deleted
+`Room.ack_budget` bytes): one fsync covers both, and `lease`, `depth` and `oldest_seqs` already
+see the deletion. A failed commit keeps its acks; the next write redoes them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from gateway.hub.outbox_file import (
     OutboxStats,
     connect,
     file_size,
-    is_disk_full,
     meta_value,
     probe_write,
     read_devices,
@@ -63,25 +64,15 @@ from gateway.hub.outbox_rows import (
     device_oldest,
     oldest_readings,
     ranges,
-    vacuum_some,
 )
 from gateway.hub.outbox_space import ROW_OVERHEAD, Room, SpaceLimits, Usage
+from gateway.hub.outbox_wal import WalKeeper
 
 log = logging.getLogger(__name__)
 _LEASE_SQL, _ranges = LEASE_SQL, ranges  # the names tests know
 
 # Meta keys the outbox owns; `set_meta` refuses them so a caller cannot rewind the sequence.
 _RESERVED_META: Final = frozenset({"last_seq", "last_hash", "last_ack", "created", "opened"})
-
-# Our own checkpoint schedule instead of SQLite's auto-checkpoint: it runs between commits, never
-# inside `append`'s own commit, and counts rows as well as commits so a burst is bounded too.
-CHECKPOINT_EVERY_COMMITS: Final = 256
-CHECKPOINT_EVERY_ROWS: Final = 20_000
-# ... and the WAL's estimated bytes (`Room.wal_budget`), so a full disk's ballast can hold it.
-WAL_BYTES_PER_COMMIT: Final = 4 * 4096  # a commit rewrites a few pages besides its rows
-# After a long outage drains, give the freed pages back to the filesystem a little at a time.
-VACUUM_FREE_PAGES: Final = 2_048
-VACUUM_STEP_PAGES: Final = 256
 
 
 class Outbox:
@@ -102,13 +93,15 @@ class Outbox:
         self._in_txn = False
         # Work done in the open transaction; kept so it can be redone if the commit fails.
         self._txn_acks: list[tuple[int, int]] = []
+        self._txn_freed = 0  # bytes the open transaction's acks deleted
         self._txn_meta: dict[str, MetaValue] = {}
         self._replay = False
-        self._commits_since_ckpt = self._rows_since_ckpt = self._bytes_since_ckpt = 0
-        self._ckpt_failed = False
+        # A write met a full disk: checkpoint once it is rolled back (see `_abort`).
+        self._full_seen = False
         self._last_seq, self._last_hash = read_head(conn, path)
         self._usage = Usage.load(conn)
         self._room = room
+        self._wal = WalKeeper(conn, path, room)
         probe_write(conn, path)
         self._room.start()
 
@@ -302,7 +295,9 @@ class Outbox:
         with self._guard("write to", rollback=True):
             self._begin()
             # The drop first: on a full disk the new rows need the pages it frees.
+            before = usage.bytes
             delete_readings(self._conn, usage, through, drops)
+            dropped = before - usage.bytes
             self._conn.executemany(
                 INSERT_SQL,
                 [(e.seq, KIND_CODES[e.kind], e.body, e.created, e.device) for e in entries],
@@ -321,20 +316,32 @@ class Outbox:
                 )
             self._commit()
         self._last_seq, self._last_hash = new_seq, last_hash
-        self._rows_since_ckpt += len(entries)
-        self._bytes_since_ckpt += added
-        self._housekeeping()
+        self._wal.wrote(len(entries), added + dropped)
+        self._wal.upkeep(self._usage.bytes)  # checkpoint, vacuum, ballast
 
     def ack(self, seqs: Iterable[int], now: float | None = None) -> None:
         """The broker acknowledged these: delete them, committed with the next append/flush."""
         runs = _ranges(seqs)
         if not runs:
             return
+        usage = self._usage
+        # Kept before anything runs: if the delete or the commit fails (a full disk), the next
+        # write or flush redoes it. The broker has these; they are not to be sent forever.
+        self._txn_acks.extend(runs)
         with self._guard("write to", rollback=True):
             self._begin()
-            delete_ranges(self._conn, self._usage, runs)
-            self._txn_acks.extend(runs)
+            before = usage.bytes
+            delete_ranges(self._conn, usage, runs)
+            freed = before - usage.bytes
+            self._wal.wrote(0, freed)
+            self._txn_freed += freed
             self._set_meta_in_txn("last_ack", time.time() if now is None else now)
+            if self._txn_freed < self._room.ack_budget:
+                return
+            # A fast drain acks thousands of rows between flushes: commit now, so that one
+            # transaction's WAL stays within the room a full disk leaves.
+            self._commit()
+        self._wal.upkeep(self._usage.bytes)  # checkpoint, vacuum, ballast
 
     def flush(self) -> None:
         """Commit pending acks and meta values now (call it when no appends come)."""
@@ -343,7 +350,7 @@ class Outbox:
         with self._guard("write to", rollback=True):
             self._begin()
             self._commit()
-        self._housekeeping()
+        self._wal.upkeep(self._usage.bytes)  # checkpoint, vacuum, ballast
 
     def set_meta(self, key: str, value: MetaValue) -> None:
         """Store a meta value (e.g. last publish time), committed with the next append/flush."""
@@ -357,13 +364,15 @@ class Outbox:
         """Copy the WAL into the database without waiting for readers (PASSIVE)."""
         self.flush()
         with self._guard("checkpoint"):
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        self._commits_since_ckpt = self._rows_since_ckpt = self._bytes_since_ckpt = 0
+            self._wal.checkpoint()
 
     # ---- internals ----------------------------------------------------------------------------
 
     def _guard(self, doing: str, *, rollback: bool = False) -> Guard:
-        on_full = lambda: self._room.disk_full(self._usage.bytes)  # noqa: E731
+        def on_full() -> None:
+            self._room.disk_full(self._usage.bytes)
+            self._full_seen = True
+
         return Guard(self._path, doing, self._abort if rollback else None, on_full)
 
     def _begin(self) -> None:
@@ -374,20 +383,40 @@ class Outbox:
         self._conn.execute("BEGIN IMMEDIATE")
         self._in_txn = True
         if self._replay:
-            # The previous transaction failed: redo the acks and meta values it carried.
-            delete_ranges(self._conn, self._usage, self._txn_acks)
-            for key, value in self._txn_meta.items():
-                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-            self._replay = False
+            self._replay = False  # `_abort` sets it again if this fails
+            self._redo()
+
+    def _redo(self) -> None:
+        """The previous transaction failed: redo the meta values and acks it carried. Acks
+        that piled up while the disk was full are committed a budget at a time, each part
+        followed by a checkpoint, so no transaction needs more WAL than the disk has."""
+        for key, value in self._txn_meta.items():
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        acks, usage, budget = self._txn_acks, self._usage, self._room.ack_budget
+        before, start = usage.bytes, 0
+        for i, run in enumerate(acks):
+            delete_ranges(self._conn, usage, (run,))
+            if before - usage.bytes < budget or i + 1 == len(acks):
+                continue
+            self._txn_acks, start = acks[start : i + 1], i + 1
+            try:
+                self._commit()
+            finally:  # committed or not, the rest stays to be redone
+                self._txn_acks += acks[i + 1 :]
+            self._wal.after_full()
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._in_txn = True
+            before = usage.bytes
+        self._txn_freed = before - usage.bytes
 
     def _commit(self) -> None:
         self._conn.execute("COMMIT")
         self._in_txn = False
         self._txn_acks.clear()
         self._txn_meta.clear()
+        self._txn_freed = 0
         self._usage.commit()
-        self._commits_since_ckpt += 1
-        self._bytes_since_ckpt += WAL_BYTES_PER_COMMIT
+        self._wal.committed()
 
     def _abort(self) -> None:
         """After a failed statement or commit: roll back, keep acks and meta for the next try."""
@@ -397,7 +426,11 @@ class Outbox:
             except sqlite3.Error as exc:
                 log.warning("outbox %s: rollback failed (%s)", self._path, exc)
         self._in_txn = False
+        self._txn_freed = 0
         self._usage.rollback()
+        if self._full_seen:
+            self._full_seen = False
+            self._wal.after_full()
         self._replay = bool(self._txn_acks or self._txn_meta)
         if self._replay:
             # Redo them now so lease/depth go on seeing the acks; if that fails too, the next
@@ -415,35 +448,3 @@ class Outbox:
     def _set_meta_in_txn(self, key: str, value: MetaValue) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         self._txn_meta[key] = value
-
-    def _housekeeping(self) -> None:
-        """Bound the WAL and give freed pages back; failures here lose nothing, so only log.
-        Without the ballast (the disk was full) it runs after every commit, so what acks and
-        drops free reaches the filesystem and the ballast can come back."""
-        if self._in_txn:
-            return
-        self._room.recover(self._usage.bytes)
-        urgent = self._room.ballast.size > 0 and not self._room.ballast.present
-        if not urgent and (
-            self._commits_since_ckpt < CHECKPOINT_EVERY_COMMITS
-            and self._rows_since_ckpt < CHECKPOINT_EVERY_ROWS
-            and self._bytes_since_ckpt < self._room.wal_budget
-        ):
-            return
-        try:  # PASSIVE: the WAL file stays, and its room is reused by the next transactions
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self._commits_since_ckpt = self._rows_since_ckpt = self._bytes_since_ckpt = 0
-            above, step = (0, 64) if urgent else (VACUUM_FREE_PAGES, VACUUM_STEP_PAGES)
-            vacuum_some(self._conn, above, step)
-            self._ckpt_failed = False
-        except sqlite3.Error as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            if is_disk_full(exc):
-                self._room.disk_full(self._usage.bytes)
-            if self._ckpt_failed:  # once per run of failures: on a full disk it is every commit
-                return
-            self._ckpt_failed = True
-            log.warning(
-                "outbox %s: checkpoint/vacuum failed (%s); will retry later", self._path, exc
-            )

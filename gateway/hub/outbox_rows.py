@@ -3,9 +3,10 @@
 What lives here: the kind codes, the insert, lease and device-counter statements, `ranges`
 (seqs to inclusive runs), `delete_readings` (the cap's drop: every reading through a seq, or one
 device's readings in given ranges; each deleted row reported to the `Usage` sum), `delete_ranges`
-(acks), `device_oldest`, `oldest_readings`, `vacuum_some`, and `Guard`, which turns sqlite3
-errors into outbox errors and tells the writer of a failed write and of a full disk. What may
-not: transactions, the head, caps or the ballast (`gateway.hub.outbox`, `outbox_space`).
+(acks, counted by one aggregate per range), `device_oldest`, `oldest_readings`, `vacuum_some`,
+and `Guard`, which turns sqlite3 errors into outbox errors and tells the writer of a failed
+write and of a full disk. What may not: transactions, the head, caps or the ballast
+(`gateway.hub.outbox`, `outbox_space`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ ON CONFLICT (id) DO UPDATE SET
     last_reading = coalesce(excluded.last_reading, last_reading),
     last_error = coalesce(excluded.last_error, last_error)
 """
-# Every delete says what it removed (RETURNING), so the running sums need no query of their own.
-_ACKED_SQL: Final = (
-    "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING kind, device, length(body)"
+# The cap's drops say what they removed (RETURNING), so the running sums need no query of their
+# own; they run a few times an outage.
+# Acks delete whole seq ranges, hundreds of rows each: one aggregate per range, read in the same
+# transaction just before its DELETE, counts them without a Python object per row.
+_ACKED_SUM_SQL: Final = (
+    "SELECT kind, device, count(*), sum(length(body)) FROM outbox WHERE seq BETWEEN ? AND ? "
+    "GROUP BY kind, device"
 )
+_ACKED_SQL: Final = "DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
 _DROP_THROUGH_SQL: Final = (
     "DELETE FROM outbox WHERE seq <= ? AND kind = 0 RETURNING kind, device, length(body)"
 )
@@ -72,7 +78,8 @@ def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
 def delete_ranges(conn: sqlite3.Connection, usage: Usage, runs: Iterable[tuple[int, int]]) -> None:
     """Delete every row in `runs` (acknowledged: readings and events alike)."""
     for first, last in runs:
-        usage.remove(conn.execute(_ACKED_SQL, (first, last)))
+        usage.remove_counted(conn.execute(_ACKED_SUM_SQL, (first, last)).fetchall())
+        conn.execute(_ACKED_SQL, (first, last))
 
 
 def delete_readings(

@@ -81,8 +81,8 @@ def derive_max_bytes(room: int, reserve: int) -> int:
 class Usage:
     """Rows and bytes the outbox holds, as a running sum (`rows`, `bytes`, `device_rows`).
 
-    `add` and `remove` change the live values inside a transaction; `commit` makes them the
-    committed ones and `rollback` goes back to those."""
+    `add`, `remove` and `remove_counted` change the live values inside a transaction; `commit`
+    makes them the committed ones and `rollback` goes back to those."""
 
     __slots__ = ("_committed", "bytes", "device_rows", "rows")
 
@@ -130,6 +130,19 @@ class Usage:
             self.bytes -= length + ROW_OVERHEAD
             if kind == 0:
                 left = device_rows.get(device, 0) - 1
+                if left > 0:
+                    device_rows[device] = left
+                else:
+                    device_rows.pop(device, None)
+
+    def remove_counted(self, groups: Iterable[tuple[int, str | None, int, int]]) -> None:
+        """Rows about to be deleted, counted: (kind code, device, rows, body bytes)."""
+        device_rows = self.device_rows
+        for kind, device, count, size in groups:
+            self.rows -= count
+            self.bytes -= size + count * ROW_OVERHEAD
+            if kind == 0:
+                left = device_rows.get(device, 0) - count
                 if left > 0:
                     device_rows[device] = left
                 else:
@@ -252,6 +265,7 @@ class Room:
         )
         # Lowered when the outbox itself filled its disk; lifted once the ballast is back.
         self._full_cap: int | None = None
+        self.refusals = 0  # writes the full disk refused (commits, checkpoints, reads' spills)
 
     @property
     def max_bytes(self) -> int:
@@ -282,6 +296,12 @@ class Room:
             budget = min(budget, self.ballast.size // 4)
         return max(256 * 1024, budget)
 
+    @property
+    def ack_budget(self) -> int:
+        """Bytes of acknowledged rows one transaction deletes at most: deleting rewrites
+        pages, about half a byte of WAL per byte deleted, so half the WAL budget."""
+        return self.wal_budget // 2
+
     def start(self) -> None:
         if not self.ballast.ensure(force=True) and self.ballast.size:
             log.warning(
@@ -300,6 +320,7 @@ class Room:
         journal's next try then drops the oldest readings under signed gap events, in the
         ballast's room, instead of only retrying. A small outbox on a disk that something else
         filled would gain little by dropping: the journal keeps its readings and retries."""
+        self.refusals += 1
         self.ballast.release()
         try:
             st = os.statvfs(self._path.parent)

@@ -31,6 +31,9 @@ from gateway.hub.uplink_connection import Publisher, PublisherFactory, Reconnect
 
 _LOGGER = logging.getLogger(__name__)
 
+# How soon a failed commit of acks (a full disk) is tried again.
+FLUSH_RETRY_S = 1.0
+
 
 class EntryStore(Protocol):
     """What the uplink needs of the outbox. Calls are short and run on the event loop."""
@@ -173,7 +176,7 @@ class Uplink:
                 failures = 1 if self._entries > entries_before else failures + 1
         finally:
             self._cancel_flush()
-            self._flush()
+            self._flush(retry=False)  # the store's owner flushes again when it closes
             self._running = False
             self._finished.set()
 
@@ -341,30 +344,42 @@ class Uplink:
         try:
             self._store.ack(batch.seqs)
         except Exception as exc:
-            # Not deleted means sent again later: a duplicate, never a loss.
-            _LOGGER.exception(
-                "outbox ack failed; %d entries will be re-sent. Check the state disk",
+            # The store keeps a failed ack and redoes it with its next write, which the flush
+            # retry below makes sure comes; a store that does not keeps the entries, and they
+            # are sent again after the next reconnect: a duplicate, never a loss.
+            _LOGGER.warning(
+                "outbox ack of %d entries failed (%s); retrying. Check the state disk",
                 len(batch.seqs),
+                exc,
             )
             self._last_error = f"outbox ack failed: {exc}"
+            self._schedule_flush(FLUSH_RETRY_S)
             return
         self._messages += 1
         self._entries += len(batch.seqs)
         self._last_publish = time.time()
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                self._flush_interval, self._flush
-            )
+        self._schedule_flush(self._flush_interval)
 
-    def _flush(self) -> None:
+    def _schedule_flush(self, delay: float) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(delay, self._flush)
+
+    def _flush(self, *, retry: bool = True) -> None:
+        """Commit the acks the store holds. If that fails (a full disk), try again in a
+        moment while running: once every entry is acknowledged no new ack would."""
         self._flush_handle = None
         try:
             if self._last_publish is not None:
                 self._store.set_meta("last_publish", f"{self._last_publish:.3f}")
             self._store.flush()
         except Exception as exc:
-            _LOGGER.exception("outbox flush failed; acks stay pending. Check the state disk")
+            _LOGGER.warning(
+                "outbox flush failed (%s); acks stay pending and are retried. Check the state disk",
+                exc,
+            )
             self._last_error = f"outbox flush failed: {exc}"
+            if retry:
+                self._schedule_flush(FLUSH_RETRY_S)
 
     def _cancel_flush(self) -> None:
         if self._flush_handle is not None:
