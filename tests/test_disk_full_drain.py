@@ -32,7 +32,7 @@ from gateway.hub.outbox import Outbox
 from gateway.hub.outbox_space import SpaceLimits
 from tests.conftest import BrokerFactory, Received, Subscriber, SubscriberFactory
 from tests.disk_full_scenario import TOPIC, Control, entries_of, fill_and_drain, judge
-from tests.harness import run
+from tests.harness import run, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -187,6 +187,9 @@ def _tmpfs_run(
                 f"the child failed before the broker came back: {line}{child.communicate()[1]}"
             )
         broker.start()
+        # The subscriber back first: what the hub sends then is delivered as it comes, not
+        # queued for a session that is still reconnecting.
+        wait_until(subscriber.ready.is_set, 20, "the subscriber is back on the broker")
         child.stdin.write("go\n")
         child.stdin.flush()
         out, err = child.communicate(timeout=150)
