@@ -373,13 +373,20 @@ class Uplink:
                 self._store.set_meta("last_publish", f"{self._last_publish:.3f}")
             self._store.flush()
         except Exception as exc:
-            _LOGGER.warning(
+            error = f"outbox flush failed: {exc}"
+            # Once per cause: on a full disk the retry below fails every second for a while.
+            _LOGGER.log(
+                logging.DEBUG if error == self._last_error else logging.WARNING,
                 "outbox flush failed (%s); acks stay pending and are retried. Check the state disk",
                 exc,
             )
-            self._last_error = f"outbox flush failed: {exc}"
+            self._last_error = error
             if retry:
                 self._schedule_flush(FLUSH_RETRY_S)
+            return
+        if self._last_error.startswith(("outbox flush failed", "outbox ack failed")):
+            _LOGGER.info("outbox acks are committed again")
+            self._last_error = ""
 
     def _cancel_flush(self) -> None:
         if self._flush_handle is not None:
