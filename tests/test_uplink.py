@@ -342,3 +342,45 @@ def test_stop_sends_what_the_outbox_still_holds(
     assert outbox.depth() == 0
     assert subscriber.wait_for(lambda m: statuses(m)[-1:] == ["offline"], timeout=5)
     assert seqs_on(subscriber.snapshot(), f"{BASE}/readings") == list(range(1, 701))
+
+
+def test_acks_the_store_refused_are_kept_and_committed_by_the_retry(
+    mosquitto: BrokerFactory,
+    mqtt_subscriber: SubscriberFactory,
+    outbox: Outbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every entry is published and acknowledged while the store refuses writes (here SQLite's
+    query_only; on a hub, a full disk): no further ack comes to trigger a flush, so the uplink
+    retries it on its own, and the kept acks are committed once the store takes writes. The
+    failure is logged once, however many retries fail."""
+    broker = mosquitto("plain")
+    subscriber = mqtt_subscriber(broker, f"{BASE}/#")
+    append(outbox, 120)
+    uplink = Uplink(outbox, factory(broker), HUB, batch_size=50, window=4, idle_timeout=300)
+
+    async def scenario() -> None:
+        outbox.flush()
+        outbox._conn.execute("PRAGMA query_only = 1")
+        task = asyncio.create_task(uplink.run())
+        # Published and acknowledged by the broker, but the deletes cannot be committed yet.
+        await until(
+            lambda: seqs_on(subscriber.snapshot(), f"{BASE}/readings") == list(range(1, 121)),
+            timeout=30,
+        )
+        await asyncio.sleep(2.5)  # a few retries fail meanwhile
+        assert outbox._conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 120
+        outbox._conn.execute("PRAGMA query_only = 0")
+        await until(lambda: outbox._conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0)
+        await uplink.stop(drain_timeout=2)
+        await task
+
+    with caplog.at_level(logging.DEBUG, "gateway.hub.uplink"):
+        run(scenario(), timeout=90)
+    refused = [r for r in caplog.records if "the acks are kept and retried" in r.getMessage()]
+    assert len(refused) >= 3  # refused acks, then flush retries every second
+    assert [r.levelno for r in refused] == [logging.WARNING] + [logging.DEBUG] * (len(refused) - 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r not in refused]
+    assert "outbox acks are committed again" in caplog.text
+    assert seqs_on(subscriber.snapshot(), f"{BASE}/readings") == list(range(1, 121))
+    assert outbox.depth() == 0

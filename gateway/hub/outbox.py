@@ -438,7 +438,7 @@ class Outbox:
             try:
                 self._begin()
             except sqlite3.Error as exc:
-                log.warning("outbox %s: cannot reapply pending acks yet (%s)", self._path, exc)
+                log.debug("outbox %s: cannot reapply pending acks yet (%s)", self._path, exc)
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 self._in_txn = False

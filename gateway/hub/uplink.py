@@ -119,6 +119,7 @@ class Uplink:
         self._entries = 0
         self._last_publish: float | None = None
         self._last_error = ""
+        self._store_error: str | None = None  # the store's refusal being retried, if any
 
     @property
     def status_topic(self) -> str:
@@ -347,12 +348,7 @@ class Uplink:
             # The store keeps a failed ack and redoes it with its next write, which the flush
             # retry below makes sure comes; a store that does not keeps the entries, and they
             # are sent again after the next reconnect: a duplicate, never a loss.
-            _LOGGER.warning(
-                "outbox ack of %d entries failed (%s); retrying. Check the state disk",
-                len(batch.seqs),
-                exc,
-            )
-            self._last_error = f"outbox ack failed: {exc}"
+            self._store_failed(f"outbox ack of {len(batch.seqs)} entries failed", exc)
             self._schedule_flush(FLUSH_RETRY_S)
             return
         self._messages += 1
@@ -373,20 +369,28 @@ class Uplink:
                 self._store.set_meta("last_publish", f"{self._last_publish:.3f}")
             self._store.flush()
         except Exception as exc:
-            error = f"outbox flush failed: {exc}"
-            # Once per cause: on a full disk the retry below fails every second for a while.
-            _LOGGER.log(
-                logging.DEBUG if error == self._last_error else logging.WARNING,
-                "outbox flush failed (%s); acks stay pending and are retried. Check the state disk",
-                exc,
-            )
-            self._last_error = error
+            self._store_failed("outbox flush failed", exc)
             if retry:
                 self._schedule_flush(FLUSH_RETRY_S)
             return
-        if self._last_error.startswith(("outbox flush failed", "outbox ack failed")):
+        if self._store_error is not None:
             _LOGGER.info("outbox acks are committed again")
-            self._last_error = ""
+            self._store_error = None
+            if self._last_error.startswith("outbox "):
+                self._last_error = ""
+
+    def _store_failed(self, what: str, exc: Exception) -> None:
+        """An ack or flush the store refused: WARNING once per cause (on a full disk the retry
+        fails every second for a while), the repeats at DEBUG."""
+        cause = str(exc)
+        _LOGGER.log(
+            logging.DEBUG if cause == self._store_error else logging.WARNING,
+            "%s (%s); the acks are kept and retried. Check the state disk",
+            what,
+            cause,
+        )
+        self._store_error = cause
+        self._last_error = f"{what}: {cause}"
 
     def _cancel_flush(self) -> None:
         if self._flush_handle is not None:
