@@ -19,6 +19,7 @@ from gateway.sdk import SerialSettings
 from gateway.sessions.core import DeviceUnavailable
 from gateway.sessions.serial import ByteStream
 from gateway.transport.serial import (
+    PortInfo,
     PortLister,
     SerialByteStream,
     SerialPortError,
@@ -64,26 +65,25 @@ class SerialOpener:
         self._lister = lister
 
     async def __call__(self, device: DeviceConfig, settings: SerialSettings) -> ByteStream:
+        try:  # one listing per open: it finds a USB device's port and says who is behind it
+            listed: list[PortInfo] = list(await asyncio.to_thread(self._lister))
+        except OSError as exc:  # sysfs can vanish under the lister during a hot-plug
+            if device.usb is not None:
+                raise DeviceUnavailable(f"cannot list serial ports: {exc}") from exc
+            listed = []  # a port by path opens anyway; who is behind it is unknown this time
         path = device.port
         if path is None and device.usb is not None:
-            try:
-                path = await asyncio.to_thread(
-                    find_usb_port, self._lister, device.usb.vid, device.usb.pid, device.usb.serial
-                )
-            except OSError as exc:  # sysfs can vanish under the lister during a hot-plug
-                raise DeviceUnavailable(f"cannot list serial ports: {exc}") from exc
+            usb = device.usb
+            path = find_usb_port(lambda: listed, usb.vid, usb.pid, usb.serial)
             if path is None:
-                raise DeviceUnavailable(f"no USB serial port {device.usb.describe()} present")
+                raise DeviceUnavailable(f"no USB serial port {usb.describe()} present")
         if path is None:
             raise DeviceUnavailable("no port configured")
         try:
             stream = _SerialStream(await open_serial(path, settings))
         except (SerialPortError, ValueError) as exc:  # pyserial raises ValueError for settings
             raise DeviceUnavailable(str(exc)) from exc
-        try:
-            info = await asyncio.to_thread(port_info, self._lister, path)
-        except OSError:  # sysfs mid hot-plug: the identity is unknown this time, not changed
-            info = None
+        info = port_info(lambda: listed, path)
         if info is not None and info.vid is not None and info.pid is not None:
             # Who is behind the port: a replaced adapter or device shows as another serial
             # number or model (the session signs device-identity-changed).
