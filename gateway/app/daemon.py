@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,32 +101,16 @@ def open_state(
     for folder in dict.fromkeys((state_dir, outbox_path.parent)):
         _make_private(folder)
     try:
-        binding = bind_state_dir(state_dir, moved=moved)
+        with _in_state_dir("record this machine in", state_dir):
+            binding = bind_state_dir(state_dir, moved=moved)
+        with _in_state_dir("create the hub identity in", state_dir):
+            identity = HubIdentity.load_or_create(state_dir)
+        with _in_state_dir("start the log in", state_dir):
+            opened = open_log(state_dir, outbox_path, max_rows, identity, hub_id, space=space)
     except MachineMovedError as exc:
         raise StartupError(str(exc), exit_status=2) from exc
-    except OSError as exc:
-        raise StartupError(
-            f"cannot record this machine in {state_dir}: {exc.strerror}; is the state dir "
-            "writable and the disk not full?"
-        ) from exc
-    try:
-        identity = HubIdentity.load_or_create(state_dir)
-    except IdentityError as exc:
+    except (IdentityError, OutboxError) as exc:
         raise StartupError(str(exc)) from exc
-    except OSError as exc:
-        raise StartupError(
-            f"cannot create the hub identity in {state_dir}: {exc.strerror}; "
-            "is the state dir writable and the disk not full?"
-        ) from exc
-    try:
-        opened = open_log(state_dir, outbox_path, max_rows, identity, hub_id, space=space)
-    except OutboxError as exc:
-        raise StartupError(str(exc)) from exc
-    except OSError as exc:
-        raise StartupError(
-            f"cannot start the log in {state_dir}: {exc.strerror}; is the state dir "
-            "writable and the disk not full?"
-        ) from exc
     return HubState(
         identity,
         opened.outbox,
@@ -136,6 +120,19 @@ def open_state(
         opened.head_file,
         opened.started,
     )
+
+
+@contextlib.contextmanager
+def _in_state_dir(doing: str, state_dir: Path) -> Iterator[None]:
+    """A start-up step in the state dir: an OSError becomes a StartupError saying what failed
+    and what to check."""
+    try:
+        yield
+    except OSError as exc:
+        raise StartupError(
+            f"cannot {doing} {state_dir}: {exc.strerror}; is the state dir writable and the "
+            "disk not full?"
+        ) from exc
 
 
 def _make_private(folder: Path) -> None:
