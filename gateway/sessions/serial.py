@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class ByteStream(Protocol):
+    """An open device. A stream that knows who is behind its port may also have `identity`
+    (`{"serial", "model"}`: the app's serial stream reads them from the USB listing); the
+    session reads it with getattr, so a stream without one (a test's, a pty) needs nothing."""
+
     async def write(self, data: bytes) -> None:
         """Send bytes to the device (a start command)."""
         ...
